@@ -1,0 +1,386 @@
+//! [`MirrorEvent`]: a validated contract event, and its CloudEvents encodings.
+
+use cloudevents::event::{Data, ExtensionValue};
+use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::time::format_time;
+use crate::types::truncate;
+use crate::{DecodeError, EventFamily, EventType, Payload, SourceTime, Subject, MAX_EVENT_BYTES};
+
+/// The contract's UUID v5 namespace for event ids.
+pub const ID_NAMESPACE: Uuid = uuid::uuid!("a61aad53-8b85-4d33-902a-40915aaca62f");
+
+/// The contract's deterministic id: UUID v5 of `type + "\n" + subject + "\n" + time`.
+pub fn deterministic_id(event_type: EventType, subject: &Subject, time: &SourceTime) -> Uuid {
+    let name = format!("{}\n{}\n{}", event_type.as_str(), subject, format_time(time));
+    Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+}
+
+/// One valid realtime-mirror event. Constructed only by [`MirrorEvent::new`] or
+/// the decoders, so every value of this type satisfies the contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorEvent {
+    id: Uuid,
+    event_type: EventType,
+    source: String,
+    subject: Subject,
+    time: SourceTime,
+    payload: Payload,
+}
+
+impl MirrorEvent {
+    /// Build an event, deriving its deterministic id; fails if `payload` is not
+    /// the shape `event_type` requires or `subject` is of another family.
+    pub fn new(
+        event_type: EventType,
+        subject: Subject,
+        time: SourceTime,
+        source: impl Into<String>,
+        payload: Payload,
+    ) -> Result<MirrorEvent, DecodeError> {
+        if subject.family() != event_type.family() {
+            return Err(DecodeError::invalid(
+                "subject",
+                format!("`{subject}` is not a subject for `{event_type}`"),
+            ));
+        }
+        if !payload.fits(event_type) {
+            return Err(DecodeError::invalid("data.payload", format!("is not a `{event_type}` payload")));
+        }
+        payload.validate()?;
+        let time = time.trunc_subsecs_micros();
+        Ok(MirrorEvent {
+            id: deterministic_id(event_type, &subject, &time),
+            event_type,
+            source: source.into(),
+            subject,
+            time,
+            payload,
+        })
+    }
+
+    /// The default `source` for a document of `project`'s default database.
+    pub fn firestore_source(project: &str, subject: &Subject) -> String {
+        format!("firestore://projects/{project}/databases/(default)/documents/{subject}")
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+    pub fn event_type(&self) -> EventType {
+        self.event_type
+    }
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+    pub fn subject(&self) -> &Subject {
+        &self.subject
+    }
+    /// The source version.
+    pub fn time(&self) -> SourceTime {
+        self.time
+    }
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+    pub fn partition_key(&self) -> &str {
+        self.subject.partition_key()
+    }
+    /// The entity this event is about; events of one entity are ordered by `time`.
+    pub fn entity_key(&self) -> String {
+        self.subject.to_string()
+    }
+    /// Where the change came from, for the `SyncSource` column: the scheme of
+    /// `source` (`firestore`, `gateway`, …), at most 32 characters.
+    pub fn sync_source(&self) -> &str {
+        let scheme = self.source.split_once("://").map(|(s, _)| s).unwrap_or("");
+        if scheme.is_empty() || scheme.len() > 32 || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
+            "unknown"
+        } else {
+            scheme
+        }
+    }
+
+    /// `data` as the contract lays it out.
+    pub fn data_json(&self) -> Value {
+        let mut data = json!({
+            "firestoreId": self.subject.document_id(),
+            "op": self.event_type.op().as_str(),
+            "payload": self.payload.to_json(),
+        });
+        if let Some(c) = self.subject.conversation_id() {
+            data["conversationId"] = json!(c);
+        }
+        data
+    }
+
+    /// This event as a CloudEvents 1.0 [`Event`].
+    pub fn to_cloudevent(&self) -> Event {
+        EventBuilderV10::new()
+            .id(self.id.to_string())
+            .source(self.source.clone())
+            .ty(self.event_type.as_str())
+            .subject(self.subject.to_string())
+            .time(self.time)
+            .extension("partitionkey", self.partition_key())
+            .data("application/json", self.data_json())
+            .build()
+            .expect("all required CloudEvents attributes are set")
+    }
+
+    /// Structured mode JSON (`application/cloudevents+json`), with `time` in the
+    /// contract's canonical form.
+    pub fn to_structured_json(&self) -> Vec<u8> {
+        let v = json!({
+            "specversion": "1.0",
+            "id": self.id.to_string(),
+            "source": self.source,
+            "type": self.event_type.as_str(),
+            "subject": self.subject.to_string(),
+            "time": format_time(&self.time),
+            "partitionkey": self.partition_key(),
+            "datacontenttype": "application/json",
+            "data": self.data_json(),
+        });
+        serde_json::to_vec(&v).expect("JSON values serialize infallibly")
+    }
+}
+
+trait TruncMicros {
+    fn trunc_subsecs_micros(self) -> Self;
+}
+impl TruncMicros for SourceTime {
+    fn trunc_subsecs_micros(self) -> Self {
+        chrono::SubsecRound::trunc_subsecs(self, 6)
+    }
+}
+
+/// Decode one structured-mode JSON event, validating it against the contract.
+pub fn decode_structured(bytes: &[u8]) -> Result<MirrorEvent, DecodeError> {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_EVENT_BYTES,
+        });
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(format!("not JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| DecodeError::Malformed("the event is not a JSON object".into()))?;
+    // Check the contract's own attributes first so the error names them, then let
+    // the CloudEvents SDK validate the envelope.
+    match obj.get("specversion") {
+        None => return Err(DecodeError::Missing("specversion")),
+        Some(Value::String(s)) if s == "1.0" => {}
+        Some(other) => {
+            return Err(DecodeError::invalid("specversion", format!("`{}` is not `1.0`", truncate(&other.to_string(), 32))))
+        }
+    }
+    for attr in ["id", "source", "type", "subject", "time"] {
+        match obj.get(attr) {
+            None | Some(Value::Null) => return Err(DecodeError::Missing(static_attr(attr))),
+            Some(Value::String(_)) => {}
+            Some(_) => return Err(DecodeError::invalid(attr, "is not a string")),
+        }
+    }
+    // The type is checked before the envelope so that an unknown type is reported as such.
+    obj["type"].as_str().unwrap_or_default().parse::<EventType>()?;
+    let raw_time = obj["time"].as_str().unwrap_or_default().to_owned();
+    let event: Event = serde_json::from_value(value).map_err(|e| DecodeError::Malformed(format!("not a CloudEvent: {e}")))?;
+    decode_cloudevent_with_time(&event, Some(&raw_time))
+}
+
+/// Validate a CloudEvent (from any binding) against the contract.
+pub fn decode_cloudevent(event: &Event) -> Result<MirrorEvent, DecodeError> {
+    decode_cloudevent_with_time(event, None)
+}
+
+fn decode_cloudevent_with_time(event: &Event, raw_time: Option<&str>) -> Result<MirrorEvent, DecodeError> {
+    let event_type: EventType = event.ty().parse()?;
+    let subject_text = event.subject().ok_or(DecodeError::Missing("subject"))?;
+    let subject = Subject::parse(subject_text, event_type.family())?;
+    let time = match raw_time {
+        Some(raw) => crate::parse_time("time", raw)?,
+        None => *event.time().ok_or(DecodeError::Missing("time"))?,
+    }
+    .trunc_subsecs_micros();
+    let source = event.source().to_string();
+    if source.is_empty() {
+        return Err(DecodeError::invalid("source", "is empty"));
+    }
+
+    let expected_id = deterministic_id(event_type, &subject, &time);
+    if event.id() != expected_id.to_string() {
+        // Accept the canonical text of the same UUID in any case.
+        match Uuid::parse_str(event.id()) {
+            Ok(found) if found == expected_id => {}
+            _ => {
+                return Err(DecodeError::WrongId {
+                    found: truncate(event.id(), 64),
+                    expected: expected_id.to_string(),
+                })
+            }
+        }
+    }
+
+    match event.extension("partitionkey") {
+        None => {}
+        Some(ExtensionValue::String(pk)) if pk == subject.partition_key() => {}
+        Some(other) => {
+            return Err(DecodeError::Mismatch {
+                field: "partitionkey",
+                found: truncate(&other.to_string(), 64),
+                expected: subject.partition_key().to_owned(),
+            })
+        }
+    }
+
+    if let Some(ct) = event.datacontenttype() {
+        let base = ct.split(';').next().unwrap_or("").trim();
+        if !base.eq_ignore_ascii_case("application/json") {
+            return Err(DecodeError::invalid("datacontenttype", format!("`{}` is not `application/json`", truncate(ct, 64))));
+        }
+    }
+
+    let data: Value = match event.data() {
+        None => return Err(DecodeError::Missing("data")),
+        Some(Data::Json(v)) => v.clone(),
+        Some(Data::String(s)) => serde_json::from_str(s).map_err(|e| DecodeError::invalid("data", format!("is not JSON: {e}")))?,
+        Some(Data::Binary(b)) => serde_json::from_slice(b).map_err(|e| DecodeError::invalid("data", format!("is not JSON: {e}")))?,
+    };
+    let data = data.as_object().ok_or_else(|| DecodeError::invalid("data", "is not a JSON object"))?;
+
+    let op = data.get("op").ok_or(DecodeError::Missing("data.op"))?;
+    if op.as_str() != Some(event_type.op().as_str()) {
+        return Err(DecodeError::invalid(
+            "data.op",
+            format!("`{}` does not match type `{event_type}`", truncate(&op.to_string(), 32)),
+        ));
+    }
+    check_data_id(data, "firestoreId", "data.firestoreId", subject.document_id(), true)?;
+    if let Some(conversation_id) = subject.conversation_id() {
+        check_data_id(data, "conversationId", "data.conversationId", conversation_id, true)?;
+    }
+    match &subject {
+        Subject::Block { user_id, target_user_id } => {
+            check_data_id(data, "userId", "data.userId", user_id, false)?;
+            check_data_id(data, "targetUserId", "data.targetUserId", target_user_id, false)?;
+        }
+        Subject::FollowEdge {
+            follower_user_id,
+            target_user_id,
+        } => {
+            check_data_id(data, "followerUserId", "data.followerUserId", follower_user_id, false)?;
+            check_data_id(data, "targetUserId", "data.targetUserId", target_user_id, false)?;
+        }
+        _ => {}
+    }
+
+    let payload_value = data.get("payload").ok_or(DecodeError::Missing("data.payload"))?;
+    let payload = Payload::from_json(event_type, payload_value)?;
+
+    Ok(MirrorEvent {
+        id: expected_id,
+        event_type,
+        source,
+        subject,
+        time,
+        payload,
+    })
+}
+
+fn check_data_id(
+    data: &serde_json::Map<String, Value>,
+    key: &str,
+    field: &'static str,
+    expected: &str,
+    required: bool,
+) -> Result<(), DecodeError> {
+    match data.get(key) {
+        None | Some(Value::Null) if !required => Ok(()),
+        None | Some(Value::Null) => Err(DecodeError::Missing(field)),
+        Some(Value::String(s)) if s == expected => Ok(()),
+        Some(Value::String(s)) => Err(DecodeError::Mismatch {
+            field,
+            found: truncate(s, 64),
+            expected: expected.to_owned(),
+        }),
+        Some(_) => Err(DecodeError::invalid(field, "is not a string")),
+    }
+}
+
+fn static_attr(name: &str) -> &'static str {
+    match name {
+        "id" => "id",
+        "source" => "source",
+        "type" => "type",
+        "subject" => "subject",
+        _ => "time",
+    }
+}
+
+impl EventFamily {
+    /// The SQL procedure family name, as in `sp_StoreMirror_Upsert<Name>`.
+    pub fn procedure_noun(self) -> &'static str {
+        match self {
+            EventFamily::Conversation => "DmConversation",
+            EventFamily::Message => "DmMessage",
+            EventFamily::Block => "DmBlock",
+            EventFamily::FollowEdge => "FollowEdge",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of the contract, byte for byte except the id, which the
+    /// contract's example leaves illustrative.
+    fn contract_example(id: &str) -> Value {
+        json!({
+          "specversion": "1.0",
+          "id": id,
+          "source": "firestore://projects/demo/databases/(default)/documents/conversations/c1/messages/m1",
+          "type": "dm.message.create",
+          "subject": "conversations/c1/messages/m1",
+          "time": "2025-10-08T12:34:56.123456Z",
+          "partitionkey": "c1",
+          "datacontenttype": "application/json",
+          "data": {
+            "firestoreId": "m1",
+            "conversationId": "c1",
+            "op": "create",
+            "payload": { "authorUserId": "u1", "bodyText": "hi", "createdAt": "2025-10-08T12:34:56.123456Z" }
+          }
+        })
+    }
+
+    fn example_id() -> String {
+        let name = "dm.message.create\nconversations/c1/messages/m1\n2025-10-08T12:34:56.123456Z";
+        Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string()
+    }
+
+    #[test]
+    fn decodes_the_contract_example() {
+        let bytes = serde_json::to_vec(&contract_example(&example_id())).unwrap();
+        let ev = decode_structured(&bytes).unwrap();
+        assert_eq!(ev.event_type(), EventType::DmMessageCreate);
+        assert_eq!(ev.partition_key(), "c1");
+        assert_eq!(ev.id().to_string(), example_id());
+        assert_eq!(ev.sync_source(), "firestore");
+        // and re-encodes to something that decodes to the same event
+        assert_eq!(decode_structured(&ev.to_structured_json()).unwrap(), ev);
+        assert_eq!(decode_cloudevent(&ev.to_cloudevent()).unwrap(), ev);
+    }
+
+    #[test]
+    fn rejects_a_non_deterministic_id() {
+        let bytes = serde_json::to_vec(&contract_example("5f0c3b9e-8e0f-5c8a-9d57-1d7a0c1f2b3c")).unwrap();
+        let e = decode_structured(&bytes).unwrap_err();
+        assert_eq!(e.code(), "wrong_id");
+        assert!(e.to_string().contains(&example_id()), "{e}");
+    }
+}

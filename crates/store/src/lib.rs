@@ -1,0 +1,217 @@
+//! The `MirrorStore` port: where contract events become SQL rows, and its
+//! adapters ([`postgres`], feature `postgres`; [`mssql`], feature `mssql`).
+//!
+//! # Contract (every adapter)
+//!
+//! The bus is at-least-once and unordered, so a store must make any
+//! permutation of any multiset of valid events converge (see
+//! `shared/event-contract.md`, "What the mirror must guarantee"):
+//!
+//! - **Idempotent by event id**: applying an id already applied returns
+//!   [`ApplyOutcome::Duplicate`] and writes nothing (no second audit or
+//!   follow-event row).
+//! - **Last writer wins by source version**: an event whose `(time, id)` is not
+//!   newer than the entity's stored version returns [`ApplyOutcome::Stale`] and
+//!   changes nothing. `time` decides; the id only breaks exact ties, so the
+//!   order is total and the result independent of arrival order.
+//! - **Tombstones**: deletes keep the row with `deleted_at` = event time.
+//! - **Atomic per event**: each event's effect (row, audit, follow event,
+//!   placeholder parent, conversation summary) commits or rolls back as one.
+//! - **Safe under concurrent writers**: two processes applying events of the
+//!   same entity at once never lose the newer version; a deadlock surfaces as
+//!   a transient [`StoreError`] for the caller to retry.
+//!
+//! [`model`] is the reference semantics in plain Rust: the conformance suite
+//! and the property tests check every adapter against it.
+//!
+//! Stores do not decide what to do about an error: they report what happened
+//! ([`StoreErrorKind`], the database's own code) and the writer's policy decides
+//! retry versus dead-letter in one place.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use mirror_schema::MirrorEvent;
+use uuid::Uuid;
+
+pub mod model;
+pub mod state;
+
+#[cfg(feature = "mssql")]
+pub mod mssql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+pub use state::MirrorState;
+
+/// What applying one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApplyOutcome {
+    /// The event was the newest version of its entity and is now stored.
+    Applied,
+    /// This event id was applied before; nothing changed.
+    Duplicate,
+    /// The entity already holds a newer version; nothing changed.
+    Stale,
+}
+
+impl ApplyOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyOutcome::Applied => "applied",
+            ApplyOutcome::Duplicate => "duplicate",
+            ApplyOutcome::Stale => "stale",
+        }
+    }
+
+    /// Parse the outcome text the stored procedures return.
+    pub fn parse(s: &str) -> Option<ApplyOutcome> {
+        match s.trim() {
+            "applied" => Some(ApplyOutcome::Applied),
+            "duplicate" => Some(ApplyOutcome::Duplicate),
+            "stale" => Some(ApplyOutcome::Stale),
+            _ => None,
+        }
+    }
+}
+
+/// The database's own error code, for the writer's policy to classify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbCode {
+    /// PostgreSQL SQLSTATE (`40001`, `23505`, the functions' own `RM…` codes).
+    Sqlstate(String),
+    /// SQL Server error number (`1205`, `2627`, the procedures' own 50000+ numbers).
+    Mssql(u32),
+}
+
+/// What kind of thing failed, as far as the store can tell without judging it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// Bad configuration (URL, credentials format): fatal at start.
+    Config,
+    /// Could not reach or log in to the database, or the connection broke.
+    Connect,
+    /// No pooled connection became free in time.
+    PoolTimeout,
+    /// The statement did not finish within the command timeout.
+    Timeout,
+    /// The database answered with an error (see [`StoreError::code`]).
+    Database,
+    /// The database answered something the adapter did not expect.
+    Protocol,
+    /// Applying migrations failed.
+    Migration,
+}
+
+/// A store failure: what failed, the database's code if it gave one, and its message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}{message}", code.as_ref().map(|c| match c { DbCode::Sqlstate(s) => format!("SQLSTATE {s}: "), DbCode::Mssql(n) => format!("SQL Server error {n}: ") }).unwrap_or_default())]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    pub code: Option<DbCode>,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> StoreError {
+        StoreError {
+            kind,
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn database(code: DbCode, message: impl Into<String>) -> StoreError {
+        StoreError {
+            kind: StoreErrorKind::Database,
+            code: Some(code),
+            message: message.into(),
+        }
+    }
+}
+
+/// A dead-lettered event as the SQL `realtime_mirror_dead_letter` table keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRecord {
+    /// Unique key: the event id when the event decoded far enough to have one,
+    /// else `sha256:<hex of the body>`. Recording the same key again updates
+    /// `last_failed_at`/`attempts` and keeps `first_failed_at`.
+    pub key: String,
+    pub event_id: Option<Uuid>,
+    pub event_type: Option<String>,
+    pub subject: Option<String>,
+    /// The message body as received (lossy UTF-8).
+    pub payload: String,
+    /// Short reason code (same as the bus's `DeadLetterReason`).
+    pub reason: String,
+    /// Full error text.
+    pub error: String,
+    pub attempts: u32,
+    pub failed_at: DateTime<Utc>,
+    pub subscription: String,
+}
+
+/// A row of `realtime_mirror_dead_letter`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDeadLetter {
+    pub record: DeadLetterRecord,
+    pub first_failed_at: DateTime<Utc>,
+    pub last_failed_at: DateTime<Utc>,
+    pub replay_count: u32,
+    pub last_replayed_at: Option<DateTime<Utc>>,
+}
+
+/// A resume position of a publisher module/shard (`realtime_mirror_checkpoint`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub module: String,
+    pub shard: String,
+    pub last_processed_at: Option<DateTime<Utc>>,
+    /// Opaque resume token or backfill cursor.
+    pub cursor_token: Option<Vec<u8>>,
+}
+
+/// One measurement for `realtime_mirror_metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSample {
+    pub module: String,
+    pub metric: String,
+    pub value: f64,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Where contract events become SQL rows (see the module docs for the contract).
+pub trait MirrorStore: Send + Sync + 'static {
+    /// Apply one event in its own transaction.
+    fn apply(&self, event: &MirrorEvent) -> impl Future<Output = Result<ApplyOutcome, StoreError>> + Send;
+
+    /// Apply `events` in one transaction, each inside its own savepoint so that
+    /// one rejected event does not undo the others. Returns one result per
+    /// event, in input order. An `Err` of the whole call means nothing was
+    /// committed (connection lost, commit failed) and every event must be retried.
+    fn apply_batch(
+        &self,
+        events: &[MirrorEvent],
+    ) -> impl Future<Output = Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError>> + Send;
+
+    /// Insert or update a dead-letter row (keyed by [`DeadLetterRecord::key`]).
+    fn record_dead_letter(&self, record: &DeadLetterRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Dead-letter rows, newest failure first.
+    fn list_dead_letters(&self, limit: usize) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send;
+
+    /// Note that the dead letter `key` was replayed at `at` (count and history).
+    fn record_replay(&self, key: &str, at: DateTime<Utc>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn load_checkpoint(&self, module: &str, shard: &str) -> impl Future<Output = Result<Option<Checkpoint>, StoreError>> + Send;
+    fn save_checkpoint(&self, checkpoint: &Checkpoint) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn record_metrics(&self, samples: &[MetricSample]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Row counts of every mirror table, by table name, in schema order.
+    fn table_counts(&self) -> impl Future<Output = Result<Vec<(String, i64)>, StoreError>> + Send;
+
+    /// Every mirrored row, normalised (Firestore ids instead of surrogate keys).
+    fn snapshot(&self) -> impl Future<Output = Result<MirrorState, StoreError>> + Send;
+}

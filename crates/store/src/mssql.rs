@@ -1,0 +1,1 @@
+//! SQL Server adapter (in progress).
