@@ -1,1 +1,14 @@
-//! placeholder
+//! sql-writer: consumes contract events from a subscription and applies them to
+//! SQL through the store's stored procedures, idempotently.
+//!
+//! The crate is generic over the two ports ([`mirror_bus::EventBus`],
+//! [`mirror_store::MirrorStore`]) and never sees a driver or transport type:
+//! `main.rs` picks the adapters from [`config::Settings`] and calls
+//! [`writer::run`].
+
+pub mod config;
+pub mod policy;
+pub mod telemetry;
+pub mod writer;
+
+pub use writer::{run, Deps, RunReport, WriterError, WriterSettings};

@@ -1,0 +1,279 @@
+//! The one place that decides what happens to a message: complete, retry
+//! later, dead-letter, or stop the writer.
+//!
+//! Every outcome from every source — event validation, PostgreSQL SQLSTATEs,
+//! SQL Server error numbers, bus errors — is classified here by [`classify`],
+//! and [`decide`] turns the class and the delivery count into a
+//! [`Disposition`]. The worker loop only executes dispositions. Keep the
+//! transient lists narrow: an unknown database error is retried a bounded
+//! number of times and then dead-lettered, so a wrong guess costs a few
+//! retries, never a lost or stuck event.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use mirror_bus::{BusError, DeadLetter};
+use mirror_schema::DecodeError;
+use mirror_store::{ApplyOutcome, DbCode, StoreError, StoreErrorKind};
+
+/// How a failure should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// May succeed if tried again later (deadlock, connection lost, timeout).
+    Transient,
+    /// Will never succeed as sent (invalid event, constraint violation): dead-letter now.
+    Permanent,
+    /// The writer itself is misconfigured (schema not migrated, bad credentials
+    /// format): stop without settling, so nothing is dead-lettered for our fault.
+    Fatal,
+}
+
+/// Anything that can go wrong with one message.
+#[derive(Debug)]
+pub enum Failure<'a> {
+    Decode(&'a DecodeError),
+    Store(&'a StoreError),
+    Bus(&'a BusError),
+}
+
+impl std::fmt::Display for Failure<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Decode(e) => write!(f, "invalid event: {e}"),
+            Failure::Store(e) => write!(f, "database: {e}"),
+            Failure::Bus(e) => write!(f, "bus: {e}"),
+        }
+    }
+}
+
+/// SQL Server error numbers that are worth retrying (deadlock victim, lock
+/// timeout, Azure SQL throttling/failover, database unavailable).
+pub const MSSQL_TRANSIENT: &[u32] = &[1205, 1222, 40501, 40613, 40197, 49918, 49919, 49920, 10928, 10929, 4060, 4221, 233, 10053, 10054, 10060, 64];
+/// SQL Server error numbers that will not succeed on retry (FK, unique, truncation,
+/// conversion, NOT NULL). The procedures' own numbers (50000–50999) are permanent too.
+pub const MSSQL_PERMANENT: &[u32] = &[547, 2601, 2627, 8152, 2628, 245, 515, 8114, 241, 242, 13609];
+/// SQL Server: invalid object / procedure name — the schema is not deployed.
+pub const MSSQL_FATAL: &[u32] = &[208, 2812, 18456];
+
+/// Classify one failure. The single source of truth for retry vs dead-letter.
+pub fn classify(failure: &Failure<'_>) -> Class {
+    match failure {
+        Failure::Decode(_) => Class::Permanent,
+        Failure::Bus(BusError::Config(_)) => Class::Fatal,
+        Failure::Bus(BusError::TooLarge { .. }) => Class::Permanent,
+        Failure::Bus(_) => Class::Transient,
+        Failure::Store(e) => classify_store(e),
+    }
+}
+
+fn classify_store(e: &StoreError) -> Class {
+    match e.kind {
+        StoreErrorKind::Config | StoreErrorKind::Migration => return Class::Fatal,
+        StoreErrorKind::Connect | StoreErrorKind::PoolTimeout | StoreErrorKind::Timeout => return Class::Transient,
+        _ => {}
+    }
+    match &e.code {
+        Some(DbCode::Sqlstate(s)) => classify_sqlstate(s),
+        Some(DbCode::Mssql(n)) => classify_mssql(*n),
+        None => Class::Transient,
+    }
+}
+
+/// PostgreSQL: serialization failure, deadlock, connection exceptions, admin
+/// shutdown, too many connections, lock/statement timeouts retry; integrity
+/// and data exceptions and the mirror functions' own `RM` rejections don't;
+/// an undefined table/function means the schema is not migrated (fatal).
+pub fn classify_sqlstate(code: &str) -> Class {
+    match code {
+        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "53400" | "55P03" | "57014" | "58000" | "58030" => {
+            Class::Transient
+        }
+        "42P01" | "42883" | "3F000" | "28000" | "28P01" | "3D000" => Class::Fatal,
+        c if c.starts_with("08") || c.starts_with("53") => Class::Transient,
+        c if c.starts_with("23") || c.starts_with("22") || c.starts_with("RM") => Class::Permanent,
+        _ => Class::Transient,
+    }
+}
+
+/// SQL Server: see [`MSSQL_TRANSIENT`], [`MSSQL_PERMANENT`], [`MSSQL_FATAL`].
+pub fn classify_mssql(number: u32) -> Class {
+    if MSSQL_FATAL.contains(&number) {
+        Class::Fatal
+    } else if MSSQL_PERMANENT.contains(&number) || (50000..=50999).contains(&number) {
+        Class::Permanent
+    } else {
+        Class::Transient
+    }
+}
+
+/// Retry settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Deliveries before a transiently failing event is dead-lettered (default 5).
+    pub max_attempts: u32,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The broker-side delay before attempt `delivery_count + 1`: exponential
+    /// (factor 2) from `min_delay`, capped at `max_delay`, with jitter.
+    pub fn delay_after(&self, delivery_count: u32) -> Duration {
+        let mut builder = ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_factor(2.0)
+            .with_max_times(delivery_count.max(1) as usize);
+        if self.jitter {
+            builder = builder.with_jitter();
+        }
+        builder.build().last().unwrap_or(self.min_delay)
+    }
+}
+
+/// What to do with a delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Settled for good: the effect is committed (or was already).
+    Complete(ApplyOutcome),
+    /// Release for redelivery after `delay`.
+    Retry { delay: Duration, reason: String },
+    /// Move to both dead-letter places.
+    DeadLetter(DeadLetter),
+    /// Stop the writer; leave the message unsettled.
+    Fatal(String),
+}
+
+/// Decide what to do with a delivery, given what happened and how many times
+/// it has been delivered (1 = first).
+pub fn decide(result: Result<ApplyOutcome, Failure<'_>>, delivery_count: u32, policy: &RetryPolicy) -> Disposition {
+    let failure = match result {
+        Ok(outcome) => return Disposition::Complete(outcome),
+        Err(f) => f,
+    };
+    let description = failure.to_string();
+    match classify(&failure) {
+        Class::Fatal => Disposition::Fatal(description),
+        Class::Permanent => Disposition::DeadLetter(DeadLetter {
+            reason: reason_code(&failure).to_owned(),
+            description,
+            attempts: delivery_count,
+        }),
+        Class::Transient if delivery_count >= policy.max_attempts => Disposition::DeadLetter(DeadLetter {
+            reason: "retries_exhausted".to_owned(),
+            description: format!("gave up after {delivery_count} attempts: {description}"),
+            attempts: delivery_count,
+        }),
+        Class::Transient => Disposition::Retry {
+            delay: policy.delay_after(delivery_count),
+            reason: description,
+        },
+    }
+}
+
+/// The short `DeadLetterReason` for a permanent failure.
+fn reason_code(failure: &Failure<'_>) -> &'static str {
+    match failure {
+        Failure::Decode(e) => e.code(),
+        Failure::Store(_) => "rejected_by_database",
+        Failure::Bus(_) => "rejected_by_bus",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pg(code: &str) -> StoreError {
+        StoreError::database(DbCode::Sqlstate(code.into()), "x")
+    }
+    fn ms(n: u32) -> StoreError {
+        StoreError::database(DbCode::Mssql(n), "x")
+    }
+
+    #[test]
+    fn classification_table() {
+        let cases: &[(StoreError, Class)] = &[
+            (pg("40001"), Class::Transient),
+            (pg("40P01"), Class::Transient),
+            (pg("08006"), Class::Transient),
+            (pg("57P01"), Class::Transient),
+            (pg("53300"), Class::Transient),
+            (pg("23505"), Class::Permanent),
+            (pg("22001"), Class::Permanent),
+            (pg("RM001"), Class::Permanent),
+            (pg("42883"), Class::Fatal),
+            (ms(1205), Class::Transient),
+            (ms(40613), Class::Transient),
+            (ms(49919), Class::Transient),
+            (ms(2627), Class::Permanent),
+            (ms(547), Class::Permanent),
+            (ms(50001), Class::Permanent),
+            (ms(2812), Class::Fatal),
+            (StoreError::new(StoreErrorKind::Connect, "refused"), Class::Transient),
+            (StoreError::new(StoreErrorKind::Timeout, "slow"), Class::Transient),
+            (StoreError::new(StoreErrorKind::Config, "bad url"), Class::Fatal),
+        ];
+        for (err, want) in cases {
+            assert_eq!(classify(&Failure::Store(err)), *want, "{err}");
+        }
+        let decode = DecodeError::UnknownType("x".into());
+        assert_eq!(classify(&Failure::Decode(&decode)), Class::Permanent);
+        assert_eq!(classify(&Failure::Bus(&BusError::Connect("down".into()))), Class::Transient);
+    }
+
+    #[test]
+    fn poison_is_dead_lettered_on_the_first_attempt() {
+        let decode = DecodeError::Missing("data.payload");
+        match decide(Err(Failure::Decode(&decode)), 1, &RetryPolicy::default()) {
+            Disposition::DeadLetter(d) => {
+                assert_eq!(d.reason, "missing_field");
+                assert_eq!(d.attempts, 1);
+                assert!(d.description.contains("data.payload"), "{}", d.description);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn transient_retries_then_dead_letters_at_the_limit() {
+        let policy = RetryPolicy::default();
+        let err = pg("40P01");
+        for n in 1..policy.max_attempts {
+            assert!(matches!(decide(Err(Failure::Store(&err)), n, &policy), Disposition::Retry { .. }));
+        }
+        match decide(Err(Failure::Store(&err)), policy.max_attempts, &policy) {
+            Disposition::DeadLetter(d) => assert_eq!(d.reason, "retries_exhausted"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy {
+            jitter: false,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(policy.delay_after(1), Duration::from_millis(500));
+        assert_eq!(policy.delay_after(2), Duration::from_secs(1));
+        assert_eq!(policy.delay_after(3), Duration::from_secs(2));
+        assert_eq!(policy.delay_after(30), Duration::from_secs(60));
+        let jittered = RetryPolicy::default();
+        for n in 1..8 {
+            let d = jittered.delay_after(n);
+            assert!(d >= policy.delay_after(n) && d <= policy.delay_after(n) * 2 + Duration::from_millis(1), "{n}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! The worker loop: receive a batch, decode, apply in one transaction, settle
+//! each message as [`crate::policy::decide`] says.
+//!
+//! Invariants:
+//! - a message is completed only after the transaction holding its effect
+//!   committed (or the store said it was a duplicate/stale, which is committed
+//!   state too);
+//! - a dead-lettered message has its `realtime_mirror_dead_letter` row written
+//!   first; if the database is down and attempts remain, the message is released
+//!   for a later attempt instead (it stays safe in the subscription); on the last
+//!   attempt it goes to the bus's dead-letter queue and the row waits in memory
+//!   until the database is back;
+//! - the loop never sleeps while holding a message: transient failures go back
+//!   to the broker with a delay;
+//! - on shutdown no new batch starts; the batch in flight finishes, or, past the
+//!   deadline, its messages are released for redelivery.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use mirror_bus::{Delivery, EventBus, Receiver};
+use mirror_schema::{decode_wire, DecodeError, EventType, MirrorEvent, WireMessage, WireValue};
+use mirror_store::{ApplyOutcome, DeadLetterRecord, MetricSample, MirrorStore, StoreError};
+use tokio::sync::watch;
+
+use crate::policy::{classify, decide, Class, Disposition, Failure, RetryPolicy};
+use crate::telemetry;
+
+/// Tuning of the worker loop.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    pub subscription: String,
+    /// Messages per receive and per transaction.
+    pub batch_size: usize,
+    /// Concurrent workers (each its own receiver and transaction).
+    pub concurrency: usize,
+    /// How long one receive waits for the first message.
+    pub receive_wait: Duration,
+    /// Exit when the subscription has nothing left (for tests and batch jobs).
+    pub exit_when_idle: bool,
+    pub retry: RetryPolicy,
+    /// How often to extend the locks of messages being applied.
+    pub keep_alive_every: Duration,
+    /// After shutdown is requested, how long the batch in flight may take.
+    pub shutdown_deadline: Duration,
+    /// How often to write counters to `realtime_mirror_metrics` (None: never).
+    pub metrics_flush_every: Option<Duration>,
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        WriterSettings {
+            subscription: mirror_bus::SQL_WRITER_SUBSCRIPTION.to_owned(),
+            batch_size: 64,
+            concurrency: 4,
+            receive_wait: Duration::from_secs(1),
+            exit_when_idle: false,
+            retry: RetryPolicy::default(),
+            keep_alive_every: Duration::from_secs(10),
+            shutdown_deadline: Duration::from_secs(20),
+            metrics_flush_every: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub applied: u64,
+    pub duplicate: u64,
+    pub stale: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub batches: u64,
+}
+
+impl RunReport {
+    fn add(&mut self, other: &RunReport) {
+        self.applied += other.applied;
+        self.duplicate += other.duplicate;
+        self.stale += other.stale;
+        self.retried += other.retried;
+        self.dead_lettered += other.dead_lettered;
+        self.batches += other.batches;
+    }
+}
+
+/// Why the writer stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriterError {
+    #[error("cannot subscribe to `{subscription}`: {source}")]
+    Subscribe {
+        subscription: String,
+        #[source]
+        source: mirror_bus::BusError,
+    },
+    #[error("fatal: {0}")]
+    Fatal(String),
+    #[error("worker task failed: {0}")]
+    Join(String),
+}
+
+/// What the writer needs: a bus and a store.
+pub struct Deps<B, S> {
+    pub bus: Arc<B>,
+    pub store: Arc<S>,
+}
+
+impl<B, S> Clone for Deps<B, S> {
+    fn clone(&self) -> Self {
+        Deps {
+            bus: self.bus.clone(),
+            store: self.store.clone(),
+        }
+    }
+}
+
+struct Shared {
+    report: Mutex<RunReport>,
+    pending_dead_letters: Mutex<Vec<DeadLetterRecord>>,
+}
+
+/// Run the writer until `shutdown` resolves (or, with `exit_when_idle`, until
+/// the subscription is drained).
+pub async fn run<B: EventBus, S: MirrorStore>(
+    deps: Deps<B, S>,
+    settings: WriterSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunReport, WriterError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (abort_tx, abort_rx) = watch::channel(false);
+    let deadline = settings.shutdown_deadline;
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: finishing the messages in flight");
+            let _ = stop_tx.send(true);
+            tokio::time::sleep(deadline).await;
+            let _ = abort_tx.send(true);
+        });
+    }
+    let shared = Arc::new(Shared {
+        report: Mutex::new(RunReport::default()),
+        pending_dead_letters: Mutex::new(Vec::new()),
+    });
+
+    let mut workers = Vec::new();
+    for n in 0..settings.concurrency.max(1) {
+        let receiver = deps
+            .bus
+            .subscribe(&settings.subscription)
+            .await
+            .map_err(|source| WriterError::Subscribe {
+                subscription: settings.subscription.clone(),
+                source,
+            })?;
+        let worker = Worker {
+            n,
+            deps: deps.clone(),
+            settings: settings.clone(),
+            stop: stop_rx.clone(),
+            stop_tx: stop_tx.clone(),
+            abort: abort_rx.clone(),
+            shared: shared.clone(),
+        };
+        workers.push(tokio::spawn(worker.run(receiver)));
+    }
+
+    let mut result = Ok(());
+    for w in workers {
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = stop_tx.send(true);
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+            Err(e) => result = Err(WriterError::Join(e.to_string())),
+        }
+    }
+    flush_dead_letters(&*deps.store, &shared).await;
+    let report = *shared.report.lock().expect("report lock");
+    if let Some(_every) = settings.metrics_flush_every {
+        let _ = deps.store.record_metrics(&report_samples(&report)).await;
+    }
+    let pending = shared.pending_dead_letters.lock().expect("pending lock").len();
+    if pending > 0 {
+        tracing::error!(pending, "dead-letter rows could not be written to SQL; they are in the bus's dead-letter queue");
+    }
+    result.map(|()| report)
+}
+
+fn report_samples(r: &RunReport) -> Vec<MetricSample> {
+    let now = Utc::now();
+    [
+        ("events_applied", r.applied),
+        ("events_duplicate", r.duplicate),
+        ("events_stale", r.stale),
+        ("events_retried", r.retried),
+        ("events_dead_lettered", r.dead_lettered),
+        ("batches", r.batches),
+    ]
+    .into_iter()
+    .map(|(metric, v)| MetricSample {
+        module: "sql-writer".into(),
+        metric: metric.into(),
+        value: v as f64,
+        recorded_at: now,
+    })
+    .collect()
+}
+
+struct Worker<B, S> {
+    n: usize,
+    deps: Deps<B, S>,
+    settings: WriterSettings,
+    stop: watch::Receiver<bool>,
+    stop_tx: Arc<watch::Sender<bool>>,
+    abort: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+}
+
+impl<B: EventBus, S: MirrorStore> Worker<B, S> {
+    async fn run(mut self, mut receiver: B::Receiver) -> Result<(), WriterError> {
+        let mut bus_failures = 0u32;
+        let mut last_flush = Instant::now();
+        loop {
+            if *self.stop.borrow() {
+                return Ok(());
+            }
+            let deliveries = match receiver.receive(self.settings.batch_size, self.settings.receive_wait).await {
+                Ok(d) => {
+                    bus_failures = 0;
+                    d
+                }
+                Err(e) => {
+                    if classify(&Failure::Bus(&e)) == Class::Fatal {
+                        return Err(WriterError::Fatal(e.to_string()));
+                    }
+                    bus_failures += 1;
+                    let delay = self.settings.retry.delay_after(bus_failures);
+                    tracing::warn!(worker = self.n, error = %e, delay_ms = delay.as_millis() as u64, "receive failed");
+                    self.sleep_unless_stopped(delay).await;
+                    continue;
+                }
+            };
+            if deliveries.is_empty() {
+                if self.settings.exit_when_idle && self.is_drained(&mut receiver).await {
+                    tracing::info!(worker = self.n, "subscription drained");
+                    return Ok(());
+                }
+                continue;
+            }
+            self.process(deliveries).await?;
+            if self.n == 0 {
+                if let Some(every) = self.settings.metrics_flush_every {
+                    if last_flush.elapsed() >= every {
+                        last_flush = Instant::now();
+                        let report = *self.shared.report.lock().expect("report lock");
+                        if let Err(e) = self.deps.store.record_metrics(&report_samples(&report)).await {
+                            tracing::warn!(error = %e, "could not record metrics");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sleep_unless_stopped(&mut self, delay: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.stop.changed() => {}
+        }
+    }
+
+    async fn is_drained(&self, receiver: &mut B::Receiver) -> bool {
+        match receiver.backlog().await {
+            Ok(Some(b)) => b.pending == 0 && b.in_flight == 0,
+            // A broker that cannot tell: one empty receive means idle.
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
+    async fn process(&mut self, deliveries: Vec<<B::Receiver as Receiver>::Delivery>) -> Result<(), WriterError> {
+        let started = Instant::now();
+        flush_dead_letters(&*self.deps.store, &self.shared).await;
+
+        let decoded: Vec<Result<MirrorEvent, DecodeError>> = deliveries.iter().map(|d| decode_wire(d.message())).collect();
+        let events: Vec<MirrorEvent> = decoded.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+
+        let applied = if events.is_empty() {
+            Some(Ok(Vec::new()))
+        } else {
+            self.apply_keeping_locks(&events, &deliveries).await
+        };
+        let Some(applied) = applied else {
+            // Past the shutdown deadline: release everything for redelivery.
+            for d in deliveries {
+                if let Err(e) = d.retry(Duration::ZERO).await {
+                    telemetry::settle_failed(None, &e);
+                }
+            }
+            return Ok(());
+        };
+        let committed_at = Utc::now();
+
+        let mut report = RunReport {
+            batches: 1,
+            ..RunReport::default()
+        };
+        let mut results = match &applied {
+            Ok(results) => results.iter().map(|r| r.as_ref().map(|o| *o)).collect::<Vec<_>>().into_iter(),
+            Err(_) => Vec::new().into_iter(),
+        };
+        let mut fatal = None;
+        for (delivery, decoded) in deliveries.into_iter().zip(decoded.iter()) {
+            let outcome: Result<ApplyOutcome, Failure<'_>> = match (decoded, &applied) {
+                (Err(e), _) => Err(Failure::Decode(e)),
+                (Ok(_), Err(whole)) => Err(Failure::Store(whole)),
+                (Ok(_), Ok(_)) => match results.next() {
+                    Some(Ok(o)) => Ok(o),
+                    Some(Err(e)) => Err(Failure::Store(e)),
+                    None => unreachable!("apply_batch returns one result per event"),
+                },
+            };
+            let event = decoded.as_ref().ok();
+            let disposition = decide(outcome, delivery.delivery_count(), &self.settings.retry);
+            match disposition {
+                Disposition::Complete(outcome) => {
+                    match outcome {
+                        ApplyOutcome::Applied => report.applied += 1,
+                        ApplyOutcome::Duplicate => report.duplicate += 1,
+                        ApplyOutcome::Stale => report.stale += 1,
+                    }
+                    if let Some(ev) = event {
+                        telemetry::event_completed(ev.event_type(), outcome, ev.time(), committed_at);
+                    }
+                    let id = delivery.message_id().map(str::to_owned);
+                    if let Err(e) = delivery.complete().await {
+                        telemetry::settle_failed(id.as_deref(), &e);
+                    }
+                }
+                Disposition::Retry { delay, reason } => {
+                    report.retried += 1;
+                    telemetry::event_retried(delivery.message_id(), event.map(|e| e.event_type()), delivery.delivery_count(), delay, &reason);
+                    let id = delivery.message_id().map(str::to_owned);
+                    if let Err(e) = delivery.retry(delay).await {
+                        telemetry::settle_failed(id.as_deref(), &e);
+                    }
+                }
+                Disposition::DeadLetter(why) => {
+                    let record = dead_letter_record(&delivery, event, &why, &self.settings.subscription);
+                    let last_attempt = delivery.delivery_count() >= self.settings.retry.max_attempts;
+                    match self.deps.store.record_dead_letter(&record).await {
+                        Ok(()) => {}
+                        Err(e) if !last_attempt => {
+                            // Keep the message in the subscription until SQL can take the row.
+                            report.retried += 1;
+                            let delay = self.settings.retry.delay_after(delivery.delivery_count());
+                            telemetry::event_retried(delivery.message_id(), event.map(|e| e.event_type()), delivery.delivery_count(), delay, &format!("dead-letter row not written: {e}"));
+                            if let Err(e) = delivery.retry(delay).await {
+                                telemetry::settle_failed(None, &e);
+                            }
+                            continue;
+                        }
+                        Err(_) => {
+                            let mut pending = self.shared.pending_dead_letters.lock().expect("pending lock");
+                            pending.push(record);
+                            telemetry::dead_letter_rows_pending(pending.len());
+                        }
+                    }
+                    report.dead_lettered += 1;
+                    telemetry::event_dead_lettered(delivery.message_id(), event.map(|e| e.event_type()), &why);
+                    let id = delivery.message_id().map(str::to_owned);
+                    if let Err(e) = delivery.dead_letter(&why).await {
+                        telemetry::settle_failed(id.as_deref(), &e);
+                    }
+                }
+                Disposition::Fatal(reason) => {
+                    // Leave the message unsettled; it is redelivered once the writer is fixed.
+                    fatal.get_or_insert(reason);
+                }
+            }
+        }
+        self.shared.report.lock().expect("report lock").add(&report);
+        telemetry::batch_finished(events.len(), started.elapsed());
+        match fatal {
+            Some(reason) => {
+                let _ = self.stop_tx.send(true);
+                Err(WriterError::Fatal(reason))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Apply the batch while extending the messages' locks; `None` if the
+    /// shutdown deadline passed first (the transaction is rolled back).
+    async fn apply_keeping_locks(
+        &mut self,
+        events: &[MirrorEvent],
+        deliveries: &[<B::Receiver as Receiver>::Delivery],
+    ) -> Option<Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError>> {
+        let apply = self.deps.store.apply_batch(events);
+        tokio::pin!(apply);
+        let mut tick = tokio::time::interval(self.settings.keep_alive_every);
+        tick.tick().await;
+        let mut abort = self.abort.clone();
+        loop {
+            tokio::select! {
+                r = &mut apply => return Some(r),
+                _ = tick.tick() => {
+                    for d in deliveries {
+                        if let Err(e) = d.keep_alive().await {
+                            tracing::warn!(error = %e, "could not extend a message lock");
+                        }
+                    }
+                }
+                Ok(()) = abort.changed() => {
+                    if *abort.borrow() {
+                        tracing::warn!("shutdown deadline passed with a batch in flight; releasing it");
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Write dead-letter rows that waited for the database.
+async fn flush_dead_letters<S: MirrorStore>(store: &S, shared: &Shared) {
+    let pending: Vec<DeadLetterRecord> = std::mem::take(&mut *shared.pending_dead_letters.lock().expect("pending lock"));
+    if pending.is_empty() {
+        return;
+    }
+    let mut still = Vec::new();
+    for record in pending {
+        if store.record_dead_letter(&record).await.is_err() {
+            still.push(record);
+        }
+    }
+    let mut guard = shared.pending_dead_letters.lock().expect("pending lock");
+    guard.extend(still);
+    telemetry::dead_letter_rows_pending(guard.len());
+}
+
+/// The SQL dead-letter row for a delivery; for an event that did not decode,
+/// the attributes are read best-effort from the raw message.
+fn dead_letter_record<D: Delivery>(delivery: &D, event: Option<&MirrorEvent>, why: &mirror_bus::DeadLetter, subscription: &str) -> DeadLetterRecord {
+    let message = delivery.message();
+    let (event_id, event_type, subject) = match event {
+        Some(e) => (Some(e.id()), Some(e.event_type().as_str().to_owned()), Some(e.entity_key())),
+        None => peek_attributes(message),
+    };
+    let key = match event_id {
+        Some(id) => id.to_string(),
+        None => format!("sha256:{}", body_digest(&message.body)),
+    };
+    DeadLetterRecord {
+        key,
+        event_id,
+        event_type,
+        subject,
+        payload: String::from_utf8_lossy(&message.body).into_owned(),
+        reason: why.reason.clone(),
+        error: why.description.clone(),
+        attempts: why.attempts,
+        failed_at: Utc::now(),
+        subscription: subscription.to_owned(),
+    }
+}
+
+/// `id`, `type`, `subject` of a message that failed validation, if readable.
+pub fn peek_attributes(message: &WireMessage) -> (Option<uuid::Uuid>, Option<String>, Option<String>) {
+    let clip = |s: &str| s.chars().take(128).collect::<String>();
+    if message.is_binary_mode() {
+        let get = |name: &str| {
+            mirror_schema::amqp::PREFIXES.iter().find_map(|p| match message.property(&format!("{p}{name}")) {
+                Some(WireValue::String(s)) => Some(clip(s)),
+                Some(WireValue::Uuid(u)) => Some(u.to_string()),
+                _ => None,
+            })
+        };
+        return (get("id").and_then(|s| s.parse().ok()), get("type"), get("subject"));
+    }
+    let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(&message.body) else {
+        return (None, None, None);
+    };
+    let s = |k: &str| obj.get(k).and_then(|v| v.as_str()).map(clip);
+    let event_type = s("type").filter(|t| t.parse::<EventType>().is_ok()).or(s("type"));
+    (s("id").and_then(|i| i.parse().ok()), event_type, s("subject"))
+}
+
+/// Hex SHA-256 of a message body: the dead-letter key of an undecodable message.
+fn body_digest(body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(body))
+}
