@@ -9,7 +9,7 @@ pub mod events;
 
 /// PostgreSQL server used by the tests (`TEST_PG_URL`, default local trust auth).
 pub fn pg_server_url() -> String {
-    std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// NATS server used by the tests (`TEST_NATS_URL`, default local).

@@ -20,7 +20,7 @@ use crate::policy::RetryPolicy;
 use crate::writer::WriterSettings;
 
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/mirror";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/mirror";
 
 /// Which bus adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -63,7 +63,7 @@ pub struct BusArgs {
     #[arg(long, env = "SERVICEBUS_NAMESPACE")]
     pub servicebus_namespace: Option<String>,
     /// Use Service Bus sessions (SessionId = partition key, per-entity FIFO)
-    #[arg(long, env = "SERVICEBUS_SESSIONS")]
+    #[arg(long, env = "SERVICEBUS_SESSIONS", num_args = 0..=1, default_missing_value = "true")]
     pub servicebus_sessions: Option<bool>,
 }
 
@@ -74,7 +74,7 @@ pub struct StoreArgs {
     /// Store adapter [default: postgres]
     #[arg(long, env = "MIRROR_STORE", value_enum)]
     pub store: Option<StoreKind>,
-    /// PostgreSQL URL. Secret: never logged [default: postgres://postgres@127.0.0.1:5432/mirror]
+    /// PostgreSQL URL. Secret: never logged [default: postgres://postgres:postgres@127.0.0.1:5432/mirror]
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     #[serde(skip)]
     pub database_url: Option<String>,
@@ -319,7 +319,7 @@ pub struct WriterArgs {
     #[arg(long, env = "WRITER_MAX_BACKOFF_MS")]
     pub max_backoff_ms: Option<u64>,
     /// Drain the subscription, then exit 0 (for tests and batch jobs)
-    #[arg(long, env = "WRITER_EXIT_WHEN_IDLE")]
+    #[arg(long, env = "WRITER_EXIT_WHEN_IDLE", num_args = 0..=1, default_missing_value = "true")]
     pub exit_when_idle: Option<bool>,
     /// Seconds the batch in flight may take after SIGTERM/SIGINT [default: 20]
     #[arg(long, env = "WRITER_SHUTDOWN_DEADLINE_SECS")]
@@ -331,7 +331,7 @@ pub struct WriterArgs {
     #[arg(long, env = "LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Apply pending migrations before consuming
-    #[arg(long, env = "WRITER_MIGRATE")]
+    #[arg(long, env = "WRITER_MIGRATE", num_args = 0..=1, default_missing_value = "true")]
     pub migrate: Option<bool>,
 }
 
