@@ -458,10 +458,7 @@ fn dead_letter_record<D: Delivery>(delivery: &D, event: Option<&MirrorEvent>, wh
         Some(e) => (Some(e.id()), Some(e.event_type().as_str().to_owned()), Some(e.entity_key())),
         None => peek_attributes(message),
     };
-    let key = match event_id {
-        Some(id) => id.to_string(),
-        None => format!("sha256:{}", body_digest(&message.body)),
-    };
+    let key = dead_letter_key(event_id, message);
     DeadLetterRecord {
         key,
         event_id,
@@ -497,8 +494,13 @@ pub fn peek_attributes(message: &WireMessage) -> (Option<uuid::Uuid>, Option<Str
     (s("id").and_then(|i| i.parse().ok()), event_type, s("subject"))
 }
 
-/// Hex SHA-256 of a message body: the dead-letter key of an undecodable message.
-fn body_digest(body: &[u8]) -> String {
+/// The key of a message's `realtime_mirror_dead_letter` row: its event id when
+/// one can be read (decoded or peeked), else `sha256:<hex>` of the body. The
+/// writer and the replay tool both use this, so a replayed event's row is found.
+pub fn dead_letter_key(event_id: Option<uuid::Uuid>, message: &WireMessage) -> String {
     use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(body))
+    match event_id.or_else(|| peek_attributes(message).0) {
+        Some(id) => id.to_string(),
+        None => format!("sha256:{}", hex::encode(Sha256::digest(&message.body))),
+    }
 }
