@@ -120,3 +120,46 @@ pub fn follow(op: Op, follower: &str, target: &str, state: FollowState, time: Da
         payload,
     )
 }
+
+/// A random history over a handful of entities of every family: creates,
+/// updates, soft and hard deletes, blocks, follow transitions, with some events
+/// repeated (`duplicates` extra copies drawn from the history). Times may tie.
+pub fn random_history(rng: &mut impl rand::Rng, events: usize, duplicates: usize) -> Vec<MirrorEvent> {
+    use rand::seq::IndexedRandom;
+    let convs = ["c1", "c2", "c3"];
+    let msgs = ["m1", "m2", "m3", "m4"];
+    let users = ["u1", "u2", "u3"];
+    let states = [FollowState::Pending, FollowState::Accepted, FollowState::Blocked];
+    let mut out = Vec::with_capacity(events + duplicates);
+    for _ in 0..events {
+        let time = t(rng.random_range(0..40));
+        let op = *[Op::Create, Op::Update, Op::Delete].choose(rng).unwrap();
+        let c = *convs.choose(rng).unwrap();
+        let e = match rng.random_range(0..10) {
+            0 | 1 => {
+                let n = rng.random_range(2..=3);
+                conversation(if op == Op::Delete { Op::Update } else { op }, c, &users[..n], time)
+            }
+            2..=5 => {
+                let m = *msgs.choose(rng).unwrap();
+                let soft = (op == Op::Update && rng.random_bool(0.2)).then_some(time);
+                message_with(op, c, m, &format!("body {}", rng.random_range(0..1000)), time, soft)
+            }
+            6 | 7 => {
+                let (a, b) = (*users.choose(rng).unwrap(), *users.choose(rng).unwrap());
+                follow(op, a, b, *states.choose(rng).unwrap(), time)
+            }
+            _ => {
+                let (a, b) = (*users.choose(rng).unwrap(), *users.choose(rng).unwrap());
+                block(op, a, b, time)
+            }
+        };
+        out.push(e);
+    }
+    for _ in 0..duplicates {
+        if let Some(e) = out.choose(rng).cloned() {
+            out.push(e);
+        }
+    }
+    out
+}
