@@ -188,6 +188,12 @@ pub fn decode_structured(bytes: &[u8]) -> Result<MirrorEvent, DecodeError> {
     // The type is checked before the envelope so that an unknown type is reported as such.
     obj["type"].as_str().unwrap_or_default().parse::<EventType>()?;
     let raw_time = obj["time"].as_str().unwrap_or_default().to_owned();
+    crate::parse_time("time", &raw_time)?;
+    match obj.get("datacontenttype") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(ct)) => check_content_type(ct)?,
+        Some(_) => return Err(DecodeError::invalid("datacontenttype", "is not a string")),
+    }
     let event: Event = serde_json::from_value(value).map_err(|e| DecodeError::Malformed(format!("not a CloudEvent: {e}")))?;
     decode_cloudevent_with_time(&event, Some(&raw_time))
 }
@@ -238,10 +244,7 @@ fn decode_cloudevent_with_time(event: &Event, raw_time: Option<&str>) -> Result<
     }
 
     if let Some(ct) = event.datacontenttype() {
-        let base = ct.split(';').next().unwrap_or("").trim();
-        if !base.eq_ignore_ascii_case("application/json") {
-            return Err(DecodeError::invalid("datacontenttype", format!("`{}` is not `application/json`", truncate(ct, 64))));
-        }
+        check_content_type(ct)?;
     }
 
     let data: Value = match event.data() {
@@ -289,6 +292,16 @@ fn decode_cloudevent_with_time(event: &Event, raw_time: Option<&str>) -> Result<
         time,
         payload,
     })
+}
+
+/// `datacontenttype` must be JSON (parameters such as `charset` allowed).
+fn check_content_type(ct: &str) -> Result<(), DecodeError> {
+    let base = ct.split(';').next().unwrap_or("").trim();
+    if base.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(DecodeError::invalid("datacontenttype", format!("`{}` is not `application/json`", truncate(ct, 64))))
+    }
 }
 
 fn check_data_id(
