@@ -1,1 +1,17 @@
-//! placeholder
+//! The Firestore publisher: tails Firestore with a resumable listen stream
+//! (and backfills with cursor paging) and publishes contract events.
+//!
+//! Code map:
+//! - [`value`]: SDK-free documents and values.
+//! - [`listen`]: the pure Listen-protocol state machine.
+//! - [`mapping`]: document → [`mirror_schema::MirrorEvent`], or a typed error.
+//! - [`sink`]: publishing mapped events (shard filter, dead letters).
+//! - [`live`]: the live loop over a [`live::ListenTransport`] port.
+//! - [`backfill`]: paging collection groups through a [`backfill::DocumentPager`] port.
+//! - `firestore` (feature `firestore`): the adapters for both ports.
+//!
+//! Architecture invariant: only `firestore` knows the SDK; everything else is
+//! tested with in-memory fakes.
+
+pub mod listen;
+pub mod value;

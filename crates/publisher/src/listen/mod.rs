@@ -1,0 +1,225 @@
+//! The pure core of the live path: Firestore's `Listen` protocol as a state
+//! machine over abstract messages.
+//!
+//! [`ListenCore`] is fed [`ListenResponse`]s (already converted from gRPC by the
+//! adapter) and answers with [`Output`]s: requests to send on the stream and
+//! [`Snapshot`]s of document changes, emitted only at *consistent points*.
+//! It does no IO, owns no clock and cannot fail for IO reasons, so every
+//! protocol corner is unit-tested with synthetic transcripts (`tests.rs`).
+//!
+//! # Rules (see also `docs/firestore-mapping.md`)
+//!
+//! - **Consistent points.** Changes are buffered and emitted only when a
+//!   `NO_CHANGE` target change with *no* target ids and a `read_time` arrives:
+//!   the server's promise that the whole stream (every target) is consistent at
+//!   that read time. Per-target `CURRENT`s alone never emit.
+//! - **Tokens.** A target's token becomes *safe* (is included in
+//!   [`ResumeState`]) only at a consistent point at which the target is
+//!   `CURRENT`, has no request in flight and is not being reset; the token is the
+//!   newest one the target received while current (from `CURRENT` or a
+//!   `NO_CHANGE`). A target that is not current keeps its previous safe token,
+//!   or has none and is listened to from scratch next time. The caller persists
+//!   the [`Snapshot::resume`] of a snapshot only after publishing every change of
+//!   it (and of every snapshot before it).
+//! - **Resets.** `RESET`, a target removed by the server with a cause, an
+//!   existence-filter mismatch, a rejected resume token and a target added
+//!   without a token all start a *reset*: the target's last consistent
+//!   membership is kept, the server resends the full state, documents whose
+//!   version did not change are not emitted again, and once the target is
+//!   `CURRENT` at a consistent point every document of the old membership that
+//!   was not resent is emitted as a delete at that point's read time.
+//! - **Existence filters.** A `Filter` whose count differs from the number of
+//!   documents the target holds starts a re-sync: the target is removed and
+//!   added again without a resume token (as the Firebase SDKs do). Filters for a
+//!   target that is being reset or has requests in flight are ignored.
+//! - **Create or update.** `create` iff the document's `create_time` equals its
+//!   `update_time` (the first version of that document incarnation), `update`
+//!   otherwise. Whether the core had seen the document before is deliberately
+//!   *not* used: the contract's id hashes the type, and the backfill, the live
+//!   path and other producers must derive the same type for the same version.
+//! - **Duplicates.** A document version equal to the one last emitted for that
+//!   path is not emitted again; several versions of one document between two
+//!   consistent points collapse to the newest.
+//! - **Deletes.** `DocumentDelete`, and `DocumentRemove` or a change that drops
+//!   the document from its last target, emit a delete at the message's
+//!   `read_time` (or the consistent point's if it has none). Every target of the
+//!   publisher is an unfiltered collection (group) query, so leaving a target
+//!   means the document no longer exists.
+//! - **Unknown membership.** After a restart from a checkpoint the core does not
+//!   know which documents each target held before, so a deletion that the
+//!   server only reveals through a reset or a filter cannot be computed for
+//!   those documents; the core says so with [`Notice::DeletionsMayBeIncomplete`]
+//!   (run the drift check) and from the next completed reset on knows the
+//!   membership exactly.
+
+mod core;
+mod resume;
+#[cfg(test)]
+mod tests;
+
+pub use self::core::ListenCore;
+pub use self::resume::{ResumeState, ResumeStateError};
+
+use crate::value::{Document, Timestamp};
+
+/// A listen target id, as on the wire.
+pub type TargetId = i32;
+
+/// `TargetChange.target_change_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetChangeKind {
+    NoChange,
+    Add,
+    Remove,
+    Current,
+    Reset,
+}
+
+/// Why the server removed a target (`google.rpc.Status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    pub code: i32,
+    pub message: String,
+}
+
+/// `ListenResponse.target_change`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetChange {
+    pub kind: TargetChangeKind,
+    /// Empty means every target.
+    pub target_ids: Vec<TargetId>,
+    /// Empty means no token.
+    pub resume_token: Vec<u8>,
+    pub read_time: Option<Timestamp>,
+    pub cause: Option<Cause>,
+}
+
+/// One message of the listen stream, SDK-free.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenResponse {
+    TargetChange(TargetChange),
+    DocumentChange {
+        doc: Document,
+        target_ids: Vec<TargetId>,
+        removed_target_ids: Vec<TargetId>,
+    },
+    DocumentDelete {
+        path: String,
+        read_time: Option<Timestamp>,
+        removed_target_ids: Vec<TargetId>,
+    },
+    DocumentRemove {
+        path: String,
+        removed_target_ids: Vec<TargetId>,
+        read_time: Option<Timestamp>,
+    },
+    Filter {
+        target_id: TargetId,
+        count: i32,
+    },
+}
+
+/// A request the driver must send on the open stream, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenRequest {
+    /// Add the target; with a token it resumes, without one the server sends the full state.
+    Add { target_id: TargetId, resume_token: Option<Vec<u8>> },
+    Remove { target_id: TargetId },
+}
+
+/// How the stream ended, as far as the core cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Network trouble, server restart, idle timeout: resume with the safe tokens.
+    Transient,
+    /// The server rejected the request as invalid (`INVALID_ARGUMENT`), which a
+    /// stale or expired resume token causes: every target is re-listened to from
+    /// scratch and reconciled against the last consistent membership.
+    TokenRejected,
+}
+
+/// `create` or `update` of a document version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertOp {
+    Create,
+    Update,
+}
+
+impl UpsertOp {
+    /// The rule for every producer: `create` iff `create_time == update_time`.
+    pub fn of(doc: &Document) -> UpsertOp {
+        if doc.create_time == doc.update_time {
+            UpsertOp::Create
+        } else {
+            UpsertOp::Update
+        }
+    }
+}
+
+/// Why a delete was emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteCause {
+    /// `DocumentDelete`.
+    Deleted,
+    /// `DocumentRemove`, or a change that took the document out of its last target.
+    Removed,
+    /// Not resent after a reset (or re-sync) of its target.
+    MissingAfterReset,
+}
+
+/// One change to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Upsert { doc: Document, op: UpsertOp },
+    Delete { path: String, time: Timestamp, cause: DeleteCause },
+}
+
+impl Change {
+    pub fn path(&self) -> &str {
+        match self {
+            Change::Upsert { doc, .. } => &doc.path,
+            Change::Delete { path, .. } => path,
+        }
+    }
+
+    /// The contract's `time` for this change.
+    pub fn time(&self) -> Timestamp {
+        match self {
+            Change::Upsert { doc, .. } => doc.update_time,
+            Change::Delete { time, .. } => *time,
+        }
+    }
+}
+
+/// The changes of one consistent point and the resume state valid once they are published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub read_time: Timestamp,
+    /// Ordered by `(time, path)`.
+    pub changes: Vec<Change>,
+    pub resume: ResumeState,
+}
+
+/// Something the operator should know; never an error of the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The target was reset or re-synced while its membership before the last
+    /// restart was unknown: deletions from before that reset may be missing.
+    DeletionsMayBeIncomplete { target_id: TargetId },
+    /// An existence filter disagreed with the target's document count; a re-sync started.
+    FilterMismatch { target_id: TargetId, expected: i32, held: usize },
+    /// The server removed a target with a cause; it will be listened to again from scratch.
+    TargetRemoved { target_id: TargetId, cause: Cause },
+    /// The server reset a target; its state is being resent.
+    TargetReset { target_id: TargetId },
+}
+
+/// What the core asks of its driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Send(ListenRequest),
+    /// Close the stream and open a new one (after a delay) with [`ListenCore::start_stream`].
+    Reconnect,
+    Emit(Snapshot),
+    Notice(Notice),
+}
