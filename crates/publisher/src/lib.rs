@@ -7,6 +7,7 @@
 //! - [`mapping`]: document → [`mirror_schema::MirrorEvent`], or a typed error.
 //! - [`sink`]: publishing mapped events (shard filter, dead letters).
 //! - [`live`]: the live loop over a [`live::ListenTransport`] port.
+//! - [`seed`]: the fixture seed format (a recorded change history) → events.
 //! - [`backfill`]: paging collection groups through a [`backfill::DocumentPager`] port.
 //! - `firestore` (feature `firestore`): the adapters for both ports.
 //!
@@ -14,4 +15,6 @@
 //! tested with in-memory fakes.
 
 pub mod listen;
+pub mod mapping;
+pub mod seed;
 pub mod value;
