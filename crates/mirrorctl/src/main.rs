@@ -1,4 +1,1 @@
-#[allow(dead_code)] // until main.rs uses the loader (`mirrorctl seed`)
-mod seed;
-
 fn main() {}
