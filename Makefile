@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug
 
-.PHONY: help setup build demo test unit chaos chaos-short bench fuzz fuzz-short lint fmt clean
+.PHONY: help setup build demo test unit chaos bench fuzz fuzz-corpus fuzz-short lint fmt clean
 
 help:
 	@echo "make demo    install/start PostgreSQL + NATS if needed, migrate, seed the fixtures, run the writer until drained, print row counts"
@@ -38,6 +38,26 @@ chaos: setup
 
 bench: setup
 	$(CARGO) run --release -p mirrorctl -- bench
+
+# Fuzzing needs cargo-fuzz (installed from crates.io on first use) and a
+# nightly compiler for the sanitizer flags; with only a stable toolchain,
+# RUSTC_BOOTSTRAP lets it accept them.
+FUZZ_SECS ?= 60
+FUZZ_TOOLCHAIN := $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo +nightly)
+
+fuzz-corpus:
+	@mkdir -p fuzz/corpus/decode_structured fuzz/corpus/decode_wire
+	@i=0; while IFS= read -r line; do i=$$((i+1)); printf '%s' "$$line" > fuzz/corpus/decode_structured/sample-$$i.json; done < fixtures/events_sample.jsonl
+	@i=0; while IFS= read -r line; do i=$$((i+1)); printf '%s' "$$line" > fuzz/corpus/decode_structured/invalid-$$i.json; done < fixtures/events_invalid.jsonl
+
+fuzz: fuzz-corpus
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) $(FUZZ_TOOLCHAIN) fuzz run decode_structured corpus/decode_structured -- -max_total_time=$(FUZZ_SECS)
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) $(FUZZ_TOOLCHAIN) fuzz run decode_wire corpus/decode_wire -- -max_total_time=$(FUZZ_SECS)
+
+# The bounded run that `make test` includes.
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECS=20
 
 lint:
 	$(CARGO) fmt --all -- --check
