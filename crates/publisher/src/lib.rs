@@ -16,5 +16,7 @@
 
 pub mod listen;
 pub mod mapping;
+pub mod sink;
+pub mod testing;
 pub mod seed;
 pub mod value;

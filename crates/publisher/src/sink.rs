@@ -1,0 +1,268 @@
+//! Publishing documents and changes as contract events, shared by the live
+//! path and the backfill so both publish exactly the same events.
+//!
+//! One place decides what happens to a document: not this shard's (skip),
+//! outside the mirror (skip, counted), mappable (publish, awaiting the
+//! broker's confirmation) or not (dead-letter to `realtime_mirror_dead_letter`
+//! with the mapping error, never a crash and never a silent drop).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use mirror_bus::{BusError, EventBus, OutboundMessage, PublishOutcome};
+use mirror_store::{DeadLetterRecord, MirrorStore, StoreError};
+use sha2::{Digest, Sha256};
+
+use crate::listen::{Change, UpsertOp};
+use crate::mapping::{self, MappingError, SourceInfo};
+use crate::value::{Document, Timestamp};
+
+/// The `subscription` column of dead letters the publisher records.
+pub const DEAD_LETTER_SUBSCRIPTION: &str = "publisher";
+
+/// This instance's share of the documents: partition key hash mod `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    pub const SINGLE: Shard = Shard { index: 0, count: 1 };
+
+    pub fn new(index: u32, count: u32) -> Result<Shard, String> {
+        if count == 0 || index >= count {
+            return Err(format!("shard index {index} is not below shard count {count}"));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// The checkpoint `shard` column: `{index}-of-{count}`.
+    pub fn id(&self) -> String {
+        format!("{}-of-{}", self.index, self.count)
+    }
+
+    /// Whether this shard publishes documents with this partition key.
+    pub fn owns_key(&self, key: &str) -> bool {
+        self.count <= 1 || fnv1a(key.as_bytes()) % u64::from(self.count) == u64::from(self.index)
+    }
+
+    /// Whether this shard publishes the document at `path`: its partition key
+    /// (the contract's: conversation id, follower, blocking user) is the second
+    /// path segment for every mirrored collection.
+    pub fn owns_path(&self, path: &str) -> bool {
+        self.owns_key(path.split('/').nth(1).unwrap_or(path))
+    }
+}
+
+/// FNV-1a, 64 bit: stable across Rust versions and platforms (unlike `DefaultHasher`).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// What became of one document or change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Published,
+    /// The broker already had this id (published before; harmless).
+    Duplicate,
+    /// Another shard publishes it.
+    NotOwned,
+    /// Its path is not a mirrored collection.
+    OutOfScope,
+    DeadLettered,
+    /// Dry run: it would have been published.
+    WouldPublish,
+}
+
+/// A failure the caller cannot route around: the bus or the store is down.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    #[error("publishing `{subject}`: {source}")]
+    Bus {
+        subject: String,
+        #[source]
+        source: BusError,
+    },
+    #[error("recording a dead letter for `{path}`: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// Counters by [`Disposition`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub published: u64,
+    pub duplicates: u64,
+    pub not_owned: u64,
+    pub out_of_scope: u64,
+    pub dead_lettered: u64,
+    pub would_publish: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, d: Disposition) {
+        match d {
+            Disposition::Published => self.published += 1,
+            Disposition::Duplicate => self.duplicates += 1,
+            Disposition::NotOwned => self.not_owned += 1,
+            Disposition::OutOfScope => self.out_of_scope += 1,
+            Disposition::DeadLettered => self.dead_lettered += 1,
+            Disposition::WouldPublish => self.would_publish += 1,
+        }
+    }
+}
+
+/// Publishes documents and changes through a bus, dead-letters to a store.
+#[derive(Debug, Clone)]
+pub struct Sink<'a, B, S> {
+    pub bus: &'a B,
+    pub store: &'a S,
+    pub source: &'a SourceInfo,
+    pub shard: Shard,
+    pub dry_run: bool,
+    /// Publish attempts before giving up (each waits for the broker).
+    pub attempts: u32,
+}
+
+impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
+    pub fn new(bus: &'a B, store: &'a S, source: &'a SourceInfo, shard: Shard) -> Self {
+        Sink {
+            bus,
+            store,
+            source,
+            shard,
+            dry_run: false,
+            attempts: 5,
+        }
+    }
+
+    /// A document version read by the backfill (or a trigger).
+    pub async fn document(&self, doc: &Document) -> Result<Disposition, SinkError> {
+        let op = UpsertOp::of(doc);
+        let mapped = mapping::upsert_event(doc, op, self.source);
+        self.handle(&doc.path, mapped, || mapping::document_json(doc)).await
+    }
+
+    /// A change emitted by the listen core.
+    pub async fn change(&self, change: &Change) -> Result<Disposition, SinkError> {
+        let mapped = mapping::change_event(change, self.source);
+        self.handle(change.path(), mapped, || match change {
+            Change::Upsert { doc, .. } => mapping::document_json(doc),
+            Change::Delete { path, time, .. } => serde_json::json!({"path": path, "deletedAt": time_text(time)}),
+        })
+        .await
+    }
+
+    async fn handle(
+        &self,
+        path: &str,
+        mapped: Result<Option<mirror_schema::MirrorEvent>, MappingError>,
+        body: impl FnOnce() -> serde_json::Value,
+    ) -> Result<Disposition, SinkError> {
+        if mapping::route(path).is_none() {
+            return Ok(Disposition::OutOfScope);
+        }
+        if !self.shard.owns_path(path) {
+            return Ok(Disposition::NotOwned);
+        }
+        match mapped {
+            Ok(None) => Ok(Disposition::OutOfScope),
+            Ok(Some(event)) => {
+                if self.dry_run {
+                    return Ok(Disposition::WouldPublish);
+                }
+                self.publish(&event).await
+            }
+            Err(e) => {
+                if self.dry_run {
+                    return Ok(Disposition::DeadLettered);
+                }
+                self.dead_letter(path, &e, body()).await?;
+                Ok(Disposition::DeadLettered)
+            }
+        }
+    }
+
+    async fn publish(&self, event: &mirror_schema::MirrorEvent) -> Result<Disposition, SinkError> {
+        let msg = OutboundMessage::from_event(event);
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match self.bus.publish(&msg).await {
+                Ok(PublishOutcome::Published) => return Ok(Disposition::Published),
+                Ok(PublishOutcome::Duplicate) => return Ok(Disposition::Duplicate),
+                Err(BusError::Config(m)) => {
+                    return Err(SinkError::Bus {
+                        subject: event.subject().to_string(),
+                        source: BusError::Config(m),
+                    })
+                }
+                Err(e) if attempt >= self.attempts => {
+                    return Err(SinkError::Bus {
+                        subject: event.subject().to_string(),
+                        source: e,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, subject = %event.subject(), "publish failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self, path: &str, error: &MappingError, body: serde_json::Value) -> Result<(), SinkError> {
+        let payload = body.to_string();
+        let record = DeadLetterRecord {
+            key: format!("sha256:{}", hex::encode(Sha256::digest(payload.as_bytes()))),
+            event_id: None,
+            event_type: None,
+            subject: Some(path.to_owned()),
+            payload,
+            reason: error.code().to_owned(),
+            error: error.to_string(),
+            attempts: 1,
+            failed_at: Utc::now(),
+            subscription: DEAD_LETTER_SUBSCRIPTION.to_owned(),
+        };
+        tracing::warn!(path, reason = error.code(), error = %error, "document cannot be mirrored; dead-lettered");
+        self.store.record_dead_letter(&record).await.map_err(|source| SinkError::Store {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+fn time_text(t: &Timestamp) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_keys_stably_and_completely() {
+        let shards: Vec<Shard> = (0..4).map(|i| Shard::new(i, 4).unwrap()).collect();
+        for key in ["c1", "c2", "u-7", "ünïcode", ""] {
+            assert_eq!(shards.iter().filter(|s| s.owns_key(key)).count(), 1, "{key}");
+        }
+        // Pinned: changing the hash would move every key between instances.
+        assert_eq!(fnv1a(b"c1"), 0x08a2_7f07_b54a_6859);
+        // A message follows its conversation.
+        let s = shards.iter().find(|s| s.owns_path("conversations/c9")).unwrap();
+        assert!(s.owns_path("conversations/c9/messages/m1"));
+        assert!(Shard::new(2, 2).is_err());
+        assert!(Shard::SINGLE.owns_key("anything"));
+        assert_eq!(Shard::new(1, 3).unwrap().id(), "1-of-3");
+    }
+}

@@ -1,0 +1,201 @@
+//! In-memory fakes of the bus and the store, for this crate's tests and for
+//! integration tests that only need to observe what the publisher did.
+//!
+//! [`MemoryBus`] keeps every published message and reports a re-published
+//! message id as [`PublishOutcome::Duplicate`], like the brokers' duplicate
+//! windows; it can be told to fail. [`MemoryStore`] keeps checkpoints and dead
+//! letters; its apply methods are not used by the publisher and do nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mirror_bus::{
+    Backlog, BusError, DeadLetter, DeadLettered, Delivery, EventBus, OutboundMessage, PublishOutcome, Receiver,
+};
+use mirror_schema::{MirrorEvent, WireMessage};
+use mirror_store::{
+    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError, StoredDeadLetter,
+};
+
+/// A bus that records what is published.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBus {
+    inner: Arc<Mutex<Vec<OutboundMessage>>>,
+    fail_next: Arc<AtomicU32>,
+}
+
+impl MemoryBus {
+    pub fn new() -> MemoryBus {
+        MemoryBus::default()
+    }
+    /// Every message stored, in publish order (duplicates not repeated).
+    pub fn published(&self) -> Vec<OutboundMessage> {
+        self.inner.lock().unwrap().clone()
+    }
+    /// The events published, decoded.
+    pub fn events(&self) -> Vec<MirrorEvent> {
+        self.published()
+            .iter()
+            .map(|m| mirror_schema::decode_wire(&m.message).expect("the publisher only publishes valid events"))
+            .collect()
+    }
+    /// Make the next `n` publishes fail with a transient error.
+    pub fn fail_next(&self, n: u32) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+}
+
+impl EventBus for MemoryBus {
+    type Receiver = NoReceiver;
+
+    async fn ensure_topology(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn publish(&self, message: &OutboundMessage) -> Result<PublishOutcome, BusError> {
+        if self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(BusError::op("publish", "injected failure"));
+        }
+        let mut all = self.inner.lock().unwrap();
+        if all.iter().any(|m| m.message_id == message.message_id) {
+            return Ok(PublishOutcome::Duplicate);
+        }
+        all.push(message.clone());
+        Ok(PublishOutcome::Published)
+    }
+
+    async fn subscribe(&self, _subscription: &str) -> Result<NoReceiver, BusError> {
+        Err(BusError::Config("the memory bus has no subscriptions".into()))
+    }
+
+    async fn list_dead_letters(&self, _subscription: &str, _limit: usize) -> Result<Vec<DeadLettered>, BusError> {
+        Ok(Vec::new())
+    }
+
+    async fn remove_dead_letter(&self, _subscription: &str, _handle: &str) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// The receiver type of [`MemoryBus`]; never constructed.
+#[derive(Debug)]
+pub enum NoReceiver {}
+
+impl Receiver for NoReceiver {
+    type Delivery = NoDelivery;
+    async fn receive(&mut self, _max: usize, _wait: Duration) -> Result<Vec<NoDelivery>, BusError> {
+        match *self {}
+    }
+    async fn backlog(&mut self) -> Result<Option<Backlog>, BusError> {
+        match *self {}
+    }
+}
+
+/// The delivery type of [`MemoryBus`]; never constructed.
+#[derive(Debug)]
+pub enum NoDelivery {}
+
+impl Delivery for NoDelivery {
+    fn message(&self) -> &WireMessage {
+        match *self {}
+    }
+    fn message_id(&self) -> Option<&str> {
+        match *self {}
+    }
+    fn delivery_count(&self) -> u32 {
+        match *self {}
+    }
+    async fn keep_alive(&self) -> Result<(), BusError> {
+        match *self {}
+    }
+    async fn complete(self) -> Result<(), BusError> {
+        match self {}
+    }
+    async fn retry(self, _delay: Duration) -> Result<(), BusError> {
+        match self {}
+    }
+    async fn dead_letter(self, _why: &DeadLetter) -> Result<(), BusError> {
+        match self {}
+    }
+}
+
+/// A store that keeps checkpoints and dead letters.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    checkpoints: Arc<Mutex<HashMap<(String, String), Checkpoint>>>,
+    dead_letters: Arc<Mutex<Vec<DeadLetterRecord>>>,
+    saves: Arc<AtomicU32>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+    pub fn checkpoint(&self, module: &str, shard: &str) -> Option<Checkpoint> {
+        self.checkpoints.lock().unwrap().get(&(module.to_owned(), shard.to_owned())).cloned()
+    }
+    pub fn dead_letters(&self) -> Vec<DeadLetterRecord> {
+        self.dead_letters.lock().unwrap().clone()
+    }
+    /// How many checkpoint saves happened.
+    pub fn saves(&self) -> u32 {
+        self.saves.load(Ordering::SeqCst)
+    }
+}
+
+impl MirrorStore for MemoryStore {
+    async fn apply(&self, _event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
+        Ok(ApplyOutcome::Applied)
+    }
+
+    async fn apply_batch(&self, events: &[MirrorEvent]) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+        Ok(events.iter().map(|_| Ok(ApplyOutcome::Applied)).collect())
+    }
+
+    async fn record_dead_letter(&self, record: &DeadLetterRecord) -> Result<(), StoreError> {
+        let mut all = self.dead_letters.lock().unwrap();
+        all.retain(|r| r.key != record.key);
+        all.push(record.clone());
+        Ok(())
+    }
+
+    async fn list_dead_letters(&self, _limit: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn record_replay(&self, _key: &str, _at: DateTime<Utc>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn load_checkpoint(&self, module: &str, shard: &str) -> Result<Option<Checkpoint>, StoreError> {
+        Ok(self.checkpoint(module, shard))
+    }
+
+    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        self.saves.fetch_add(1, Ordering::SeqCst);
+        self.checkpoints
+            .lock()
+            .unwrap()
+            .insert((checkpoint.module.clone(), checkpoint.shard.clone()), checkpoint.clone());
+        Ok(())
+    }
+
+    async fn record_metrics(&self, _samples: &[MetricSample]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn table_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn snapshot(&self) -> Result<MirrorState, StoreError> {
+        Ok(MirrorState::default())
+    }
+}
