@@ -14,6 +14,7 @@
 //! Architecture invariant: only `firestore` knows the SDK; everything else is
 //! tested with in-memory fakes.
 
+pub mod backfill;
 pub mod listen;
 pub mod mapping;
 pub mod sink;

@@ -199,3 +199,112 @@ impl MirrorStore for MemoryStore {
         Ok(MirrorState::default())
     }
 }
+
+/// An in-memory [`crate::backfill::DocumentPager`] over a fixed set of
+/// documents, billing like Firestore (one read per document, one per empty page).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryPager {
+    docs: Arc<Mutex<Vec<crate::value::Document>>>,
+    /// Every request served, for assertions.
+    pub requests: Arc<Mutex<Vec<crate::backfill::PageRequest>>>,
+    fail_after: Arc<Mutex<Option<usize>>>,
+}
+
+impl MemoryPager {
+    pub fn new(docs: Vec<crate::value::Document>) -> MemoryPager {
+        MemoryPager {
+            docs: Arc::new(Mutex::new(docs)),
+            ..MemoryPager::default()
+        }
+    }
+
+    /// Fail every page request after the first `n`.
+    pub fn fail_after(&self, n: usize) {
+        *self.fail_after.lock().unwrap() = Some(n);
+    }
+
+    fn matching(
+        &self,
+        group: crate::backfill::Group,
+        since: Option<DateTime<Utc>>,
+        after: Option<&crate::backfill::Cursor>,
+    ) -> Vec<(crate::backfill::Cursor, crate::value::Document)> {
+        use crate::backfill::{Cursor, Group, ORDER_FIELD};
+        use crate::value::Value;
+        let mut out: Vec<(Cursor, crate::value::Document)> = self
+            .docs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| {
+                let segs: Vec<&str> = d.path.split('/').collect();
+                let collection = segs.len().checked_sub(2).map(|i| segs[i]);
+                match group {
+                    Group::Conversations => segs.len() == 2 && segs[0] == "conversations",
+                    _ => collection == Some(group.collection_id()),
+                }
+            })
+            .filter_map(|d| match d.fields.get(ORDER_FIELD) {
+                Some(Value::Timestamp(t)) => Some((
+                    Cursor {
+                        updated_at: *t,
+                        path: d.path.clone(),
+                    },
+                    d.clone(),
+                )),
+                _ => None,
+            })
+            .filter(|(c, _)| since.is_none_or(|s| c.updated_at >= s))
+            .filter(|(c, _)| after.is_none_or(|a| (&c.updated_at, segments(&c.path)) > (&a.updated_at, segments(&a.path))))
+            .collect();
+        out.sort_by(|(a, _), (b, _)| (&a.updated_at, segments(&a.path)).cmp(&(&b.updated_at, segments(&b.path))));
+        out
+    }
+}
+
+/// Firestore orders `__name__` segment by segment.
+fn segments(path: &str) -> Vec<&str> {
+    path.split('/').collect()
+}
+
+impl crate::backfill::DocumentPager for MemoryPager {
+    async fn page(&self, request: crate::backfill::PageRequest) -> Result<crate::backfill::Page, crate::backfill::PagerError> {
+        {
+            let mut reqs = self.requests.lock().unwrap();
+            if let Some(n) = *self.fail_after.lock().unwrap() {
+                if reqs.len() >= n {
+                    return Err(crate::backfill::PagerError {
+                        group: request.group,
+                        message: "injected failure".into(),
+                    });
+                }
+            }
+            reqs.push(request.clone());
+        }
+        let rows: Vec<_> = self
+            .matching(request.group, request.since, request.after.as_ref())
+            .into_iter()
+            .take(request.limit as usize)
+            .collect();
+        let next = rows.last().map(|(c, _)| c.clone());
+        let docs: Vec<_> = rows.into_iter().map(|(_, d)| d).collect();
+        Ok(crate::backfill::Page {
+            reads: (docs.len() as u64).max(1),
+            docs,
+            next,
+        })
+    }
+
+    async fn count(
+        &self,
+        group: crate::backfill::Group,
+        since: Option<DateTime<Utc>>,
+        after: Option<crate::backfill::Cursor>,
+    ) -> Result<crate::backfill::Count, crate::backfill::PagerError> {
+        let n = self.matching(group, since, after.as_ref()).len() as u64;
+        Ok(crate::backfill::Count {
+            docs: n,
+            reads: n.div_ceil(1000).max(1),
+        })
+    }
+}

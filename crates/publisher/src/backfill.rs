@@ -1,0 +1,346 @@
+//! Backfill: page every mirrored collection (group) in `(updatedAt, __name__)`
+//! order with cursors — never offsets — and publish the same deterministic
+//! events as the live path, so overlapping with it is harmless.
+//!
+//! - `--since T` reads only documents with `updatedAt >= T`. A document
+//!   *without* an `updatedAt` field is not returned by an ordered Firestore
+//!   query at all; such documents are only mirrored by the live path.
+//! - A read budget stops the run cleanly (after a checkpoint) once spent.
+//!   Firestore bills one read per document returned and one per query that
+//!   returns none.
+//! - After every page the cursor is saved as checkpoint
+//!   `(module = "backfill-<group>", shard)`, so a restart continues after the
+//!   last published page; a finished group is marked done and skipped.
+//! - `--dry-run` asks the pager for aggregation counts instead of reading:
+//!   it reports how many documents and reads a real run would take, publishes
+//!   nothing and saves no checkpoint.
+//! - Deletions cannot be backfilled (the documents are gone); the live path
+//!   and the drift check cover them.
+
+use std::future::Future;
+use std::pin::pin;
+
+use futures::FutureExt;
+use mirror_bus::EventBus;
+use mirror_store::{Checkpoint, MirrorStore, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::mapping::SourceInfo;
+use crate::sink::{Shard, Sink, SinkError, Tally};
+use crate::value::{Document, Timestamp};
+
+/// A collection (group) the backfill pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Group {
+    /// The top-level `conversations` collection.
+    Conversations,
+    /// Collection group `messages` (mirrored under `conversations/{id}`).
+    Messages,
+    /// Collection group `targets` (mirrored under `follows/{uid}` and `blocks/{uid}`).
+    Targets,
+}
+
+impl Group {
+    pub const ALL: [Group; 3] = [Group::Conversations, Group::Messages, Group::Targets];
+
+    /// The collection id.
+    pub fn collection_id(self) -> &'static str {
+        match self {
+            Group::Conversations => "conversations",
+            Group::Messages => "messages",
+            Group::Targets => "targets",
+        }
+    }
+
+    /// Whether it is a collection group query (all descendants) or the top-level collection.
+    pub fn all_descendants(self) -> bool {
+        !matches!(self, Group::Conversations)
+    }
+
+    /// The checkpoint module name.
+    pub fn module(self) -> String {
+        format!("backfill-{}", self.collection_id())
+    }
+
+    pub fn parse(s: &str) -> Option<Group> {
+        Group::ALL.into_iter().find(|g| g.collection_id() == s)
+    }
+}
+
+/// The field the backfill orders and filters by.
+pub const ORDER_FIELD: &str = "updatedAt";
+
+/// A position in `(updatedAt, __name__)` order: the last document of a page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    #[serde(rename = "updatedAt")]
+    pub updated_at: Timestamp,
+    /// Document path relative to `documents/`.
+    pub path: String,
+}
+
+/// One page request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageRequest {
+    pub group: Group,
+    pub since: Option<Timestamp>,
+    /// Start strictly after this document.
+    pub after: Option<Cursor>,
+    pub limit: u32,
+}
+
+/// One page of documents in `(updatedAt, __name__)` order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub docs: Vec<Document>,
+    /// The cursor after the last document (`None` when the page is empty).
+    pub next: Option<Cursor>,
+    /// Billed reads for this page.
+    pub reads: u64,
+}
+
+/// An aggregation count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    pub docs: u64,
+    /// Billed reads for the count itself.
+    pub reads: u64,
+}
+
+/// Why a page could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {group:?}: {message}")]
+pub struct PagerError {
+    pub group: Group,
+    pub message: String,
+}
+
+/// The port the backfill reads through: ordered, cursor-paged reads of a
+/// collection group. Implementations must return documents in ascending
+/// `(updatedAt, __name__)` order, only those with `updatedAt >= since`, and
+/// only those strictly after `after`; a page shorter than `limit` means the end.
+pub trait DocumentPager: Send + Sync {
+    fn page(&self, request: PageRequest) -> impl Future<Output = Result<Page, PagerError>> + Send;
+    /// How many documents a page walk from `after` would return.
+    fn count(
+        &self,
+        group: Group,
+        since: Option<Timestamp>,
+        after: Option<Cursor>,
+    ) -> impl Future<Output = Result<Count, PagerError>> + Send;
+}
+
+/// What to backfill.
+#[derive(Debug, Clone)]
+pub struct BackfillOptions {
+    pub groups: Vec<Group>,
+    pub since: Option<Timestamp>,
+    /// Stop after this many billed reads (`None`: no limit).
+    pub budget_reads: Option<u64>,
+    pub dry_run: bool,
+    pub page_size: u32,
+    pub shard: Shard,
+    pub source: SourceInfo,
+    /// Ignore saved checkpoints and start from the beginning.
+    pub fresh: bool,
+}
+
+/// Progress after a page (or a dry-run count).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub group: Group,
+    pub docs: u64,
+    pub reads: u64,
+    /// For a dry run, or when known: documents in the group to go.
+    pub total: Option<u64>,
+    pub cursor: Option<Cursor>,
+}
+
+/// How one group went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupReport {
+    /// Documents read (or, in a dry run, counted).
+    pub docs: u64,
+    /// Reads billed during this run.
+    pub reads: u64,
+    /// Dry run: reads a real run would cost.
+    pub estimated_reads: Option<u64>,
+    pub tally: Tally,
+    /// The group was finished by an earlier run.
+    pub already_done: bool,
+    pub done: bool,
+}
+
+/// The outcome of [`backfill`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackfillReport {
+    pub groups: Vec<(Group, GroupReport)>,
+    pub reads: u64,
+    pub budget_exhausted: bool,
+    /// Stopped by the shutdown signal (after the last checkpoint).
+    pub interrupted: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackfillError {
+    #[error(transparent)]
+    Pager(#[from] PagerError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("checkpoint of {module}: {source}")]
+    Checkpoint {
+        module: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("invalid options: {0}")]
+    Options(String),
+}
+
+/// The saved cursor of a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Saved {
+    v: u32,
+    #[serde(default)]
+    since: Option<Timestamp>,
+    #[serde(default)]
+    after: Option<Cursor>,
+    done: bool,
+}
+
+/// Run a backfill (see the module docs). `shutdown` is checked between pages;
+/// when it resolves the run stops after the current page's checkpoint.
+pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
+    opts: &BackfillOptions,
+    pager: &P,
+    bus: &B,
+    store: &S,
+    mut progress: impl FnMut(&Progress),
+    shutdown: impl Future<Output = ()>,
+) -> Result<BackfillReport, BackfillError> {
+    if opts.page_size == 0 {
+        return Err(BackfillError::Options("page size must be at least 1".into()));
+    }
+    let mut shutdown = pin!(shutdown.fuse());
+    let mut sink = Sink::new(bus, store, &opts.source, opts.shard);
+    sink.dry_run = opts.dry_run;
+    let shard = opts.shard.id();
+    let mut report = BackfillReport::default();
+
+    'groups: for &group in &opts.groups {
+        let module = group.module();
+        let mut g = GroupReport::default();
+        let saved = if opts.fresh {
+            None
+        } else {
+            store
+                .load_checkpoint(&module, &shard)
+                .await
+                .map_err(|source| BackfillError::Checkpoint { module: module.clone(), source })?
+                .and_then(|c| c.cursor_token)
+                .and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
+                .filter(|s| {
+                    let same = s.since == opts.since;
+                    if !same {
+                        tracing::info!(%module, "checkpoint was for another --since; starting over");
+                    }
+                    same
+                })
+        };
+        if saved.as_ref().is_some_and(|s| s.done) {
+            g.already_done = true;
+            g.done = true;
+            report.groups.push((group, g));
+            continue;
+        }
+        let mut after = saved.and_then(|s| s.after);
+
+        if opts.dry_run {
+            let count = pager.count(group, opts.since, after.clone()).await?;
+            g.docs = count.docs;
+            g.reads = count.reads;
+            let page = u64::from(opts.page_size);
+            g.estimated_reads = Some(count.docs + u64::from(count.docs % page == 0));
+            report.reads += count.reads;
+            progress(&Progress {
+                group,
+                docs: count.docs,
+                reads: count.reads,
+                total: Some(count.docs),
+                cursor: after,
+            });
+            report.groups.push((group, g));
+            continue;
+        }
+
+        loop {
+            if (&mut shutdown).now_or_never().is_some() {
+                report.interrupted = true;
+                report.groups.push((group, g));
+                break 'groups;
+            }
+            let limit = match opts.budget_reads {
+                Some(budget) => {
+                    let left = budget.saturating_sub(report.reads);
+                    if left == 0 {
+                        report.budget_exhausted = true;
+                        report.groups.push((group, g));
+                        break 'groups;
+                    }
+                    u32::try_from(left).unwrap_or(u32::MAX).min(opts.page_size)
+                }
+                None => opts.page_size,
+            };
+            let page = pager
+                .page(PageRequest {
+                    group,
+                    since: opts.since,
+                    after: after.clone(),
+                    limit,
+                })
+                .await?;
+            for doc in &page.docs {
+                g.tally.add(sink.document(doc).await?);
+            }
+            g.docs += page.docs.len() as u64;
+            g.reads += page.reads;
+            report.reads += page.reads;
+            let done = page.docs.len() < limit as usize;
+            if page.next.is_some() {
+                after = page.next.clone();
+            }
+            let saved = Saved {
+                v: 1,
+                since: opts.since,
+                after: after.clone(),
+                done,
+            };
+            store
+                .save_checkpoint(&Checkpoint {
+                    module: module.clone(),
+                    shard: shard.clone(),
+                    last_processed_at: after.as_ref().map(|c| c.updated_at),
+                    cursor_token: Some(serde_json::to_vec(&saved).expect("plain data serializes")),
+                })
+                .await
+                .map_err(|source| BackfillError::Checkpoint { module: module.clone(), source })?;
+            progress(&Progress {
+                group,
+                docs: g.docs,
+                reads: report.reads,
+                total: None,
+                cursor: after.clone(),
+            });
+            if done {
+                g.done = true;
+                break;
+            }
+        }
+        report.groups.push((group, g));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests;
