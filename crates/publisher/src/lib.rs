@@ -16,6 +16,7 @@
 
 pub mod backfill;
 pub mod listen;
+pub mod live;
 pub mod mapping;
 pub mod sink;
 pub mod testing;

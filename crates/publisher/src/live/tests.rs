@@ -1,0 +1,234 @@
+//! The live loop over a scripted transport, the in-memory bus and store.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use futures::stream::BoxStream;
+use tokio::sync::Notify;
+
+use super::*;
+use crate::listen::{TargetChange, TargetChangeKind};
+use crate::testing::{MemoryBus, MemoryStore};
+use crate::value::{Document, Timestamp, Value};
+
+#[derive(Debug, Clone)]
+enum Step {
+    Msg(ListenResponse),
+    Fail(TransportErrorKind),
+    /// Signal the test, then wait forever (until shutdown).
+    Hang,
+}
+
+/// A transport that plays one script per opened stream and records the requests it was sent.
+#[derive(Clone, Default)]
+struct Scripted {
+    scripts: Arc<Mutex<VecDeque<Vec<Step>>>>,
+    requests: Arc<Mutex<Vec<Arc<Mutex<mpsc::UnboundedReceiver<ListenRequest>>>>>>,
+    hung: Arc<Notify>,
+}
+
+impl Scripted {
+    fn new(scripts: Vec<Vec<Step>>) -> Scripted {
+        Scripted {
+            scripts: Arc::new(Mutex::new(scripts.into())),
+            ..Scripted::default()
+        }
+    }
+    /// The requests sent on stream `i` so far.
+    fn sent(&self, i: usize) -> Vec<ListenRequest> {
+        let rx = self.requests.lock().unwrap()[i].clone();
+        let mut rx = rx.lock().unwrap();
+        let mut out = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            out.push(r);
+        }
+        out
+    }
+}
+
+impl ListenTransport for Scripted {
+    type Stream = BoxStream<'static, Result<ListenResponse, TransportError>>;
+
+    async fn open(&self, requests: mpsc::UnboundedReceiver<ListenRequest>) -> Result<Self::Stream, TransportError> {
+        self.requests.lock().unwrap().push(Arc::new(Mutex::new(requests)));
+        let script = self.scripts.lock().unwrap().pop_front().unwrap_or_else(|| vec![Step::Hang]);
+        let hung = self.hung.clone();
+        Ok(futures::stream::iter(script)
+            .then(move |step| {
+                let hung = hung.clone();
+                async move {
+                    match step {
+                        Step::Msg(m) => Some(Ok(m)),
+                        Step::Fail(kind) => Some(Err(TransportError { kind, message: "scripted".into() })),
+                        Step::Hang => {
+                            hung.notify_one();
+                            futures::future::pending::<()>().await;
+                            None
+                        }
+                    }
+                }
+            })
+            .take_while(|x| std::future::ready(x.is_some()))
+            .map(|x| x.unwrap())
+            .boxed())
+    }
+}
+
+fn t(secs: i64) -> Timestamp {
+    chrono::DateTime::from_timestamp(1_760_000_000 + secs, 0).unwrap()
+}
+
+fn conv(id: &str, created: i64, updated: i64) -> Document {
+    let fields: BTreeMap<String, Value> = [
+        ("type", Value::String("direct".into())),
+        ("participants", Value::Array(vec![])),
+        ("createdAt", Value::Timestamp(t(created))),
+        ("updatedAt", Value::Timestamp(t(updated))),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    Document { path: format!("conversations/{id}"), fields, create_time: t(created), update_time: t(updated) }
+}
+
+fn msg(d: Document, target: TargetId) -> Step {
+    Step::Msg(ListenResponse::DocumentChange { doc: d, target_ids: vec![target], removed_target_ids: vec![] })
+}
+fn tc(kind: TargetChangeKind, ids: &[TargetId], token: &str, at: Option<i64>) -> Step {
+    Step::Msg(ListenResponse::TargetChange(TargetChange {
+        kind,
+        target_ids: ids.to_vec(),
+        resume_token: token.as_bytes().to_vec(),
+        read_time: at.map(t),
+        cause: None,
+    }))
+}
+fn initial(docs: Vec<Document>, token: &str, at: i64) -> Vec<Step> {
+    let mut s = vec![tc(TargetChangeKind::Add, &[1, 2, 3], "", None)];
+    s.extend(docs.into_iter().map(|d| msg(d, 1)));
+    s.push(tc(TargetChangeKind::Current, &[1, 2, 3], token, None));
+    s.push(tc(TargetChangeKind::NoChange, &[], token, Some(at)));
+    s
+}
+
+fn config() -> LiveConfig {
+    LiveConfig {
+        retry_delay: Duration::from_millis(1),
+        ..LiveConfig::new(SourceInfo::new("demo", "(default)"), Shard::SINGLE)
+    }
+}
+
+async fn run_until_hung(transport: &Scripted, bus: &MemoryBus, store: &MemoryStore) -> Result<LiveReport, LiveError> {
+    let hung = transport.hung.clone();
+    let deps = LiveDeps { transport: transport.clone(), bus: bus.clone(), store: store.clone(), config: config() };
+    tokio::time::timeout(Duration::from_secs(10), run(deps, async move { hung.notified().await }))
+        .await
+        .expect("run stops at the hang")
+}
+
+fn saved_state(store: &MemoryStore) -> ResumeState {
+    ResumeState::decode(&store.checkpoint(CHECKPOINT_MODULE, "0-of-1").unwrap().cursor_token.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn publishes_at_consistent_points_resumes_after_errors_and_restarts_from_the_checkpoint() {
+    let mut bad = conv("c3", 1, 1);
+    bad.fields.remove("type");
+    let mut first = initial(vec![conv("c1", 1, 1), bad], "g10", 10);
+    first.push(msg(conv("c2", 11, 11), 1)); // not committed before the error
+    first.push(Step::Fail(TransportErrorKind::Transient));
+    let second = vec![
+        tc(TargetChangeKind::Add, &[1, 2, 3], "", None),
+        msg(conv("c2", 11, 11), 1),
+        tc(TargetChangeKind::Current, &[1, 2, 3], "g12", None),
+        tc(TargetChangeKind::NoChange, &[], "g12", Some(12)),
+        Step::Hang,
+    ];
+    let transport = Scripted::new(vec![first, second]);
+    let (bus, store) = (MemoryBus::new(), MemoryStore::new());
+    let report = run_until_hung(&transport, &bus, &store).await.unwrap();
+
+    assert_eq!(transport.sent(0), TARGETS.iter().map(|t| ListenRequest::Add { target_id: t.id, resume_token: None }).collect::<Vec<_>>());
+    assert_eq!(
+        transport.sent(1),
+        TARGETS.iter().map(|t| ListenRequest::Add { target_id: t.id, resume_token: Some(b"g10".to_vec()) }).collect::<Vec<_>>(),
+        "the second stream resumes from the first consistent point"
+    );
+    let subjects: Vec<String> = bus.events().iter().map(|e| format!("{} {}", e.event_type(), e.subject())).collect();
+    assert_eq!(subjects, vec!["dm.conversation.create conversations/c1", "dm.conversation.create conversations/c2"]);
+    assert_eq!(report.tally.dead_lettered, 1);
+    let dl = store.dead_letters();
+    assert!(dl[0].error.contains("`conversations/c3`") && dl[0].error.contains("`type`"), "{}", dl[0].error);
+    let state = saved_state(&store);
+    assert_eq!(state.read_time, Some(t(12)));
+    assert_eq!(state.tokens.get(&1).map(Vec::as_slice), Some(&b"g12"[..]));
+
+    // Restart: resumes from the checkpoint, sees a delete, publishes it at its read time.
+    let third = vec![
+        tc(TargetChangeKind::Add, &[1, 2, 3], "", None),
+        Step::Msg(ListenResponse::DocumentDelete { path: "conversations/c2".into(), read_time: Some(t(13)), removed_target_ids: vec![1] }),
+        Step::Msg(ListenResponse::DocumentDelete { path: "follows/u1/targets/u2".into(), read_time: Some(t(13)), removed_target_ids: vec![3] }),
+        tc(TargetChangeKind::Current, &[1, 2, 3], "g14", None),
+        tc(TargetChangeKind::NoChange, &[], "g14", Some(14)),
+        Step::Hang,
+    ];
+    let transport = Scripted::new(vec![third]);
+    let report = run_until_hung(&transport, &bus, &store).await.unwrap();
+    assert_eq!(transport.sent(0)[0], ListenRequest::Add { target_id: 1, resume_token: Some(b"g12".to_vec()) });
+    // A conversation delete has no contract type: dead-lettered, not dropped.
+    assert_eq!(report.tally.dead_lettered, 1);
+    assert!(store.dead_letters().iter().any(|d| d.reason == "no_event_type"));
+    let last = bus.events().pop().unwrap();
+    assert_eq!(last.event_type().as_str(), "follow.edge.delete");
+    assert_eq!(last.time(), t(13));
+}
+
+#[tokio::test]
+async fn no_checkpoint_moves_past_an_unpublished_event() {
+    let transport = Scripted::new(vec![initial(vec![conv("c1", 1, 1)], "g10", 10)]);
+    let (bus, store) = (MemoryBus::new(), MemoryStore::new());
+    bus.fail_next(1000);
+    let e = run_until_hung(&transport, &bus, &store).await.unwrap_err();
+    assert!(matches!(e, LiveError::Sink(_)), "{e}");
+    assert!(store.checkpoint(CHECKPOINT_MODULE, "0-of-1").is_none());
+}
+
+#[tokio::test]
+async fn a_rejected_token_relistens_from_scratch_once_then_fails() {
+    let state = ResumeState { read_time: Some(t(5)), tokens: [(1, b"old".to_vec())].into() };
+    let store = MemoryStore::new();
+    store
+        .save_checkpoint(&Checkpoint {
+            module: CHECKPOINT_MODULE.into(),
+            shard: "0-of-1".into(),
+            last_processed_at: None,
+            cursor_token: Some(state.encode()),
+        })
+        .await
+        .unwrap();
+    let transport = Scripted::new(vec![
+        vec![Step::Fail(TransportErrorKind::InvalidArgument)],
+        initial(vec![conv("c1", 1, 1)], "g10", 10),
+        vec![Step::Fail(TransportErrorKind::InvalidArgument)],
+        vec![Step::Fail(TransportErrorKind::InvalidArgument)],
+    ]);
+    let bus = MemoryBus::new();
+    let e = run_until_hung(&transport, &bus, &store).await.unwrap_err();
+    assert!(matches!(e, LiveError::Rejected(_)), "{e}");
+    assert_eq!(transport.sent(0)[0], ListenRequest::Add { target_id: 1, resume_token: Some(b"old".to_vec()) });
+    assert_eq!(transport.sent(1)[0], ListenRequest::Add { target_id: 1, resume_token: None });
+    assert_eq!(bus.events().len(), 1, "the full re-listen published the current state");
+}
+
+#[tokio::test]
+async fn filter_mismatch_sends_remove_and_add_on_the_open_stream() {
+    let mut script = initial(vec![conv("c1", 1, 1), conv("c2", 1, 1)], "g10", 10);
+    script.push(Step::Msg(ListenResponse::Filter { target_id: 1, count: 1 }));
+    script.push(Step::Hang);
+    let transport = Scripted::new(vec![script]);
+    let (bus, store) = (MemoryBus::new(), MemoryStore::new());
+    let report = run_until_hung(&transport, &bus, &store).await.unwrap();
+    let sent = transport.sent(0);
+    assert_eq!(&sent[3..], &[ListenRequest::Remove { target_id: 1 }, ListenRequest::Add { target_id: 1, resume_token: None }]);
+    assert!(matches!(report.notices[0], Notice::FilterMismatch { .. }));
+}
