@@ -1,0 +1,297 @@
+//! Which stored procedure an event goes to, with which typed parameters.
+//!
+//! A pure function of the event ([`procedure_call`]), so the exact RPC a
+//! store sends is unit-tested without a server. Every parameter of a procedure
+//! is always bound (the procedures declare no defaults), by name.
+
+use chrono::{DateTime, Utc};
+use mirror_schema::{MirrorEvent, Payload, Subject};
+use uuid::Uuid;
+
+/// One typed RPC parameter value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlParam {
+    /// `UNIQUEIDENTIFIER`
+    Uuid(Uuid),
+    /// `NVARCHAR` (`None` = NULL)
+    Text(Option<String>),
+    /// `DATETIMEOFFSET(6)`, sent with offset +00:00 (`None` = NULL)
+    Time(Option<DateTime<Utc>>),
+}
+
+/// A stored procedure call: name and named parameters in declaration order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcedureCall {
+    pub procedure: &'static str,
+    pub params: Vec<(&'static str, SqlParam)>,
+}
+
+impl ProcedureCall {
+    /// The value bound to `name`, if any.
+    pub fn param(&self, name: &str) -> Option<&SqlParam> {
+        self.params.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+/// The procedures of the event → procedure map, in migration order.
+pub const PROCEDURES: &[&str] = &[
+    "dbo.sp_StoreMirror_UpsertDmConversation",
+    "dbo.sp_StoreMirror_UpsertDmMessage",
+    "dbo.sp_StoreMirror_DeleteDmMessage",
+    "dbo.sp_StoreMirror_UpsertDmBlock",
+    "dbo.sp_StoreMirror_DeleteDmBlock",
+    "dbo.sp_StoreMirror_UpsertFollowEdge",
+    "dbo.sp_StoreMirror_DeleteFollowEdge",
+];
+
+fn text(s: impl Into<String>) -> SqlParam {
+    SqlParam::Text(Some(s.into()))
+}
+
+fn opt_text(s: Option<&String>) -> SqlParam {
+    SqlParam::Text(s.cloned())
+}
+
+fn time(t: DateTime<Utc>) -> SqlParam {
+    SqlParam::Time(Some(t))
+}
+
+fn json_array(v: &Option<Vec<serde_json::Value>>) -> SqlParam {
+    SqlParam::Text(v.as_ref().map(|a| serde_json::to_string(a).expect("JSON values serialize infallibly")))
+}
+
+/// The call that applies `event`.
+pub fn procedure_call(event: &MirrorEvent) -> ProcedureCall {
+    let mut params: Vec<(&'static str, SqlParam)> = vec![
+        ("@EventId", SqlParam::Uuid(event.id())),
+        ("@EventType", text(event.event_type().as_str())),
+        ("@SourceVersion", time(event.time())),
+        ("@SyncSource", text(event.sync_source())),
+    ];
+    let payload_json = || text(event.payload().to_json().to_string());
+    let procedure = match (event.subject(), event.payload()) {
+        (Subject::Conversation { conversation_id }, Payload::Conversation(p)) => {
+            let participants: Vec<serde_json::Value> = p
+                .participants
+                .iter()
+                .map(|x| serde_json::to_value(x).expect("participants serialize infallibly"))
+                .collect();
+            params.extend([
+                ("@ConversationFirestoreId", text(conversation_id)),
+                ("@Type", text(p.kind.as_str())),
+                ("@CreatedAt", time(p.created_at)),
+                ("@UpdatedAt", time(p.updated_at)),
+                ("@ParticipantsJson", text(serde_json::Value::Array(participants).to_string())),
+                ("@PayloadJson", payload_json()),
+            ]);
+            "dbo.sp_StoreMirror_UpsertDmConversation"
+        }
+        (Subject::Message { conversation_id, message_id }, Payload::Message(p)) => {
+            params.extend([
+                ("@ConversationFirestoreId", text(conversation_id)),
+                ("@MessageFirestoreId", text(message_id)),
+                ("@AuthorUserId", text(&p.author_user_id)),
+                ("@BodyText", text(&p.body_text)),
+                ("@AttachmentJson", json_array(&p.attachments)),
+                ("@ExternalMediaJson", json_array(&p.external_media)),
+                ("@CreatedAt", time(p.created_at)),
+                ("@EditedAt", SqlParam::Time(p.edited_at)),
+                ("@DeletedAt", SqlParam::Time(p.deleted_at)),
+                ("@ClientMessageId", opt_text(p.client_message_id.as_ref())),
+                ("@PayloadJson", payload_json()),
+            ]);
+            "dbo.sp_StoreMirror_UpsertDmMessage"
+        }
+        (Subject::Message { conversation_id, message_id }, Payload::MessageDelete(d)) => {
+            params.extend([
+                ("@ConversationFirestoreId", text(conversation_id)),
+                ("@MessageFirestoreId", text(message_id)),
+                ("@PerformedBy", opt_text(d.performed_by.as_ref())),
+                ("@PayloadJson", payload_json()),
+            ]);
+            "dbo.sp_StoreMirror_DeleteDmMessage"
+        }
+        (Subject::Block { user_id, target_user_id }, Payload::Block(p)) => {
+            params.extend([
+                ("@UserId", text(user_id)),
+                ("@TargetUserId", text(target_user_id)),
+                ("@CreatedAt", time(p.created_at)),
+                ("@RevokedAt", SqlParam::Time(p.revoked_at)),
+                ("@Source", text(p.source.as_str())),
+            ]);
+            "dbo.sp_StoreMirror_UpsertDmBlock"
+        }
+        (Subject::Block { user_id, target_user_id }, Payload::BlockDelete) => {
+            params.extend([("@UserId", text(user_id)), ("@TargetUserId", text(target_user_id))]);
+            "dbo.sp_StoreMirror_DeleteDmBlock"
+        }
+        (Subject::FollowEdge { follower_user_id, target_user_id }, Payload::FollowEdge(p)) => {
+            params.extend([
+                ("@FollowerUserId", text(follower_user_id)),
+                ("@TargetUserId", text(target_user_id)),
+                ("@State", text(p.state.as_str())),
+                ("@Source", text(p.source.as_str())),
+                ("@CreatedAt", time(p.created_at)),
+            ]);
+            "dbo.sp_StoreMirror_UpsertFollowEdge"
+        }
+        (Subject::FollowEdge { follower_user_id, target_user_id }, Payload::FollowEdgeDelete) => {
+            params.extend([("@FollowerUserId", text(follower_user_id)), ("@TargetUserId", text(target_user_id))]);
+            "dbo.sp_StoreMirror_DeleteFollowEdge"
+        }
+        (subject, payload) => unreachable!("MirrorEvent guarantees the payload fits the subject: {subject} / {payload:?}"),
+    };
+    ProcedureCall { procedure, params }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirror_schema::{decode_structured, EventType};
+    use serde_json::json;
+
+    fn event(event_type: &str, subject: &str, time: &str, payload: serde_json::Value) -> MirrorEvent {
+        let et: EventType = event_type.parse().unwrap();
+        let subj = Subject::parse(subject, et.family()).unwrap();
+        let t = mirror_schema::parse_time("time", time).unwrap();
+        let id = mirror_schema::deterministic_id(et, &subj, &t);
+        let mut data = json!({ "firestoreId": subj.document_id(), "op": et.op().as_str(), "payload": payload });
+        if let Some(c) = subj.conversation_id() {
+            data["conversationId"] = json!(c);
+        }
+        let body = json!({
+            "specversion": "1.0", "id": id.to_string(), "type": event_type, "subject": subject, "time": time,
+            "source": format!("firestore://projects/demo/databases/(default)/documents/{subject}"),
+            "datacontenttype": "application/json", "data": data,
+        });
+        decode_structured(body.to_string().as_bytes()).unwrap()
+    }
+
+    fn names(c: &ProcedureCall) -> Vec<&'static str> {
+        c.params.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Every procedure's parameter list, as declared in sql/mssql (the order
+    /// does not matter for named RPC parameters, but keeping it equal makes
+    /// the comparison with the SQL files trivial).
+    const SIGNATURES: &[(&str, &[&str])] = &[
+        ("dbo.sp_StoreMirror_UpsertDmConversation", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@ConversationFirestoreId", "@Type", "@CreatedAt", "@UpdatedAt", "@ParticipantsJson", "@PayloadJson"]),
+        ("dbo.sp_StoreMirror_UpsertDmMessage", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@ConversationFirestoreId", "@MessageFirestoreId", "@AuthorUserId", "@BodyText", "@AttachmentJson", "@ExternalMediaJson", "@CreatedAt", "@EditedAt", "@DeletedAt", "@ClientMessageId", "@PayloadJson"]),
+        ("dbo.sp_StoreMirror_DeleteDmMessage", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@ConversationFirestoreId", "@MessageFirestoreId", "@PerformedBy", "@PayloadJson"]),
+        ("dbo.sp_StoreMirror_UpsertDmBlock", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@UserId", "@TargetUserId", "@CreatedAt", "@RevokedAt", "@Source"]),
+        ("dbo.sp_StoreMirror_DeleteDmBlock", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@UserId", "@TargetUserId"]),
+        ("dbo.sp_StoreMirror_UpsertFollowEdge", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@FollowerUserId", "@TargetUserId", "@State", "@Source", "@CreatedAt"]),
+        ("dbo.sp_StoreMirror_DeleteFollowEdge", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@FollowerUserId", "@TargetUserId"]),
+    ];
+
+    fn signature(proc_name: &str) -> Vec<&'static str> {
+        SIGNATURES.iter().find(|(p, _)| *p == proc_name).unwrap().1.to_vec()
+    }
+
+    #[test]
+    fn the_rust_signatures_match_the_sql_files() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sql/mssql");
+        for (proc_name, params) in SIGNATURES {
+            let short = proc_name.trim_start_matches("dbo.");
+            let file = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| {
+                    let text = std::fs::read_to_string(p).unwrap();
+                    text.contains(&format!("CREATE OR ALTER PROCEDURE dbo.{short} ("))
+                })
+                .unwrap_or_else(|| panic!("no file creates {proc_name}"));
+            let text = std::fs::read_to_string(&file).unwrap();
+            let head = &text[text.find("CREATE OR ALTER PROCEDURE").unwrap()..text.find("\nAS\n").unwrap()];
+            let declared: Vec<&str> = head
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.trim().split_whitespace().next())
+                .filter(|w| w.starts_with('@'))
+                .collect();
+            assert_eq!(&declared, params, "{proc_name} in {}", file.display());
+        }
+        assert_eq!(SIGNATURES.iter().map(|(p, _)| *p).collect::<Vec<_>>(), PROCEDURES);
+    }
+
+    #[test]
+    fn conversation_call() {
+        let e = event(
+            "dm.conversation.create",
+            "conversations/c1",
+            "2025-10-08T12:00:00.5Z",
+            json!({"type": "direct", "createdAt": "2025-10-08T11:00:00Z", "updatedAt": "2025-10-08T12:00:00Z", "lastMessageId": "m9",
+                   "participants": [
+                       {"userId": "u2", "role": "member", "joinedAt": "2025-10-08T11:00:00Z", "muteState": "none"},
+                       {"userId": "u1", "role": "owner", "joinedAt": "2025-10-08T11:00:00Z", "muteState": "muted", "readPointerMessageId": "m1"}]}),
+        );
+        let c = procedure_call(&e);
+        assert_eq!(c.procedure, "dbo.sp_StoreMirror_UpsertDmConversation");
+        assert_eq!(names(&c), signature(c.procedure));
+        assert_eq!(c.param("@EventId"), Some(&SqlParam::Uuid(e.id())));
+        assert_eq!(c.param("@EventType"), Some(&text("dm.conversation.create")));
+        assert_eq!(c.param("@SyncSource"), Some(&text("firestore")));
+        assert_eq!(c.param("@SourceVersion"), Some(&time(e.time())));
+        assert_eq!(c.param("@Type"), Some(&text("direct")));
+        let Some(SqlParam::Text(Some(p))) = c.param("@ParticipantsJson") else { panic!() };
+        let p: serde_json::Value = serde_json::from_str(p).unwrap();
+        assert_eq!(p[0]["userId"], "u2");
+        assert_eq!(p[1]["readPointerMessageId"], "m1");
+        assert_eq!(p[1]["joinedAt"], "2025-10-08T11:00:00.000000Z");
+        assert!(p[0].get("readPointerMessageId").is_none());
+    }
+
+    #[test]
+    fn message_calls() {
+        let e = event(
+            "dm.message.update",
+            "conversations/c1/messages/m1",
+            "2025-10-08T12:34:56.123456Z",
+            json!({"authorUserId": "u1", "bodyText": "hi", "createdAt": "2025-10-08T12:34:56.123456Z",
+                   "attachments": [{"url": "x"}], "deletedAt": "2025-10-08T12:40:00Z"}),
+        );
+        let c = procedure_call(&e);
+        assert_eq!(c.procedure, "dbo.sp_StoreMirror_UpsertDmMessage");
+        assert_eq!(names(&c), signature(c.procedure));
+        assert_eq!(c.param("@AttachmentJson"), Some(&text(r#"[{"url":"x"}]"#)));
+        assert_eq!(c.param("@ExternalMediaJson"), Some(&SqlParam::Text(None)));
+        assert_eq!(c.param("@EditedAt"), Some(&SqlParam::Time(None)));
+        assert!(matches!(c.param("@DeletedAt"), Some(SqlParam::Time(Some(_)))));
+        assert_eq!(c.param("@ClientMessageId"), Some(&SqlParam::Text(None)));
+
+        let d = event("dm.message.delete", "conversations/c1/messages/m1", "2025-10-08T13:00:00Z", json!({"performedBy": "admin1"}));
+        let c = procedure_call(&d);
+        assert_eq!(c.procedure, "dbo.sp_StoreMirror_DeleteDmMessage");
+        assert_eq!(names(&c), signature(c.procedure));
+        assert_eq!(c.param("@PerformedBy"), Some(&text("admin1")));
+        assert_eq!(c.param("@PayloadJson"), Some(&text(r#"{"performedBy":"admin1"}"#)));
+    }
+
+    #[test]
+    fn block_and_follow_calls() {
+        let b = event("dm.block.create", "blocks/u1/targets/u2", "2025-10-08T13:00:00Z", json!({"createdAt": "2025-10-08T13:00:00Z", "source": "admin"}));
+        let c = procedure_call(&b);
+        assert_eq!(c.procedure, "dbo.sp_StoreMirror_UpsertDmBlock");
+        assert_eq!(names(&c), signature(c.procedure));
+        assert_eq!(c.param("@UserId"), Some(&text("u1")));
+        assert_eq!(c.param("@TargetUserId"), Some(&text("u2")));
+        assert_eq!(c.param("@Source"), Some(&text("admin")));
+        assert_eq!(c.param("@RevokedAt"), Some(&SqlParam::Time(None)));
+
+        let c = procedure_call(&event("dm.block.delete", "blocks/u1/targets/u2", "2025-10-08T13:00:00Z", json!({})));
+        assert_eq!(c.procedure, "dbo.sp_StoreMirror_DeleteDmBlock");
+        assert_eq!(names(&c), signature(c.procedure));
+
+        let f = event("follow.edge.update", "follows/u1/targets/u2", "2025-10-08T13:00:00Z", json!({"state": "accepted", "source": "web", "createdAt": "2025-10-08T12:00:00Z"}));
+        let c = procedure_call(&f);
+        assert_eq!(c.procedure, "dbo.sp_StoreMirror_UpsertFollowEdge");
+        assert_eq!(names(&c), signature(c.procedure));
+        assert_eq!(c.param("@FollowerUserId"), Some(&text("u1")));
+        assert_eq!(c.param("@State"), Some(&text("accepted")));
+        assert_eq!(c.param("@EventType"), Some(&text("follow.edge.update")));
+
+        let c = procedure_call(&event("follow.edge.delete", "follows/u1/targets/u2", "2025-10-08T13:00:00Z", json!({})));
+        assert_eq!(c.procedure, "dbo.sp_StoreMirror_DeleteFollowEdge");
+        assert_eq!(names(&c), signature(c.procedure));
+    }
+}
