@@ -1,0 +1,255 @@
+//! Pull-consumer receiver and the settlement of one delivery.
+//!
+//! `receive(max, wait)` first takes what is available at once (a no-wait
+//! fetch); only if that is empty does it long-poll for a single message up to
+//! `wait` and then take what else is available. So a call returns as soon as
+//! something arrives instead of waiting for a full batch. If the caller drops
+//! the future during the long poll, a message the server sends meanwhile is
+//! lost in flight and redelivered after `ack_wait` (at-least-once holds).
+//!
+//! Every settlement is a double ack: the call returns once the server has
+//! confirmed it, so `complete` returning `Ok` means the ack is stored.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures::StreamExt;
+use mirror_schema::WireMessage;
+
+use super::{dead_letter, is_valid_name, wire, JetStreamBus};
+use crate::{Backlog, BusError, DeadLetter, Delivery, Receiver};
+
+/// A competing consumer on one subscription (a durable pull consumer).
+pub struct JetStreamReceiver {
+    bus: JetStreamBus,
+    subscription: String,
+    consumer: PullConsumer,
+}
+
+impl std::fmt::Debug for JetStreamReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamReceiver")
+            .field("topic", &self.bus.config().topic)
+            .field("subscription", &self.subscription)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Outcome of reading one pull request.
+enum Pulled {
+    Messages(Vec<JetStreamDelivery>),
+    /// The server refused the pull for now (409: max ack pending, max waiting).
+    Busy(String),
+}
+
+impl JetStreamReceiver {
+    pub(super) async fn open(bus: JetStreamBus, subscription: &str) -> Result<JetStreamReceiver, BusError> {
+        if !is_valid_name(subscription) {
+            return Err(BusError::Config(format!("`{subscription}` is not a valid subscription name")));
+        }
+        let topic = bus.config().topic.clone();
+        let stream = bus
+            .js()
+            .get_stream_no_info(&topic)
+            .await
+            .map_err(|e| BusError::op("subscribe", format!("stream `{topic}`: {e}")))?;
+        let consumer: PullConsumer = stream.get_consumer(subscription).await.map_err(|e| {
+            BusError::op(
+                "subscribe",
+                format!("subscription `{subscription}` on `{topic}`: {e} (has ensure_topology run?)"),
+            )
+        })?;
+        Ok(JetStreamReceiver {
+            bus,
+            subscription: subscription.to_owned(),
+            consumer,
+        })
+    }
+
+    async fn pull(&self, max: usize, wait: Option<Duration>) -> Result<Pulled, BusError> {
+        let op = "receive";
+        let batch = match wait {
+            None => self.consumer.fetch().max_messages(max).messages().await,
+            Some(wait) => self.consumer.batch().max_messages(max).expires(wait).messages().await,
+        }
+        .map_err(|e| BusError::op(op, format!("subscription `{}`: {e}", self.subscription)))?;
+        let budget = wait.unwrap_or_default() + self.bus.config().api_timeout;
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut batch = std::pin::pin!(batch);
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, batch.next()).await {
+                Err(_) | Ok(None) => break,
+                Ok(Some(Ok(message))) => out.push(JetStreamDelivery::new(self.bus.clone(), &self.subscription, message)),
+                Ok(Some(Err(e))) => {
+                    let text = e.to_string();
+                    if !out.is_empty() {
+                        tracing::debug!(subscription = %self.subscription, error = %text, "pull ended early");
+                        break;
+                    }
+                    if text.contains("409") || text.contains("Exceeded") {
+                        return Ok(Pulled::Busy(text));
+                    }
+                    return Err(BusError::op(op, format!("subscription `{}`: {text}", self.subscription)));
+                }
+            }
+        }
+        Ok(Pulled::Messages(out))
+    }
+}
+
+impl Receiver for JetStreamReceiver {
+    type Delivery = JetStreamDelivery;
+
+    async fn receive(&mut self, max: usize, wait: Duration) -> Result<Vec<JetStreamDelivery>, BusError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let started = tokio::time::Instant::now();
+        match self.pull(max, None).await? {
+            Pulled::Messages(m) if !m.is_empty() => return Ok(m),
+            Pulled::Messages(_) => {}
+            Pulled::Busy(why) => {
+                // Nothing can be delivered until something is settled; don't spin.
+                tracing::debug!(subscription = %self.subscription, why, "pull refused");
+                tokio::time::sleep(wait).await;
+                return Ok(Vec::new());
+            }
+        }
+        let remaining = wait.saturating_sub(started.elapsed());
+        if remaining < Duration::from_millis(10) {
+            return Ok(Vec::new());
+        }
+        let mut out = match self.pull(1, Some(remaining)).await? {
+            Pulled::Messages(m) => m,
+            Pulled::Busy(_) => {
+                tokio::time::sleep(wait.saturating_sub(started.elapsed())).await;
+                return Ok(Vec::new());
+            }
+        };
+        if !out.is_empty() && max > 1 {
+            if let Pulled::Messages(more) = self.pull(max - 1, None).await? {
+                out.extend(more);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `pending` = not yet delivered; `in_flight` = delivered and unsettled,
+    /// which on JetStream also counts messages waiting out a `retry` delay.
+    async fn backlog(&mut self) -> Result<Option<Backlog>, BusError> {
+        let info = self
+            .consumer
+            .get_info()
+            .await
+            .map_err(|e| BusError::op("backlog", format!("subscription `{}`: {e}", self.subscription)))?;
+        Ok(Some(Backlog {
+            pending: info.num_pending,
+            in_flight: info.num_ack_pending as u64,
+        }))
+    }
+}
+
+/// One delivered message, locked to this consumer for `ack_wait`.
+pub struct JetStreamDelivery {
+    bus: JetStreamBus,
+    subscription: String,
+    message: jetstream::Message,
+    wire: WireMessage,
+    message_id: Option<String>,
+    delivery_count: u32,
+    stream_sequence: Option<u64>,
+}
+
+impl std::fmt::Debug for JetStreamDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamDelivery")
+            .field("subscription", &self.subscription)
+            .field("message_id", &self.message_id)
+            .field("delivery_count", &self.delivery_count)
+            .field("stream_sequence", &self.stream_sequence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JetStreamDelivery {
+    fn new(bus: JetStreamBus, subscription: &str, message: jetstream::Message) -> JetStreamDelivery {
+        let (delivery_count, stream_sequence) = match message.info() {
+            Ok(info) => (u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX), Some(info.stream_sequence)),
+            Err(_) => (1, None),
+        };
+        let (wire, message_id) = wire::inbound(message.message.headers.as_ref(), &message.message.payload, false);
+        JetStreamDelivery {
+            bus,
+            subscription: subscription.to_owned(),
+            message,
+            wire,
+            message_id,
+            delivery_count,
+            stream_sequence,
+        }
+    }
+
+    /// The message's sequence in the topic stream.
+    pub fn stream_sequence(&self) -> Option<u64> {
+        self.stream_sequence
+    }
+
+    async fn settle(&self, op: &'static str, kind: AckKind) -> Result<(), BusError> {
+        self.message.double_ack_with(kind).await.map_err(|e| {
+            BusError::op(
+                op,
+                format!(
+                    "message `{}` (stream seq {}) on `{}`: {e}",
+                    self.message_id.as_deref().unwrap_or("?"),
+                    self.stream_sequence.map_or_else(|| "?".to_owned(), |s| s.to_string()),
+                    self.subscription
+                ),
+            )
+        })
+    }
+}
+
+impl Delivery for JetStreamDelivery {
+    fn message(&self) -> &WireMessage {
+        &self.wire
+    }
+
+    fn message_id(&self) -> Option<&str> {
+        self.message_id.as_deref()
+    }
+
+    fn delivery_count(&self) -> u32 {
+        self.delivery_count
+    }
+
+    async fn keep_alive(&self) -> Result<(), BusError> {
+        self.settle("keep alive", AckKind::Progress).await
+    }
+
+    async fn complete(self) -> Result<(), BusError> {
+        self.settle("complete", AckKind::Ack).await
+    }
+
+    async fn retry(self, delay: Duration) -> Result<(), BusError> {
+        let kind = if delay.is_zero() { AckKind::Nak(None) } else { AckKind::Nak(Some(delay)) };
+        self.settle("retry", kind).await
+    }
+
+    async fn dead_letter(self, why: &DeadLetter) -> Result<(), BusError> {
+        dead_letter::publish(
+            &self.bus,
+            &self.subscription,
+            dead_letter::Original {
+                headers: self.message.message.headers.as_ref(),
+                payload: self.message.message.payload.clone(),
+                message_id: self.message_id.as_deref(),
+                stream_sequence: self.stream_sequence,
+            },
+            why,
+        )
+        .await?;
+        // Stored in the dead-letter stream: stop redelivery of the original.
+        self.settle("dead letter", AckKind::Term).await
+    }
+}
