@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+pub mod bus_conformance;
 pub mod events;
 
 /// PostgreSQL server used by the tests (`TEST_PG_URL`, default local trust auth).

@@ -1,0 +1,220 @@
+//! The `EventBus` conformance suite against NATS JetStream (local server,
+//! `TEST_NATS_URL`), one fresh topic per case, plus the JetStream-only
+//! behaviour: topology idempotency, the max-deliveries watcher, size limits.
+
+use std::time::Duration;
+
+use mirror_bus::jetstream::{JetStreamBus, JetStreamConfig, MAX_DELIVERIES_REASON};
+use mirror_bus::{
+    BusError, DeadLetter, Delivery, EventBus, OutboundMessage, PublishOutcome, Receiver, SQL_WRITER_SUBSCRIPTION,
+};
+use mirror_schema::{Op, WireValue};
+use mirror_tests::bus_conformance::{Fresh, Options};
+use mirror_tests::{events, FreshTopic};
+
+fn config(topic: &FreshTopic, options: Options) -> JetStreamConfig {
+    JetStreamConfig {
+        url: topic.url.clone(),
+        topic: topic.topic.clone(),
+        ack_wait: options.lock,
+        max_deliver: options.max_deliver,
+        ..JetStreamConfig::default()
+    }
+}
+
+async fn fresh(options: Options) -> Fresh<JetStreamBus> {
+    let topic = FreshTopic::new();
+    let bus = JetStreamBus::connect(config(&topic, options))
+        .await
+        .unwrap_or_else(|e| panic!("{e} (is nats-server -js running? see README)"));
+    bus.ensure_topology().await.expect("ensure topology");
+    Fresh {
+        bus,
+        lock: options.lock,
+        guard: Box::new(topic),
+    }
+}
+
+mirror_tests::bus_conformance_tests!(Some(fresh));
+
+fn sample(n: u32) -> OutboundMessage {
+    OutboundMessage::from_event(&events::message(
+        Op::Create,
+        "c-js",
+        &format!("m-{n}"),
+        "hello",
+        events::t(i64::from(n)),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topology_is_idempotent_and_safe_concurrently() {
+    mirror_tests::init();
+    let topic = FreshTopic::new();
+    let options = Options::default();
+    let connect = || async { JetStreamBus::connect(config(&topic, options)).await.expect("connect") };
+    let (a, b, c) = (connect().await, connect().await, connect().await);
+    // Three processes racing to create the same topology, then once more each.
+    let (ra, rb, rc) = tokio::join!(a.ensure_topology(), b.ensure_topology(), c.ensure_topology());
+    ra.expect("a");
+    rb.expect("b");
+    rc.expect("c");
+    a.ensure_topology().await.expect("again");
+
+    // A later deploy with a different lock updates the consumers in place.
+    let changed = JetStreamBus::connect(JetStreamConfig {
+        ack_wait: Duration::from_secs(7),
+        duplicate_window: Duration::from_secs(60),
+        ..config(&topic, options)
+    })
+    .await
+    .expect("connect");
+    changed.ensure_topology().await.expect("ensure with changed settings");
+    let js = async_nats::jetstream::new(async_nats::connect(&topic.url).await.expect("raw connect"));
+    let mut stream = js.get_stream(&topic.topic).await.expect("stream");
+    assert_eq!(stream.info().await.expect("stream info").config.duplicate_window, Duration::from_secs(60));
+    let info = stream.consumer_info(SQL_WRITER_SUBSCRIPTION).await.expect("consumer info");
+    assert_eq!(info.config.ack_wait, Duration::from_secs(7), "consumer updated in place");
+
+    // Still works as a bus.
+    let mut rx = a.subscribe(SQL_WRITER_SUBSCRIPTION).await.expect("subscribe");
+    assert_eq!(a.publish(&sample(1)).await.expect("publish"), PublishOutcome::Published);
+    let got = rx.receive(10, Duration::from_secs(5)).await.expect("receive");
+    assert_eq!(got.len(), 1);
+    for d in got {
+        d.complete().await.expect("complete");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_deliveries_watcher_dead_letters_what_jetstream_gave_up_on() {
+    mirror_tests::init();
+    let topic = FreshTopic::new();
+    let options = Options {
+        lock: Duration::from_secs(1),
+        max_deliver: 2,
+    };
+    let bus = JetStreamBus::connect(config(&topic, options)).await.expect("connect");
+    bus.ensure_topology().await.expect("topology");
+    let watcher = bus.max_deliveries_watcher(SQL_WRITER_SUBSCRIPTION).await.expect("watcher");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(watcher.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let mut rx = bus.subscribe(SQL_WRITER_SUBSCRIPTION).await.expect("subscribe");
+    let mut sent = sample(1);
+    sent.message.properties = vec![("rm-case".into(), WireValue::String("max-deliveries".into()))];
+    bus.publish(&sent).await.expect("publish");
+    for attempt in 1..=2u32 {
+        let got = rx.receive(1, Duration::from_secs(5)).await.expect("receive");
+        assert_eq!(got.len(), 1, "delivery {attempt}");
+        assert_eq!(got[0].delivery_count(), attempt);
+        for d in got {
+            d.retry(Duration::ZERO).await.expect("retry");
+        }
+    }
+
+    // JetStream gives up (it notices when it next tries to deliver, so keep
+    // pulling); the watcher moves the message to the dead-letter queue.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let entry = loop {
+        let got = rx.receive(1, Duration::from_millis(300)).await.expect("receive");
+        assert!(got.is_empty(), "delivered beyond max_deliver: {got:?}");
+        let listed = bus.list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10).await.expect("list");
+        if let Some(e) = listed.into_iter().next() {
+            break e;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "message never dead-lettered after max deliveries");
+    };
+    assert_eq!(entry.reason, MAX_DELIVERIES_REASON);
+    assert_eq!(entry.attempts, 2);
+    assert_eq!(entry.original_message_id.as_deref(), Some(sent.message_id.as_str()));
+    assert_eq!(entry.message.body, sent.message.body);
+    assert_eq!(entry.message.content_type, sent.message.content_type);
+    assert_eq!(entry.message.properties, sent.message.properties);
+    assert!(rx.receive(1, Duration::from_millis(1500)).await.expect("receive").is_empty());
+
+    let _ = stop.send(());
+    task.await.expect("watcher task").expect("watcher ends cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letter_twice_is_stored_once_and_removal_is_scoped() {
+    mirror_tests::init();
+    let topic = FreshTopic::new();
+    let options = Options {
+        lock: Duration::from_secs(1),
+        max_deliver: 10,
+    };
+    let bus = JetStreamBus::connect(config(&topic, options)).await.expect("connect");
+    bus.ensure_topology().await.expect("topology");
+    let mut rx = bus.subscribe(SQL_WRITER_SUBSCRIPTION).await.expect("subscribe");
+    let sent = sample(1);
+    bus.publish(&sent).await.expect("publish");
+    // A consumer that stalled past its lock still holds the first delivery
+    // while a second consumer holds the redelivery; both dead-letter it.
+    let stale = rx.receive(1, Duration::from_secs(5)).await.expect("receive").remove(0);
+    let fresh = rx.receive(1, Duration::from_secs(5)).await.expect("receive redelivery").remove(0);
+    assert_eq!(fresh.delivery_count(), 2);
+    let why = DeadLetter {
+        reason: "invalid_field".into(),
+        description: format!("first line\n{}", "x".repeat(10_000)),
+        attempts: 2,
+    };
+    stale.dead_letter(&why).await.expect("dead letter (stale delivery)");
+    fresh.dead_letter(&why).await.expect("dead letter (redelivery)");
+
+    let listed = bus.list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10).await.expect("list");
+    assert_eq!(listed.len(), 1, "one entry per original message: {listed:#?}");
+    assert!(listed[0].description.len() <= 2048, "description kept to {} bytes", listed[0].description.len());
+    assert!(listed[0].description.starts_with("first line x"), "{}", &listed[0].description[..40]);
+    assert!(rx.receive(1, Duration::from_millis(1500)).await.expect("receive").is_empty());
+
+    let err = bus
+        .remove_dead_letter("monitoring", &listed[0].handle)
+        .await
+        .expect_err("another subscription's entry");
+    assert!(err.to_string().contains("remove dead letter"), "{err}");
+    let err = bus.remove_dead_letter(SQL_WRITER_SUBSCRIPTION, "not-a-seq").await.expect_err("bad handle");
+    assert!(err.to_string().contains("not-a-seq"), "{err}");
+    bus.remove_dead_letter(SQL_WRITER_SUBSCRIPTION, &listed[0].handle).await.expect("remove");
+    bus.remove_dead_letter(SQL_WRITER_SUBSCRIPTION, &listed[0].handle).await.expect("remove again is a no-op");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn errors_name_the_operation_and_never_panic() {
+    mirror_tests::init();
+    let topic = FreshTopic::new();
+    let bus = JetStreamBus::connect(config(&topic, Options::default())).await.expect("connect");
+
+    // No topology yet.
+    let err = bus.subscribe(SQL_WRITER_SUBSCRIPTION).await.expect_err("no consumer yet");
+    assert!(err.to_string().starts_with("subscribe:"), "{err}");
+    let err = bus.publish(&sample(1)).await.expect_err("no stream yet");
+    assert!(err.to_string().starts_with("publish:"), "{err}");
+
+    bus.ensure_topology().await.expect("topology");
+    let mut too_big = sample(2);
+    too_big.message.body = vec![b'x'; 2 * 1024 * 1024];
+    assert!(matches!(bus.publish(&too_big).await, Err(BusError::TooLarge { .. })));
+    let mut bad = sample(3);
+    bad.message.properties = vec![("bad header".into(), WireValue::String("v".into()))];
+    assert!(bus.publish(&bad).await.is_err());
+
+    let err = JetStreamBus::connect(JetStreamConfig {
+        topic: "has.dot".into(),
+        ..JetStreamConfig::default()
+    })
+    .await
+    .expect_err("invalid topic");
+    assert!(matches!(err, BusError::Config(_)), "{err}");
+    let err = JetStreamBus::connect(JetStreamConfig {
+        url: "nats://127.0.0.1:1".into(),
+        connect_timeout: Duration::from_millis(500),
+        ..JetStreamConfig::default()
+    })
+    .await
+    .expect_err("nothing listens on port 1");
+    assert!(matches!(err, BusError::Connect(_)), "{err}");
+}
