@@ -22,3 +22,6 @@ pub mod sink;
 pub mod testing;
 pub mod seed;
 pub mod value;
+
+#[cfg(feature = "firestore")]
+pub mod firestore;

@@ -19,11 +19,13 @@ enum Step {
     Hang,
 }
 
+type SharedRequests = Arc<Mutex<mpsc::UnboundedReceiver<ListenRequest>>>;
+
 /// A transport that plays one script per opened stream and records the requests it was sent.
 #[derive(Clone, Default)]
 struct Scripted {
     scripts: Arc<Mutex<VecDeque<Vec<Step>>>>,
-    requests: Arc<Mutex<Vec<Arc<Mutex<mpsc::UnboundedReceiver<ListenRequest>>>>>>,
+    requests: Arc<Mutex<Vec<SharedRequests>>>,
     hung: Arc<Notify>,
 }
 
