@@ -1,1 +1,0 @@
-//! Azure Service Bus adapter (in progress).

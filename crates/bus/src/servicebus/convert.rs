@@ -1,0 +1,592 @@
+//! Pure translations between Service Bus / AMQP messages and the port's types.
+//!
+//! No IO here, so everything is unit-tested without a broker: application
+//! properties ↔ [`WireValue`] (native AMQP types both ways), bodies, the
+//! outbound message (MessageId, SessionId, content type), dead-letter fields,
+//! lock-renewal timing and how attach errors are classified.
+
+use std::time::Duration;
+
+use azservicebus::receiver::DeadLetterOptions;
+use azservicebus::ServiceBusMessage;
+use chrono::{DateTime, Utc};
+use fe2o3_amqp_types::messaging::{ApplicationProperties, Body};
+use fe2o3_amqp_types::primitives::{Binary, OrderedMap, SimpleValue, Timestamp, Uuid as AmqpUuid, Value};
+use mirror_schema::{WireMessage, WireValue, MAX_EVENT_BYTES};
+
+use crate::{BusError, DeadLetter, DeadLettered, OutboundMessage};
+
+/// Application property the adapter adds when it dead-letters: how many times
+/// delivery was attempted (the port's [`DeadLetter::attempts`]).
+pub const DEAD_LETTER_ATTEMPTS: &str = "DeadLetterAttempts";
+/// Application property the adapter adds when it dead-letters: when (AMQP timestamp).
+pub const DEAD_LETTERED_AT: &str = "DeadLetteredAt";
+/// Set by the broker on dead-lettered messages.
+pub const DEAD_LETTER_REASON: &str = "DeadLetterReason";
+pub const DEAD_LETTER_ERROR_DESCRIPTION: &str = "DeadLetterErrorDescription";
+
+/// Longest `DeadLetterReason` / `DeadLetterErrorDescription` Service Bus keeps.
+pub const MAX_DEAD_LETTER_TEXT: usize = 4096;
+
+/// Longest `MessageId` / `SessionId` Service Bus accepts.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A port value as an AMQP application-property value.
+pub fn to_amqp_value(value: &WireValue) -> SimpleValue {
+    match value {
+        WireValue::String(s) => SimpleValue::String(s.clone()),
+        WireValue::Bool(b) => SimpleValue::Bool(*b),
+        WireValue::Int(i) => SimpleValue::Long(*i),
+        WireValue::Timestamp(t) => SimpleValue::Timestamp(Timestamp::from_milliseconds(t.timestamp_millis())),
+        WireValue::Uuid(u) => SimpleValue::Uuid(AmqpUuid::from(*u.as_bytes())),
+        WireValue::Binary(b) => SimpleValue::Binary(Binary::from(b.clone())),
+    }
+}
+
+/// An AMQP application-property value as a port value; `None` for AMQP null
+/// (the port has no null: the property is left out).
+///
+/// Integers of every width become [`WireValue::Int`] (a `ulong` over `i64::MAX`
+/// becomes its decimal string); floats, decimals and chars their text; symbols
+/// strings; timestamps out of chrono's range their millisecond count as text.
+pub fn from_amqp_value(value: &SimpleValue) -> Option<WireValue> {
+    Some(match value {
+        SimpleValue::Null => return None,
+        SimpleValue::Bool(b) => WireValue::Bool(*b),
+        SimpleValue::Ubyte(v) => WireValue::Int(i64::from(*v)),
+        SimpleValue::Ushort(v) => WireValue::Int(i64::from(*v)),
+        SimpleValue::Uint(v) => WireValue::Int(i64::from(*v)),
+        SimpleValue::Ulong(v) => match i64::try_from(*v) {
+            Ok(i) => WireValue::Int(i),
+            Err(_) => WireValue::String(v.to_string()),
+        },
+        SimpleValue::Byte(v) => WireValue::Int(i64::from(*v)),
+        SimpleValue::Short(v) => WireValue::Int(i64::from(*v)),
+        SimpleValue::Int(v) => WireValue::Int(i64::from(*v)),
+        SimpleValue::Long(v) => WireValue::Int(*v),
+        SimpleValue::Float(v) => WireValue::String(v.to_string()),
+        SimpleValue::Double(v) => WireValue::String(v.to_string()),
+        SimpleValue::Decimal32(v) => WireValue::String(format!("{v:?}")),
+        SimpleValue::Decimal64(v) => WireValue::String(format!("{v:?}")),
+        SimpleValue::Decimal128(v) => WireValue::String(format!("{v:?}")),
+        SimpleValue::Char(c) => WireValue::String(c.to_string()),
+        SimpleValue::Timestamp(t) => match DateTime::<Utc>::from_timestamp_millis(t.milliseconds()) {
+            Some(dt) => WireValue::Timestamp(dt),
+            None => WireValue::String(t.milliseconds().to_string()),
+        },
+        SimpleValue::Uuid(u) => WireValue::Uuid(uuid::Uuid::from_bytes(*u.as_inner())),
+        SimpleValue::Binary(b) => WireValue::Binary(b.to_vec()),
+        SimpleValue::String(s) => WireValue::String(s.clone()),
+        SimpleValue::Symbol(s) => WireValue::String(s.0.clone()),
+        // .NET producers send Uri, DateTimeOffset and TimeSpan as described
+        // types (`com.microsoft:uri` over a string, the others over ticks).
+        SimpleValue::Described(d) => match &d.value {
+            Value::String(s) => WireValue::String(s.clone()),
+            Value::Long(ticks) => WireValue::Int(*ticks),
+            other => WireValue::String(format!("{other:?}")),
+        },
+    })
+}
+
+/// Port properties as AMQP application properties (order kept).
+pub fn to_application_properties(properties: &[(String, WireValue)]) -> Option<ApplicationProperties> {
+    if properties.is_empty() {
+        return None;
+    }
+    Some(ApplicationProperties(
+        properties
+            .iter()
+            .map(|(k, v)| (k.clone(), to_amqp_value(v)))
+            .collect::<OrderedMap<_, _>>(),
+    ))
+}
+
+/// AMQP application properties as port properties (order kept, nulls left out).
+pub fn from_application_properties(properties: Option<&ApplicationProperties>) -> Vec<(String, WireValue)> {
+    properties
+        .map(|p| {
+            p.0.iter()
+                .filter_map(|(k, v)| from_amqp_value(v).map(|v| (k.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The bytes of a received body. Service Bus messages from this system carry
+/// one `data` section; other producers may send several (concatenated, as the
+/// .NET SDK does) or an `amqp-value` string or binary. Anything else is given
+/// as an empty body, which the decoder rejects (`missing data`) so the message
+/// is dead-lettered with a reason rather than lost.
+pub fn body_bytes(body: &Body<Value>) -> Vec<u8> {
+    match body {
+        Body::Data(sections) => sections.iter().flat_map(|d| d.0.iter().copied()).collect(),
+        Body::Value(v) => match &v.0 {
+            Value::String(s) => s.clone().into_bytes(),
+            Value::Binary(b) => b.to_vec(),
+            _ => Vec::new(),
+        },
+        Body::Sequence(_) | Body::Empty => Vec::new(),
+    }
+}
+
+/// A received message as the port's [`WireMessage`].
+pub fn to_wire(
+    content_type: Option<&str>,
+    properties: Option<&ApplicationProperties>,
+    body: &Body<Value>,
+) -> WireMessage {
+    WireMessage {
+        content_type: content_type.map(str::to_owned),
+        properties: from_application_properties(properties),
+        body: body_bytes(body),
+    }
+}
+
+/// The Service Bus message for `outbound`: body and content type as given,
+/// application properties with native types, `MessageId` for duplicate
+/// detection and, with sessions on, `SessionId` = the partition key.
+pub fn to_service_bus_message(outbound: &OutboundMessage, sessions: bool) -> Result<ServiceBusMessage, BusError> {
+    let size = outbound.message.size();
+    if size > MAX_EVENT_BYTES {
+        return Err(BusError::TooLarge {
+            message_id: outbound.message_id.clone(),
+            size,
+        });
+    }
+    if outbound.message_id.is_empty() || outbound.message_id.len() > MAX_ID_LEN {
+        return Err(BusError::op(
+            "publish",
+            format!(
+                "message id `{}` must be 1 to {MAX_ID_LEN} characters",
+                outbound.message_id
+            ),
+        ));
+    }
+    let mut m = ServiceBusMessage::new(outbound.message.body.clone());
+    m.set_message_id(outbound.message_id.clone())
+        .map_err(|e| BusError::op("publish", format!("message id `{}`: {e}", outbound.message_id)))?;
+    if sessions {
+        let key = outbound
+            .partition_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                BusError::op(
+                    "publish",
+                    format!(
+                        "message `{}` has no partition key, but the topic requires sessions",
+                        outbound.message_id
+                    ),
+                )
+            })?;
+        m.set_session_id(key.to_owned())
+            .map_err(|e| BusError::op("publish", format!("session id `{key}`: {e}")))?;
+    }
+    m.set_content_type(outbound.message.content_type.clone());
+    *m.application_properties_mut() = to_application_properties(&outbound.message.properties);
+    Ok(m)
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+/// The dead-letter disposition for `why`: reason and description as Service Bus
+/// keeps them, plus the attempt count and time as application properties.
+pub fn dead_letter_options(why: &DeadLetter, now: DateTime<Utc>) -> DeadLetterOptions {
+    let mut properties = OrderedMap::new();
+    properties.insert(DEAD_LETTER_ATTEMPTS.to_owned(), Value::Long(i64::from(why.attempts)));
+    properties.insert(
+        DEAD_LETTERED_AT.to_owned(),
+        Value::Timestamp(Timestamp::from_milliseconds(now.timestamp_millis())),
+    );
+    DeadLetterOptions {
+        dead_letter_reason: Some(truncate(&why.reason, MAX_DEAD_LETTER_TEXT)),
+        dead_letter_error_description: Some(truncate(&why.description, MAX_DEAD_LETTER_TEXT)),
+        properties_to_modify: Some(properties),
+    }
+}
+
+/// A message peeked from a dead-letter queue, as the port's [`DeadLettered`].
+///
+/// The dead-letter bookkeeping properties are taken out of `message` (so a
+/// replay republishes the original), and read into the fields: reason and
+/// description as the broker set them, attempts from our `DeadLetterAttempts`
+/// (else the broker's delivery count), the time from our `DeadLetteredAt`
+/// (`None` when the broker dead-lettered the message itself, e.g.
+/// `MaxDeliveryCountExceeded`, or `TTLExpiredException`).
+pub fn to_dead_lettered(
+    sequence_number: i64,
+    message_id: Option<String>,
+    mut message: WireMessage,
+    delivery_count: Option<u32>,
+) -> DeadLettered {
+    let mut take = |name: &str| {
+        let pos = message.properties.iter().position(|(k, _)| k == name)?;
+        Some(message.properties.remove(pos).1)
+    };
+    let text = |v: Option<WireValue>| match v {
+        Some(WireValue::String(s)) => s,
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    };
+    let reason = text(take(DEAD_LETTER_REASON));
+    let description = text(take(DEAD_LETTER_ERROR_DESCRIPTION));
+    let attempts = match take(DEAD_LETTER_ATTEMPTS) {
+        Some(WireValue::Int(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+        Some(WireValue::String(s)) => s.parse().unwrap_or(0),
+        _ => delivery_count.unwrap_or(0),
+    };
+    let dead_lettered_at = match take(DEAD_LETTERED_AT) {
+        Some(WireValue::Timestamp(t)) => Some(t),
+        Some(WireValue::String(s)) => DateTime::parse_from_rfc3339(&s).ok().map(|t| t.with_timezone(&Utc)),
+        _ => None,
+    };
+    DeadLettered {
+        handle: sequence_number.to_string(),
+        original_message_id: message_id,
+        message,
+        reason,
+        description,
+        attempts,
+        dead_lettered_at,
+    }
+}
+
+/// The dead-letter handle (a sequence number) back as a number.
+pub fn parse_handle(handle: &str) -> Result<i64, BusError> {
+    handle.trim().parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        BusError::Config(format!(
+            "dead-letter handle `{handle}` is not a Service Bus sequence number"
+        ))
+    })
+}
+
+/// How long to wait before renewing a lock that expires in `remaining`:
+/// half of it, so a renewal that is slow or retried still lands in time, but
+/// at least a second (a lock already expired or about to is renewed at once
+/// by the caller, see [`renew_now`]).
+pub fn renewal_delay(remaining: Duration) -> Duration {
+    (remaining / 2).max(Duration::from_secs(1))
+}
+
+/// Whether a lock expiring in `remaining` must be renewed without waiting.
+pub fn renew_now(remaining: Duration) -> bool {
+    remaining < Duration::from_secs(2)
+}
+
+/// Time until `locked_until_nanos` (Unix nanoseconds), zero if past.
+pub fn until(locked_until_nanos: i128, now: DateTime<Utc>) -> Duration {
+    let now = i128::from(now.timestamp_nanos_opt().unwrap_or(i64::MAX));
+    let left = (locked_until_nanos - now).max(0);
+    Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
+}
+
+/// Whether abandoning a delivery seen `delivery_count` times makes the broker
+/// dead-letter it (`MaxDeliveryCountExceeded`) instead of redelivering.
+pub fn abandon_dead_letters(delivery_count: u32, max_delivery_count: u32) -> bool {
+    delivery_count >= max_delivery_count
+}
+
+/// What an attach (or management) failure means for topology verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachFailure {
+    /// The entity does not exist (`amqp:not-found`).
+    NotFound,
+    /// This identity may not use the entity this way (`amqp:unauthorized-access`):
+    /// e.g. a publisher with only the Data Sender role attaching a receiver.
+    Unauthorized,
+    /// The entity requires sessions and a non-session receiver was attached.
+    RequiresSession,
+    Other,
+}
+
+/// Classify an error text from azservicebus/fe2o3-amqp. Service Bus puts the
+/// AMQP condition and a .NET-style exception name in the text.
+pub fn classify_attach_error(text: &str) -> AttachFailure {
+    let t = text.to_ascii_lowercase();
+    if t.contains("not-found")
+        || t.contains("notfound")
+        || t.contains("could not be found")
+        || t.contains("does not exist")
+    {
+        AttachFailure::NotFound
+    } else if t.contains("unauthorized") || t.contains("claim") && t.contains("required") {
+        AttachFailure::Unauthorized
+    } else if t.contains("session")
+        && (t.contains("requires") || t.contains("sessionful") || t.contains("session-enabled"))
+    {
+        AttachFailure::RequiresSession
+    } else {
+        AttachFailure::Other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use fe2o3_amqp_types::messaging::{AmqpValue, Data};
+    use fe2o3_amqp_types::primitives::Symbol;
+    use mirror_schema::MirrorEvent;
+
+    fn t() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2025, 10, 8, 12, 34, 56).unwrap() + chrono::Duration::milliseconds(123)
+    }
+
+    #[test]
+    fn property_values_round_trip_with_native_types() {
+        let u = uuid::Uuid::parse_str("5f0c3b9e-8e0f-5c8a-9d57-1d7a0c1f2b3c").unwrap();
+        let cases = vec![
+            (WireValue::String("c1".into()), SimpleValue::String("c1".into())),
+            (WireValue::Bool(true), SimpleValue::Bool(true)),
+            (WireValue::Int(-5), SimpleValue::Long(-5)),
+            (
+                WireValue::Timestamp(t()),
+                SimpleValue::Timestamp(Timestamp::from_milliseconds(t().timestamp_millis())),
+            ),
+            (WireValue::Uuid(u), SimpleValue::Uuid(AmqpUuid::from(*u.as_bytes()))),
+            (
+                WireValue::Binary(vec![0, 1, 255]),
+                SimpleValue::Binary(Binary::from(vec![0u8, 1, 255])),
+            ),
+        ];
+        for (wire, amqp) in cases {
+            assert_eq!(to_amqp_value(&wire), amqp, "{wire:?} → AMQP");
+            assert_eq!(from_amqp_value(&amqp), Some(wire.clone()), "{amqp:?} → wire");
+        }
+    }
+
+    #[test]
+    fn other_amqp_types_map_to_the_nearest_port_value() {
+        let cases = vec![
+            (SimpleValue::Null, None),
+            (SimpleValue::Ubyte(7), Some(WireValue::Int(7))),
+            (SimpleValue::Ushort(7), Some(WireValue::Int(7))),
+            (SimpleValue::Uint(7), Some(WireValue::Int(7))),
+            (SimpleValue::Ulong(7), Some(WireValue::Int(7))),
+            (
+                SimpleValue::Ulong(u64::MAX),
+                Some(WireValue::String(u64::MAX.to_string())),
+            ),
+            (SimpleValue::Byte(-7), Some(WireValue::Int(-7))),
+            (SimpleValue::Short(-7), Some(WireValue::Int(-7))),
+            (SimpleValue::Int(-7), Some(WireValue::Int(-7))),
+            (SimpleValue::Double(1.5.into()), Some(WireValue::String("1.5".into()))),
+            (SimpleValue::Char('x'), Some(WireValue::String("x".into()))),
+            (
+                SimpleValue::Symbol(Symbol::from("sym")),
+                Some(WireValue::String("sym".into())),
+            ),
+        ];
+        for (amqp, wire) in cases {
+            assert_eq!(from_amqp_value(&amqp), wire, "{amqp:?}");
+        }
+        // microseconds do not survive an AMQP timestamp (why the binding writes `time` as a string)
+        let micros = t() + chrono::Duration::microseconds(456);
+        assert_eq!(
+            from_amqp_value(&to_amqp_value(&WireValue::Timestamp(micros))),
+            Some(WireValue::Timestamp(t()))
+        );
+    }
+
+    #[test]
+    fn application_properties_keep_order_and_drop_nulls() {
+        let props = vec![
+            ("cloudEvents_specversion".to_owned(), WireValue::String("1.0".into())),
+            ("cloudEvents_time".to_owned(), WireValue::Timestamp(t())),
+            ("n".to_owned(), WireValue::Int(1)),
+        ];
+        let amqp = to_application_properties(&props).unwrap();
+        assert_eq!(from_application_properties(Some(&amqp)), props);
+        assert!(to_application_properties(&[]).is_none());
+        let mut with_null = amqp.clone();
+        with_null.0.insert("gone".into(), SimpleValue::Null);
+        assert_eq!(from_application_properties(Some(&with_null)), props);
+        assert!(from_application_properties(None).is_empty());
+    }
+
+    #[test]
+    fn bodies() {
+        let one: Body<Value> = Body::Data(vec![Data(Binary::from(b"{\"a\":1}".to_vec()))].into());
+        let two: Body<Value> =
+            Body::Data(vec![Data(Binary::from(b"ab".to_vec())), Data(Binary::from(b"cd".to_vec()))].into());
+        let string: Body<Value> = Body::Value(AmqpValue(Value::String("{}".into())));
+        let binary: Body<Value> = Body::Value(AmqpValue(Value::Binary(Binary::from(b"xy".to_vec()))));
+        let number: Body<Value> = Body::Value(AmqpValue(Value::Long(3)));
+        let cases: Vec<(&str, Body<Value>, &[u8])> = vec![
+            ("one data section", one, b"{\"a\":1}"),
+            ("two data sections", two, b"abcd"),
+            ("amqp-value string", string, b"{}"),
+            ("amqp-value binary", binary, b"xy"),
+            ("amqp-value long", number, b""),
+            ("no body", Body::Empty, b""),
+        ];
+        for (name, body, expected) in cases {
+            assert_eq!(body_bytes(&body), expected, "{name}");
+        }
+    }
+
+    fn event() -> MirrorEvent {
+        let subject =
+            mirror_schema::Subject::parse("conversations/c1/messages/m1", mirror_schema::EventFamily::Message).unwrap();
+        let payload = mirror_schema::Payload::from_json(
+            mirror_schema::EventType::DmMessageCreate,
+            &serde_json::json!({ "authorUserId": "u1", "bodyText": "hi", "createdAt": "2025-10-08T12:34:56.123456Z" }),
+        )
+        .unwrap();
+        let source = MirrorEvent::firestore_source("demo", &subject);
+        MirrorEvent::new(mirror_schema::EventType::DmMessageCreate, subject, t(), source, payload).unwrap()
+    }
+
+    #[test]
+    fn outbound_structured_and_binary_messages() {
+        let ev = event();
+        let structured = OutboundMessage::from_event(&ev);
+        let m = to_service_bus_message(&structured, false).unwrap();
+        assert_eq!(m.message_id().as_deref(), Some(ev.id().to_string().as_str()));
+        assert_eq!(m.session_id(), None);
+        assert_eq!(m.content_type(), Some("application/cloudevents+json"));
+        assert!(m.application_properties().is_none());
+        assert_eq!(m.body(), ev.to_structured_json().as_slice());
+
+        let m = to_service_bus_message(&structured, true).unwrap();
+        assert_eq!(m.session_id(), Some("c1"));
+
+        let binary = OutboundMessage {
+            message: mirror_schema::amqp::encode_binary(&ev),
+            ..structured.clone()
+        };
+        let m = to_service_bus_message(&binary, false).unwrap();
+        assert_eq!(m.content_type(), Some("application/json"));
+        let props = from_application_properties(m.application_properties());
+        assert_eq!(props, binary.message.properties);
+        // and what a receiver rebuilds decodes to the same event
+        let body: Body<Value> = Body::Data(vec![Data(Binary::from(m.body().to_vec()))].into());
+        let wire = to_wire(m.content_type(), m.application_properties(), &body);
+        assert_eq!(mirror_schema::decode_wire(&wire).unwrap(), ev);
+    }
+
+    #[test]
+    fn outbound_rejections() {
+        let ev = event();
+        let mut no_key = OutboundMessage::from_event(&ev);
+        no_key.partition_key = None;
+        assert!(to_service_bus_message(&no_key, false).is_ok());
+        let e = to_service_bus_message(&no_key, true).unwrap_err();
+        assert!(e.to_string().contains("requires sessions"), "{e}");
+
+        let mut long_id = OutboundMessage::from_event(&ev);
+        long_id.message_id = "x".repeat(129);
+        assert!(to_service_bus_message(&long_id, false)
+            .unwrap_err()
+            .to_string()
+            .contains("128"));
+
+        let mut big = OutboundMessage::from_event(&ev);
+        big.message.body = vec![b' '; MAX_EVENT_BYTES + 1];
+        assert!(matches!(
+            to_service_bus_message(&big, false),
+            Err(BusError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn dead_letter_fields_round_trip() {
+        let why = DeadLetter {
+            reason: "invalid_field".into(),
+            description: "invalid `time`: ".to_owned() + &"x".repeat(5000),
+            attempts: 3,
+        };
+        let opts = dead_letter_options(&why, t());
+        assert_eq!(opts.dead_letter_reason.as_deref(), Some("invalid_field"));
+        assert_eq!(
+            opts.dead_letter_error_description.as_ref().unwrap().chars().count(),
+            MAX_DEAD_LETTER_TEXT
+        );
+        let props = opts.properties_to_modify.unwrap();
+        assert_eq!(props.get(DEAD_LETTER_ATTEMPTS), Some(&Value::Long(3)));
+
+        // what the broker hands back from the dead-letter queue
+        let original = mirror_schema::WireMessage::structured(&event());
+        let mut dlq = original.clone();
+        dlq.properties
+            .push((DEAD_LETTER_REASON.into(), WireValue::String("invalid_field".into())));
+        dlq.properties.push((
+            DEAD_LETTER_ERROR_DESCRIPTION.into(),
+            WireValue::String("invalid `time`".into()),
+        ));
+        dlq.properties.push((DEAD_LETTER_ATTEMPTS.into(), WireValue::Int(3)));
+        dlq.properties
+            .push((DEAD_LETTERED_AT.into(), WireValue::Timestamp(t())));
+        let d = to_dead_lettered(42, Some("id-1".into()), dlq, Some(4));
+        assert_eq!(d.handle, "42");
+        assert_eq!(d.original_message_id.as_deref(), Some("id-1"));
+        assert_eq!(d.reason, "invalid_field");
+        assert_eq!(d.description, "invalid `time`");
+        assert_eq!(d.attempts, 3);
+        assert_eq!(d.dead_lettered_at, Some(t()));
+        assert_eq!(d.message, original, "bookkeeping properties are stripped for replay");
+
+        // dead-lettered by the broker itself
+        let mut dlq = original.clone();
+        dlq.properties.push((
+            DEAD_LETTER_REASON.into(),
+            WireValue::String("MaxDeliveryCountExceeded".into()),
+        ));
+        let d = to_dead_lettered(7, None, dlq, Some(5));
+        assert_eq!(
+            (d.reason.as_str(), d.attempts, d.dead_lettered_at),
+            ("MaxDeliveryCountExceeded", 5, None)
+        );
+        assert_eq!(parse_handle(&d.handle).unwrap(), 7);
+    }
+
+    #[test]
+    fn handles() {
+        assert_eq!(parse_handle("123").unwrap(), 123);
+        for bad in ["", "-1", "abc", "1.5"] {
+            assert!(
+                parse_handle(bad).unwrap_err().to_string().contains("sequence number"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn lock_timing() {
+        assert_eq!(renewal_delay(Duration::from_secs(60)), Duration::from_secs(30));
+        assert_eq!(renewal_delay(Duration::from_millis(500)), Duration::from_secs(1));
+        assert!(renew_now(Duration::from_millis(1500)));
+        assert!(!renew_now(Duration::from_secs(30)));
+        let now = t();
+        let in_a_minute = i128::from((now + chrono::Duration::seconds(60)).timestamp_nanos_opt().unwrap());
+        assert_eq!(until(in_a_minute, now), Duration::from_secs(60));
+        assert_eq!(until(0, now), Duration::ZERO);
+        assert!(!abandon_dead_letters(4, 5));
+        assert!(abandon_dead_letters(5, 5));
+    }
+
+    #[test]
+    fn attach_errors() {
+        let cases = [
+            (
+                "amqp:not-found: The messaging entity 'sb://x/realtime-mirror' could not be found.",
+                AttachFailure::NotFound,
+            ),
+            ("MessagingEntityNotFound", AttachFailure::NotFound),
+            (
+                "amqp:unauthorized-access: Unauthorized access. 'Listen' claim(s) are required",
+                AttachFailure::Unauthorized,
+            ),
+            (
+                "It is not possible for an entity that requires sessions to create a non-sessionful message receiver.",
+                AttachFailure::RequiresSession,
+            ),
+            ("connection reset by peer", AttachFailure::Other),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(classify_attach_error(text), expected, "{text}");
+        }
+    }
+}
