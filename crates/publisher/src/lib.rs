@@ -25,3 +25,5 @@ pub mod value;
 
 #[cfg(feature = "firestore")]
 pub mod firestore;
+
+pub use live::run;

@@ -1,1 +1,402 @@
-fn main() {}
+//! `publisher`: the live Firestore publisher (`publisher run`) and the
+//! backfill (`publisher backfill`).
+//!
+//! Raw flags and environment variables are parsed once into [`Settings`]
+//! (validated, secrets in `SecretString`), which build the adapters. Bad
+//! configuration fails at start with a message naming the flag/variable.
+//! Requires the `firestore` feature (on by default) and a store feature.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
+
+/// Tails Firestore and publishes realtime-mirror contract events.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Google Cloud project of the Firestore database.
+    #[arg(long, env = "FIRESTORE_PROJECT_ID")]
+    project: String,
+    /// Firestore database id. (`FIRESTORE_EMULATOR_HOST` is honoured by the client.)
+    #[arg(long, env = "FIRESTORE_DATABASE", default_value = "(default)")]
+    firestore_database: String,
+    /// Which bus to publish to.
+    #[arg(long, env = "MIRROR_BUS", value_enum, default_value = "nats")]
+    bus: BusKind,
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Topic (JetStream stream / Service Bus topic).
+    #[arg(long, env = "MIRROR_TOPIC", default_value = "realtime-mirror")]
+    topic: String,
+    /// Service Bus connection string (SAS). Secret: never logged.
+    #[arg(long, env = "SERVICEBUS_CONNECTION_STRING", hide_env_values = true)]
+    servicebus_connection_string: Option<String>,
+    /// Service Bus namespace for Entra ID auth (`name.servicebus.windows.net`).
+    #[arg(long, env = "SERVICEBUS_NAMESPACE")]
+    servicebus_namespace: Option<String>,
+    /// Where checkpoints and dead letters are kept.
+    #[arg(long, env = "MIRROR_STORE", value_enum, default_value = "postgres")]
+    store: StoreKind,
+    /// PostgreSQL URL. Secret: never logged.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// SQL Server ADO connection string. Secret: never logged.
+    #[arg(long, env = "MSSQL_URL", hide_env_values = true)]
+    mssql_url: Option<String>,
+    /// This instance's shard (0-based).
+    #[arg(long, env = "PUBLISHER_SHARD_INDEX", default_value_t = 0)]
+    shard_index: u32,
+    /// Number of publisher instances splitting the documents by partition key.
+    #[arg(long, env = "PUBLISHER_SHARD_COUNT", default_value_t = 1)]
+    shard_count: u32,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BusKind {
+    Nats,
+    Servicebus,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StoreKind {
+    Postgres,
+    Mssql,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Listen to Firestore and publish changes until stopped (the default).
+    Run,
+    /// Page existing documents and publish them (same events as the live path).
+    Backfill(BackfillArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BackfillArgs {
+    /// Only documents with `updatedAt` at or after this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Stop cleanly (with a checkpoint) after this many billed reads.
+    #[arg(long)]
+    budget_reads: Option<u64>,
+    /// Count documents and the reads a real run would cost; publish nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, default_value_t = 500)]
+    page_size: u32,
+    /// Groups to backfill (conversations, messages, targets); all by default.
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    /// Ignore saved checkpoints and start from the beginning.
+    #[arg(long)]
+    fresh: bool,
+}
+
+/// Validated settings.
+#[allow(dead_code)] // some fields are only read with every adapter feature on
+struct Settings {
+    source: publisher::mapping::SourceInfo,
+    shard: publisher::sink::Shard,
+    bus: BusSettings,
+    store: StoreSettings,
+    command: Command,
+}
+
+#[allow(dead_code)]
+enum BusSettings {
+    Nats { url: String, topic: String },
+    ServiceBus { connection_string: Option<SecretString>, namespace: Option<String>, topic: String },
+}
+
+#[allow(dead_code)]
+enum StoreSettings {
+    Postgres(SecretString),
+    Mssql(SecretString),
+}
+
+impl Cli {
+    fn settings(self) -> anyhow::Result<Settings> {
+        let shard = publisher::sink::Shard::new(self.shard_index, self.shard_count)
+            .map_err(|e| anyhow::anyhow!("--shard-index / --shard-count: {e}"))?;
+        if self.project.trim().is_empty() {
+            anyhow::bail!("--project / FIRESTORE_PROJECT_ID is empty");
+        }
+        let bus = match self.bus {
+            BusKind::Nats => BusSettings::Nats { url: self.nats_url, topic: self.topic },
+            BusKind::Servicebus => {
+                if self.servicebus_connection_string.is_none() && self.servicebus_namespace.is_none() {
+                    anyhow::bail!("--bus servicebus needs --servicebus-connection-string / SERVICEBUS_CONNECTION_STRING or --servicebus-namespace / SERVICEBUS_NAMESPACE");
+                }
+                BusSettings::ServiceBus {
+                    connection_string: self.servicebus_connection_string.map(SecretString::from),
+                    namespace: self.servicebus_namespace,
+                    topic: self.topic,
+                }
+            }
+        };
+        let store = match self.store {
+            StoreKind::Postgres => StoreSettings::Postgres(SecretString::from(
+                self.database_url.context("--store postgres needs --database-url / DATABASE_URL")?,
+            )),
+            StoreKind::Mssql => {
+                StoreSettings::Mssql(SecretString::from(self.mssql_url.context("--store mssql needs --mssql-url / MSSQL_URL")?))
+            }
+        };
+        Ok(Settings {
+            source: publisher::mapping::SourceInfo::new(self.project, self.firestore_database),
+            shard,
+            bus,
+            store,
+            command: self.command.unwrap_or(Command::Run),
+        })
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    // First thing: TLS for Firestore (gRPC), Service Bus and NATS.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    match runtime.block_on(async { Cli::parse().settings().map(adapters::start) }) {
+        Ok(fut) => match runtime.block_on(fut) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("publisher: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("publisher: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+#[allow(dead_code)]
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down");
+}
+
+#[allow(dead_code)]
+fn backfill_options(
+    args: &BackfillArgs,
+    source: publisher::mapping::SourceInfo,
+    shard: publisher::sink::Shard,
+) -> anyhow::Result<publisher::backfill::BackfillOptions> {
+    use publisher::backfill::Group;
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| mirror_schema::parse_time("--since", s).map_err(|e| anyhow::anyhow!("--since: {e}")))
+        .transpose()?;
+    let groups = if args.groups.is_empty() {
+        Group::ALL.to_vec()
+    } else {
+        args.groups
+            .iter()
+            .map(|g| Group::parse(g).with_context(|| format!("--groups: `{g}` is not conversations, messages or targets")))
+            .collect::<anyhow::Result<_>>()?
+    };
+    if args.page_size == 0 {
+        anyhow::bail!("--page-size must be at least 1");
+    }
+    Ok(publisher::backfill::BackfillOptions {
+        groups,
+        since,
+        budget_reads: args.budget_reads,
+        dry_run: args.dry_run,
+        page_size: args.page_size,
+        shard,
+        source,
+        fresh: args.fresh,
+    })
+}
+
+#[cfg(feature = "firestore")]
+mod adapters {
+    //! Edge wiring: the only place naming concrete adapters.
+    use std::time::Duration;
+
+    use super::*;
+    use futures::future::BoxFuture;
+    use mirror_bus::EventBus;
+    use mirror_store::MirrorStore;
+    use publisher::firestore::{FirestorePager, FirestoreTransport};
+
+    pub fn start(settings: Settings) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            let db = publisher::firestore::connect(&settings.source.project, &settings.source.database)
+                .await
+                .context("connecting to Firestore (FIRESTORE_PROJECT_ID, FIRESTORE_DATABASE, FIRESTORE_EMULATOR_HOST)")?;
+            match &settings.bus {
+                BusSettings::Nats { url, topic } => {
+                    #[cfg(feature = "nats")]
+                    {
+                        let config = mirror_bus::jetstream::JetStreamConfig {
+                            url: url.clone(),
+                            topic: topic.clone(),
+                            ..Default::default()
+                        };
+                        let bus = mirror_bus::jetstream::JetStreamBus::connect(config).await.context("connecting to NATS (NATS_URL)")?;
+                        bus.ensure_topology().await.context("creating the JetStream topology")?;
+                        with_store(settings, db, bus).await
+                    }
+                    #[cfg(not(feature = "nats"))]
+                    {
+                        let _ = (url, topic);
+                        anyhow::bail!("--bus nats: this build has no `nats` feature")
+                    }
+                }
+                BusSettings::ServiceBus { connection_string, namespace, topic } => {
+                    #[cfg(feature = "servicebus")]
+                    {
+                        use mirror_bus::servicebus::{ServiceBusBus, ServiceBusConfig};
+                        use secrecy::ExposeSecret;
+                        let config = match (connection_string, namespace) {
+                            (Some(cs), _) => ServiceBusConfig::from_connection_string(cs.expose_secret(), topic)
+                                .context("--servicebus-connection-string")?,
+                            (None, Some(ns)) => ServiceBusConfig::entra(ns, topic),
+                            (None, None) => unreachable!("validated in settings"),
+                        };
+                        let bus = ServiceBusBus::connect(config).await.context("connecting to Service Bus")?;
+                        bus.ensure_topology().await.context("checking the Service Bus topology")?;
+                        with_store(settings, db, bus).await
+                    }
+                    #[cfg(not(feature = "servicebus"))]
+                    {
+                        let _ = (connection_string, namespace, topic);
+                        anyhow::bail!("--bus servicebus: this build has no `servicebus` feature")
+                    }
+                }
+            }
+        })
+    }
+
+    #[allow(unused_variables, unreachable_code)]
+    async fn with_store<B: EventBus>(settings: Settings, db: publisher::firestore::FirestoreDb, bus: B) -> anyhow::Result<()> {
+        match &settings.store {
+            StoreSettings::Postgres(url) => {
+                #[cfg(feature = "postgres")]
+                {
+                    use secrecy::ExposeSecret;
+                    let store = mirror_store::postgres::PgStore::connect(&mirror_store::postgres::PgConfig::from_url(
+                        url.expose_secret().to_owned(),
+                    ))
+                    .await
+                    .context("connecting to PostgreSQL (DATABASE_URL)")?;
+                    return execute(settings, db, bus, store).await;
+                }
+                anyhow::bail!("--store postgres: this build has no `postgres` feature")
+            }
+            StoreSettings::Mssql(ado) => {
+                #[cfg(feature = "mssql")]
+                {
+                    use secrecy::ExposeSecret;
+                    let config = mirror_store::mssql::MssqlConfig::from_ado(ado.expose_secret()).context("--mssql-url")?;
+                    let store = mirror_store::mssql::MssqlStore::connect(&config).await.context("connecting to SQL Server (MSSQL_URL)")?;
+                    return execute(settings, db, bus, store).await;
+                }
+                anyhow::bail!("--store mssql: this build has no `mssql` feature")
+            }
+        }
+    }
+
+    #[allow(dead_code)]
+    async fn execute<B: EventBus, S: MirrorStore>(
+        settings: Settings,
+        db: publisher::firestore::FirestoreDb,
+        bus: B,
+        store: S,
+    ) -> anyhow::Result<()> {
+        match settings.command {
+            Command::Run => {
+                tracing::info!(project = %settings.source.project, database = %settings.source.database, shard = %settings.shard.id(), "live publisher starting");
+                let deps = publisher::live::LiveDeps {
+                    transport: FirestoreTransport::new(db),
+                    bus,
+                    store,
+                    config: publisher::live::LiveConfig::new(settings.source, settings.shard),
+                };
+                let report = publisher::run(deps, shutdown_signal()).await?;
+                tracing::info!(?report, "live publisher stopped");
+                Ok(())
+            }
+            Command::Backfill(args) => {
+                let opts = backfill_options(&args, settings.source, settings.shard)?;
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.enable_steady_tick(Duration::from_millis(200));
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("a valid template"),
+                );
+                let pager = FirestorePager::new(db);
+                let report = publisher::backfill::backfill(
+                    &opts,
+                    &pager,
+                    &bus,
+                    &store,
+                    |p| {
+                        bar.set_message(format!(
+                            "{}: {} documents{}, {} reads",
+                            p.group.collection_id(),
+                            p.docs,
+                            p.total.map(|t| format!(" of {t}")).unwrap_or_default(),
+                            p.reads
+                        ))
+                    },
+                    shutdown_signal(),
+                )
+                .await?;
+                bar.finish_and_clear();
+                for (group, g) in &report.groups {
+                    println!(
+                        "{:<14} docs {:>10}  reads {:>10}{}  published {}  duplicates {}  other-shard {}  out-of-scope {}  dead-lettered {}{}",
+                        group.collection_id(),
+                        g.docs,
+                        g.reads,
+                        g.estimated_reads.map(|e| format!("  (a real run: ~{e} reads)")).unwrap_or_default(),
+                        g.tally.published,
+                        g.tally.duplicates,
+                        g.tally.not_owned,
+                        g.tally.out_of_scope,
+                        g.tally.dead_lettered,
+                        if g.already_done { "  (done earlier; --fresh to redo)" } else { "" },
+                    );
+                }
+                if report.budget_exhausted {
+                    println!("read budget reached; run again to continue from the checkpoint");
+                }
+                if report.interrupted {
+                    println!("interrupted; run again to continue from the checkpoint");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "firestore"))]
+mod adapters {
+    use super::*;
+    use futures::future::BoxFuture;
+
+    pub fn start(_settings: Settings) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(async { anyhow::bail!("this build has no `firestore` feature; rebuild with `--features firestore`") })
+    }
+}
