@@ -1,0 +1,201 @@
+//! One contract event as one call of its family's plpgsql function.
+//!
+//! Rust only passes typed parameters (named, so a reordering of the function's
+//! arguments cannot silently shift them) and reads back the outcome text; all
+//! semantics live in `sql/postgres/V2__mirror_functions.sql`.
+
+use mirror_schema::{EventFamily, MirrorEvent, Payload, Subject};
+use tokio_postgres::types::ToSql;
+
+/// A parameter value owned by the call.
+pub(crate) type Param = Box<dyn ToSql + Sync + Send>;
+
+/// The statement and parameters that apply one event.
+pub(crate) struct Call {
+    pub sql: &'static str,
+    pub params: Vec<Param>,
+}
+
+impl Call {
+    pub fn param_refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+    }
+}
+
+const UPSERT_DM_CONVERSATION: &str = "SELECT mirror.sp_store_mirror_upsert_dm_conversation(\
+    p_event_id => $1, p_event_type => $2, p_source_time => $3, p_conversation_id => $4, p_type => $5, \
+    p_participants => $6, p_created_at => $7, p_updated_at => $8, p_sync_source => $9)";
+
+const UPSERT_DM_MESSAGE: &str = "SELECT mirror.sp_store_mirror_upsert_dm_message(\
+    p_event_id => $1, p_event_type => $2, p_source_time => $3, p_conversation_id => $4, p_message_id => $5, \
+    p_author_user_id => $6, p_body_text => $7, p_attachments => $8, p_external_media => $9, p_created_at => $10, \
+    p_edited_at => $11, p_deleted_at => $12, p_client_message_id => $13, p_sync_source => $14)";
+
+const DELETE_DM_MESSAGE: &str = "SELECT mirror.sp_store_mirror_delete_dm_message(\
+    p_event_id => $1, p_event_type => $2, p_source_time => $3, p_conversation_id => $4, p_message_id => $5, \
+    p_performed_by => $6, p_sync_source => $7)";
+
+const UPSERT_DM_BLOCK: &str = "SELECT mirror.sp_store_mirror_upsert_dm_block(\
+    p_event_id => $1, p_event_type => $2, p_source_time => $3, p_user_id => $4, p_target_user_id => $5, \
+    p_created_at => $6, p_revoked_at => $7, p_source => $8, p_sync_source => $9)";
+
+const DELETE_DM_BLOCK: &str = "SELECT mirror.sp_store_mirror_delete_dm_block(\
+    p_event_id => $1, p_event_type => $2, p_source_time => $3, p_user_id => $4, p_target_user_id => $5, \
+    p_sync_source => $6)";
+
+const UPSERT_FOLLOW_EDGE: &str = "SELECT mirror.sp_store_mirror_upsert_follow_edge(\
+    p_event_id => $1, p_event_type => $2, p_source_time => $3, p_follower_user_id => $4, p_target_user_id => $5, \
+    p_state => $6, p_source => $7, p_created_at => $8, p_sync_source => $9)";
+
+const DELETE_FOLLOW_EDGE: &str = "SELECT mirror.sp_store_mirror_delete_follow_edge(\
+    p_event_id => $1, p_event_type => $2, p_source_time => $3, p_follower_user_id => $4, p_target_user_id => $5, \
+    p_sync_source => $6)";
+
+/// Every statement [`call`] can produce, for preparing them up front.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) const ALL_STATEMENTS: [&str; 7] = [
+    UPSERT_DM_CONVERSATION,
+    UPSERT_DM_MESSAGE,
+    DELETE_DM_MESSAGE,
+    UPSERT_DM_BLOCK,
+    DELETE_DM_BLOCK,
+    UPSERT_FOLLOW_EDGE,
+    DELETE_FOLLOW_EDGE,
+];
+
+macro_rules! params {
+    ($($value:expr),* $(,)?) => { vec![$(Box::new($value) as Param),*] };
+}
+
+/// The function call that applies `event`.
+pub(crate) fn call(event: &MirrorEvent) -> Call {
+    let id = event.id();
+    let ty = event.event_type().as_str().to_owned();
+    let time = event.time();
+    let sync = event.sync_source().to_owned();
+    match (event.subject(), event.payload()) {
+        (Subject::Conversation { conversation_id }, Payload::Conversation(p)) => Call {
+            sql: UPSERT_DM_CONVERSATION,
+            params: params![
+                id,
+                ty,
+                time,
+                conversation_id.clone(),
+                p.kind.as_str().to_owned(),
+                serde_json::to_value(&p.participants).expect("participants serialize infallibly"),
+                p.created_at,
+                p.updated_at,
+                sync,
+            ],
+        },
+        (
+            Subject::Message {
+                conversation_id,
+                message_id,
+            },
+            Payload::Message(p),
+        ) => Call {
+            sql: UPSERT_DM_MESSAGE,
+            params: params![
+                id,
+                ty,
+                time,
+                conversation_id.clone(),
+                message_id.clone(),
+                p.author_user_id.clone(),
+                p.body_text.clone(),
+                p.attachments.clone().map(serde_json::Value::Array),
+                p.external_media.clone().map(serde_json::Value::Array),
+                p.created_at,
+                p.edited_at,
+                p.deleted_at,
+                p.client_message_id.clone(),
+                sync,
+            ],
+        },
+        (
+            Subject::Message {
+                conversation_id,
+                message_id,
+            },
+            Payload::MessageDelete(p),
+        ) => Call {
+            sql: DELETE_DM_MESSAGE,
+            params: params![id, ty, time, conversation_id.clone(), message_id.clone(), p.performed_by.clone(), sync],
+        },
+        (Subject::Block { user_id, target_user_id }, Payload::Block(p)) => Call {
+            sql: UPSERT_DM_BLOCK,
+            params: params![
+                id,
+                ty,
+                time,
+                user_id.clone(),
+                target_user_id.clone(),
+                p.created_at,
+                p.revoked_at,
+                p.source.as_str().to_owned(),
+                sync,
+            ],
+        },
+        (Subject::Block { user_id, target_user_id }, Payload::BlockDelete) => Call {
+            sql: DELETE_DM_BLOCK,
+            params: params![id, ty, time, user_id.clone(), target_user_id.clone(), sync],
+        },
+        (
+            Subject::FollowEdge {
+                follower_user_id,
+                target_user_id,
+            },
+            Payload::FollowEdge(p),
+        ) => Call {
+            sql: UPSERT_FOLLOW_EDGE,
+            params: params![
+                id,
+                ty,
+                time,
+                follower_user_id.clone(),
+                target_user_id.clone(),
+                p.state.as_str().to_owned(),
+                p.source.as_str().to_owned(),
+                p.created_at,
+                sync,
+            ],
+        },
+        (
+            Subject::FollowEdge {
+                follower_user_id,
+                target_user_id,
+            },
+            Payload::FollowEdgeDelete,
+        ) => Call {
+            sql: DELETE_FOLLOW_EDGE,
+            params: params![id, ty, time, follower_user_id.clone(), target_user_id.clone(), sync],
+        },
+        _ => unreachable!("MirrorEvent guarantees the payload fits the subject"),
+    }
+}
+
+/// The order in which a batch takes its entity locks: all of a conversation's
+/// events together (the conversation's own first, then its messages), then
+/// blocks, then follow edges. Every batch sorted this way takes the
+/// conversation lock before the message lock and conversations in one global
+/// order, so two concurrent batches do not deadlock on each other's locks.
+pub(crate) fn lock_order(event: &MirrorEvent) -> (u8, &str, &str) {
+    let rank = match event.event_type().family() {
+        EventFamily::Conversation | EventFamily::Message => 0,
+        EventFamily::Block => 1,
+        EventFamily::FollowEdge => 2,
+    };
+    match event.subject() {
+        Subject::Conversation { conversation_id } => (rank, conversation_id, ""),
+        Subject::Message {
+            conversation_id,
+            message_id,
+        } => (rank, conversation_id, message_id),
+        Subject::Block { user_id, target_user_id } => (rank, user_id, target_user_id),
+        Subject::FollowEdge {
+            follower_user_id,
+            target_user_id,
+        } => (rank, follower_user_id, target_user_id),
+    }
+}
