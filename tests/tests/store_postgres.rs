@@ -1,0 +1,115 @@
+//! The store conformance suite on PostgreSQL: every case on its own fresh
+//! database, plus the PostgreSQL-only checks (migrations, rejections with
+//! their SQLSTATEs, the ledger).
+
+use mirror_schema::{FollowState, Op};
+use mirror_store::postgres::{PgConfig, PgStore};
+use mirror_store::{ApplyOutcome, DbCode, MirrorStore, StoreErrorKind};
+use mirror_tests::events::{follow, message, t};
+use mirror_tests::{store_conformance, FreshDb};
+
+async fn fresh_store() -> (PgStore, FreshDb) {
+    let db = FreshDb::create().await;
+    let mut config = PgConfig::from_url(db.url.clone());
+    config.pool_size = 4;
+    let store = PgStore::connect(&config).await.expect("connect to the fresh database");
+    let applied = store.migrate().await.expect("migrate");
+    assert!(applied >= 2, "both migrations applied, got {applied}");
+    (store, db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_conforms() {
+    store_conformance::run_all("postgres", fresh_store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_and_concurrent_safe() {
+    let db = FreshDb::create().await;
+    let store = PgStore::connect(&PgConfig::from_url(db.url.clone())).await.unwrap();
+    let (a, b) = tokio::join!(store.migrate(), store.migrate());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a + b, 2, "two migrations applied once in total, got {a} + {b}");
+    assert_eq!(store.migrate().await.unwrap(), 0);
+    assert!(!format!("{store:?}").contains("password"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_carry_their_sqlstate_and_leave_no_trace() {
+    let (store, db) = fresh_store().await;
+    let nul = message(Op::Create, "c1", "m1", "a\u{0}b", t(1));
+    let err = store.apply(&nul).await.unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Database);
+    assert_eq!(err.code, Some(DbCode::Sqlstate("22021".into())), "{err}");
+    let counts = store.table_counts().await.unwrap();
+    assert!(counts.iter().all(|(_, n)| *n == 0), "nothing written: {counts:?}");
+
+    // The functions' own RM codes, called directly with bad arguments.
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let cases = [
+        ("SELECT mirror.sp_store_mirror_delete_dm_block(gen_random_uuid(), 'dm.block.create', now(), 'u1', 'u2', 'test')", "RM001"),
+        ("SELECT mirror.sp_store_mirror_delete_dm_block(gen_random_uuid(), 'dm.block.delete', NULL, 'u1', 'u2', 'test')", "RM002"),
+        ("SELECT mirror.sp_store_mirror_upsert_dm_message(gen_random_uuid(), 'dm.message.create', now(), 'c1', 'm1', 'u1', 'x', '{}'::jsonb, NULL, now(), NULL, NULL, NULL, 'test')", "RM003"),
+        ("SELECT mirror.sp_store_mirror_delete_follow_edge(gen_random_uuid(), 'follow.edge.delete', now(), 'u/1', 'u2', 'test')", "RM004"),
+        ("SELECT mirror.sp_store_mirror_upsert_follow_edge(gen_random_uuid(), 'follow.edge.create', now(), 'u1', 'u2', 'friends', 'web', now(), 'test')", "23514"),
+    ];
+    for (sql, code) in cases {
+        let e = client.batch_execute(sql).await.unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some(code), "{sql}: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_records_applied_and_stale_events() {
+    let (store, db) = fresh_store().await;
+    let newer = follow(Op::Update, "u1", "u2", FollowState::Accepted, t(2));
+    let older = follow(Op::Create, "u1", "u2", FollowState::Pending, t(1));
+    assert_eq!(store.apply(&newer).await.unwrap(), ApplyOutcome::Applied);
+    assert_eq!(store.apply(&older).await.unwrap(), ApplyOutcome::Stale);
+    assert_eq!(store.apply(&older).await.unwrap(), ApplyOutcome::Duplicate);
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let rows = client
+        .query("SELECT event_id, outcome, subject, sync_source FROM mirror.applied_event JOIN mirror.follow_edge USING (event_id) UNION ALL SELECT event_id, outcome, subject, NULL FROM mirror.applied_event WHERE outcome = 'stale'", &[])
+        .await
+        .unwrap();
+    let got: Vec<(uuid::Uuid, String, String, Option<String>)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    assert_eq!(
+        got,
+        vec![
+            (newer.id(), "applied".into(), "follows/u1/targets/u2".into(), Some("firestore".into())),
+            (older.id(), "stale".into(), "follows/u1/targets/u2".into(), None),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_text_with_nul_is_still_recorded() {
+    let (store, _db) = fresh_store().await;
+    let record = mirror_store::DeadLetterRecord {
+        key: "sha256:abc".into(),
+        event_id: None,
+        event_type: Some("dm.message.create".into()),
+        subject: None,
+        payload: "{\"bodyText\": \"a\u{0}b\"}".into(),
+        reason: "rejected_by_database".into(),
+        error: "SQLSTATE 22021".into(),
+        attempts: 1,
+        failed_at: t(0),
+        subscription: "sql-writer".into(),
+    };
+    store.record_dead_letter(&record).await.unwrap();
+    let rows = store.list_dead_letters(5).await.unwrap();
+    assert_eq!(rows[0].record.payload, "{\"bodyText\": \"a\u{FFFD}b\"}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_is_a_connect_error() {
+    let mut config = PgConfig::from_url("postgres://postgres:secret-pw@127.0.0.1:1/none");
+    config.statement_timeout = std::time::Duration::from_secs(2);
+    let err = PgStore::connect(&config).await.unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Connect, "{err:?}");
+    assert!(!err.to_string().contains("secret-pw"), "{err}");
+}
