@@ -44,15 +44,18 @@ use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use uuid::Uuid;
 
 pub use config::{MssqlAuth, MssqlConfig};
-pub use errors::{map_error, PERMANENT_ERRORS, PROCEDURE_ERRORS, PROCEDURE_PERMANENT_ERRORS, TRANSIENT_ERRORS};
+pub use errors::{
+    map_error, PERMANENT_ERRORS, PROCEDURE_ERRORS, PROCEDURE_PERMANENT_ERRORS, TRANSIENT_ERRORS,
+};
 pub use params::{procedure_call, ProcedureCall, SqlParam, PROCEDURES};
 
 use crate::state::{
-    AuditRow, BlockRow, ConversationRow, FollowEdgeRow, FollowEventRow, MessageRow, MirrorState, ParticipantRow,
+    AuditRow, BlockRow, ConversationRow, FollowEdgeRow, FollowEventRow, MessageRow, MirrorState,
+    ParticipantRow,
 };
 use crate::{
-    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorStore, StoreError, StoreErrorKind,
-    StoredDeadLetter,
+    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorStore, StoreError,
+    StoreErrorKind, StoredDeadLetter,
 };
 
 /// A tiberius client over tokio TCP.
@@ -60,15 +63,42 @@ pub type Client = tiberius::Client<Compat<TcpStream>>;
 
 /// The migrations of `sql/mssql/`, in order (embedded at build time).
 pub const MIGRATIONS: &[(&str, &str)] = &[
-    ("V1__tables", include_str!("../../../sql/mssql/V1__tables.sql")),
-    ("V2__sp_refresh_dm_conversation_summary", include_str!("../../../sql/mssql/V2__sp_refresh_dm_conversation_summary.sql")),
-    ("V3__sp_upsert_dm_conversation", include_str!("../../../sql/mssql/V3__sp_upsert_dm_conversation.sql")),
-    ("V4__sp_upsert_dm_message", include_str!("../../../sql/mssql/V4__sp_upsert_dm_message.sql")),
-    ("V5__sp_delete_dm_message", include_str!("../../../sql/mssql/V5__sp_delete_dm_message.sql")),
-    ("V6__sp_upsert_dm_block", include_str!("../../../sql/mssql/V6__sp_upsert_dm_block.sql")),
-    ("V7__sp_delete_dm_block", include_str!("../../../sql/mssql/V7__sp_delete_dm_block.sql")),
-    ("V8__sp_upsert_follow_edge", include_str!("../../../sql/mssql/V8__sp_upsert_follow_edge.sql")),
-    ("V9__sp_delete_follow_edge", include_str!("../../../sql/mssql/V9__sp_delete_follow_edge.sql")),
+    (
+        "V1__tables",
+        include_str!("../../../sql/mssql/V1__tables.sql"),
+    ),
+    (
+        "V2__sp_refresh_dm_conversation_summary",
+        include_str!("../../../sql/mssql/V2__sp_refresh_dm_conversation_summary.sql"),
+    ),
+    (
+        "V3__sp_upsert_dm_conversation",
+        include_str!("../../../sql/mssql/V3__sp_upsert_dm_conversation.sql"),
+    ),
+    (
+        "V4__sp_upsert_dm_message",
+        include_str!("../../../sql/mssql/V4__sp_upsert_dm_message.sql"),
+    ),
+    (
+        "V5__sp_delete_dm_message",
+        include_str!("../../../sql/mssql/V5__sp_delete_dm_message.sql"),
+    ),
+    (
+        "V6__sp_upsert_dm_block",
+        include_str!("../../../sql/mssql/V6__sp_upsert_dm_block.sql"),
+    ),
+    (
+        "V7__sp_delete_dm_block",
+        include_str!("../../../sql/mssql/V7__sp_delete_dm_block.sql"),
+    ),
+    (
+        "V8__sp_upsert_follow_edge",
+        include_str!("../../../sql/mssql/V8__sp_upsert_follow_edge.sql"),
+    ),
+    (
+        "V9__sp_delete_follow_edge",
+        include_str!("../../../sql/mssql/V9__sp_delete_follow_edge.sql"),
+    ),
 ];
 
 /// The mirror's tables in schema order, as [`MirrorStore::table_counts`] names them.
@@ -93,7 +123,12 @@ pub const TABLES: &[&str] = &[
 /// the next login: the new host and port. The certificate is still checked
 /// against the name the client asked for (the worker presents the server's
 /// certificate), unless the connection string set `HostNameInCertificate`.
-pub fn redirected(config: &tiberius::Config, original_host: &str, host: &str, port: u16) -> tiberius::Config {
+pub fn redirected(
+    config: &tiberius::Config,
+    original_host: &str,
+    host: &str,
+    port: u16,
+) -> tiberius::Config {
     let mut next = config.clone();
     // A routing host may carry an instance name (`host\instance`); the port is explicit.
     let host = host.split('\\').next().unwrap_or(host);
@@ -106,7 +141,9 @@ pub fn redirected(config: &tiberius::Config, original_host: &str, host: &str, po
 /// The host part of `config.get_addr()`.
 fn host_of(config: &tiberius::Config) -> String {
     let addr = config.get_addr();
-    addr.rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or(addr)
+    addr.rsplit_once(':')
+        .map(|(h, _)| h.to_owned())
+        .unwrap_or(addr)
 }
 
 type Credential = Arc<dyn azure_core::credentials::TokenCredential>;
@@ -114,14 +151,27 @@ type Credential = Arc<dyn azure_core::credentials::TokenCredential>;
 fn credential(auth: &MssqlAuth) -> Result<Option<Credential>, StoreError> {
     let cred: Credential = match auth {
         MssqlAuth::SqlPassword => return Ok(None),
-        MssqlAuth::EntraDefault => azure_identity::DefaultAzureCredential::new()
-            .map_err(|e| StoreError::new(StoreErrorKind::Config, format!("Entra DefaultAzureCredential: {e}")))?,
+        MssqlAuth::EntraDefault => azure_identity::DefaultAzureCredential::new().map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Config,
+                format!("Entra DefaultAzureCredential: {e}"),
+            )
+        })?,
         MssqlAuth::EntraManagedIdentity { client_id } => {
-            azure_identity::ManagedIdentityCredential::new(Some(azure_identity::ManagedIdentityCredentialOptions {
-                user_assigned_id: client_id.clone().map(azure_identity::UserAssignedId::ClientId),
-                ..Default::default()
-            }))
-            .map_err(|e| StoreError::new(StoreErrorKind::Config, format!("Entra managed identity: {e}")))?
+            azure_identity::ManagedIdentityCredential::new(Some(
+                azure_identity::ManagedIdentityCredentialOptions {
+                    user_assigned_id: client_id
+                        .clone()
+                        .map(azure_identity::UserAssignedId::ClientId),
+                    ..Default::default()
+                },
+            ))
+            .map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Config,
+                    format!("Entra managed identity: {e}"),
+                )
+            })?
         }
     };
     Ok(Some(cred))
@@ -135,7 +185,12 @@ async fn open(config: &MssqlConfig, credential: Option<&Credential>) -> Result<C
             let t = c
                 .get_token(&[config::ENTRA_SCOPE], None)
                 .await
-                .map_err(|e| StoreError::new(StoreErrorKind::Connect, format!("no Entra access token for SQL: {e}")))?;
+                .map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Connect,
+                        format!("no Entra access token for SQL: {e}"),
+                    )
+                })?;
             Some(t.token.secret().to_owned())
         }
     };
@@ -151,7 +206,11 @@ async fn open(config: &MssqlConfig, credential: Option<&Credential>) -> Result<C
             Err(_) => {
                 return Err(StoreError::new(
                     StoreErrorKind::Connect,
-                    format!("could not connect to {} within {:?}", cfg.get_addr(), config.connect_timeout),
+                    format!(
+                        "could not connect to {} within {:?}",
+                        cfg.get_addr(),
+                        config.connect_timeout
+                    ),
                 ))
             }
             Ok(Ok(client)) => return Ok(client),
@@ -170,7 +229,10 @@ async fn open(config: &MssqlConfig, credential: Option<&Credential>) -> Result<C
     }
     Err(StoreError::new(
         StoreErrorKind::Connect,
-        format!("SQL Server redirected the login more than {} times", config::MAX_REDIRECTS),
+        format!(
+            "SQL Server redirected the login more than {} times",
+            config::MAX_REDIRECTS
+        ),
     ))
 }
 
@@ -190,18 +252,25 @@ impl bb8::ManageConnection for Manager {
     type Connection = Conn;
     type Error = StoreError;
 
-    fn connect(&self) -> impl Future<Output = Result<Conn, StoreError>> + Send {
-        async move {
-            let client = open(&self.config, self.credential.as_ref()).await?;
-            Ok(Conn { client, broken: false })
-        }
+    async fn connect(&self) -> Result<Conn, StoreError> {
+        let client = open(&self.config, self.credential.as_ref()).await?;
+        Ok(Conn {
+            client,
+            broken: false,
+        })
     }
 
     fn is_valid(&self, conn: &mut Conn) -> impl Future<Output = Result<(), StoreError>> + Send {
         let timeout = self.config.command_timeout;
         async move {
             timed(timeout, async {
-                conn.client.simple_query("SELECT 1").await.map_err(map_error)?.into_results().await.map_err(map_error)?;
+                conn.client
+                    .simple_query("SELECT 1")
+                    .await
+                    .map_err(map_error)?
+                    .into_results()
+                    .await
+                    .map_err(map_error)?;
                 Ok(())
             })
             .await
@@ -214,10 +283,16 @@ impl bb8::ManageConnection for Manager {
 }
 
 /// Run `fut` within `limit`, else [`StoreErrorKind::Timeout`].
-async fn timed<T>(limit: Duration, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+async fn timed<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
-        Err(_) => Err(StoreError::new(StoreErrorKind::Timeout, format!("SQL Server call exceeded the command timeout ({limit:?})"))),
+        Err(_) => Err(StoreError::new(
+            StoreErrorKind::Timeout,
+            format!("SQL Server call exceeded the command timeout ({limit:?})"),
+        )),
     }
 }
 
@@ -233,7 +308,9 @@ pub struct MssqlStore {
 
 impl std::fmt::Debug for MssqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MssqlStore").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("MssqlStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -262,13 +339,19 @@ impl MssqlStore {
     async fn conn(&self) -> Result<bb8::PooledConnection<'_, Manager>, StoreError> {
         self.pool.get().await.map_err(|e| match e {
             bb8::RunError::User(e) => e,
-            bb8::RunError::TimedOut => StoreError::new(StoreErrorKind::PoolTimeout, "no SQL Server connection became free in time"),
+            bb8::RunError::TimedOut => StoreError::new(
+                StoreErrorKind::PoolTimeout,
+                "no SQL Server connection became free in time",
+            ),
         })
     }
 
     /// Run `f` on a pooled connection within the command timeout; a connection
     /// that failed for anything but a clean server error is dropped.
-    async fn run<T>(&self, f: impl for<'c> FnOnce(&'c mut Client) -> BoxFut<'c, T>) -> Result<T, StoreError> {
+    async fn run<T>(
+        &self,
+        f: impl for<'c> FnOnce(&'c mut Client) -> BoxFut<'c, T>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn().await?;
         let limit = self.config.command_timeout;
         let result = timed(limit, f(&mut conn.client)).await;
@@ -288,14 +371,25 @@ impl MssqlStore {
             .iter()
             .map(|(name, sql)| refinery::Migration::unapplied(name, sql))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::new(StoreErrorKind::Migration, format!("bad embedded migration: {e}")))?;
+            .map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Migration,
+                    format!("bad embedded migration: {e}"),
+                )
+            })?;
         let mut conn = self.conn().await?;
         let runner = refinery::Runner::new(&migrations);
         // DDL can take longer than a command; refinery runs each file in a transaction.
         let limit = self.config.command_timeout * 10;
         let result = match tokio::time::timeout(limit, runner.run_async(&mut conn.client)).await {
-            Err(_) => Err(StoreError::new(StoreErrorKind::Timeout, format!("migrations exceeded {limit:?}"))),
-            Ok(Err(e)) => Err(StoreError::new(StoreErrorKind::Migration, format!("SQL Server migration failed: {e}"))),
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!("migrations exceeded {limit:?}"),
+            )),
+            Ok(Err(e)) => Err(StoreError::new(
+                StoreErrorKind::Migration,
+                format!("SQL Server migration failed: {e}"),
+            )),
             Ok(Ok(report)) => Ok(report.applied_migrations().len()),
         };
         if result.is_err() {
@@ -333,16 +427,28 @@ async fn run_call(client: &mut Client, call: &ProcedureCall) -> Result<ApplyOutc
         for row in rows {
             if let Ok(Some(text)) = row.try_get::<&str, _>("Outcome") {
                 return ApplyOutcome::parse(text).ok_or_else(|| {
-                    StoreError::new(StoreErrorKind::Protocol, format!("{} returned the outcome `{text}`", call.procedure))
+                    StoreError::new(
+                        StoreErrorKind::Protocol,
+                        format!("{} returned the outcome `{text}`", call.procedure),
+                    )
                 });
             }
         }
     }
-    Err(StoreError::new(StoreErrorKind::Protocol, format!("{} returned no Outcome row", call.procedure)))
+    Err(StoreError::new(
+        StoreErrorKind::Protocol,
+        format!("{} returned no Outcome row", call.procedure),
+    ))
 }
 
 async fn exec_sql(client: &mut Client, sql: &str) -> Result<(), StoreError> {
-    client.simple_query(sql).await.map_err(map_error)?.into_results().await.map_err(map_error)?;
+    client
+        .simple_query(sql)
+        .await
+        .map_err(map_error)?
+        .into_results()
+        .await
+        .map_err(map_error)?;
     Ok(())
 }
 
@@ -355,7 +461,10 @@ async fn transaction_state(client: &mut Client) -> Result<(i32, i16), StoreError
         .await
         .map_err(map_error)?
         .ok_or_else(|| StoreError::new(StoreErrorKind::Protocol, "no transaction state row"))?;
-    Ok((get::<i32>(&row, "TranCount")?.unwrap_or(0), get::<i16>(&row, "XactState")?.unwrap_or(0)))
+    Ok((
+        get::<i32>(&row, "TranCount")?.unwrap_or(0),
+        get::<i16>(&row, "XactState")?.unwrap_or(0),
+    ))
 }
 
 /// One transaction, a savepoint per event; see the module docs for why a
@@ -405,7 +514,8 @@ fn get<'a, T: tiberius::FromSql<'a>>(row: &'a Row, col: &str) -> Result<Option<T
 }
 
 fn req<'a, T: tiberius::FromSql<'a>>(row: &'a Row, col: &str) -> Result<T, StoreError> {
-    get::<T>(row, col)?.ok_or_else(|| StoreError::new(StoreErrorKind::Protocol, format!("column {col} is NULL")))
+    get::<T>(row, col)?
+        .ok_or_else(|| StoreError::new(StoreErrorKind::Protocol, format!("column {col} is NULL")))
 }
 
 fn text(row: &Row, col: &str) -> Result<Option<String>, StoreError> {
@@ -418,7 +528,14 @@ fn req_text(row: &Row, col: &str) -> Result<String, StoreError> {
 
 fn json(row: &Row, col: &str) -> Result<Option<serde_json::Value>, StoreError> {
     get::<&str>(row, col)?
-        .map(|s| serde_json::from_str(s).map_err(|e| StoreError::new(StoreErrorKind::Protocol, format!("column {col} is not JSON: {e}"))))
+        .map(|s| {
+            serde_json::from_str(s).map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Protocol,
+                    format!("column {col} is not JSON: {e}"),
+                )
+            })
+        })
         .transpose()
 }
 
@@ -427,7 +544,13 @@ fn ts(t: DateTime<Utc>) -> chrono::DateTime<chrono::FixedOffset> {
 }
 
 async fn rows(client: &mut Client, sql: &str) -> Result<Vec<Row>, StoreError> {
-    client.simple_query(sql).await.map_err(map_error)?.into_first_result().await.map_err(map_error)
+    client
+        .simple_query(sql)
+        .await
+        .map_err(map_error)?
+        .into_first_result()
+        .await
+        .map_err(map_error)
 }
 
 fn dead_letter(row: &Row) -> Result<StoredDeadLetter, StoreError> {
@@ -452,16 +575,21 @@ fn dead_letter(row: &Row) -> Result<StoredDeadLetter, StoreError> {
     })
 }
 
-const DEAD_LETTER_COLUMNS: &str = "DeadLetterKey, EventId, EventType, Subject, Payload, Reason, Error, Attempts, Subscription, \
+const DEAD_LETTER_COLUMNS: &str =
+    "DeadLetterKey, EventId, EventType, Subject, Payload, Reason, Error, Attempts, Subscription, \
      FirstFailedAt, LastFailedAt, ReplayCount, LastReplayedAt";
 
 impl MirrorStore for MssqlStore {
     async fn apply(&self, event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
         let call = procedure_call(event);
-        self.run(move |c| Box::pin(async move { run_call(c, &call).await })).await
+        self.run(move |c| Box::pin(async move { run_call(c, &call).await }))
+            .await
     }
 
-    async fn apply_batch(&self, events: &[MirrorEvent]) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+    async fn apply_batch(
+        &self,
+        events: &[MirrorEvent],
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -542,7 +670,11 @@ impl MirrorStore for MssqlStore {
         .await
     }
 
-    async fn load_checkpoint(&self, module: &str, shard: &str) -> Result<Option<Checkpoint>, StoreError> {
+    async fn load_checkpoint(
+        &self,
+        module: &str,
+        shard: &str,
+    ) -> Result<Option<Checkpoint>, StoreError> {
         let (module, shard) = (module.to_owned(), shard.to_owned());
         self.run(move |c| {
             Box::pin(async move {
@@ -647,7 +779,8 @@ impl MirrorStore for MssqlStore {
     }
 
     async fn snapshot(&self) -> Result<MirrorState, StoreError> {
-        self.run(|c| Box::pin(async move { snapshot_on(c).await })).await
+        self.run(|c| Box::pin(async move { snapshot_on(c).await }))
+            .await
     }
 }
 
@@ -773,7 +906,12 @@ async fn snapshot_on(c: &mut Client) -> Result<MirrorState, StoreError> {
             created_at: req(&r, "CreatedAt")?,
         });
     }
-    for r in rows(c, "SELECT EventId, FollowerUserId, TargetUserId, EventType, CreatedAt FROM dbo.FollowEvent").await? {
+    for r in rows(
+        c,
+        "SELECT EventId, FollowerUserId, TargetUserId, EventType, CreatedAt FROM dbo.FollowEvent",
+    )
+    .await?
+    {
         state.follow_events.push(FollowEventRow {
             event_id: req(&r, "EventId")?,
             follower_user_id: req_text(&r, "FollowerUserId")?,
@@ -791,12 +929,26 @@ mod tests {
 
     #[test]
     fn redirects_keep_the_certificate_name() {
-        let base = tiberius::Config::from_ado_string("Server=tcp:myserver.database.windows.net,1433;User Id=a;Password=b").unwrap();
+        let base = tiberius::Config::from_ado_string(
+            "Server=tcp:myserver.database.windows.net,1433;User Id=a;Password=b",
+        )
+        .unwrap();
         let original = host_of(&base);
         assert_eq!(original, "myserver.database.windows.net");
-        let next = redirected(&base, &original, "abc.tr5.westeurope1-a.worker.database.windows.net", 11002);
-        assert_eq!(next.get_addr(), "abc.tr5.westeurope1-a.worker.database.windows.net:11002");
-        assert!(format!("{next:?}").contains("myserver.database.windows.net"), "certificate name kept");
+        let next = redirected(
+            &base,
+            &original,
+            "abc.tr5.westeurope1-a.worker.database.windows.net",
+            11002,
+        );
+        assert_eq!(
+            next.get_addr(),
+            "abc.tr5.westeurope1-a.worker.database.windows.net:11002"
+        );
+        assert!(
+            format!("{next:?}").contains("myserver.database.windows.net"),
+            "certificate name kept"
+        );
         let next = redirected(&base, &original, "host\\instance", 1500);
         assert_eq!(next.get_addr(), "host:1500");
     }

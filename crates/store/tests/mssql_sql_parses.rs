@@ -64,7 +64,8 @@ fn migration_files() -> Vec<(String, String)> {
 }
 
 fn parse(label: &str, sql: &str) -> Vec<Statement> {
-    Parser::parse_sql(&MsSqlDialect {}, sql).unwrap_or_else(|e| panic!("{label}: sqlparser (MsSqlDialect) rejects it: {e}"))
+    Parser::parse_sql(&MsSqlDialect {}, sql)
+        .unwrap_or_else(|e| panic!("{label}: sqlparser (MsSqlDialect) rejects it: {e}"))
 }
 
 /// The one documented rewrite: `THROW n, N'msg', 1;` -> `RAISERROR(N'msg', 16, 1);`.
@@ -75,14 +76,29 @@ fn rewrite_throws(label: &str, sql: &str) -> (String, usize) {
     while let Some(at) = rest.find("THROW ") {
         out.push_str(&rest[..at]);
         // THROW <number>, N'<message without quotes>', <state>;
-        let msg_start = rest[at..].find("N'").unwrap_or_else(|| panic!("{label}: THROW without an N'...' message")) + at;
+        let msg_start = rest[at..]
+            .find("N'")
+            .unwrap_or_else(|| panic!("{label}: THROW without an N'...' message"))
+            + at;
         let msg_end = rest[msg_start + 2..].find('\'').unwrap() + msg_start + 2;
-        let stmt_end = rest[msg_end..].find(';').unwrap_or_else(|| panic!("{label}: THROW without `;`")) + msg_end;
+        let stmt_end = rest[msg_end..]
+            .find(';')
+            .unwrap_or_else(|| panic!("{label}: THROW without `;`"))
+            + msg_end;
         let stmt = &rest[at..stmt_end];
-        let number = rest[at + "THROW ".len()..msg_start].trim().trim_end_matches(',').trim();
-        assert!(number.len() == 5 && number.chars().all(|c| c.is_ascii_digit()), "{label}: `{stmt}`: number");
+        let number = rest[at + "THROW ".len()..msg_start]
+            .trim()
+            .trim_end_matches(',')
+            .trim();
+        assert!(
+            number.len() == 5 && number.chars().all(|c| c.is_ascii_digit()),
+            "{label}: `{stmt}`: number"
+        );
         let message = &rest[msg_start..=msg_end];
-        let state = rest[msg_end + 1..stmt_end].trim().trim_start_matches(',').trim();
+        let state = rest[msg_end + 1..stmt_end]
+            .trim()
+            .trim_start_matches(',')
+            .trim();
         assert_eq!(state, "1", "{label}: `{stmt}`: state");
         out.push_str(&format!("RAISERROR({message}, 16, {state})"));
         count += 1;
@@ -109,7 +125,9 @@ fn assert_balanced(label: &str, sql: &str) {
         match kw(t) {
             Some(Keyword::BEGIN) => {
                 let is_tran = match tokens.get(i + 1) {
-                    Some(Token::Word(w)) => w.keyword == Keyword::TRANSACTION || w.value.eq_ignore_ascii_case("tran"),
+                    Some(Token::Word(w)) => {
+                        w.keyword == Keyword::TRANSACTION || w.value.eq_ignore_ascii_case("tran")
+                    }
                     _ => false,
                 };
                 if !is_tran {
@@ -126,7 +144,11 @@ fn assert_balanced(label: &str, sql: &str) {
 
 fn assert_no_go(label: &str, sql: &str) {
     for (n, line) in sql.lines().enumerate() {
-        assert!(!line.trim().eq_ignore_ascii_case("go"), "{label}:{}: `GO` is a sqlcmd separator, not T-SQL; refinery sends a file as one batch", n + 1);
+        assert!(
+            !line.trim().eq_ignore_ascii_case("go"),
+            "{label}:{}: `GO` is a sqlcmd separator, not T-SQL; refinery sends a file as one batch",
+            n + 1
+        );
     }
 }
 
@@ -153,26 +175,53 @@ fn tables_parse_and_match_the_plan() {
                     panic!("FollowTransition rows are VALUES")
                 };
                 for row in &values.rows {
-                    let cell = |i: usize| row[i].to_string().trim_start_matches("N'").trim_end_matches('\'').to_owned();
-                    assert!(transitions.insert((cell(0), cell(1)), cell(2)).is_none(), "duplicate transition row");
+                    let cell = |i: usize| {
+                        row[i]
+                            .to_string()
+                            .trim_start_matches("N'")
+                            .trim_end_matches('\'')
+                            .to_owned()
+                    };
+                    assert!(
+                        transitions.insert((cell(0), cell(1)), cell(2)).is_none(),
+                        "duplicate transition row"
+                    );
                 }
             }
             other => panic!("unexpected statement in V1: {other}"),
         }
     }
     let want: BTreeSet<String> = [
-        "AppliedEvent", "DmConversation", "DmParticipant", "DmMessage", "DmMessageAudit", "DmBlock", "FollowEdge", "FollowEvent",
-        "FollowTransition", "RealtimeMirrorCheckpoint", "RealtimeMirrorDeadLetter", "RealtimeMirrorMetrics",
+        "AppliedEvent",
+        "DmConversation",
+        "DmParticipant",
+        "DmMessage",
+        "DmMessageAudit",
+        "DmBlock",
+        "FollowEdge",
+        "FollowEvent",
+        "FollowTransition",
+        "RealtimeMirrorCheckpoint",
+        "RealtimeMirrorDeadLetter",
+        "RealtimeMirrorMetrics",
     ]
     .iter()
     .map(|t| format!("dbo.{t}"))
     .collect();
     assert_eq!(tables, want);
-    assert!(indexes >= 4, "IX_DmMessage_ConversationId_CreatedAt and friends");
+    assert!(
+        indexes >= 4,
+        "IX_DmMessage_ConversationId_CreatedAt and friends"
+    );
     assert!(sql.contains("CREATE INDEX IX_DmMessage_ConversationId_CreatedAt ON dbo.DmMessage (ConversationId, CreatedAt)"));
 
     // The transition table is the model's follow_transition, pair for pair.
-    let states = [None, Some(FollowState::Pending), Some(FollowState::Accepted), Some(FollowState::Blocked)];
+    let states = [
+        None,
+        Some(FollowState::Pending),
+        Some(FollowState::Accepted),
+        Some(FollowState::Blocked),
+    ];
     let text = |s: Option<FollowState>| s.map(|s| s.as_str().to_owned()).unwrap_or_default();
     let mut expected = BTreeMap::new();
     for a in states {
@@ -182,7 +231,10 @@ fn tables_parse_and_match_the_plan() {
             }
         }
     }
-    assert_eq!(transitions, expected, "dbo.FollowTransition vs model::follow_transition");
+    assert_eq!(
+        transitions, expected,
+        "dbo.FollowTransition vs model::follow_transition"
+    );
 
     // Every time is DATETIMEOFFSET; no DATETIME/DATETIME2 column sneaks in.
     for bad in ["DATETIME2", "DATETIME ", "DATETIME,", "SMALLDATETIME"] {
@@ -196,42 +248,87 @@ fn every_procedure_parses_with_the_throw_rewrite_only() {
     for (name, sql) in migration_files().iter().skip(1) {
         assert_no_go(name, sql);
         assert_balanced(name, sql);
-        assert!(sql.contains("SET XACT_ABORT ON;") && sql.contains("SET NOCOUNT ON;"), "{name}: XACT_ABORT/NOCOUNT");
+        assert!(
+            sql.contains("SET XACT_ABORT ON;") && sql.contains("SET NOCOUNT ON;"),
+            "{name}: XACT_ABORT/NOCOUNT"
+        );
         assert!(!sql.to_uppercase().contains("MERGE "), "{name}: no MERGE");
         let (rewritten, throws) = rewrite_throws(name, sql);
-        let mut code_lines = rewritten.lines().map(|l| l.split("--").next().unwrap_or(""));
-        assert!(code_lines.all(|l| !l.to_uppercase().contains("THROW")), "{name}: a THROW of another form is left");
+        let mut code_lines = rewritten
+            .lines()
+            .map(|l| l.split("--").next().unwrap_or(""));
+        assert!(
+            code_lines.all(|l| !l.to_uppercase().contains("THROW")),
+            "{name}: a THROW of another form is left"
+        );
         let stmts = parse(name, &rewritten);
-        assert_eq!(stmts.len(), 1, "{name}: CREATE PROCEDURE must be the only statement of its batch");
-        let Statement::CreateProcedure { name: proc_name, or_alter, params, .. } = &stmts[0] else {
+        assert_eq!(
+            stmts.len(),
+            1,
+            "{name}: CREATE PROCEDURE must be the only statement of its batch"
+        );
+        let Statement::CreateProcedure {
+            name: proc_name,
+            or_alter,
+            params,
+            ..
+        } = &stmts[0]
+        else {
             panic!("{name}: not a CREATE PROCEDURE")
         };
-        assert!(*or_alter, "{name}: CREATE OR ALTER, so the sqlcmd package can re-deploy");
+        assert!(
+            *or_alter,
+            "{name}: CREATE OR ALTER, so the sqlcmd package can re-deploy"
+        );
         let params = params.as_ref().map(|p| p.len()).unwrap_or(0);
         assert!(params > 0, "{name}: parameters");
         if proc_name.to_string() != "dbo.sp_StoreMirror_RefreshDmConversationSummary" {
             assert!(throws >= 4, "{name}: validation THROWs");
-            for outcome in ["N'applied' AS Outcome", "N'duplicate' AS Outcome", "N'stale' AS Outcome"] {
+            for outcome in [
+                "N'applied' AS Outcome",
+                "N'duplicate' AS Outcome",
+                "N'stale' AS Outcome",
+            ] {
                 assert!(sql.contains(outcome), "{name}: returns {outcome}");
             }
-            assert!(sql.contains("WITH (UPDLOCK, HOLDLOCK)") && sql.contains("sys.sp_getapplock"), "{name}: locking");
+            assert!(
+                sql.contains("WITH (UPDLOCK, HOLDLOCK)") && sql.contains("sys.sp_getapplock"),
+                "{name}: locking"
+            );
         }
-        assert!(created.insert(proc_name.to_string(), name.clone()).is_none(), "{proc_name} created twice");
+        assert!(
+            created
+                .insert(proc_name.to_string(), name.clone())
+                .is_none(),
+            "{proc_name} created twice"
+        );
     }
     for p in PROCEDURES {
-        assert!(created.contains_key(*p), "contract procedure {p} is not created by any file");
+        assert!(
+            created.contains_key(*p),
+            "contract procedure {p} is not created by any file"
+        );
     }
-    assert_eq!(created.len(), PROCEDURES.len() + 1, "the procedures plus the summary helper: {created:?}");
+    assert_eq!(
+        created.len(),
+        PROCEDURES.len() + 1,
+        "the procedures plus the summary helper: {created:?}"
+    );
 }
 
 #[test]
 fn conversation_lock_is_taken_before_message_lock() {
     for (name, sql) in migration_files() {
-        if let (Some(c), Some(m)) = (sql.find("@Resource = @ConversationLock"), sql.find("@Resource = @MessageLock")) {
+        if let (Some(c), Some(m)) = (
+            sql.find("@Resource = @ConversationLock"),
+            sql.find("@Resource = @MessageLock"),
+        ) {
             assert!(c < m, "{name}: conversation lock first");
         }
         if let Some(lock) = sql.find("sys.sp_getapplock") {
-            let ledger = sql.find("FROM dbo.AppliedEvent WITH (UPDLOCK, HOLDLOCK)").unwrap();
+            let ledger = sql
+                .find("FROM dbo.AppliedEvent WITH (UPDLOCK, HOLDLOCK)")
+                .unwrap();
             assert!(lock < ledger, "{name}: entity locks before the ledger");
         }
     }
@@ -248,12 +345,20 @@ fn sqlcmd_package_includes_the_migrations_in_order_and_parses() {
         let t = line.trim();
         if let Some(directive) = t.strip_prefix(':') {
             if !first_directive_seen {
-                assert_eq!(directive.to_ascii_lowercase(), "on error exit", "`:on error exit` must come first");
+                assert_eq!(
+                    directive.to_ascii_lowercase(),
+                    "on error exit",
+                    "`:on error exit` must come first"
+                );
                 first_directive_seen = true;
             }
             if let Some(file) = directive.strip_prefix("r ") {
                 let file = file.trim().trim_matches('"');
-                includes.push(file.strip_prefix("$(SqlDir)/").expect("includes are relative to $(SqlDir)").to_owned());
+                includes.push(
+                    file.strip_prefix("$(SqlDir)/")
+                        .expect("includes are relative to $(SqlDir)")
+                        .to_owned(),
+                );
             }
             continue;
         }
@@ -270,11 +375,16 @@ fn sqlcmd_package_includes_the_migrations_in_order_and_parses() {
     for inc in &want {
         let at = text.find(inc.as_str()).unwrap();
         let after = text[at..].lines().nth(1).unwrap_or("").trim();
-        assert!(after.eq_ignore_ascii_case("go"), "{inc} must be followed by GO");
+        assert!(
+            after.eq_ignore_ascii_case("go"),
+            "{inc} must be followed by GO"
+        );
     }
     let mut parsed = 0;
     for (i, batch) in batches.iter().enumerate() {
-        let has_sql = batch.lines().any(|l| !l.trim().is_empty() && !l.trim().starts_with("--"));
+        let has_sql = batch
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim().starts_with("--"));
         if has_sql {
             assert_balanced(&format!("sqlcmd batch {i}"), batch);
             parse(&format!("deploy_realtime_mirror.sqlcmd batch {i}"), batch);
@@ -283,14 +393,18 @@ fn sqlcmd_package_includes_the_migrations_in_order_and_parses() {
     }
     assert_eq!(parsed, 2, "the prologue and the verification batch");
     for p in PROCEDURES {
-        assert!(text.contains(&format!("OBJECT_ID(N'{p}', N'P')")), "verification of {p}");
+        assert!(
+            text.contains(&format!("OBJECT_ID(N'{p}', N'P')")),
+            "verification of {p}"
+        );
     }
 }
 
 #[test]
 fn powershell_wrapper_passes_the_right_flags() {
     // PowerShell is not parsed here; this checks the flags it must pass to sqlcmd.
-    let text = std::fs::read_to_string(repo().join("deploy/sql/deploy_realtime_mirror.ps1")).unwrap();
+    let text =
+        std::fs::read_to_string(repo().join("deploy/sql/deploy_realtime_mirror.ps1")).unwrap();
     for needle in [
         "[string] $Server",
         "[string] $Database",
@@ -304,7 +418,13 @@ fn powershell_wrapper_passes_the_right_flags() {
         "deploy_realtime_mirror.sqlcmd",
         "$LASTEXITCODE",
     ] {
-        assert!(text.contains(needle), "deploy_realtime_mirror.ps1 lacks {needle}");
+        assert!(
+            text.contains(needle),
+            "deploy_realtime_mirror.ps1 lacks {needle}"
+        );
     }
-    assert!(!text.contains("-P "), "never pass a password on the command line");
+    assert!(
+        !text.contains("-P "),
+        "never pass a password on the command line"
+    );
 }

@@ -92,7 +92,8 @@ impl MssqlConfig {
     /// `Max Pool Size`, `Command Timeout`, `Connect Timeout`/`Connection Timeout`.
     /// Errors never contain the connection string or the password.
     pub fn from_ado(ado: &str) -> Result<MssqlConfig, StoreError> {
-        let pairs = parse_ado_pairs(ado).map_err(|e| config_error(format!("MSSQL connection string: {e}")))?;
+        let pairs = parse_ado_pairs(ado)
+            .map_err(|e| config_error(format!("MSSQL connection string: {e}")))?;
         let get = |keys: &[&str]| -> Option<&str> {
             pairs
                 .iter()
@@ -100,9 +101,15 @@ impl MssqlConfig {
                 .find(|(k, _)| keys.contains(&k.as_str()))
                 .map(|(_, v)| v.as_str())
         };
-        let server = get(&["server", "data source", "address", "addr", "network address"])
-            .ok_or_else(|| config_error("MSSQL connection string: no `Server=`"))?
-            .to_owned();
+        let server = get(&[
+            "server",
+            "data source",
+            "address",
+            "addr",
+            "network address",
+        ])
+        .ok_or_else(|| config_error("MSSQL connection string: no `Server=`"))?
+        .to_owned();
         let user = get(&["uid", "username", "user", "user id"]).map(str::to_owned);
         let has_password = get(&["password", "pwd"]).is_some();
 
@@ -139,11 +146,22 @@ impl MssqlConfig {
                     .ok()
                     .filter(|n| *n > 0)
                     .map(Duration::from_secs)
-                    .ok_or_else(|| config_error(format!("MSSQL connection string: `{}` must be a positive number of seconds", keys[0]))),
+                    .ok_or_else(|| {
+                        config_error(format!(
+                            "MSSQL connection string: `{}` must be a positive number of seconds",
+                            keys[0]
+                        ))
+                    }),
             }
         };
-        let command_timeout = seconds(&["command timeout", "commandtimeout"], DEFAULT_COMMAND_TIMEOUT)?;
-        let connect_timeout = seconds(&["connect timeout", "connection timeout", "connecttimeout"], DEFAULT_CONNECT_TIMEOUT)?;
+        let command_timeout = seconds(
+            &["command timeout", "commandtimeout"],
+            DEFAULT_COMMAND_TIMEOUT,
+        )?;
+        let connect_timeout = seconds(
+            &["connect timeout", "connection timeout", "connecttimeout"],
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
         let pool_size = match get(&["max pool size", "maxpoolsize"]) {
             None => DEFAULT_POOL_SIZE,
             Some(v) => v
@@ -151,10 +169,16 @@ impl MssqlConfig {
                 .parse::<u32>()
                 .ok()
                 .filter(|n| *n > 0)
-                .ok_or_else(|| config_error("MSSQL connection string: `Max Pool Size` must be a positive integer"))?,
+                .ok_or_else(|| {
+                    config_error(
+                        "MSSQL connection string: `Max Pool Size` must be a positive integer",
+                    )
+                })?,
         };
         let trust_server_certificate = matches!(
-            get(&["trustservercertificate"]).map(|v| v.to_ascii_lowercase()).as_deref(),
+            get(&["trustservercertificate"])
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref(),
             Some("true" | "yes")
         );
         let database = get(&["database", "initial catalog", "databasename"]).map(str::to_owned);
@@ -163,7 +187,11 @@ impl MssqlConfig {
         // value, so only the kind of failure is reported, never the text.
         tiberius::Config::from_ado_string(ado).map_err(|e| {
             let text = e.to_string();
-            let safe = if has_password { "see tiberius' connection string rules" } else { text.as_str() };
+            let safe = if has_password {
+                "see tiberius' connection string rules"
+            } else {
+                text.as_str()
+            };
             config_error(format!("MSSQL connection string is not valid: {safe}"))
         })?;
 
@@ -196,7 +224,10 @@ impl MssqlConfig {
     /// The tiberius config to log in with: SQL login from the string, or the
     /// Entra `token` when the mode is Entra. The command timeout is enforced by
     /// the store around each call, so tiberius' own one is turned off.
-    pub(crate) fn tiberius_config(&self, token: Option<&str>) -> Result<tiberius::Config, StoreError> {
+    pub(crate) fn tiberius_config(
+        &self,
+        token: Option<&str>,
+    ) -> Result<tiberius::Config, StoreError> {
         let mut config = tiberius::Config::from_ado_string(self.ado.expose_secret())
             .map_err(|_| config_error("MSSQL connection string is not valid"))?;
         if self.auth.is_entra() {
@@ -299,8 +330,10 @@ pub(crate) fn parse_ado_pairs(s: &str) -> Result<Vec<(String, String)>, &'static
     }
 }
 
-fn skip_to_separator(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<(), &'static str> {
-    while let Some(c) = chars.next() {
+fn skip_to_separator(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+) -> Result<(), &'static str> {
+    for c in chars.by_ref() {
         match c {
             ';' => return Ok(()),
             ' ' => {}
@@ -352,10 +385,14 @@ mod tests {
     #[test]
     fn errors_never_show_the_password() {
         // An invalid `Encrypt` value makes tiberius fail after it has read the password.
-        let e = MssqlConfig::from_ado(&format!("Server=localhost;User Id=sa;Password={PASSWORD};Encrypt=maybe")).unwrap_err();
+        let e = MssqlConfig::from_ado(&format!(
+            "Server=localhost;User Id=sa;Password={PASSWORD};Encrypt=maybe"
+        ))
+        .unwrap_err();
         assert_eq!(e.kind, StoreErrorKind::Config);
         assert!(!e.to_string().contains(PASSWORD), "{e}");
-        let e = MssqlConfig::from_ado(&format!("Server=localhost;User Id=sa;Password='{PASSWORD}")).unwrap_err();
+        let e = MssqlConfig::from_ado(&format!("Server=localhost;User Id=sa;Password='{PASSWORD}"))
+            .unwrap_err();
         assert!(!e.to_string().contains(PASSWORD), "{e}");
     }
 
@@ -379,14 +416,29 @@ mod tests {
         let t = c.tiberius_config(Some("token-value")).unwrap();
         assert!(!format!("{t:?}").contains("token-value"));
 
-        let c = MssqlConfig::from_ado("Server=x;Authentication=Active Directory Managed Identity;User Id=1111-client").unwrap();
-        assert_eq!(c.auth, MssqlAuth::EntraManagedIdentity { client_id: Some("1111-client".into()) });
+        let c = MssqlConfig::from_ado(
+            "Server=x;Authentication=Active Directory Managed Identity;User Id=1111-client",
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth,
+            MssqlAuth::EntraManagedIdentity {
+                client_id: Some("1111-client".into())
+            }
+        );
         let c = MssqlConfig::from_ado("Server=x;Authentication=ActiveDirectoryMSI").unwrap();
         assert_eq!(c.auth, MssqlAuth::EntraManagedIdentity { client_id: None });
 
-        let e = MssqlConfig::from_ado(&format!("Server=x;Authentication=ActiveDirectoryDefault;Password={PASSWORD}")).unwrap_err();
-        assert!(e.to_string().contains("Entra") && !e.to_string().contains(PASSWORD), "{e}");
-        let e = MssqlConfig::from_ado("Server=x;Authentication=ActiveDirectoryPassword;User Id=a").unwrap_err();
+        let e = MssqlConfig::from_ado(&format!(
+            "Server=x;Authentication=ActiveDirectoryDefault;Password={PASSWORD}"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("Entra") && !e.to_string().contains(PASSWORD),
+            "{e}"
+        );
+        let e = MssqlConfig::from_ado("Server=x;Authentication=ActiveDirectoryPassword;User Id=a")
+            .unwrap_err();
         assert!(e.to_string().contains("Authentication"), "{e}");
     }
 
@@ -401,28 +453,49 @@ mod tests {
         assert_eq!(c.command_timeout, Duration::from_secs(5));
         assert_eq!(c.connect_timeout, Duration::from_secs(7));
         let t = c.tiberius_config(None).unwrap();
-        assert!(format!("{t:?}").contains("realtime-mirror"), "application name default");
+        assert!(
+            format!("{t:?}").contains("realtime-mirror"),
+            "application name default"
+        );
 
-        let c = MssqlConfig::from_ado("Server=localhost;User Id=sa;Password=x;Application Name=mine").unwrap();
+        let c =
+            MssqlConfig::from_ado("Server=localhost;User Id=sa;Password=x;Application Name=mine")
+                .unwrap();
         let t = format!("{:?}", c.tiberius_config(None).unwrap());
         assert!(t.contains("mine") && !t.contains("realtime-mirror"), "{t}");
 
-        for bad in ["Max Pool Size=0", "Command Timeout=soon", "Connect Timeout=-1"] {
-            let e = MssqlConfig::from_ado(&format!("Server=localhost;User Id=sa;Password=x;{bad}")).unwrap_err();
+        for bad in [
+            "Max Pool Size=0",
+            "Command Timeout=soon",
+            "Connect Timeout=-1",
+        ] {
+            let e = MssqlConfig::from_ado(&format!("Server=localhost;User Id=sa;Password=x;{bad}"))
+                .unwrap_err();
             assert_eq!(e.kind, StoreErrorKind::Config, "{bad}");
         }
     }
 
     #[test]
     fn ado_pairs_follow_the_quoting_rules() {
-        let p = parse_ado_pairs("A=1; b = two ;C='x;y=z';D=\"q\"\"uote\";E={br;ace};F=a=b;").unwrap();
-        let want: Vec<(String, String)> = [("a", "1"), ("b", "two"), ("c", "x;y=z"), ("d", "q\"uote"), ("e", "br;ace"), ("f", "a=b")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let p =
+            parse_ado_pairs("A=1; b = two ;C='x;y=z';D=\"q\"\"uote\";E={br;ace};F=a=b;").unwrap();
+        let want: Vec<(String, String)> = [
+            ("a", "1"),
+            ("b", "two"),
+            ("c", "x;y=z"),
+            ("d", "q\"uote"),
+            ("e", "br;ace"),
+            ("f", "a=b"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         assert_eq!(p, want);
         // A quoted `Authentication=` inside a password is not a key.
-        let c = MssqlConfig::from_ado("Server=x;User Id=sa;Password='a;Authentication=ActiveDirectoryDefault'").unwrap();
+        let c = MssqlConfig::from_ado(
+            "Server=x;User Id=sa;Password='a;Authentication=ActiveDirectoryDefault'",
+        )
+        .unwrap();
         assert_eq!(c.auth, MssqlAuth::SqlPassword);
         assert!(parse_ado_pairs("a='open").is_err());
         assert!(parse_ado_pairs("novalue").is_err());

@@ -11,18 +11,23 @@ use crate::{DbCode, StoreError, StoreErrorKind};
 /// error (failover), 49918/49919/49920 not enough resources / too many
 /// operations, 10928/10929 resource limits, 4060 cannot open database (during
 /// failover), and the procedures' own 51205 (entity lock not granted).
-pub const TRANSIENT_ERRORS: &[u32] = &[1205, 1222, 40501, 40613, 40197, 49918, 49919, 49920, 10928, 10929, 4060, 51205];
+pub const TRANSIENT_ERRORS: &[u32] = &[
+    1205, 1222, 40501, 40613, 40197, 49918, 49919, 49920, 10928, 10929, 4060, 51205,
+];
 
 /// The procedures' own permanent rejections (THROW numbers), see
 /// [`PROCEDURE_ERRORS`] for their meaning.
-pub const PROCEDURE_PERMANENT_ERRORS: &[u32] = &[50001, 50002, 50003, 50004, 50005, 50010, 50011, 50012, 50013, 50020, 50021, 50030, 50040, 50041];
+pub const PROCEDURE_PERMANENT_ERRORS: &[u32] = &[
+    50001, 50002, 50003, 50004, 50005, 50010, 50011, 50012, 50013, 50020, 50021, 50030, 50040,
+    50041,
+];
 
 /// Numbers that will fail again on retry: 547 constraint (FK/CHECK) violation,
 /// 2601/2627 duplicate key, 8152/2628 string truncation, 245 conversion
 /// failed, 515 NULL into NOT NULL, and every [`PROCEDURE_PERMANENT_ERRORS`] number.
 pub const PERMANENT_ERRORS: &[u32] = &[
-    547, 2601, 2627, 8152, 2628, 245, 515, 50001, 50002, 50003, 50004, 50005, 50010, 50011, 50012, 50013, 50020, 50021, 50030,
-    50040, 50041,
+    547, 2601, 2627, 8152, 2628, 245, 515, 50001, 50002, 50003, 50004, 50005, 50010, 50011, 50012,
+    50013, 50020, 50021, 50030, 50040, 50041,
 ];
 
 /// Every number the procedures THROW, with its meaning (also in the header of
@@ -30,19 +35,37 @@ pub const PERMANENT_ERRORS: &[u32] = &[
 pub const PROCEDURE_ERRORS: &[(u32, &str)] = &[
     (50001, "event id is null"),
     (50002, "source version (event time) is null"),
-    (50003, "an id (conversation, message, user) is null, empty or longer than 128"),
+    (
+        50003,
+        "an id (conversation, message, user) is null, empty or longer than 128",
+    ),
     (50004, "the event type does not belong to this procedure"),
     (50005, "payload JSON is not valid JSON"),
-    (50010, "conversation type is not direct|group, or createdAt/updatedAt missing"),
+    (
+        50010,
+        "conversation type is not direct|group, or createdAt/updatedAt missing",
+    ),
     (50011, "participants is not a JSON array"),
-    (50012, "a participant lacks userId/role/joinedAt/muteState or has a bad value"),
+    (
+        50012,
+        "a participant lacks userId/role/joinedAt/muteState or has a bad value",
+    ),
     (50013, "a participant is listed twice"),
     (50020, "message authorUserId/bodyText/createdAt missing"),
     (50021, "attachments/externalMedia is not a JSON array"),
-    (50030, "block source is not client|admin, or createdAt missing"),
+    (
+        50030,
+        "block source is not client|admin, or createdAt missing",
+    ),
     (50040, "follow state is not pending|accepted|blocked"),
-    (50041, "follow source is not mobile|web|admin, or createdAt missing"),
-    (51205, "TRANSIENT: an entity lock (sp_getapplock) was not granted; retry like 1205"),
+    (
+        50041,
+        "follow source is not mobile|web|admin, or createdAt missing",
+    ),
+    (
+        51205,
+        "TRANSIENT: an entity lock (sp_getapplock) was not granted; retry like 1205",
+    ),
 ];
 
 /// Map a tiberius error: server errors keep their number (`Database`), broken
@@ -52,15 +75,26 @@ pub fn map_error(e: tiberius::error::Error) -> StoreError {
     use tiberius::error::Error;
     match e {
         Error::Server(t) => StoreError::database(DbCode::Mssql(t.code()), t.message().to_owned()),
-        Error::Io { kind, message } if kind == std::io::ErrorKind::TimedOut => {
-            StoreError::new(StoreErrorKind::Timeout, format!("SQL Server did not answer in time: {message}"))
-        }
-        Error::Io { message, .. } => StoreError::new(StoreErrorKind::Connect, format!("SQL Server connection: {message}")),
+        Error::Io {
+            kind: std::io::ErrorKind::TimedOut,
+            message,
+        } => StoreError::new(
+            StoreErrorKind::Timeout,
+            format!("SQL Server did not answer in time: {message}"),
+        ),
+        Error::Io { message, .. } => StoreError::new(
+            StoreErrorKind::Connect,
+            format!("SQL Server connection: {message}"),
+        ),
         Error::Tls(m) => StoreError::new(StoreErrorKind::Connect, format!("SQL Server TLS: {m}")),
-        Error::Routing { host, port } => {
-            StoreError::new(StoreErrorKind::Connect, format!("SQL Server redirected to {host}:{port} too many times"))
-        }
-        other => StoreError::new(StoreErrorKind::Protocol, format!("SQL Server driver: {other}")),
+        Error::Routing { host, port } => StoreError::new(
+            StoreErrorKind::Connect,
+            format!("SQL Server redirected to {host}:{port} too many times"),
+        ),
+        other => StoreError::new(
+            StoreErrorKind::Protocol,
+            format!("SQL Server driver: {other}"),
+        ),
     }
 }
 
@@ -79,10 +113,24 @@ mod tests {
     fn tables_are_disjoint_and_complete() {
         let t: BTreeSet<u32> = TRANSIENT_ERRORS.iter().copied().collect();
         let p: BTreeSet<u32> = PERMANENT_ERRORS.iter().copied().collect();
-        assert_eq!(t.len(), TRANSIENT_ERRORS.len(), "duplicates in TRANSIENT_ERRORS");
-        assert_eq!(p.len(), PERMANENT_ERRORS.len(), "duplicates in PERMANENT_ERRORS");
-        assert!(t.is_disjoint(&p), "{:?}", t.intersection(&p).collect::<Vec<_>>());
-        for n in [1205, 1222, 40501, 40613, 40197, 49918, 49919, 49920, 10928, 10929, 4060] {
+        assert_eq!(
+            t.len(),
+            TRANSIENT_ERRORS.len(),
+            "duplicates in TRANSIENT_ERRORS"
+        );
+        assert_eq!(
+            p.len(),
+            PERMANENT_ERRORS.len(),
+            "duplicates in PERMANENT_ERRORS"
+        );
+        assert!(
+            t.is_disjoint(&p),
+            "{:?}",
+            t.intersection(&p).collect::<Vec<_>>()
+        );
+        for n in [
+            1205, 1222, 40501, 40613, 40197, 49918, 49919, 49920, 10928, 10929, 4060,
+        ] {
             assert!(t.contains(&n), "{n} must be transient");
         }
         for n in [547, 2601, 2627, 8152, 2628, 245, 515] {
@@ -93,7 +141,10 @@ mod tests {
             assert!(t.contains(n) ^ p.contains(n), "{n}");
         }
         for n in PROCEDURE_PERMANENT_ERRORS {
-            assert!(p.contains(n) && PROCEDURE_ERRORS.iter().any(|(m, _)| m == n), "{n}");
+            assert!(
+                p.contains(n) && PROCEDURE_ERRORS.iter().any(|(m, _)| m == n),
+                "{n}"
+            );
         }
     }
 
@@ -109,23 +160,56 @@ mod tests {
             }
         }
         let documented: BTreeSet<u32> = PROCEDURE_ERRORS.iter().map(|(n, _)| *n).collect();
-        assert_eq!(thrown, documented, "THROW numbers in sql/mssql vs PROCEDURE_ERRORS");
+        assert_eq!(
+            thrown, documented,
+            "THROW numbers in sql/mssql vs PROCEDURE_ERRORS"
+        );
         let header = std::fs::read_to_string(format!("{dir}/V1__tables.sql")).unwrap();
         for n in &documented {
-            assert!(header.contains(&format!("--   {n}  ")), "{n} not listed in the V1 header");
+            assert!(
+                header.contains(&format!("--   {n}  ")),
+                "{n} not listed in the V1 header"
+            );
         }
     }
 
     #[test]
     fn maps_driver_errors_to_kinds() {
         use tiberius::error::Error;
-        let io = |kind| Error::Io { kind, message: "x".into() };
-        assert_eq!(map_error(io(std::io::ErrorKind::TimedOut)).kind, StoreErrorKind::Timeout);
-        assert_eq!(map_error(io(std::io::ErrorKind::ConnectionReset)).kind, StoreErrorKind::Connect);
-        assert_eq!(map_error(Error::Tls("bad cert".into())).kind, StoreErrorKind::Connect);
-        assert_eq!(map_error(Error::Routing { host: "h".into(), port: 1 }).kind, StoreErrorKind::Connect);
-        assert_eq!(map_error(Error::Protocol("?".into())).kind, StoreErrorKind::Protocol);
-        assert!(breaks_connection(&map_error(io(std::io::ErrorKind::TimedOut))));
-        assert!(!breaks_connection(&StoreError::database(DbCode::Mssql(2627), "dup")));
+        let io = |kind| Error::Io {
+            kind,
+            message: "x".into(),
+        };
+        assert_eq!(
+            map_error(io(std::io::ErrorKind::TimedOut)).kind,
+            StoreErrorKind::Timeout
+        );
+        assert_eq!(
+            map_error(io(std::io::ErrorKind::ConnectionReset)).kind,
+            StoreErrorKind::Connect
+        );
+        assert_eq!(
+            map_error(Error::Tls("bad cert".into())).kind,
+            StoreErrorKind::Connect
+        );
+        assert_eq!(
+            map_error(Error::Routing {
+                host: "h".into(),
+                port: 1
+            })
+            .kind,
+            StoreErrorKind::Connect
+        );
+        assert_eq!(
+            map_error(Error::Protocol("?".into())).kind,
+            StoreErrorKind::Protocol
+        );
+        assert!(breaks_connection(&map_error(io(
+            std::io::ErrorKind::TimedOut
+        ))));
+        assert!(!breaks_connection(&StoreError::database(
+            DbCode::Mssql(2627),
+            "dup"
+        )));
     }
 }

@@ -57,7 +57,10 @@ fn time(t: DateTime<Utc>) -> SqlParam {
 }
 
 fn json_array(v: &Option<Vec<serde_json::Value>>) -> SqlParam {
-    SqlParam::Text(v.as_ref().map(|a| serde_json::to_string(a).expect("JSON values serialize infallibly")))
+    SqlParam::Text(
+        v.as_ref()
+            .map(|a| serde_json::to_string(a).expect("JSON values serialize infallibly")),
+    )
 }
 
 /// The call that applies `event`.
@@ -81,12 +84,21 @@ pub fn procedure_call(event: &MirrorEvent) -> ProcedureCall {
                 ("@Type", text(p.kind.as_str())),
                 ("@CreatedAt", time(p.created_at)),
                 ("@UpdatedAt", time(p.updated_at)),
-                ("@ParticipantsJson", text(serde_json::Value::Array(participants).to_string())),
+                (
+                    "@ParticipantsJson",
+                    text(serde_json::Value::Array(participants).to_string()),
+                ),
                 ("@PayloadJson", payload_json()),
             ]);
             "dbo.sp_StoreMirror_UpsertDmConversation"
         }
-        (Subject::Message { conversation_id, message_id }, Payload::Message(p)) => {
+        (
+            Subject::Message {
+                conversation_id,
+                message_id,
+            },
+            Payload::Message(p),
+        ) => {
             params.extend([
                 ("@ConversationFirestoreId", text(conversation_id)),
                 ("@MessageFirestoreId", text(message_id)),
@@ -102,7 +114,13 @@ pub fn procedure_call(event: &MirrorEvent) -> ProcedureCall {
             ]);
             "dbo.sp_StoreMirror_UpsertDmMessage"
         }
-        (Subject::Message { conversation_id, message_id }, Payload::MessageDelete(d)) => {
+        (
+            Subject::Message {
+                conversation_id,
+                message_id,
+            },
+            Payload::MessageDelete(d),
+        ) => {
             params.extend([
                 ("@ConversationFirestoreId", text(conversation_id)),
                 ("@MessageFirestoreId", text(message_id)),
@@ -111,7 +129,13 @@ pub fn procedure_call(event: &MirrorEvent) -> ProcedureCall {
             ]);
             "dbo.sp_StoreMirror_DeleteDmMessage"
         }
-        (Subject::Block { user_id, target_user_id }, Payload::Block(p)) => {
+        (
+            Subject::Block {
+                user_id,
+                target_user_id,
+            },
+            Payload::Block(p),
+        ) => {
             params.extend([
                 ("@UserId", text(user_id)),
                 ("@TargetUserId", text(target_user_id)),
@@ -121,11 +145,26 @@ pub fn procedure_call(event: &MirrorEvent) -> ProcedureCall {
             ]);
             "dbo.sp_StoreMirror_UpsertDmBlock"
         }
-        (Subject::Block { user_id, target_user_id }, Payload::BlockDelete) => {
-            params.extend([("@UserId", text(user_id)), ("@TargetUserId", text(target_user_id))]);
+        (
+            Subject::Block {
+                user_id,
+                target_user_id,
+            },
+            Payload::BlockDelete,
+        ) => {
+            params.extend([
+                ("@UserId", text(user_id)),
+                ("@TargetUserId", text(target_user_id)),
+            ]);
             "dbo.sp_StoreMirror_DeleteDmBlock"
         }
-        (Subject::FollowEdge { follower_user_id, target_user_id }, Payload::FollowEdge(p)) => {
+        (
+            Subject::FollowEdge {
+                follower_user_id,
+                target_user_id,
+            },
+            Payload::FollowEdge(p),
+        ) => {
             params.extend([
                 ("@FollowerUserId", text(follower_user_id)),
                 ("@TargetUserId", text(target_user_id)),
@@ -135,11 +174,22 @@ pub fn procedure_call(event: &MirrorEvent) -> ProcedureCall {
             ]);
             "dbo.sp_StoreMirror_UpsertFollowEdge"
         }
-        (Subject::FollowEdge { follower_user_id, target_user_id }, Payload::FollowEdgeDelete) => {
-            params.extend([("@FollowerUserId", text(follower_user_id)), ("@TargetUserId", text(target_user_id))]);
+        (
+            Subject::FollowEdge {
+                follower_user_id,
+                target_user_id,
+            },
+            Payload::FollowEdgeDelete,
+        ) => {
+            params.extend([
+                ("@FollowerUserId", text(follower_user_id)),
+                ("@TargetUserId", text(target_user_id)),
+            ]);
             "dbo.sp_StoreMirror_DeleteFollowEdge"
         }
-        (subject, payload) => unreachable!("MirrorEvent guarantees the payload fits the subject: {subject} / {payload:?}"),
+        (subject, payload) => unreachable!(
+            "MirrorEvent guarantees the payload fits the subject: {subject} / {payload:?}"
+        ),
     };
     ProcedureCall { procedure, params }
 }
@@ -150,7 +200,12 @@ mod tests {
     use mirror_schema::{decode_structured, EventType};
     use serde_json::json;
 
-    fn event(event_type: &str, subject: &str, time: &str, payload: serde_json::Value) -> MirrorEvent {
+    fn event(
+        event_type: &str,
+        subject: &str,
+        time: &str,
+        payload: serde_json::Value,
+    ) -> MirrorEvent {
         let et: EventType = event_type.parse().unwrap();
         let subj = Subject::parse(subject, et.family()).unwrap();
         let t = mirror_schema::parse_time("time", time).unwrap();
@@ -175,17 +230,113 @@ mod tests {
     /// does not matter for named RPC parameters, but keeping it equal makes
     /// the comparison with the SQL files trivial).
     const SIGNATURES: &[(&str, &[&str])] = &[
-        ("dbo.sp_StoreMirror_UpsertDmConversation", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@ConversationFirestoreId", "@Type", "@CreatedAt", "@UpdatedAt", "@ParticipantsJson", "@PayloadJson"]),
-        ("dbo.sp_StoreMirror_UpsertDmMessage", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@ConversationFirestoreId", "@MessageFirestoreId", "@AuthorUserId", "@BodyText", "@AttachmentJson", "@ExternalMediaJson", "@CreatedAt", "@EditedAt", "@DeletedAt", "@ClientMessageId", "@PayloadJson"]),
-        ("dbo.sp_StoreMirror_DeleteDmMessage", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@ConversationFirestoreId", "@MessageFirestoreId", "@PerformedBy", "@PayloadJson"]),
-        ("dbo.sp_StoreMirror_UpsertDmBlock", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@UserId", "@TargetUserId", "@CreatedAt", "@RevokedAt", "@Source"]),
-        ("dbo.sp_StoreMirror_DeleteDmBlock", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@UserId", "@TargetUserId"]),
-        ("dbo.sp_StoreMirror_UpsertFollowEdge", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@FollowerUserId", "@TargetUserId", "@State", "@Source", "@CreatedAt"]),
-        ("dbo.sp_StoreMirror_DeleteFollowEdge", &["@EventId", "@EventType", "@SourceVersion", "@SyncSource", "@FollowerUserId", "@TargetUserId"]),
+        (
+            "dbo.sp_StoreMirror_UpsertDmConversation",
+            &[
+                "@EventId",
+                "@EventType",
+                "@SourceVersion",
+                "@SyncSource",
+                "@ConversationFirestoreId",
+                "@Type",
+                "@CreatedAt",
+                "@UpdatedAt",
+                "@ParticipantsJson",
+                "@PayloadJson",
+            ],
+        ),
+        (
+            "dbo.sp_StoreMirror_UpsertDmMessage",
+            &[
+                "@EventId",
+                "@EventType",
+                "@SourceVersion",
+                "@SyncSource",
+                "@ConversationFirestoreId",
+                "@MessageFirestoreId",
+                "@AuthorUserId",
+                "@BodyText",
+                "@AttachmentJson",
+                "@ExternalMediaJson",
+                "@CreatedAt",
+                "@EditedAt",
+                "@DeletedAt",
+                "@ClientMessageId",
+                "@PayloadJson",
+            ],
+        ),
+        (
+            "dbo.sp_StoreMirror_DeleteDmMessage",
+            &[
+                "@EventId",
+                "@EventType",
+                "@SourceVersion",
+                "@SyncSource",
+                "@ConversationFirestoreId",
+                "@MessageFirestoreId",
+                "@PerformedBy",
+                "@PayloadJson",
+            ],
+        ),
+        (
+            "dbo.sp_StoreMirror_UpsertDmBlock",
+            &[
+                "@EventId",
+                "@EventType",
+                "@SourceVersion",
+                "@SyncSource",
+                "@UserId",
+                "@TargetUserId",
+                "@CreatedAt",
+                "@RevokedAt",
+                "@Source",
+            ],
+        ),
+        (
+            "dbo.sp_StoreMirror_DeleteDmBlock",
+            &[
+                "@EventId",
+                "@EventType",
+                "@SourceVersion",
+                "@SyncSource",
+                "@UserId",
+                "@TargetUserId",
+            ],
+        ),
+        (
+            "dbo.sp_StoreMirror_UpsertFollowEdge",
+            &[
+                "@EventId",
+                "@EventType",
+                "@SourceVersion",
+                "@SyncSource",
+                "@FollowerUserId",
+                "@TargetUserId",
+                "@State",
+                "@Source",
+                "@CreatedAt",
+            ],
+        ),
+        (
+            "dbo.sp_StoreMirror_DeleteFollowEdge",
+            &[
+                "@EventId",
+                "@EventType",
+                "@SourceVersion",
+                "@SyncSource",
+                "@FollowerUserId",
+                "@TargetUserId",
+            ],
+        ),
     ];
 
     fn signature(proc_name: &str) -> Vec<&'static str> {
-        SIGNATURES.iter().find(|(p, _)| *p == proc_name).unwrap().1.to_vec()
+        SIGNATURES
+            .iter()
+            .find(|(p, _)| *p == proc_name)
+            .unwrap()
+            .1
+            .to_vec()
     }
 
     #[test]
@@ -202,16 +353,20 @@ mod tests {
                 })
                 .unwrap_or_else(|| panic!("no file creates {proc_name}"));
             let text = std::fs::read_to_string(&file).unwrap();
-            let head = &text[text.find("CREATE OR ALTER PROCEDURE").unwrap()..text.find("\nAS\n").unwrap()];
+            let head = &text
+                [text.find("CREATE OR ALTER PROCEDURE").unwrap()..text.find("\nAS\n").unwrap()];
             let declared: Vec<&str> = head
                 .lines()
                 .skip(1)
-                .filter_map(|l| l.trim().split_whitespace().next())
+                .filter_map(|l| l.split_whitespace().next())
                 .filter(|w| w.starts_with('@'))
                 .collect();
             assert_eq!(&declared, params, "{proc_name} in {}", file.display());
         }
-        assert_eq!(SIGNATURES.iter().map(|(p, _)| *p).collect::<Vec<_>>(), PROCEDURES);
+        assert_eq!(
+            SIGNATURES.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            PROCEDURES
+        );
     }
 
     #[test]
@@ -233,7 +388,9 @@ mod tests {
         assert_eq!(c.param("@SyncSource"), Some(&text("firestore")));
         assert_eq!(c.param("@SourceVersion"), Some(&time(e.time())));
         assert_eq!(c.param("@Type"), Some(&text("direct")));
-        let Some(SqlParam::Text(Some(p))) = c.param("@ParticipantsJson") else { panic!() };
+        let Some(SqlParam::Text(Some(p))) = c.param("@ParticipantsJson") else {
+            panic!()
+        };
         let p: serde_json::Value = serde_json::from_str(p).unwrap();
         assert_eq!(p[0]["userId"], "u2");
         assert_eq!(p[1]["readPointerMessageId"], "m1");
@@ -256,20 +413,36 @@ mod tests {
         assert_eq!(c.param("@AttachmentJson"), Some(&text(r#"[{"url":"x"}]"#)));
         assert_eq!(c.param("@ExternalMediaJson"), Some(&SqlParam::Text(None)));
         assert_eq!(c.param("@EditedAt"), Some(&SqlParam::Time(None)));
-        assert!(matches!(c.param("@DeletedAt"), Some(SqlParam::Time(Some(_)))));
+        assert!(matches!(
+            c.param("@DeletedAt"),
+            Some(SqlParam::Time(Some(_)))
+        ));
         assert_eq!(c.param("@ClientMessageId"), Some(&SqlParam::Text(None)));
 
-        let d = event("dm.message.delete", "conversations/c1/messages/m1", "2025-10-08T13:00:00Z", json!({"performedBy": "admin1"}));
+        let d = event(
+            "dm.message.delete",
+            "conversations/c1/messages/m1",
+            "2025-10-08T13:00:00Z",
+            json!({"performedBy": "admin1"}),
+        );
         let c = procedure_call(&d);
         assert_eq!(c.procedure, "dbo.sp_StoreMirror_DeleteDmMessage");
         assert_eq!(names(&c), signature(c.procedure));
         assert_eq!(c.param("@PerformedBy"), Some(&text("admin1")));
-        assert_eq!(c.param("@PayloadJson"), Some(&text(r#"{"performedBy":"admin1"}"#)));
+        assert_eq!(
+            c.param("@PayloadJson"),
+            Some(&text(r#"{"performedBy":"admin1"}"#))
+        );
     }
 
     #[test]
     fn block_and_follow_calls() {
-        let b = event("dm.block.create", "blocks/u1/targets/u2", "2025-10-08T13:00:00Z", json!({"createdAt": "2025-10-08T13:00:00Z", "source": "admin"}));
+        let b = event(
+            "dm.block.create",
+            "blocks/u1/targets/u2",
+            "2025-10-08T13:00:00Z",
+            json!({"createdAt": "2025-10-08T13:00:00Z", "source": "admin"}),
+        );
         let c = procedure_call(&b);
         assert_eq!(c.procedure, "dbo.sp_StoreMirror_UpsertDmBlock");
         assert_eq!(names(&c), signature(c.procedure));
@@ -278,11 +451,21 @@ mod tests {
         assert_eq!(c.param("@Source"), Some(&text("admin")));
         assert_eq!(c.param("@RevokedAt"), Some(&SqlParam::Time(None)));
 
-        let c = procedure_call(&event("dm.block.delete", "blocks/u1/targets/u2", "2025-10-08T13:00:00Z", json!({})));
+        let c = procedure_call(&event(
+            "dm.block.delete",
+            "blocks/u1/targets/u2",
+            "2025-10-08T13:00:00Z",
+            json!({}),
+        ));
         assert_eq!(c.procedure, "dbo.sp_StoreMirror_DeleteDmBlock");
         assert_eq!(names(&c), signature(c.procedure));
 
-        let f = event("follow.edge.update", "follows/u1/targets/u2", "2025-10-08T13:00:00Z", json!({"state": "accepted", "source": "web", "createdAt": "2025-10-08T12:00:00Z"}));
+        let f = event(
+            "follow.edge.update",
+            "follows/u1/targets/u2",
+            "2025-10-08T13:00:00Z",
+            json!({"state": "accepted", "source": "web", "createdAt": "2025-10-08T12:00:00Z"}),
+        );
         let c = procedure_call(&f);
         assert_eq!(c.procedure, "dbo.sp_StoreMirror_UpsertFollowEdge");
         assert_eq!(names(&c), signature(c.procedure));
@@ -290,7 +473,12 @@ mod tests {
         assert_eq!(c.param("@State"), Some(&text("accepted")));
         assert_eq!(c.param("@EventType"), Some(&text("follow.edge.update")));
 
-        let c = procedure_call(&event("follow.edge.delete", "follows/u1/targets/u2", "2025-10-08T13:00:00Z", json!({})));
+        let c = procedure_call(&event(
+            "follow.edge.delete",
+            "follows/u1/targets/u2",
+            "2025-10-08T13:00:00Z",
+            json!({}),
+        ));
         assert_eq!(c.procedure, "dbo.sp_StoreMirror_DeleteFollowEdge");
         assert_eq!(names(&c), signature(c.procedure));
     }
