@@ -31,3 +31,6 @@ pub async fn connect(project: &str, database: &str) -> Result<FirestoreDb, fires
     let options = firestore::FirestoreDbOptions::new(project.to_owned()).with_database_id(database.to_owned());
     FirestoreDb::with_options(options).await
 }
+
+/// The SDK itself, for integration tests and tools that write documents.
+pub use ::firestore as sdk;
