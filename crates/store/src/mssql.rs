@@ -399,6 +399,77 @@ impl MssqlStore {
     }
 }
 
+/// Create the database `config` names (connecting to `master`) unless it
+/// exists; true if it was created. For tests and first-time setup; in Azure
+/// SQL, creating databases usually belongs to infrastructure as code.
+pub async fn create_database_if_missing(config: &MssqlConfig) -> Result<bool, StoreError> {
+    let name = database_name(config)?;
+    let mut client = open(
+        &config.for_database("master"),
+        credential(&config.auth)?.as_ref(),
+    )
+    .await?;
+    let sql = "IF DB_ID(@P1) IS NULL
+               BEGIN
+                   DECLARE @sql NVARCHAR(400) = N'CREATE DATABASE ' + QUOTENAME(@P1);
+                   EXEC (@sql);
+                   SELECT CAST(1 AS BIT) AS Created;
+               END
+               ELSE SELECT CAST(0 AS BIT) AS Created;";
+    let row = timed(config.command_timeout * 4, async {
+        client
+            .query(sql, &[&name])
+            .await
+            .map_err(map_error)?
+            .into_row()
+            .await
+            .map_err(map_error)
+    })
+    .await?;
+    Ok(row
+        .map(|r| get::<bool>(&r, "Created"))
+        .transpose()?
+        .flatten()
+        .unwrap_or(false))
+}
+
+/// Drop the database `config` names (connecting to `master`), closing its
+/// sessions first. For tests against a disposable server.
+pub async fn drop_database(config: &MssqlConfig) -> Result<(), StoreError> {
+    let name = database_name(config)?;
+    let mut client = open(
+        &config.for_database("master"),
+        credential(&config.auth)?.as_ref(),
+    )
+    .await?;
+    let sql = "IF DB_ID(@P1) IS NOT NULL
+               BEGIN
+                   DECLARE @sql NVARCHAR(600) = N'ALTER DATABASE ' + QUOTENAME(@P1) + N' SET SINGLE_USER WITH ROLLBACK IMMEDIATE; DROP DATABASE ' + QUOTENAME(@P1);
+                   EXEC (@sql);
+               END;";
+    timed(config.command_timeout * 4, async {
+        client.execute(sql, &[&name]).await.map_err(map_error)?;
+        Ok(())
+    })
+    .await
+}
+
+fn database_name(config: &MssqlConfig) -> Result<String, StoreError> {
+    match config.database() {
+        Some(db)
+            if !db.is_empty()
+                && db.chars().count() <= 128
+                && !db.eq_ignore_ascii_case("master") =>
+        {
+            Ok(db.to_owned())
+        }
+        _ => Err(StoreError::new(
+            StoreErrorKind::Config,
+            "MSSQL connection string names no database (`Database=`) to create or drop",
+        )),
+    }
+}
+
 type BoxFut<'c, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'c>>;
 
 /// Bind `call` to a tiberius RPC command.

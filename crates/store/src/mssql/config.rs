@@ -63,13 +63,15 @@ pub struct MssqlConfig {
     database: Option<String>,
     trust_server_certificate: bool,
     has_application_name: bool,
+    /// Set by [`MssqlConfig::for_database`]; wins over `Database=`.
+    database_override: Option<String>,
 }
 
 impl fmt::Debug for MssqlConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MssqlConfig")
             .field("server", &self.server)
-            .field("database", &self.database)
+            .field("database", &self.database())
             .field("auth", &self.auth)
             .field("trust_server_certificate", &self.trust_server_certificate)
             .field("pool_size", &self.pool_size)
@@ -205,6 +207,7 @@ impl MssqlConfig {
             database,
             trust_server_certificate,
             has_application_name: get(&["application name", "applicationname"]).is_some(),
+            database_override: None,
         })
     }
 
@@ -214,7 +217,18 @@ impl MssqlConfig {
     }
 
     pub fn database(&self) -> Option<&str> {
-        self.database.as_deref()
+        self.database_override
+            .as_deref()
+            .or(self.database.as_deref())
+    }
+
+    /// The same settings for another database on the same server (`master`
+    /// to create databases, a fresh database per test, …).
+    pub fn for_database(&self, database: &str) -> MssqlConfig {
+        MssqlConfig {
+            database_override: Some(database.to_owned()),
+            ..self.clone()
+        }
     }
 
     pub fn trust_server_certificate(&self) -> bool {
@@ -233,6 +247,9 @@ impl MssqlConfig {
         if self.auth.is_entra() {
             let token = token.ok_or_else(|| config_error("Entra login needs an access token"))?;
             config.authentication(tiberius::AuthMethod::aad_token(token));
+        }
+        if let Some(db) = &self.database_override {
+            config.database(db);
         }
         config.handshake_timeout(Some(self.connect_timeout));
         config.command_timeout(None);
