@@ -92,7 +92,13 @@ pub struct ServiceBusConfig {
     /// will make the broker dead-letter the message itself.
     pub max_delivery_count: u32,
     /// Renew a delivery's lock in the background while it is in flight, for
-    /// at most this long (`None` = only when [`crate::Delivery::keep_alive`] is called).
+    /// at most this long. Off (`None`) by default: the port promises that an
+    /// unsettled delivery whose lock is not kept alive comes back after the
+    /// lock duration, and the writer already calls
+    /// [`crate::Delivery::keep_alive`] every 10 s while it applies a batch —
+    /// inside the IaC's one-minute lock — and stops when it stops working, so a
+    /// hung worker's messages are released. Turn it on for consumers that
+    /// cannot call `keep_alive` themselves.
     pub lock_renewal: Option<Duration>,
     /// Subscriptions [`crate::EventBus::ensure_topology`] checks exist.
     pub verify_subscriptions: Vec<String>,
@@ -102,7 +108,7 @@ pub struct ServiceBusConfig {
 
 impl ServiceBusConfig {
     /// Defaults of the plan: topic `realtime-mirror`, no sessions, prefetch 20,
-    /// max delivery count 5, lock renewal for up to 5 minutes.
+    /// max delivery count 5, no background lock renewal (see [`Self::lock_renewal`]).
     pub fn new(auth: ServiceBusAuth, topic: impl Into<String>) -> ServiceBusConfig {
         ServiceBusConfig {
             auth,
@@ -110,7 +116,7 @@ impl ServiceBusConfig {
             sessions: false,
             prefetch: 20,
             max_delivery_count: 5,
-            lock_renewal: Some(Duration::from_secs(300)),
+            lock_renewal: None,
             verify_subscriptions: vec![SQL_WRITER_SUBSCRIPTION.to_owned(), MONITORING_SUBSCRIPTION.to_owned()],
             identifier: None,
         }
@@ -373,7 +379,7 @@ mod tests {
         assert_eq!(c.topic, "realtime-mirror");
         assert!(!c.sessions);
         assert_eq!(c.max_delivery_count, 5);
-        assert_eq!(c.lock_renewal, Some(Duration::from_secs(300)));
+        assert_eq!(c.lock_renewal, None);
         assert_eq!(c.verify_subscriptions, ["sql-writer", "monitoring"]);
         assert!(!c.is_emulator());
         c.validate().unwrap();

@@ -22,12 +22,16 @@
 //! | [`PublishOutcome::Duplicate`] | never: Service Bus drops a duplicate silently and acknowledges the send |
 //! | [`Receiver::backlog`] | `None`: message counts are management-plane (ARM), not AMQP |
 //!
-//! Locks: every delivery gets a background task that renews its lock at half
-//! the remaining lock time until it is settled or dropped, for at most
-//! [`ServiceBusConfig::lock_renewal`] (the writer's `keep_alive` calls alone
-//! would do only if every batch finished within one lock duration, which a
-//! slow database does not promise). A dropped, unsettled delivery stops
-//! renewing, so its lock expires and the broker redelivers it.
+//! Locks: the lock duration is the subscription's (`lockDuration`, PT1M in
+//! the IaC). A delivery's lock is extended by [`Delivery::keep_alive`], which
+//! the writer calls every 10 s while it applies a batch; that suffices, and it
+//! keeps the port's promise that a delivery nobody keeps alive comes back once
+//! its lock expires (a hung worker releases its messages). For consumers that
+//! cannot call `keep_alive`, [`ServiceBusConfig::lock_renewal`] starts a task
+//! per delivery that renews at half the remaining lock time until the delivery
+//! is settled or dropped, for at most that long. Prefetched messages are locked
+//! from the moment they reach the client, so keep
+//! [`ServiceBusConfig::prefetch`] to what is handled within one lock duration.
 //!
 //! Concurrency: azservicebus receivers take `&mut self` for receive and for
 //! settlement, and a message must be settled on the link that received it. A
@@ -119,20 +123,59 @@ impl ServiceBusBus {
         BusError::op(op, self.config.scrub(&e.to_string()))
     }
 
-    /// Open a receiver on `entity` of `subscription` (its dead-letter queue when `dlq`).
-    async fn admin_receiver(&self, subscription: &str, dlq: bool) -> Result<ServiceBusReceiver, BusError> {
+    /// A receiver (prefetch 0, so nothing is locked until asked) on
+    /// `subscription` or its dead-letter queue, on the bus's connection.
+    async fn admin_receiver(
+        &self,
+        subscription: &str,
+        dead_letter_queue: bool,
+        receive_mode: ServiceBusReceiveMode,
+    ) -> Result<ServiceBusReceiver, BusError> {
         let options = ServiceBusReceiverOptions {
             prefetch_count: 0,
-            receive_mode: ServiceBusReceiveMode::PeekLock,
+            receive_mode,
             identifier: self.config.identifier.clone(),
-            sub_queue: if dlq { SubQueue::DeadLetter } else { SubQueue::None },
+            sub_queue: if dead_letter_queue {
+                SubQueue::DeadLetter
+            } else {
+                SubQueue::None
+            },
         };
         self.client
             .lock()
             .await
             .create_receiver_for_subscription(&self.config.topic, subscription, options)
             .await
-            .map_err(|e| self.err("open dead-letter queue", e))
+            .map_err(|e| self.err("open receiver", e))
+    }
+
+    /// Delete every message of `subscription` (or of its dead-letter queue),
+    /// stopping once nothing has arrived for `quiet`; returns how many were
+    /// deleted. Destructive, for tests and for operators clearing a queue.
+    /// Messages locked by a consumer are invisible until their lock expires, so
+    /// a `quiet` longer than the lock duration catches those too.
+    pub async fn purge(&self, subscription: &str, dead_letter_queue: bool, quiet: Duration) -> Result<usize, BusError> {
+        let mut receiver = self
+            .admin_receiver(subscription, dead_letter_queue, ServiceBusReceiveMode::ReceiveAndDelete)
+            .await?;
+        let mut deleted = 0;
+        let mut last = Instant::now();
+        let result = loop {
+            match receiver.receive_messages_with_max_wait_time(64, POLL_SLICE * 2).await {
+                Ok(batch) if batch.is_empty() => {
+                    if last.elapsed() >= quiet {
+                        break Ok(deleted);
+                    }
+                }
+                Ok(batch) => {
+                    deleted += batch.len();
+                    last = Instant::now();
+                }
+                Err(e) => break Err(self.err("purge", e)),
+            }
+        };
+        let _ = receiver.dispose().await;
+        result
     }
 
     fn verify_error(&self, entity: String, e: azure_core::Error) -> Result<(), BusError> {
@@ -302,7 +345,9 @@ impl EventBus for ServiceBusBus {
     }
 
     async fn list_dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLettered>, BusError> {
-        let mut receiver = self.admin_receiver(subscription, true).await?;
+        let mut receiver = self
+            .admin_receiver(subscription, true, ServiceBusReceiveMode::PeekLock)
+            .await?;
         let mut out = Vec::new();
         let mut from = None;
         let result = async {
@@ -345,7 +390,9 @@ impl EventBus for ServiceBusBus {
     /// the way (the dead-letter queue has no delivery limit, so that is harmless).
     async fn remove_dead_letter(&self, subscription: &str, handle: &str) -> Result<(), BusError> {
         let sequence_number = convert::parse_handle(handle)?;
-        let mut receiver = self.admin_receiver(subscription, true).await?;
+        let mut receiver = self
+            .admin_receiver(subscription, true, ServiceBusReceiveMode::PeekLock)
+            .await?;
         let result = async {
             let present = receiver
                 .peek_messages(1, Some(sequence_number))
