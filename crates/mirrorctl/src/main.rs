@@ -1,1 +1,453 @@
-fn main() {}
+//! `mirrorctl`: operations for realtime-mirror — migrate, seed, publish,
+//! counts, consistency check, dead-letter list/show/replay, backfill, bench.
+//!
+//! Human output is a table; `--json` gives machine output. Long jobs show a
+//! progress bar on a terminal.
+
+mod bench;
+mod drift;
+use publisher::seed;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use futures::{StreamExt, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use mirror_bus::{EventBus, OutboundMessage, PublishOutcome};
+use mirror_schema::{decode_structured, MirrorEvent};
+use mirror_store::{model::Model, MirrorStore};
+use sql_writer::config::{BusArgs, StoreArgs};
+use sql_writer::writer::{dead_letter_key, peek_attributes};
+use sql_writer::{with_bus, with_store};
+
+#[derive(Debug, Parser)]
+#[command(name = "mirrorctl", version, about = "realtime-mirror operations")]
+struct Cli {
+    /// Machine-readable JSON output instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create the database if missing (PostgreSQL) and apply pending migrations
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Publish the fixture dataset as contract events
+    Seed {
+        /// Seed file (see fixtures/README.md)
+        #[arg(long, default_value = "fixtures/realtime_mirror_seed.json")]
+        file: PathBuf,
+        /// Validate and print what would be sent, publish nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+    /// Publish contract events from a file of structured-mode JSON, one per line
+    Publish {
+        file: PathBuf,
+        /// Validate only
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+    /// Row counts of every mirror table
+    Counts {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Consistency check: compare SQL with the state the source implies
+    Check {
+        /// Expected state from a seed file (the fixtures); Firestore otherwise needs `mirrorctl backfill --dry-run`-style access
+        #[arg(long, default_value = "fixtures/realtime_mirror_seed.json")]
+        expected_from: PathBuf,
+        /// Alert above this drift percentage
+        #[arg(long, default_value_t = 0.5)]
+        threshold_pct: f64,
+        /// Alert when more SQL rows than this are missing in the source
+        #[arg(long, default_value_t = 100)]
+        missing_in_source_limit: usize,
+        /// Also write an HTML report here
+        #[arg(long)]
+        html: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Dead-letter queue: list, show, replay
+    Dlq {
+        #[command(subcommand)]
+        cmd: DlqCmd,
+    },
+    /// Measure throughput and latency of the writer on local servers
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCmd {
+    /// List dead-lettered messages (bus queue joined with the SQL rows)
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, default_value = mirror_bus::SQL_WRITER_SUBSCRIPTION)]
+        subscription: String,
+        #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Show one dead-lettered message by handle or event id
+    Show {
+        id: String,
+        #[arg(long, default_value = mirror_bus::SQL_WRITER_SUBSCRIPTION)]
+        subscription: String,
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+    /// Publish dead-lettered messages again (keeping their event ids) and remove them from the queue
+    Replay {
+        /// Only messages dead-lettered for this reason (e.g. retries_exhausted)
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only events of this type
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only messages dead-lettered at or after this time (RFC 3339)
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Show what would be replayed
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value = mirror_bus::SQL_WRITER_SUBSCRIPTION)]
+        subscription: String,
+        #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("mirrorctl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8> {
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Migrate { store } => {
+            let settings = store.settings()?;
+            if let sql_writer::config::StoreSettings::Postgres { url, .. } = &settings {
+                if mirror_store::postgres::create_database_if_missing(url).await? {
+                    println!("created database");
+                }
+            }
+            let applied = with_store!(&settings, |store| store.migrate().await?);
+            println!("migrations applied: {applied} ({})", settings.describe());
+            Ok(0)
+        }
+        Cmd::Seed { file, dry_run, bus } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let events = seed::load(&text)?;
+            if dry_run {
+                print_dry_run(&events, json);
+                return Ok(0);
+            }
+            let settings = bus.settings()?;
+            let (published, duplicates) = with_bus!(&settings, |bus| publish_all(&bus, &events).await?);
+            report_published(json, events.len(), published, duplicates, 0);
+            Ok(0)
+        }
+        Cmd::Publish { file, dry_run, bus } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut events = Vec::new();
+            let mut rejected = 0;
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match decode_structured(line.as_bytes()) {
+                    Ok(e) => events.push(e),
+                    Err(e) => {
+                        rejected += 1;
+                        eprintln!("{}:{}: rejected: {e}", file.display(), n + 1);
+                    }
+                }
+            }
+            if dry_run {
+                print_dry_run(&events, json);
+            } else {
+                let settings = bus.settings()?;
+                let (published, duplicates) = with_bus!(&settings, |bus| publish_all(&bus, &events).await?);
+                report_published(json, events.len(), published, duplicates, rejected);
+            }
+            Ok(if rejected > 0 { 2 } else { 0 })
+        }
+        Cmd::Counts { store } => {
+            let settings = store.settings()?;
+            let counts = with_store!(&settings, |store| store.table_counts().await?);
+            if json {
+                let map: serde_json::Map<String, serde_json::Value> = counts.iter().map(|(t, n)| (t.clone(), (*n).into())).collect();
+                println!("{}", serde_json::Value::Object(map));
+            } else {
+                let mut t = comfy_table::Table::new();
+                t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+                t.set_header(["table", "rows"]);
+                for (name, n) in counts {
+                    t.add_row([name, n.to_string()]);
+                }
+                println!("{t}");
+            }
+            Ok(0)
+        }
+        Cmd::Check {
+            expected_from,
+            threshold_pct,
+            missing_in_source_limit,
+            html,
+            store,
+        } => {
+            let text = std::fs::read_to_string(&expected_from).with_context(|| format!("cannot read {}", expected_from.display()))?;
+            let events = seed::load(&text)?;
+            let mut model = Model::new();
+            for e in &events {
+                model.apply(e);
+            }
+            let settings = store.settings()?;
+            let actual = with_store!(&settings, |store| store.snapshot().await?);
+            let report = drift::compare(&expected_from.display().to_string(), &model.state(), &actual, threshold_pct, missing_in_source_limit);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_table());
+            }
+            if let Some(path) = html {
+                std::fs::write(&path, report.to_html()).with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(if report.alert { 1 } else { 0 })
+        }
+        Cmd::Dlq { cmd } => dlq(cmd, json).await,
+        Cmd::Bench(args) => bench::run(args, json).await,
+    }
+}
+
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Publish every event, 64 in flight; returns (published, broker duplicates).
+async fn publish_all<B: EventBus>(bus: &B, events: &[MirrorEvent]) -> Result<(usize, usize)> {
+    let bar = progress(events.len(), "publishing");
+    let outcomes: Vec<PublishOutcome> = futures::stream::iter(events.iter().map(OutboundMessage::from_event))
+        .map(|m| {
+            let bar = bar.clone();
+            async move {
+                let r = bus.publish(&m).await;
+                bar.inc(1);
+                r
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect()
+        .await?;
+    bar.finish_and_clear();
+    let dup = outcomes.iter().filter(|o| **o == PublishOutcome::Duplicate).count();
+    Ok((outcomes.len() - dup, dup))
+}
+
+fn report_published(json: bool, total: usize, published: usize, duplicates: usize, rejected: usize) {
+    if json {
+        println!("{}", serde_json::json!({"events": total, "published": published, "duplicates": duplicates, "rejected": rejected}));
+    } else {
+        println!("events: {total}, published: {published}, suppressed as duplicates by the broker: {duplicates}, rejected: {rejected}");
+    }
+}
+
+fn print_dry_run(events: &[MirrorEvent], json: bool) {
+    let mut by_type = std::collections::BTreeMap::new();
+    for e in events {
+        *by_type.entry(e.event_type().as_str()).or_insert(0usize) += 1;
+        if json {
+            println!("{}", String::from_utf8_lossy(&e.to_structured_json()));
+        } else {
+            println!("{} {} {} {}", e.id(), e.event_type(), e.subject(), mirror_schema::format_time(&e.time()));
+        }
+    }
+    if !json {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+        t.set_header(["type", "events"]);
+        for (ty, n) in &by_type {
+            t.add_row([ty.to_string(), n.to_string()]);
+        }
+        println!("{t}\n{} valid events would be published (dry run)", events.len());
+    }
+}
+
+async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
+    match cmd {
+        DlqCmd::List { limit, subscription, bus, store } => {
+            let (bus, store) = (bus.settings()?, store.settings()?);
+            let rows = with_bus!(&bus, |bus| bus.list_dead_letters(&subscription, limit).await?);
+            let sql = with_store!(&store, |store| store.list_dead_letters(10_000).await?);
+            let replays: std::collections::HashMap<String, u32> = sql.iter().map(|r| (r.record.key.clone(), r.replay_count)).collect();
+            if json {
+                let out: Vec<_> = rows
+                    .iter()
+                    .map(|d| {
+                        let (id, ty, subject) = peek_attributes(&d.message);
+                        let key = dead_letter_key(id, &d.message);
+                        serde_json::json!({
+                            "handle": d.handle, "key": key, "type": ty, "subject": subject,
+                            "reason": d.reason, "description": d.description, "attempts": d.attempts,
+                            "dead_lettered_at": d.dead_lettered_at, "replays": replays.get(&key).copied().unwrap_or(0),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                let mut t = comfy_table::Table::new();
+                t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+                t.set_header(["handle", "event id / key", "type", "subject", "reason", "attempts", "dead-lettered at", "replays"]);
+                for d in &rows {
+                    let (id, ty, subject) = peek_attributes(&d.message);
+                    let key = dead_letter_key(id, &d.message);
+                    t.add_row([
+                        d.handle.clone(),
+                        key.clone(),
+                        ty.unwrap_or_default(),
+                        subject.unwrap_or_default(),
+                        d.reason.clone(),
+                        d.attempts.to_string(),
+                        d.dead_lettered_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                        replays.get(&key).copied().unwrap_or(0).to_string(),
+                    ]);
+                }
+                println!("{t}\n{} dead-lettered message(s) in `{subscription}`", rows.len());
+            }
+            Ok(0)
+        }
+        DlqCmd::Show { id, subscription, bus } => {
+            let bus = bus.settings()?;
+            let rows = with_bus!(&bus, |bus| bus.list_dead_letters(&subscription, 100_000).await?);
+            let Some(d) = rows.into_iter().find(|d| d.handle == id || dead_letter_key(peek_attributes(&d.message).0, &d.message) == id) else {
+                bail!("no dead-lettered message `{id}` in `{subscription}`");
+            };
+            let body: serde_json::Value = serde_json::from_slice(&d.message.body).unwrap_or_else(|_| String::from_utf8_lossy(&d.message.body).into());
+            let out = serde_json::json!({
+                "handle": d.handle, "original_message_id": d.original_message_id, "reason": d.reason,
+                "description": d.description, "attempts": d.attempts, "dead_lettered_at": d.dead_lettered_at,
+                "content_type": d.message.content_type, "body": body,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(0)
+        }
+        DlqCmd::Replay {
+            reason,
+            event_type,
+            since,
+            limit,
+            dry_run,
+            subscription,
+            bus,
+            store,
+        } => {
+            let (bus, store) = (bus.settings()?, store.settings()?);
+            let replayed = with_store!(&store, |store| {
+                with_bus!(&bus, |bus| {
+                    replay(&bus, &store, &subscription, limit, reason.as_deref(), event_type.as_deref(), since, dry_run, json).await?
+                })
+            });
+            if !json {
+                println!("{} message(s) {}", replayed, if dry_run { "would be replayed (dry run)" } else { "replayed" });
+            }
+            Ok(0)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn replay<B: EventBus, S: MirrorStore>(
+    bus: &B,
+    store: &S,
+    subscription: &str,
+    limit: usize,
+    reason: Option<&str>,
+    event_type: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    dry_run: bool,
+    json: bool,
+) -> Result<usize> {
+    let rows = bus.list_dead_letters(subscription, limit).await?;
+    let sql = store.list_dead_letters(100_000).await?;
+    let replays: std::collections::HashMap<String, u32> = sql.iter().map(|r| (r.record.key.clone(), r.replay_count)).collect();
+    let mut count = 0;
+    let started = Instant::now();
+    for d in rows {
+        let (id, ty, subject) = peek_attributes(&d.message);
+        if reason.is_some_and(|r| r != d.reason) || event_type.is_some_and(|t| Some(t) != ty.as_deref()) {
+            continue;
+        }
+        if let (Some(since), Some(at)) = (since, d.dead_lettered_at) {
+            if at < since {
+                continue;
+            }
+        }
+        let key = dead_letter_key(id, &d.message);
+        let n = replays.get(&key).copied().unwrap_or(0) + 1;
+        let original = d.original_message_id.clone().unwrap_or_else(|| key.clone());
+        if json {
+            println!("{}", serde_json::json!({"handle": d.handle, "key": key, "type": ty, "subject": subject, "reason": d.reason, "replay": n, "dry_run": dry_run}));
+        } else {
+            println!("{} {} {} {} (reason {}, replay #{n})", if dry_run { "would replay" } else { "replaying" }, key, ty.as_deref().unwrap_or("?"), subject.as_deref().unwrap_or("?"), d.reason);
+        }
+        count += 1;
+        if dry_run {
+            continue;
+        }
+        // A new broker message id so duplicate detection does not drop the replay;
+        // the event id inside is unchanged, so the SQL ledger still deduplicates.
+        let message = OutboundMessage {
+            message_id: format!("{original}.replay.{n}"),
+            partition_key: None,
+            message: d.message.clone(),
+        };
+        bus.publish(&message).await?;
+        if let Err(e) = store.record_replay(&key, Utc::now()).await {
+            tracing::warn!(key, error = %e, "replayed, but could not record the replay in SQL");
+        }
+        bus.remove_dead_letter(subscription, &d.handle).await?;
+    }
+    tracing::info!(count, took_ms = started.elapsed().as_millis() as u64, "replay done");
+    Ok(count)
+}

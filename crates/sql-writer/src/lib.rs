@@ -6,6 +6,7 @@
 //! `main.rs` picks the adapters from [`config::Settings`] and calls
 //! [`writer::run`].
 
+pub mod adapters;
 pub mod config;
 pub mod policy;
 pub mod telemetry;
