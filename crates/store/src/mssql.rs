@@ -782,7 +782,7 @@ impl MirrorStore for MssqlStore {
                     "SET XACT_ABORT ON;
                      BEGIN TRANSACTION;
                      UPDATE dbo.RealtimeMirrorCheckpoint WITH (UPDLOCK, SERIALIZABLE)
-                     SET LastProcessedAt = @P3, CursorToken = @P4, UpdatedAt = SYSDATETIMEOFFSET()
+                     SET LastProcessedAt = @P3, CursorToken = @P4, UpdatedAt = TODATETIMEOFFSET(SYSUTCDATETIME(), 0)
                      WHERE Module = @P1 AND Shard = @P2;
                      IF @@ROWCOUNT = 0
                          INSERT INTO dbo.RealtimeMirrorCheckpoint (Module, Shard, LastProcessedAt, CursorToken)
