@@ -22,6 +22,20 @@
 --   sorted by their UTF-8 bytes and joined by `,`, hashed as UTF-8 (see
 --   sp_StoreMirror_UpsertDmConversation).
 --
+-- Locking (no MERGE anywhere): every procedure first takes sp_getapplock
+-- (Exclusive, owned by the transaction) on its entity key: the conversation
+-- key, then the message key for messages; the block key; the follow edge key.
+-- Every write to an entity's rows, its ledger entries (an event id is derived
+-- from its subject, so a duplicate always targets the same entity), the
+-- conversation's participants and its derived summary happens under that
+-- lock, so concurrent writers of one entity are serialized and the
+-- check-then-insert/update cannot race. Rows are then read WITH (UPDLOCK).
+-- HOLDLOCK is deliberately not used: its key-range locks would add nothing
+-- under the applock, and inside a multi-event batch transaction they make
+-- unrelated events whose keys share an index gap block and deadlock.
+-- Lock order is always: entity applocks (conversation before message), then
+-- rows; a deadlock still surfaces as 1205 or 51205, both transient.
+--
 -- Error numbers THROWn by the procedures (permanent rejections unless noted;
 -- also listed in crates/store/src/mssql.rs and docs/sqlserver.md):
 --   50001  event id is null

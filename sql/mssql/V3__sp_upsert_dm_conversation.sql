@@ -16,7 +16,8 @@
 -- the bytes hashed are the UTF-8 bytes whatever the database collation is.
 --
 -- Locking: sp_getapplock on the conversation key (Exclusive, transaction
--- owned), then the ledger row and the conversation row with UPDLOCK, HOLDLOCK.
+-- owned), then the ledger and the conversation row read WITH (UPDLOCK); see
+-- "Locking" in V1__tables.sql.
 CREATE OR ALTER PROCEDURE dbo.sp_StoreMirror_UpsertDmConversation (
     @EventId UNIQUEIDENTIFIER,
     @EventType NVARCHAR(64),
@@ -93,7 +94,7 @@ BEGIN
     IF APPLOCK_MODE(N'public', @ConversationLock, N'Transaction') <> N'Exclusive'
         THROW 51205, N'the conversation lock was not granted (deadlock victim or cancelled); retry', 1;
 
-    IF EXISTS (SELECT 1 FROM dbo.AppliedEvent WITH (UPDLOCK, HOLDLOCK) WHERE EventId = @EventId)
+    IF EXISTS (SELECT 1 FROM dbo.AppliedEvent WITH (UPDLOCK) WHERE EventId = @EventId)
     BEGIN
         COMMIT TRANSACTION;
         SELECT N'duplicate' AS Outcome;
@@ -103,7 +104,7 @@ BEGIN
     SELECT @ConversationId = c.ConversationId,
            @StoredVersion = c.SourceVersion,
            @StoredEventId = c.LastSyncedEventId
-    FROM dbo.DmConversation AS c WITH (UPDLOCK, HOLDLOCK)
+    FROM dbo.DmConversation AS c WITH (UPDLOCK)
     WHERE c.FirestoreId = @ConversationFirestoreId;
 
     -- (time, id) must be strictly newer; a placeholder has no version.

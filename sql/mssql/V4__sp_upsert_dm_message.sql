@@ -11,7 +11,8 @@
 -- payload has deletedAt, else 'edit'; PerformedBy = the author.
 --
 -- Locking: conversation key, then message key (sp_getapplock, Exclusive,
--- transaction owned), then the ledger and entity rows with UPDLOCK, HOLDLOCK.
+-- transaction owned), then the ledger and entity rows read WITH (UPDLOCK);
+-- see "Locking" in V1__tables.sql.
 CREATE OR ALTER PROCEDURE dbo.sp_StoreMirror_UpsertDmMessage (
     @EventId UNIQUEIDENTIFIER,
     @EventType NVARCHAR(64),
@@ -70,7 +71,7 @@ BEGIN
     IF APPLOCK_MODE(N'public', @MessageLock, N'Transaction') <> N'Exclusive'
         THROW 51205, N'the message lock was not granted (deadlock victim or cancelled); retry', 1;
 
-    IF EXISTS (SELECT 1 FROM dbo.AppliedEvent WITH (UPDLOCK, HOLDLOCK) WHERE EventId = @EventId)
+    IF EXISTS (SELECT 1 FROM dbo.AppliedEvent WITH (UPDLOCK) WHERE EventId = @EventId)
     BEGIN
         COMMIT TRANSACTION;
         SELECT N'duplicate' AS Outcome;
@@ -79,7 +80,7 @@ BEGIN
 
     -- Parents may come late: a placeholder conversation, completed by its own event.
     SELECT @ConversationId = c.ConversationId
-    FROM dbo.DmConversation AS c WITH (UPDLOCK, HOLDLOCK)
+    FROM dbo.DmConversation AS c WITH (UPDLOCK)
     WHERE c.FirestoreId = @ConversationFirestoreId;
     IF @ConversationId IS NULL
     BEGIN
@@ -91,7 +92,7 @@ BEGIN
     SELECT @MessageId = m.MessageId,
            @StoredVersion = m.SourceVersion,
            @StoredEventId = m.EventId
-    FROM dbo.DmMessage AS m WITH (UPDLOCK, HOLDLOCK)
+    FROM dbo.DmMessage AS m WITH (UPDLOCK)
     WHERE m.ConversationId = @ConversationId AND m.FirestoreId = @MessageFirestoreId;
 
     IF @MessageId IS NOT NULL

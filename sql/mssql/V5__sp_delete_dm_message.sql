@@ -57,7 +57,7 @@ BEGIN
     IF APPLOCK_MODE(N'public', @MessageLock, N'Transaction') <> N'Exclusive'
         THROW 51205, N'the message lock was not granted (deadlock victim or cancelled); retry', 1;
 
-    IF EXISTS (SELECT 1 FROM dbo.AppliedEvent WITH (UPDLOCK, HOLDLOCK) WHERE EventId = @EventId)
+    IF EXISTS (SELECT 1 FROM dbo.AppliedEvent WITH (UPDLOCK) WHERE EventId = @EventId)
     BEGIN
         COMMIT TRANSACTION;
         SELECT N'duplicate' AS Outcome;
@@ -65,7 +65,7 @@ BEGIN
     END;
 
     SELECT @ConversationId = c.ConversationId
-    FROM dbo.DmConversation AS c WITH (UPDLOCK, HOLDLOCK)
+    FROM dbo.DmConversation AS c WITH (UPDLOCK)
     WHERE c.FirestoreId = @ConversationFirestoreId;
     IF @ConversationId IS NULL
     BEGIN
@@ -77,7 +77,7 @@ BEGIN
     SELECT @MessageId = m.MessageId,
            @StoredVersion = m.SourceVersion,
            @StoredEventId = m.EventId
-    FROM dbo.DmMessage AS m WITH (UPDLOCK, HOLDLOCK)
+    FROM dbo.DmMessage AS m WITH (UPDLOCK)
     WHERE m.ConversationId = @ConversationId AND m.FirestoreId = @MessageFirestoreId;
 
     IF @MessageId IS NOT NULL

@@ -45,7 +45,7 @@ BEGIN
     IF APPLOCK_MODE(N'public', @BlockLock, N'Transaction') <> N'Exclusive'
         THROW 51205, N'the block lock was not granted (deadlock victim or cancelled); retry', 1;
 
-    IF EXISTS (SELECT 1 FROM dbo.AppliedEvent WITH (UPDLOCK, HOLDLOCK) WHERE EventId = @EventId)
+    IF EXISTS (SELECT 1 FROM dbo.AppliedEvent WITH (UPDLOCK) WHERE EventId = @EventId)
     BEGIN
         COMMIT TRANSACTION;
         SELECT N'duplicate' AS Outcome;
@@ -55,7 +55,7 @@ BEGIN
     SELECT @Exists = 1,
            @StoredVersion = b.SourceVersion,
            @StoredEventId = b.EventId
-    FROM dbo.DmBlock AS b WITH (UPDLOCK, HOLDLOCK)
+    FROM dbo.DmBlock AS b WITH (UPDLOCK)
     WHERE b.UserId = @UserId AND b.TargetUserId = @TargetUserId;
 
     IF @Exists = 1

@@ -52,7 +52,7 @@ BEGIN
     IF APPLOCK_MODE(N'public', @EdgeLock, N'Transaction') <> N'Exclusive'
         THROW 51205, N'the follow edge lock was not granted (deadlock victim or cancelled); retry', 1;
 
-    IF EXISTS (SELECT 1 FROM dbo.AppliedEvent WITH (UPDLOCK, HOLDLOCK) WHERE EventId = @EventId)
+    IF EXISTS (SELECT 1 FROM dbo.AppliedEvent WITH (UPDLOCK) WHERE EventId = @EventId)
     BEGIN
         COMMIT TRANSACTION;
         SELECT N'duplicate' AS Outcome;
@@ -63,7 +63,7 @@ BEGIN
            @StoredVersion = e.SourceVersion,
            @StoredEventId = e.EventId,
            @PrevState = e.State
-    FROM dbo.FollowEdge AS e WITH (UPDLOCK, HOLDLOCK)
+    FROM dbo.FollowEdge AS e WITH (UPDLOCK)
     WHERE e.FollowerUserId = @FollowerUserId AND e.TargetUserId = @TargetUserId;
 
     IF @Exists = 1
