@@ -55,17 +55,37 @@ pub(super) async fn publish(
         (_, Some(seq)) => format!("seq-{seq}"),
         _ => uuid::Uuid::new_v4().to_string(),
     };
-    wire::set(&mut headers, OP, wire::MSG_ID, &format!("dlq:{subscription}:{dedupe_key}"))?;
-    wire::set(&mut headers, OP, wire::DL_REASON, &wire::single_line(&why.reason, wire::MAX_REASON))?;
+    wire::set(
+        &mut headers,
+        OP,
+        wire::MSG_ID,
+        &format!("dlq:{subscription}:{dedupe_key}"),
+    )?;
+    wire::set(
+        &mut headers,
+        OP,
+        wire::DL_REASON,
+        &wire::single_line(&why.reason, wire::MAX_REASON),
+    )?;
     wire::set(
         &mut headers,
         OP,
         wire::DL_DESCRIPTION,
         &wire::single_line(&why.description, wire::MAX_DESCRIPTION),
     )?;
-    wire::set(&mut headers, OP, wire::DL_ATTEMPTS, &why.attempts.to_string())?;
+    wire::set(
+        &mut headers,
+        OP,
+        wire::DL_ATTEMPTS,
+        &why.attempts.to_string(),
+    )?;
     if let Some(id) = original.message_id {
-        wire::set(&mut headers, OP, wire::DL_ORIGINAL_ID, &wire::single_line(id, 1024))?;
+        wire::set(
+            &mut headers,
+            OP,
+            wire::DL_ORIGINAL_ID,
+            &wire::single_line(id, 1024),
+        )?;
     }
     if let Some(seq) = original.stream_sequence {
         wire::set(&mut headers, OP, wire::DL_STREAM_SEQ, &seq.to_string())?;
@@ -115,10 +135,16 @@ pub(super) async fn publish(
 }
 
 /// Up to `limit` entries of `subscription`'s dead-letter queue, oldest first.
-pub(super) async fn list(bus: &JetStreamBus, subscription: &str, limit: usize) -> Result<Vec<DeadLettered>, BusError> {
+pub(super) async fn list(
+    bus: &JetStreamBus,
+    subscription: &str,
+    limit: usize,
+) -> Result<Vec<DeadLettered>, BusError> {
     const OP: &str = "list dead letters";
     if !is_valid_name(subscription) {
-        return Err(BusError::Config(format!("`{subscription}` is not a valid subscription name")));
+        return Err(BusError::Config(format!(
+            "`{subscription}` is not a valid subscription name"
+        )));
     }
     let name = bus.config().dead_letter_stream();
     let stream = bus
@@ -130,13 +156,28 @@ pub(super) async fn list(bus: &JetStreamBus, subscription: &str, limit: usize) -
     let mut out = Vec::new();
     let mut next = 1u64;
     while out.len() < limit {
-        match stream.get_first_raw_message_by_subject(&subject, next).await {
+        match stream
+            .get_first_raw_message_by_subject(&subject, next)
+            .await
+        {
             Ok(m) => {
                 next = m.sequence + 1;
                 out.push(entry(m));
             }
-            Err(e) if matches!(e.kind(), async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound) => break,
-            Err(e) => return Err(BusError::op(OP, format!("stream `{name}` subject `{subject}`: {e}"))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                break
+            }
+            Err(e) => {
+                return Err(BusError::op(
+                    OP,
+                    format!("stream `{name}` subject `{subject}`: {e}"),
+                ))
+            }
         }
     }
     Ok(out)
@@ -149,15 +190,23 @@ fn entry(m: async_nats::jetstream::message::StreamMessage) -> DeadLettered {
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&chrono::Utc))
         .or_else(|| {
-            chrono::DateTime::from_timestamp_nanos(i64::try_from(m.time.unix_timestamp_nanos()).unwrap_or(i64::MAX))
-                .into()
+            chrono::DateTime::from_timestamp_nanos(
+                i64::try_from(m.time.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+            )
+            .into()
         });
     DeadLettered {
         handle: m.sequence.to_string(),
         original_message_id: wire::get(h, wire::DL_ORIGINAL_ID).map(str::to_owned),
-        reason: wire::get(h, wire::DL_REASON).unwrap_or("unknown").to_owned(),
-        description: wire::get(h, wire::DL_DESCRIPTION).unwrap_or_default().to_owned(),
-        attempts: wire::get(h, wire::DL_ATTEMPTS).and_then(|a| a.parse().ok()).unwrap_or(0),
+        reason: wire::get(h, wire::DL_REASON)
+            .unwrap_or("unknown")
+            .to_owned(),
+        description: wire::get(h, wire::DL_DESCRIPTION)
+            .unwrap_or_default()
+            .to_owned(),
+        attempts: wire::get(h, wire::DL_ATTEMPTS)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0),
         dead_lettered_at,
         message,
     }
@@ -165,11 +214,18 @@ fn entry(m: async_nats::jetstream::message::StreamMessage) -> DeadLettered {
 
 /// Delete entry `handle` of `subscription`'s dead-letter queue. Removing an
 /// entry that is already gone succeeds; removing another subscription's does not.
-pub(super) async fn remove(bus: &JetStreamBus, subscription: &str, handle: &str) -> Result<(), BusError> {
+pub(super) async fn remove(
+    bus: &JetStreamBus,
+    subscription: &str,
+    handle: &str,
+) -> Result<(), BusError> {
     const OP: &str = "remove dead letter";
-    let seq: u64 = handle
-        .parse()
-        .map_err(|_| BusError::op(OP, format!("handle `{handle}` is not a dead-letter stream sequence")))?;
+    let seq: u64 = handle.parse().map_err(|_| {
+        BusError::op(
+            OP,
+            format!("handle `{handle}` is not a dead-letter stream sequence"),
+        )
+    })?;
     let name = bus.config().dead_letter_stream();
     let stream = bus
         .js()
@@ -180,11 +236,21 @@ pub(super) async fn remove(bus: &JetStreamBus, subscription: &str, handle: &str)
         Ok(m) if m.subject.as_str() != bus.config().dead_letter_subject(subscription) => {
             return Err(BusError::op(
                 OP,
-                format!("entry {seq} of `{name}` belongs to `{}`, not `{subscription}`", m.subject),
+                format!(
+                    "entry {seq} of `{name}` belongs to `{}`, not `{subscription}`",
+                    m.subject
+                ),
             ));
         }
         Ok(_) => {}
-        Err(e) if matches!(e.kind(), async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound) => return Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
+            ) =>
+        {
+            return Ok(())
+        }
         Err(e) => return Err(BusError::op(OP, format!("entry {seq} of `{name}`: {e}"))),
     }
     match stream.delete_message(seq).await {
@@ -226,10 +292,15 @@ impl std::fmt::Debug for MaxDeliveriesWatcher {
 pub const MAX_DELIVERIES_REASON: &str = "max_deliveries";
 
 impl MaxDeliveriesWatcher {
-    pub(super) async fn open(bus: JetStreamBus, subscription: &str) -> Result<MaxDeliveriesWatcher, BusError> {
+    pub(super) async fn open(
+        bus: JetStreamBus,
+        subscription: &str,
+    ) -> Result<MaxDeliveriesWatcher, BusError> {
         const OP: &str = "watch max deliveries";
         if !is_valid_name(subscription) {
-            return Err(BusError::Config(format!("`{subscription}` is not a valid subscription name")));
+            return Err(BusError::Config(format!(
+                "`{subscription}` is not a valid subscription name"
+            )));
         }
         let subject = format!(
             "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{subscription}",
@@ -280,7 +351,10 @@ impl MaxDeliveriesWatcher {
             tracing::warn!(subscription = %self.subscription, %advisory, "max-deliveries advisory without stream_seq");
             return;
         };
-        let deliveries = advisory.get("deliveries").and_then(|v| v.as_u64()).unwrap_or(0);
+        let deliveries = advisory
+            .get("deliveries")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=4 {
             match self.dead_letter(seq, deliveries).await {

@@ -48,8 +48,8 @@ mod wire;
 pub use dead_letter::{MaxDeliveriesWatcher, MAX_DELIVERIES_REASON};
 pub use receiver::{JetStreamDelivery, JetStreamReceiver};
 
-/// Settings of the JetStream adapter.
-#[derive(Debug, Clone, PartialEq)]
+/// Settings of the JetStream adapter. `Debug` hides passwords and tokens in `url`.
+#[derive(Clone, PartialEq)]
 pub struct JetStreamConfig {
     /// Server URL(s), comma separated (`nats://127.0.0.1:4222`).
     pub url: String,
@@ -80,12 +80,49 @@ pub struct JetStreamConfig {
     pub connect_timeout: Duration,
 }
 
+impl std::fmt::Debug for JetStreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamConfig")
+            .field("url", &redact_url(&self.url))
+            .field("topic", &self.topic)
+            .field("subscriptions", &self.subscriptions)
+            .field("duplicate_window", &self.duplicate_window)
+            .field("ack_wait", &self.ack_wait)
+            .field("max_deliver", &self.max_deliver)
+            .field("max_age", &self.max_age)
+            .field("dead_letter_max_age", &self.dead_letter_max_age)
+            .field("max_ack_pending", &self.max_ack_pending)
+            .field("redelivery_backoff", &self.redelivery_backoff)
+            .field("replicas", &self.replicas)
+            .field("api_timeout", &self.api_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// `url` with any user info (user:password, token) replaced by `***`.
+pub(crate) fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|part| match part.rsplit_once('@') {
+            Some((before, host)) => match before.split_once("://") {
+                Some((scheme, _)) => format!("{scheme}://***@{host}"),
+                None => format!("***@{host}"),
+            },
+            None => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl Default for JetStreamConfig {
     fn default() -> Self {
         JetStreamConfig {
             url: "nats://127.0.0.1:4222".to_owned(),
             topic: TOPIC.to_owned(),
-            subscriptions: vec![SQL_WRITER_SUBSCRIPTION.to_owned(), MONITORING_SUBSCRIPTION.to_owned()],
+            subscriptions: vec![
+                SQL_WRITER_SUBSCRIPTION.to_owned(),
+                MONITORING_SUBSCRIPTION.to_owned(),
+            ],
             duplicate_window: Duration::from_secs(120),
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
@@ -125,11 +162,16 @@ impl JetStreamConfig {
         }
         for s in &self.subscriptions {
             if !is_valid_name(s) {
-                return bad(format!("jetstream subscription `{s}` is not a valid consumer name"));
+                return bad(format!(
+                    "jetstream subscription `{s}` is not a valid consumer name"
+                ));
             }
         }
         if self.ack_wait < Duration::from_millis(100) {
-            return bad(format!("jetstream ack_wait {:?} is below 100ms", self.ack_wait));
+            return bad(format!(
+                "jetstream ack_wait {:?} is below 100ms",
+                self.ack_wait
+            ));
         }
         if self.max_deliver == 0 {
             return bad("jetstream max_deliver must be at least 1".into());
@@ -151,7 +193,10 @@ impl JetStreamConfig {
             ));
         }
         if self.replicas == 0 || self.replicas > 5 {
-            return bad(format!("jetstream replicas {} must be 1..=5", self.replicas));
+            return bad(format!(
+                "jetstream replicas {} must be 1..=5",
+                self.replicas
+            ));
         }
         if self.max_ack_pending == 0 {
             return bad("jetstream max_ack_pending must be at least 1".into());
@@ -164,9 +209,9 @@ impl JetStreamConfig {
 fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 200
-        && !name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+        && !name.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\')
+        })
 }
 
 /// A connection to JetStream. Cheap to clone.
@@ -184,7 +229,7 @@ struct Inner {
 impl std::fmt::Debug for JetStreamBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JetStreamBus")
-            .field("url", &self.inner.config.url)
+            .field("url", &redact_url(&self.inner.config.url))
             .field("topic", &self.inner.config.topic)
             .finish_non_exhaustive()
     }
@@ -199,11 +244,16 @@ impl JetStreamBus {
             .name(format!("realtime-mirror/{}", config.topic))
             .connection_timeout(config.connect_timeout)
             .request_timeout(Some(config.api_timeout));
-        let addrs: Vec<&str> = config.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let addrs: Vec<&str> = config
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         let client = options
             .connect(addrs.as_slice())
             .await
-            .map_err(|e| BusError::Connect(format!("nats at {}: {e}", config.url)))?;
+            .map_err(|e| BusError::Connect(format!("nats at {}: {e}", redact_url(&config.url))))?;
         let js = jetstream::ContextBuilder::new()
             .timeout(config.api_timeout)
             .build(client.clone());
@@ -249,7 +299,10 @@ impl JetStreamBus {
         let c = &self.inner.config;
         stream::Config {
             name: c.dead_letter_stream(),
-            description: Some(format!("dead-lettered messages of `{}`, one subject per subscription", c.topic)),
+            description: Some(format!(
+                "dead-lettered messages of `{}`, one subject per subscription",
+                c.topic
+            )),
             subjects: vec![format!("{}.>", c.dead_letter_stream())],
             retention: stream::RetentionPolicy::Limits,
             discard: stream::DiscardPolicy::Old,
@@ -282,8 +335,16 @@ impl JetStreamBus {
         let js = &self.inner.js;
         let name = wanted.name.clone();
         let existing = match js.get_stream(&name).await {
-            Ok(mut s) => Some(s.info().await.map_err(|e| stream_op("stream info", &name, e))?.config.clone()),
-            Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.code() == 404) => None,
+            Ok(mut s) => Some(
+                s.info()
+                    .await
+                    .map_err(|e| stream_op("stream info", &name, e))?
+                    .config
+                    .clone(),
+            ),
+            Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.code() == 404) => {
+                None
+            }
             Err(e) => return Err(stream_op("get stream", &name, e)),
         };
         let existing = match existing {
@@ -325,7 +386,12 @@ impl JetStreamBus {
         let wanted = self.consumer_config(subscription);
         // CONSUMER.CREATE is create-or-update: identical config is a no-op, and
         // ack_wait / max_deliver / backoff changes are applied in place.
-        match self.inner.js.create_consumer_on_stream(wanted, &c.topic).await {
+        match self
+            .inner
+            .js
+            .create_consumer_on_stream(wanted, &c.topic)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => {
                 // Exists with settings the server will not change in place: keep it.
@@ -340,7 +406,10 @@ impl JetStreamBus {
                         tracing::warn!(subscription, error = %e, "consumer exists with other settings; leaving it as is");
                         Ok(())
                     }
-                    Err(_) => Err(BusError::op("create consumer", format!("`{subscription}` on `{}`: {e}", c.topic))),
+                    Err(_) => Err(BusError::op(
+                        "create consumer",
+                        format!("`{subscription}` on `{}`: {e}", c.topic),
+                    )),
                 }
             }
         }
@@ -351,7 +420,10 @@ impl JetStreamBus {
     /// subscription is live when this returns; drive it with
     /// [`MaxDeliveriesWatcher::run`] (usually `tokio::spawn`ed next to the
     /// consumer loop).
-    pub async fn max_deliveries_watcher(&self, subscription: &str) -> Result<MaxDeliveriesWatcher, BusError> {
+    pub async fn max_deliveries_watcher(
+        &self,
+        subscription: &str,
+    ) -> Result<MaxDeliveriesWatcher, BusError> {
         MaxDeliveriesWatcher::open(self.clone(), subscription).await
     }
 
@@ -406,7 +478,11 @@ impl EventBus for JetStreamBus {
         JetStreamReceiver::open(self.clone(), subscription).await
     }
 
-    async fn list_dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLettered>, BusError> {
+    async fn list_dead_letters(
+        &self,
+        subscription: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLettered>, BusError> {
         dead_letter::list(self, subscription, limit).await
     }
 
@@ -415,7 +491,11 @@ impl EventBus for JetStreamBus {
     }
 }
 
-fn publish_error(message_id: &str, size: usize, e: async_nats::jetstream::context::PublishError) -> BusError {
+fn publish_error(
+    message_id: &str,
+    size: usize,
+    e: async_nats::jetstream::context::PublishError,
+) -> BusError {
     match e.kind() {
         jetstream::context::PublishErrorKind::MaxPayloadExceeded => BusError::TooLarge {
             message_id: message_id.to_owned(),
@@ -437,4 +517,121 @@ fn is_not_found(e: &impl std::fmt::Display) -> bool {
 fn is_already_exists(e: &impl std::fmt::Display) -> bool {
     let s = e.to_string();
     s.contains("already in use") || s.contains("already exists") || s.contains("10058")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_plans() {
+        let c = JetStreamConfig::default();
+        assert_eq!(c.topic, "realtime-mirror");
+        assert_eq!(c.dead_letter_stream(), "realtime-mirror-deadletter");
+        assert_eq!(
+            c.dead_letter_subject("sql-writer"),
+            "realtime-mirror-deadletter.sql-writer"
+        );
+        assert_eq!(c.duplicate_window, Duration::from_secs(120));
+        assert_eq!(c.ack_wait, Duration::from_secs(30));
+        assert_eq!(c.max_deliver, 5);
+        assert_eq!(c.max_age, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.subscriptions, ["sql-writer", "monitoring"]);
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases: Vec<(JetStreamConfig, &str)> = vec![
+            (
+                JetStreamConfig {
+                    topic: "a.b".into(),
+                    ..Default::default()
+                },
+                "topic",
+            ),
+            (
+                JetStreamConfig {
+                    topic: "".into(),
+                    ..Default::default()
+                },
+                "topic",
+            ),
+            (
+                JetStreamConfig {
+                    subscriptions: vec!["x y".into()],
+                    ..Default::default()
+                },
+                "subscription",
+            ),
+            (
+                JetStreamConfig {
+                    max_deliver: 0,
+                    ..Default::default()
+                },
+                "max_deliver",
+            ),
+            (
+                JetStreamConfig {
+                    ack_wait: Duration::ZERO,
+                    ..Default::default()
+                },
+                "ack_wait",
+            ),
+            (
+                JetStreamConfig {
+                    duplicate_window: Duration::from_secs(8 * 24 * 3600),
+                    ..Default::default()
+                },
+                "duplicate_window",
+            ),
+            (
+                JetStreamConfig {
+                    redelivery_backoff: vec![Duration::from_secs(1); 6],
+                    ..Default::default()
+                },
+                "redelivery_backoff",
+            ),
+            (
+                JetStreamConfig {
+                    replicas: 0,
+                    ..Default::default()
+                },
+                "replicas",
+            ),
+            (
+                JetStreamConfig {
+                    url: " ".into(),
+                    ..Default::default()
+                },
+                "url",
+            ),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().expect_err(field);
+            assert!(matches!(err, BusError::Config(_)), "{err}");
+            assert!(
+                err.to_string().contains(field),
+                "`{err}` should name `{field}`"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_hides_credentials() {
+        let c = JetStreamConfig {
+            url: "nats://writer:hunter2@nats-1:4222,tls://s3cr3t@nats-2:4222,nats://plain:4222"
+                .into(),
+            ..Default::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("nats://***@nats-1:4222,tls://***@nats-2:4222,nats://plain:4222"),
+            "{shown}"
+        );
+    }
 }

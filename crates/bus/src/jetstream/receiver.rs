@@ -1,11 +1,12 @@
 //! Pull-consumer receiver and the settlement of one delivery.
 //!
-//! `receive(max, wait)` first takes what is available at once (a no-wait
-//! fetch); only if that is empty does it long-poll for a single message up to
-//! `wait` and then take what else is available. So a call returns as soon as
-//! something arrives instead of waiting for a full batch. If the caller drops
-//! the future during the long poll, a message the server sends meanwhile is
-//! lost in flight and redelivered after `ack_wait` (at-least-once holds).
+//! `receive(max, wait)` is one pull request, no-wait with `expires = wait`:
+//! the server answers as soon as it has delivered what is available (up to
+//! `max`) or, when nothing is, waits up to `wait` for the first message. So a
+//! call returns as soon as something arrives instead of waiting for a full
+//! batch. If the caller drops the future while the request is open, a message
+//! the server sends meanwhile is lost in flight and redelivered after
+//! `ack_wait` (at-least-once holds).
 //!
 //! Every settlement is a double ack: the call returns once the server has
 //! confirmed it, so `complete` returning `Ok` means the ack is stored.
@@ -43,9 +44,14 @@ enum Pulled {
 }
 
 impl JetStreamReceiver {
-    pub(super) async fn open(bus: JetStreamBus, subscription: &str) -> Result<JetStreamReceiver, BusError> {
+    pub(super) async fn open(
+        bus: JetStreamBus,
+        subscription: &str,
+    ) -> Result<JetStreamReceiver, BusError> {
         if !is_valid_name(subscription) {
-            return Err(BusError::Config(format!("`{subscription}` is not a valid subscription name")));
+            return Err(BusError::Config(format!(
+                "`{subscription}` is not a valid subscription name"
+            )));
         }
         let topic = bus.config().topic.clone();
         let stream = bus
@@ -56,7 +62,9 @@ impl JetStreamReceiver {
         let consumer: PullConsumer = stream.get_consumer(subscription).await.map_err(|e| {
             BusError::op(
                 "subscribe",
-                format!("subscription `{subscription}` on `{topic}`: {e} (has ensure_topology run?)"),
+                format!(
+                    "subscription `{subscription}` on `{topic}`: {e} (has ensure_topology run?)"
+                ),
             )
         })?;
         Ok(JetStreamReceiver {
@@ -66,21 +74,35 @@ impl JetStreamReceiver {
         })
     }
 
-    async fn pull(&self, max: usize, wait: Option<Duration>) -> Result<Pulled, BusError> {
+    /// One pull request: no-wait (the server answers at once when nothing is
+    /// pending) with `expires` = `wait` (otherwise it holds the request open
+    /// until it can deliver, and returns as soon as it has delivered any).
+    async fn pull(&self, max: usize, wait: Duration) -> Result<Pulled, BusError> {
         let op = "receive";
-        let batch = match wait {
-            None => self.consumer.fetch().max_messages(max).messages().await,
-            Some(wait) => self.consumer.batch().max_messages(max).expires(wait).messages().await,
+        let mut fetch = self.consumer.fetch().max_messages(max);
+        if wait >= Duration::from_millis(10) {
+            fetch = fetch.expires(wait);
         }
-        .map_err(|e| BusError::op(op, format!("subscription `{}`: {e}", self.subscription)))?;
-        let budget = wait.unwrap_or_default() + self.bus.config().api_timeout;
-        let deadline = tokio::time::Instant::now() + budget;
+        let batch = fetch
+            .messages()
+            .await
+            .map_err(|e| BusError::op(op, format!("subscription `{}`: {e}", self.subscription)))?;
+        // The server ends the request itself; this only bounds a lost terminator.
+        let deadline = tokio::time::Instant::now() + wait + Duration::from_secs(2);
         let mut batch = std::pin::pin!(batch);
-        let mut out = Vec::new();
+        let mut out: Vec<JetStreamDelivery> = Vec::new();
         loop {
             match tokio::time::timeout_at(deadline, batch.next()).await {
                 Err(_) | Ok(None) => break,
-                Ok(Some(Ok(message))) => out.push(JetStreamDelivery::new(self.bus.clone(), &self.subscription, message)),
+                Ok(Some(Ok(message))) => {
+                    let d = JetStreamDelivery::new(self.bus.clone(), &self.subscription, message);
+                    // A lock that expired while the request was open brings the
+                    // same message again: keep only its latest delivery.
+                    out.retain(|o| {
+                        o.stream_sequence.is_none() || o.stream_sequence != d.stream_sequence
+                    });
+                    out.push(d);
+                }
                 Ok(Some(Err(e))) => {
                     let text = e.to_string();
                     if !out.is_empty() {
@@ -90,7 +112,10 @@ impl JetStreamReceiver {
                     if text.contains("409") || text.contains("Exceeded") {
                         return Ok(Pulled::Busy(text));
                     }
-                    return Err(BusError::op(op, format!("subscription `{}`: {text}", self.subscription)));
+                    return Err(BusError::op(
+                        op,
+                        format!("subscription `{}`: {text}", self.subscription),
+                    ));
                 }
             }
         }
@@ -101,48 +126,35 @@ impl JetStreamReceiver {
 impl Receiver for JetStreamReceiver {
     type Delivery = JetStreamDelivery;
 
-    async fn receive(&mut self, max: usize, wait: Duration) -> Result<Vec<JetStreamDelivery>, BusError> {
+    async fn receive(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<JetStreamDelivery>, BusError> {
         if max == 0 {
             return Ok(Vec::new());
         }
         let started = tokio::time::Instant::now();
-        match self.pull(max, None).await? {
-            Pulled::Messages(m) if !m.is_empty() => return Ok(m),
-            Pulled::Messages(_) => {}
+        match self.pull(max, wait).await? {
+            Pulled::Messages(m) => Ok(m),
             Pulled::Busy(why) => {
                 // Nothing can be delivered until something is settled; don't spin.
                 tracing::debug!(subscription = %self.subscription, why, "pull refused");
-                tokio::time::sleep(wait).await;
-                return Ok(Vec::new());
-            }
-        }
-        let remaining = wait.saturating_sub(started.elapsed());
-        if remaining < Duration::from_millis(10) {
-            return Ok(Vec::new());
-        }
-        let mut out = match self.pull(1, Some(remaining)).await? {
-            Pulled::Messages(m) => m,
-            Pulled::Busy(_) => {
                 tokio::time::sleep(wait.saturating_sub(started.elapsed())).await;
-                return Ok(Vec::new());
-            }
-        };
-        if !out.is_empty() && max > 1 {
-            if let Pulled::Messages(more) = self.pull(max - 1, None).await? {
-                out.extend(more);
+                Ok(Vec::new())
             }
         }
-        Ok(out)
     }
 
     /// `pending` = not yet delivered; `in_flight` = delivered and unsettled,
     /// which on JetStream also counts messages waiting out a `retry` delay.
     async fn backlog(&mut self) -> Result<Option<Backlog>, BusError> {
-        let info = self
-            .consumer
-            .get_info()
-            .await
-            .map_err(|e| BusError::op("backlog", format!("subscription `{}`: {e}", self.subscription)))?;
+        let info = self.consumer.get_info().await.map_err(|e| {
+            BusError::op(
+                "backlog",
+                format!("subscription `{}`: {e}", self.subscription),
+            )
+        })?;
         Ok(Some(Backlog {
             pending: info.num_pending,
             in_flight: info.num_ack_pending as u64,
@@ -173,12 +185,23 @@ impl std::fmt::Debug for JetStreamDelivery {
 }
 
 impl JetStreamDelivery {
-    fn new(bus: JetStreamBus, subscription: &str, message: jetstream::Message) -> JetStreamDelivery {
+    fn new(
+        bus: JetStreamBus,
+        subscription: &str,
+        message: jetstream::Message,
+    ) -> JetStreamDelivery {
         let (delivery_count, stream_sequence) = match message.info() {
-            Ok(info) => (u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX), Some(info.stream_sequence)),
+            Ok(info) => (
+                u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX),
+                Some(info.stream_sequence),
+            ),
             Err(_) => (1, None),
         };
-        let (wire, message_id) = wire::inbound(message.message.headers.as_ref(), &message.message.payload, false);
+        let (wire, message_id) = wire::inbound(
+            message.message.headers.as_ref(),
+            &message.message.payload,
+            false,
+        );
         JetStreamDelivery {
             bus,
             subscription: subscription.to_owned(),
@@ -202,7 +225,8 @@ impl JetStreamDelivery {
                 format!(
                     "message `{}` (stream seq {}) on `{}`: {e}",
                     self.message_id.as_deref().unwrap_or("?"),
-                    self.stream_sequence.map_or_else(|| "?".to_owned(), |s| s.to_string()),
+                    self.stream_sequence
+                        .map_or_else(|| "?".to_owned(), |s| s.to_string()),
                     self.subscription
                 ),
             )
@@ -232,7 +256,11 @@ impl Delivery for JetStreamDelivery {
     }
 
     async fn retry(self, delay: Duration) -> Result<(), BusError> {
-        let kind = if delay.is_zero() { AckKind::Nak(None) } else { AckKind::Nak(Some(delay)) };
+        let kind = if delay.is_zero() {
+            AckKind::Nak(None)
+        } else {
+            AckKind::Nak(Some(delay))
+        };
         self.settle("retry", kind).await
     }
 

@@ -26,8 +26,15 @@ pub(super) const DL_ORIGINAL_ID: &str = "Rm-Original-Id";
 pub(super) const DL_SUBSCRIPTION: &str = "Rm-Subscription";
 pub(super) const DL_AT: &str = "Rm-Dead-Lettered-At";
 pub(super) const DL_STREAM_SEQ: &str = "Rm-Original-Stream-Seq";
-pub(super) const DEAD_LETTER_HEADERS: [&str; 7] =
-    [DL_REASON, DL_DESCRIPTION, DL_ATTEMPTS, DL_ORIGINAL_ID, DL_SUBSCRIPTION, DL_AT, DL_STREAM_SEQ];
+pub(super) const DEAD_LETTER_HEADERS: [&str; 7] = [
+    DL_REASON,
+    DL_DESCRIPTION,
+    DL_ATTEMPTS,
+    DL_ORIGINAL_ID,
+    DL_SUBSCRIPTION,
+    DL_AT,
+    DL_STREAM_SEQ,
+];
 
 /// Longest dead-letter description kept in a header, in bytes.
 pub(super) const MAX_DESCRIPTION: usize = 2048;
@@ -40,15 +47,26 @@ fn is_reserved(name: &str) -> bool {
 }
 
 pub(super) fn header_name(op: &'static str, name: &str) -> Result<HeaderName, BusError> {
-    HeaderName::from_str(name).map_err(|_| BusError::op(op, format!("`{name}` is not a valid NATS header name")))
+    HeaderName::from_str(name)
+        .map_err(|_| BusError::op(op, format!("`{name}` is not a valid NATS header name")))
 }
 
-pub(super) fn header_value(op: &'static str, name: &str, value: &str) -> Result<HeaderValue, BusError> {
-    HeaderValue::from_str(value).map_err(|_| BusError::op(op, format!("header `{name}`: value contains a line break")))
+pub(super) fn header_value(
+    op: &'static str,
+    name: &str,
+    value: &str,
+) -> Result<HeaderValue, BusError> {
+    HeaderValue::from_str(value)
+        .map_err(|_| BusError::op(op, format!("header `{name}`: value contains a line break")))
 }
 
 /// Set (replace) one header, validating name and value.
-pub(super) fn set(headers: &mut HeaderMap, op: &'static str, name: &str, value: &str) -> Result<(), BusError> {
+pub(super) fn set(
+    headers: &mut HeaderMap,
+    op: &'static str,
+    name: &str,
+    value: &str,
+) -> Result<(), BusError> {
     headers.insert(header_name(op, name)?, header_value(op, name, value)?);
     Ok(())
 }
@@ -67,7 +85,10 @@ pub(super) fn outbound_headers(message: &OutboundMessage) -> Result<HeaderMap, B
         if is_reserved(name) {
             return Err(BusError::op(
                 OP,
-                format!("message `{}`: property `{name}` uses a reserved header name", message.message_id),
+                format!(
+                    "message `{}`: property `{name}` uses a reserved header name",
+                    message.message_id
+                ),
             ));
         }
         let rendered = render(value);
@@ -80,7 +101,11 @@ pub(super) fn outbound_headers(message: &OutboundMessage) -> Result<HeaderMap, B
 pub(super) fn headers_len(headers: &HeaderMap) -> usize {
     let lines: usize = headers
         .iter()
-        .map(|(k, vs)| vs.iter().map(|v| AsRef::<str>::as_ref(k).len() + v.as_str().len() + 4).sum::<usize>())
+        .map(|(k, vs)| {
+            vs.iter()
+                .map(|v| AsRef::<str>::as_ref(k).len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
         .sum();
     if lines == 0 {
         0
@@ -90,7 +115,11 @@ pub(super) fn headers_len(headers: &HeaderMap) -> usize {
 }
 
 /// A message as it came off a stream, plus its `Nats-Msg-Id`.
-pub(super) fn inbound(headers: Option<&HeaderMap>, payload: &[u8], strip_dead_letter: bool) -> (WireMessage, Option<String>) {
+pub(super) fn inbound(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+    strip_dead_letter: bool,
+) -> (WireMessage, Option<String>) {
     let mut message = WireMessage {
         content_type: None,
         properties: Vec::new(),
@@ -105,12 +134,17 @@ pub(super) fn inbound(headers: Option<&HeaderMap>, payload: &[u8], strip_dead_le
             } else if name.eq_ignore_ascii_case(CONTENT_TYPE) {
                 message.content_type = values.last().map(|v| v.as_str().to_owned());
             } else if name.to_ascii_lowercase().starts_with("nats-")
-                || (strip_dead_letter && DEAD_LETTER_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)))
+                || (strip_dead_letter
+                    && DEAD_LETTER_HEADERS
+                        .iter()
+                        .any(|h| h.eq_ignore_ascii_case(name)))
             {
                 continue;
             } else {
                 for v in values {
-                    message.properties.push((name.to_owned(), WireValue::String(v.as_str().to_owned())));
+                    message
+                        .properties
+                        .push((name.to_owned(), WireValue::String(v.as_str().to_owned())));
                 }
             }
         }
@@ -165,7 +199,11 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -197,12 +235,18 @@ mod tests {
 
     #[test]
     fn renders_non_string_values_canonically() {
-        let t = chrono::Utc.with_ymd_and_hms(2025, 10, 8, 12, 34, 56).unwrap() + chrono::Duration::microseconds(123_456);
+        let t = chrono::Utc
+            .with_ymd_and_hms(2025, 10, 8, 12, 34, 56)
+            .unwrap()
+            + chrono::Duration::microseconds(123_456);
         let u = uuid::Uuid::parse_str("5F0C3B9E-8E0F-5C8A-9D57-1D7A0C1F2B3C").unwrap();
         assert_eq!(render(&WireValue::Bool(true)), "true");
         assert_eq!(render(&WireValue::Int(-42)), "-42");
         assert_eq!(render(&WireValue::Timestamp(t)), "2025-10-08T12:34:56.123Z");
-        assert_eq!(render(&WireValue::Uuid(u)), "5f0c3b9e-8e0f-5c8a-9d57-1d7a0c1f2b3c");
+        assert_eq!(
+            render(&WireValue::Uuid(u)),
+            "5f0c3b9e-8e0f-5c8a-9d57-1d7a0c1f2b3c"
+        );
         assert_eq!(render(&WireValue::Binary(b"".to_vec())), "");
         assert_eq!(render(&WireValue::Binary(b"f".to_vec())), "Zg==");
         assert_eq!(render(&WireValue::Binary(b"fo".to_vec())), "Zm8=");
@@ -212,7 +256,10 @@ mod tests {
     #[test]
     fn round_trips_headers() {
         let m = outbound(vec![
-            ("ce_type".into(), WireValue::String("dm.message.create".into())),
+            (
+                "ce_type".into(),
+                WireValue::String("dm.message.create".into()),
+            ),
             ("Attempt".into(), WireValue::Int(3)),
         ]);
         let headers = outbound_headers(&m).unwrap();
@@ -223,7 +270,10 @@ mod tests {
             wire.properties,
             vec![
                 ("Attempt".to_owned(), WireValue::String("3".into())),
-                ("ce_type".to_owned(), WireValue::String("dm.message.create".into())),
+                (
+                    "ce_type".to_owned(),
+                    WireValue::String("dm.message.create".into())
+                ),
             ]
         );
     }
@@ -249,7 +299,10 @@ mod tests {
         set(&mut headers, "t", DL_REASON, "invalid_field").unwrap();
         set(&mut headers, "t", "keep", "me").unwrap();
         let (wire, _) = inbound(Some(&headers), b"", true);
-        assert_eq!(wire.properties, vec![("keep".to_owned(), WireValue::String("me".into()))]);
+        assert_eq!(
+            wire.properties,
+            vec![("keep".to_owned(), WireValue::String("me".into()))]
+        );
     }
 
     #[test]
