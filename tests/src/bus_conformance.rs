@@ -16,8 +16,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use mirror_bus::{
-    Backlog, DeadLetter, Delivery, EventBus, OutboundMessage, PublishOutcome, Receiver, MONITORING_SUBSCRIPTION,
-    SQL_WRITER_SUBSCRIPTION,
+    Backlog, DeadLetter, Delivery, EventBus, OutboundMessage, PublishOutcome, Receiver,
+    MONITORING_SUBSCRIPTION, SQL_WRITER_SUBSCRIPTION,
 };
 use mirror_schema::{Op, WireMessage, WireValue, STRUCTURED_CONTENT_TYPE};
 use tokio::time::Instant;
@@ -137,8 +137,16 @@ fn tag() -> String {
 }
 
 async fn publish<B: EventBus>(bus: &B, m: &OutboundMessage) {
-    let outcome = bus.publish(m).await.unwrap_or_else(|e| panic!("publish `{}`: {e}", m.message_id));
-    assert_eq!(outcome, PublishOutcome::Published, "first publish of `{}`", m.message_id);
+    let outcome = bus
+        .publish(m)
+        .await
+        .unwrap_or_else(|e| panic!("publish `{}`: {e}", m.message_id));
+    assert_eq!(
+        outcome,
+        PublishOutcome::Published,
+        "first publish of `{}`",
+        m.message_id
+    );
 }
 
 async fn subscribe<B: EventBus>(bus: &B, subscription: &str) -> B::Receiver {
@@ -167,14 +175,22 @@ async fn receive_n<R: Receiver>(rx: &mut R, n: usize, within: Duration) -> Vec<R
 
 async fn receive_one<R: Receiver>(rx: &mut R, within: Duration, what: &str) -> R::Delivery {
     let mut got = receive_n(rx, 1, within).await;
-    assert_eq!(got.len(), 1, "expected one delivery ({what}) within {within:?}, got {}", got.len());
+    assert_eq!(
+        got.len(),
+        1,
+        "expected one delivery ({what}) within {within:?}, got {}",
+        got.len()
+    );
     got.remove(0)
 }
 
 /// Assert nothing is delivered during `during`.
 async fn expect_nothing<R: Receiver>(rx: &mut R, during: Duration, why: &str) {
     let got = receive_n(rx, 1, during).await;
-    let ids: Vec<_> = got.iter().map(|d| d.message_id().map(str::to_owned)).collect();
+    let ids: Vec<_> = got
+        .iter()
+        .map(|d| d.message_id().map(str::to_owned))
+        .collect();
     assert!(got.is_empty(), "expected no delivery ({why}), got {ids:?}");
 }
 
@@ -199,18 +215,32 @@ fn assert_same_message(got: &WireMessage, sent: &WireMessage) {
         "body differs"
     );
     assert_eq!(got.content_type, sent.content_type, "content type differs");
-    assert_eq!(sorted_properties(got), sorted_properties(sent), "properties differ");
+    assert_eq!(
+        sorted_properties(got),
+        sorted_properties(sent),
+        "properties differ"
+    );
 }
 
 /// Poll the backlog until `ok` holds (brokers report counts with a delay).
-async fn backlog_until<R: Receiver>(rx: &mut R, what: &str, ok: impl Fn(Backlog) -> bool) -> Option<Backlog> {
+async fn backlog_until<R: Receiver>(
+    rx: &mut R,
+    what: &str,
+    ok: impl Fn(Backlog) -> bool,
+) -> Option<Backlog> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let b = rx.backlog().await.unwrap_or_else(|e| panic!("backlog: {e}"))?;
+        let b = rx
+            .backlog()
+            .await
+            .unwrap_or_else(|e| panic!("backlog: {e}"))?;
         if ok(b) {
             return Some(b);
         }
-        assert!(Instant::now() < deadline, "backlog never reached {what}: last {b:?}");
+        assert!(
+            Instant::now() < deadline,
+            "backlog never reached {what}: last {b:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -222,7 +252,10 @@ pub async fn publish_then_receive<F: BusFactory>(factory: &F) {
     let fresh = factory.fresh(Options::default()).await;
     let mut rx = subscribe(&fresh.bus, SQL_WRITER_SUBSCRIPTION).await;
     let sent = message(&tag(), 1);
-    assert_eq!(sent.message.content_type.as_deref(), Some(STRUCTURED_CONTENT_TYPE));
+    assert_eq!(
+        sent.message.content_type.as_deref(),
+        Some(STRUCTURED_CONTENT_TYPE)
+    );
     publish(&fresh.bus, &sent).await;
 
     let d = receive_one(&mut rx, Duration::from_secs(5), "the published message").await;
@@ -235,17 +268,28 @@ pub async fn publish_then_receive<F: BusFactory>(factory: &F) {
 }
 
 /// The same message id twice within the window: one stored, one delivery.
+/// The second publish reports `Duplicate` where the broker says so (JetStream;
+/// its runner asserts that); Service Bus drops it silently and acknowledges
+/// it, so `Published` is accepted here.
 pub async fn duplicate_suppression<F: BusFactory>(factory: &F) {
     let fresh = factory.fresh(Options::default()).await;
     let mut rx = subscribe(&fresh.bus, SQL_WRITER_SUBSCRIPTION).await;
     let sent = message(&tag(), 1);
     publish(&fresh.bus, &sent).await;
     let again = fresh.bus.publish(&sent).await.expect("second publish");
-    assert_eq!(again, PublishOutcome::Duplicate);
+    assert!(
+        matches!(again, PublishOutcome::Duplicate | PublishOutcome::Published),
+        "{again:?}"
+    );
 
     let d = receive_one(&mut rx, Duration::from_secs(5), "the first copy").await;
     d.complete().await.expect("complete");
-    expect_nothing(&mut rx, Duration::from_secs(1), "the duplicate must have been dropped").await;
+    expect_nothing(
+        &mut rx,
+        Duration::from_secs(1),
+        "the duplicate must have been dropped",
+    )
+    .await;
 }
 
 /// A completed message is gone: nothing comes back after the lock expires.
@@ -255,7 +299,12 @@ pub async fn complete_removes<F: BusFactory>(factory: &F) {
     publish(&fresh.bus, &message(&tag(), 1)).await;
     let d = receive_one(&mut rx, Duration::from_secs(5), "the message").await;
     d.complete().await.expect("complete");
-    expect_nothing(&mut rx, fresh.lock + Duration::from_millis(1500), "completed message redelivered").await;
+    expect_nothing(
+        &mut rx,
+        fresh.lock + Duration::from_millis(1500),
+        "completed message redelivered",
+    )
+    .await;
     backlog_until(&mut rx, "empty", |b| b == Backlog::default()).await;
 }
 
@@ -284,14 +333,25 @@ pub async fn delivery_count_increments_across_retries<F: BusFactory>(factory: &F
     publish(&fresh.bus, &sent).await;
     for expected in 1..=3u32 {
         let d = receive_one(&mut rx, Duration::from_secs(8), "next delivery").await;
-        assert_eq!(d.delivery_count(), expected, "delivery count of attempt {expected}");
+        assert_eq!(
+            d.delivery_count(),
+            expected,
+            "delivery count of attempt {expected}"
+        );
         if expected < 3 {
-            d.retry(Duration::from_millis(300)).await.expect("retry with delay");
+            d.retry(Duration::from_millis(300))
+                .await
+                .expect("retry with delay");
         } else {
             d.complete().await.expect("complete");
         }
     }
-    expect_nothing(&mut rx, fresh.lock + Duration::from_millis(500), "completed after retries").await;
+    expect_nothing(
+        &mut rx,
+        fresh.lock + Duration::from_millis(500),
+        "completed after retries",
+    )
+    .await;
 }
 
 /// A dead-lettered message is listed with its reason, description, attempts
@@ -318,16 +378,24 @@ pub async fn dead_letter_with_reason<F: BusFactory>(factory: &F) {
     let entry = &listed[0];
     assert_eq!(entry.reason, "invalid_field");
     assert!(
-        entry.description.contains("data.payload.bodyText: expected a string"),
+        entry
+            .description
+            .contains("data.payload.bodyText: expected a string"),
         "description: {:?}",
         entry.description
     );
     assert_eq!(entry.attempts, 1);
-    assert_eq!(entry.original_message_id.as_deref(), Some(sent.message_id.as_str()));
+    assert_eq!(
+        entry.original_message_id.as_deref(),
+        Some(sent.message_id.as_str())
+    );
     assert_same_message(&entry.message, &sent.message);
     if let Some(at) = entry.dead_lettered_at {
         let age = chrono::Utc::now() - at;
-        assert!(age < chrono::Duration::minutes(5), "dead_lettered_at {at} is not recent");
+        assert!(
+            age < chrono::Duration::minutes(5),
+            "dead_lettered_at {at} is not recent"
+        );
     }
 
     let monitoring = fresh
@@ -335,8 +403,16 @@ pub async fn dead_letter_with_reason<F: BusFactory>(factory: &F) {
         .list_dead_letters(MONITORING_SUBSCRIPTION, 10)
         .await
         .expect("list monitoring dead letters");
-    assert!(monitoring.is_empty(), "monitoring's dead-letter queue: {monitoring:#?}");
-    expect_nothing(&mut rx, fresh.lock + Duration::from_millis(1500), "dead-lettered message redelivered").await;
+    assert!(
+        monitoring.is_empty(),
+        "monitoring's dead-letter queue: {monitoring:#?}"
+    );
+    expect_nothing(
+        &mut rx,
+        fresh.lock + Duration::from_millis(1500),
+        "dead-lettered message redelivered",
+    )
+    .await;
 }
 
 /// The replay path of `mirrorctl`: list, republish under `{id}.replay.1`,
@@ -355,7 +431,11 @@ pub async fn replay_from_dead_letter<F: BusFactory>(factory: &F) {
     .await
     .expect("dead letter");
 
-    let listed = fresh.bus.list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10).await.expect("list");
+    let listed = fresh
+        .bus
+        .list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10)
+        .await
+        .expect("list");
     assert_eq!(listed.len(), 1);
     let entry = listed.into_iter().next().unwrap();
     assert_eq!(entry.attempts, 5);
@@ -378,7 +458,11 @@ pub async fn replay_from_dead_letter<F: BusFactory>(factory: &F) {
         .remove_dead_letter(SQL_WRITER_SUBSCRIPTION, &entry.handle)
         .await
         .expect("remove dead letter");
-    let left = fresh.bus.list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10).await.expect("list");
+    let left = fresh
+        .bus
+        .list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10)
+        .await
+        .expect("list");
     assert!(left.is_empty(), "dead letters after removal: {left:#?}");
 }
 
@@ -393,7 +477,12 @@ pub async fn lock_expiry_redelivers<F: BusFactory>(factory: &F) {
     // Locked: not visible to the subscription right away.
     expect_nothing(&mut rx, fresh.lock / 4, "message visible while locked").await;
 
-    let again = receive_one(&mut rx, fresh.lock * 3 + Duration::from_secs(2), "redelivery after lock expiry").await;
+    let again = receive_one(
+        &mut rx,
+        fresh.lock * 3 + Duration::from_secs(2),
+        "redelivery after lock expiry",
+    )
+    .await;
     assert_eq!(again.message_id(), Some(sent.message_id.as_str()));
     assert_eq!(again.delivery_count(), 2);
     again.complete().await.expect("complete");
@@ -417,10 +506,19 @@ pub async fn keep_alive_extends_lock<F: BusFactory>(factory: &F) {
             d.keep_alive().await.expect("keep alive");
         }
     };
-    let watcher = expect_nothing(&mut other, lock * 12 / 5, "message redelivered while kept alive");
+    let watcher = expect_nothing(
+        &mut other,
+        lock * 12 / 5,
+        "message redelivered while kept alive",
+    );
     tokio::join!(holder, watcher);
     d.complete().await.expect("complete after keep-alive");
-    expect_nothing(&mut rx, lock + Duration::from_millis(500), "completed message redelivered").await;
+    expect_nothing(
+        &mut rx,
+        lock + Duration::from_millis(500),
+        "completed message redelivered",
+    )
+    .await;
 }
 
 /// Backlog counts what is waiting and what is in flight.
@@ -438,9 +536,15 @@ pub async fn backlog_counts<F: BusFactory>(factory: &F) {
     assert_eq!(b.in_flight, 0, "{b:?}");
 
     let d = receive_one(&mut rx, Duration::from_secs(5), "one of three").await;
-    backlog_until(&mut rx, "2 pending + 1 in flight", |b| b.pending == 2 && b.in_flight == 1).await;
+    backlog_until(&mut rx, "2 pending + 1 in flight", |b| {
+        b.pending == 2 && b.in_flight == 1
+    })
+    .await;
     d.complete().await.expect("complete");
-    backlog_until(&mut rx, "2 pending, none in flight", |b| b.pending == 2 && b.in_flight == 0).await;
+    backlog_until(&mut rx, "2 pending, none in flight", |b| {
+        b.pending == 2 && b.in_flight == 0
+    })
+    .await;
 
     let rest = receive_n(&mut rx, 2, Duration::from_secs(5)).await;
     assert_eq!(rest.len(), 2);
@@ -466,12 +570,20 @@ pub async fn competing_consumers_and_independent_subscriptions<F: BusFactory>(fa
         publish(&fresh.bus, &m).await;
     }
 
-    async fn drain<R: Receiver>(rx: &mut R, stop: &std::sync::atomic::AtomicUsize, total: usize) -> Vec<String> {
+    async fn drain<R: Receiver>(
+        rx: &mut R,
+        stop: &std::sync::atomic::AtomicUsize,
+        total: usize,
+    ) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut ids = Vec::new();
         while stop.load(std::sync::atomic::Ordering::SeqCst) < total && Instant::now() < deadline {
             // Small batches so both consumers get a share.
-            for d in rx.receive(3, Duration::from_millis(300)).await.expect("receive") {
+            for d in rx
+                .receive(3, Duration::from_millis(300))
+                .await
+                .expect("receive")
+            {
                 ids.push(d.message_id().expect("message id").to_owned());
                 stop.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 d.complete().await.expect("complete");
@@ -480,21 +592,40 @@ pub async fn competing_consumers_and_independent_subscriptions<F: BusFactory>(fa
         ids
     }
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let (got_a, got_b) = tokio::join!(drain(&mut a, &done, N as usize), drain(&mut b, &done, N as usize));
+    let (got_a, got_b) = tokio::join!(
+        drain(&mut a, &done, N as usize),
+        drain(&mut b, &done, N as usize)
+    );
 
     let mut all: Vec<String> = got_a.iter().chain(&got_b).cloned().collect();
     all.sort();
     let unique: BTreeSet<String> = all.iter().cloned().collect();
-    assert_eq!(all.len(), unique.len(), "a message went to both competing consumers");
+    assert_eq!(
+        all.len(),
+        unique.len(),
+        "a message went to both competing consumers"
+    );
     assert_eq!(unique, expected, "competing consumers missed messages");
-    println!("competing consumers split {N} messages {} / {}", got_a.len(), got_b.len());
+    println!(
+        "competing consumers split {N} messages {} / {}",
+        got_a.len(),
+        got_b.len()
+    );
 
     let seen = receive_n(&mut monitoring, N as usize, Duration::from_secs(10)).await;
-    let seen_ids: BTreeSet<String> = seen.iter().map(|d| d.message_id().unwrap().to_owned()).collect();
+    let seen_ids: BTreeSet<String> = seen
+        .iter()
+        .map(|d| d.message_id().unwrap().to_owned())
+        .collect();
     assert_eq!(seen.len(), N as usize, "monitoring deliveries");
     assert_eq!(seen_ids, expected, "monitoring must get every message");
     for d in seen {
         d.complete().await.expect("complete monitoring");
     }
-    expect_nothing(&mut a, Duration::from_millis(500), "sql-writer after all completed").await;
+    expect_nothing(
+        &mut a,
+        Duration::from_millis(500),
+        "sql-writer after all completed",
+    )
+    .await;
 }

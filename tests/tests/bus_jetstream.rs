@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use mirror_bus::jetstream::{JetStreamBus, JetStreamConfig, MAX_DELIVERIES_REASON};
 use mirror_bus::{
-    BusError, DeadLetter, Delivery, EventBus, OutboundMessage, PublishOutcome, Receiver, SQL_WRITER_SUBSCRIPTION,
+    BusError, DeadLetter, Delivery, EventBus, OutboundMessage, PublishOutcome, Receiver,
+    SQL_WRITER_SUBSCRIPTION,
 };
 use mirror_schema::{Op, WireValue};
 use mirror_tests::bus_conformance::{Fresh, Options};
@@ -52,10 +53,18 @@ async fn topology_is_idempotent_and_safe_concurrently() {
     mirror_tests::init();
     let topic = FreshTopic::new();
     let options = Options::default();
-    let connect = || async { JetStreamBus::connect(config(&topic, options)).await.expect("connect") };
+    let connect = || async {
+        JetStreamBus::connect(config(&topic, options))
+            .await
+            .expect("connect")
+    };
     let (a, b, c) = (connect().await, connect().await, connect().await);
     // Three processes racing to create the same topology, then once more each.
-    let (ra, rb, rc) = tokio::join!(a.ensure_topology(), b.ensure_topology(), c.ensure_topology());
+    let (ra, rb, rc) = tokio::join!(
+        a.ensure_topology(),
+        b.ensure_topology(),
+        c.ensure_topology()
+    );
     ra.expect("a");
     rb.expect("b");
     rc.expect("c");
@@ -69,17 +78,45 @@ async fn topology_is_idempotent_and_safe_concurrently() {
     })
     .await
     .expect("connect");
-    changed.ensure_topology().await.expect("ensure with changed settings");
-    let js = async_nats::jetstream::new(async_nats::connect(&topic.url).await.expect("raw connect"));
+    changed
+        .ensure_topology()
+        .await
+        .expect("ensure with changed settings");
+    let js =
+        async_nats::jetstream::new(async_nats::connect(&topic.url).await.expect("raw connect"));
     let mut stream = js.get_stream(&topic.topic).await.expect("stream");
-    assert_eq!(stream.info().await.expect("stream info").config.duplicate_window, Duration::from_secs(60));
-    let info = stream.consumer_info(SQL_WRITER_SUBSCRIPTION).await.expect("consumer info");
-    assert_eq!(info.config.ack_wait, Duration::from_secs(7), "consumer updated in place");
+    assert_eq!(
+        stream
+            .info()
+            .await
+            .expect("stream info")
+            .config
+            .duplicate_window,
+        Duration::from_secs(60)
+    );
+    let info = stream
+        .consumer_info(SQL_WRITER_SUBSCRIPTION)
+        .await
+        .expect("consumer info");
+    assert_eq!(
+        info.config.ack_wait,
+        Duration::from_secs(7),
+        "consumer updated in place"
+    );
 
     // Still works as a bus.
-    let mut rx = a.subscribe(SQL_WRITER_SUBSCRIPTION).await.expect("subscribe");
-    assert_eq!(a.publish(&sample(1)).await.expect("publish"), PublishOutcome::Published);
-    let got = rx.receive(10, Duration::from_secs(5)).await.expect("receive");
+    let mut rx = a
+        .subscribe(SQL_WRITER_SUBSCRIPTION)
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        a.publish(&sample(1)).await.expect("publish"),
+        PublishOutcome::Published
+    );
+    let got = rx
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
     assert_eq!(got.len(), 1);
     for d in got {
         d.complete().await.expect("complete");
@@ -94,20 +131,31 @@ async fn max_deliveries_watcher_dead_letters_what_jetstream_gave_up_on() {
         lock: Duration::from_secs(1),
         max_deliver: 2,
     };
-    let bus = JetStreamBus::connect(config(&topic, options)).await.expect("connect");
+    let bus = JetStreamBus::connect(config(&topic, options))
+        .await
+        .expect("connect");
     bus.ensure_topology().await.expect("topology");
-    let watcher = bus.max_deliveries_watcher(SQL_WRITER_SUBSCRIPTION).await.expect("watcher");
+    let watcher = bus
+        .max_deliveries_watcher(SQL_WRITER_SUBSCRIPTION)
+        .await
+        .expect("watcher");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(watcher.run(async move {
         let _ = stopped.await;
     }));
 
-    let mut rx = bus.subscribe(SQL_WRITER_SUBSCRIPTION).await.expect("subscribe");
+    let mut rx = bus
+        .subscribe(SQL_WRITER_SUBSCRIPTION)
+        .await
+        .expect("subscribe");
     let mut sent = sample(1);
     sent.message.properties = vec![("rm-case".into(), WireValue::String("max-deliveries".into()))];
     bus.publish(&sent).await.expect("publish");
     for attempt in 1..=2u32 {
-        let got = rx.receive(1, Duration::from_secs(5)).await.expect("receive");
+        let got = rx
+            .receive(1, Duration::from_secs(5))
+            .await
+            .expect("receive");
         assert_eq!(got.len(), 1, "delivery {attempt}");
         assert_eq!(got[0].delivery_count(), attempt);
         for d in got {
@@ -119,24 +167,42 @@ async fn max_deliveries_watcher_dead_letters_what_jetstream_gave_up_on() {
     // pulling); the watcher moves the message to the dead-letter queue.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let entry = loop {
-        let got = rx.receive(1, Duration::from_millis(300)).await.expect("receive");
+        let got = rx
+            .receive(1, Duration::from_millis(300))
+            .await
+            .expect("receive");
         assert!(got.is_empty(), "delivered beyond max_deliver: {got:?}");
-        let listed = bus.list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10).await.expect("list");
+        let listed = bus
+            .list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10)
+            .await
+            .expect("list");
         if let Some(e) = listed.into_iter().next() {
             break e;
         }
-        assert!(tokio::time::Instant::now() < deadline, "message never dead-lettered after max deliveries");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "message never dead-lettered after max deliveries"
+        );
     };
     assert_eq!(entry.reason, MAX_DELIVERIES_REASON);
     assert_eq!(entry.attempts, 2);
-    assert_eq!(entry.original_message_id.as_deref(), Some(sent.message_id.as_str()));
+    assert_eq!(
+        entry.original_message_id.as_deref(),
+        Some(sent.message_id.as_str())
+    );
     assert_eq!(entry.message.body, sent.message.body);
     assert_eq!(entry.message.content_type, sent.message.content_type);
     assert_eq!(entry.message.properties, sent.message.properties);
-    assert!(rx.receive(1, Duration::from_millis(1500)).await.expect("receive").is_empty());
+    assert!(rx
+        .receive(1, Duration::from_millis(1500))
+        .await
+        .expect("receive")
+        .is_empty());
 
     let _ = stop.send(());
-    task.await.expect("watcher task").expect("watcher ends cleanly");
+    task.await
+        .expect("watcher task")
+        .expect("watcher ends cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -147,49 +213,99 @@ async fn dead_letter_twice_is_stored_once_and_removal_is_scoped() {
         lock: Duration::from_secs(1),
         max_deliver: 10,
     };
-    let bus = JetStreamBus::connect(config(&topic, options)).await.expect("connect");
+    let bus = JetStreamBus::connect(config(&topic, options))
+        .await
+        .expect("connect");
     bus.ensure_topology().await.expect("topology");
-    let mut rx = bus.subscribe(SQL_WRITER_SUBSCRIPTION).await.expect("subscribe");
+    let mut rx = bus
+        .subscribe(SQL_WRITER_SUBSCRIPTION)
+        .await
+        .expect("subscribe");
     let sent = sample(1);
     bus.publish(&sent).await.expect("publish");
     // A consumer that stalled past its lock still holds the first delivery
     // while a second consumer holds the redelivery; both dead-letter it.
-    let stale = rx.receive(1, Duration::from_secs(5)).await.expect("receive").remove(0);
-    let fresh = rx.receive(1, Duration::from_secs(5)).await.expect("receive redelivery").remove(0);
+    let stale = rx
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .remove(0);
+    let fresh = rx
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive redelivery")
+        .remove(0);
     assert_eq!(fresh.delivery_count(), 2);
     let why = DeadLetter {
         reason: "invalid_field".into(),
         description: format!("first line\n{}", "x".repeat(10_000)),
         attempts: 2,
     };
-    stale.dead_letter(&why).await.expect("dead letter (stale delivery)");
-    fresh.dead_letter(&why).await.expect("dead letter (redelivery)");
+    stale
+        .dead_letter(&why)
+        .await
+        .expect("dead letter (stale delivery)");
+    fresh
+        .dead_letter(&why)
+        .await
+        .expect("dead letter (redelivery)");
 
-    let listed = bus.list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10).await.expect("list");
-    assert_eq!(listed.len(), 1, "one entry per original message: {listed:#?}");
-    assert!(listed[0].description.len() <= 2048, "description kept to {} bytes", listed[0].description.len());
-    assert!(listed[0].description.starts_with("first line x"), "{}", &listed[0].description[..40]);
-    assert!(rx.receive(1, Duration::from_millis(1500)).await.expect("receive").is_empty());
+    let listed = bus
+        .list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10)
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.len(),
+        1,
+        "one entry per original message: {listed:#?}"
+    );
+    assert!(
+        listed[0].description.len() <= 2048,
+        "description kept to {} bytes",
+        listed[0].description.len()
+    );
+    assert!(
+        listed[0].description.starts_with("first line x"),
+        "{}",
+        &listed[0].description[..40]
+    );
+    assert!(rx
+        .receive(1, Duration::from_millis(1500))
+        .await
+        .expect("receive")
+        .is_empty());
 
     let err = bus
         .remove_dead_letter("monitoring", &listed[0].handle)
         .await
         .expect_err("another subscription's entry");
     assert!(err.to_string().contains("remove dead letter"), "{err}");
-    let err = bus.remove_dead_letter(SQL_WRITER_SUBSCRIPTION, "not-a-seq").await.expect_err("bad handle");
+    let err = bus
+        .remove_dead_letter(SQL_WRITER_SUBSCRIPTION, "not-a-seq")
+        .await
+        .expect_err("bad handle");
     assert!(err.to_string().contains("not-a-seq"), "{err}");
-    bus.remove_dead_letter(SQL_WRITER_SUBSCRIPTION, &listed[0].handle).await.expect("remove");
-    bus.remove_dead_letter(SQL_WRITER_SUBSCRIPTION, &listed[0].handle).await.expect("remove again is a no-op");
+    bus.remove_dead_letter(SQL_WRITER_SUBSCRIPTION, &listed[0].handle)
+        .await
+        .expect("remove");
+    bus.remove_dead_letter(SQL_WRITER_SUBSCRIPTION, &listed[0].handle)
+        .await
+        .expect("remove again is a no-op");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn errors_name_the_operation_and_never_panic() {
     mirror_tests::init();
     let topic = FreshTopic::new();
-    let bus = JetStreamBus::connect(config(&topic, Options::default())).await.expect("connect");
+    let bus = JetStreamBus::connect(config(&topic, Options::default()))
+        .await
+        .expect("connect");
 
     // No topology yet.
-    let err = bus.subscribe(SQL_WRITER_SUBSCRIPTION).await.expect_err("no consumer yet");
+    let err = bus
+        .subscribe(SQL_WRITER_SUBSCRIPTION)
+        .await
+        .expect_err("no consumer yet");
     assert!(err.to_string().starts_with("subscribe:"), "{err}");
     let err = bus.publish(&sample(1)).await.expect_err("no stream yet");
     assert!(err.to_string().starts_with("publish:"), "{err}");
@@ -197,7 +313,10 @@ async fn errors_name_the_operation_and_never_panic() {
     bus.ensure_topology().await.expect("topology");
     let mut too_big = sample(2);
     too_big.message.body = vec![b'x'; 2 * 1024 * 1024];
-    assert!(matches!(bus.publish(&too_big).await, Err(BusError::TooLarge { .. })));
+    assert!(matches!(
+        bus.publish(&too_big).await,
+        Err(BusError::TooLarge { .. })
+    ));
     let mut bad = sample(3);
     bad.message.properties = vec![("bad header".into(), WireValue::String("v".into()))];
     assert!(bus.publish(&bad).await.is_err());
@@ -217,4 +336,145 @@ async fn errors_name_the_operation_and_never_panic() {
     .await
     .expect_err("nothing listens on port 1");
     assert!(matches!(err, BusError::Connect(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn receive_waits_instead_of_failing_when_max_ack_pending_is_reached() {
+    mirror_tests::init();
+    let topic = FreshTopic::new();
+    let bus = JetStreamBus::connect(JetStreamConfig {
+        max_ack_pending: 1,
+        ..config(&topic, Options::default())
+    })
+    .await
+    .expect("connect");
+    bus.ensure_topology().await.expect("topology");
+    let mut rx = bus
+        .subscribe(SQL_WRITER_SUBSCRIPTION)
+        .await
+        .expect("subscribe");
+    for n in 1..=2 {
+        bus.publish(&sample(n)).await.expect("publish");
+    }
+    let held = rx
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(held.len(), 1, "max_ack_pending 1 lets one through");
+    let started = tokio::time::Instant::now();
+    let none = rx
+        .receive(10, Duration::from_millis(600))
+        .await
+        .expect("receive while full");
+    assert!(none.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "returned at once: would spin"
+    );
+    for d in held {
+        d.complete().await.expect("complete");
+    }
+    let next = rx
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive after settling");
+    assert_eq!(next.len(), 1);
+    for d in next {
+        d.complete().await.expect("complete");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn receive_returns_as_soon_as_a_message_arrives() {
+    mirror_tests::init();
+    let topic = FreshTopic::new();
+    let bus = JetStreamBus::connect(config(&topic, Options::default()))
+        .await
+        .expect("connect");
+    bus.ensure_topology().await.expect("topology");
+    let mut rx = bus
+        .subscribe(SQL_WRITER_SUBSCRIPTION)
+        .await
+        .expect("subscribe");
+
+    // Nothing there: waits about `wait`, not longer.
+    let started = tokio::time::Instant::now();
+    assert!(rx
+        .receive(10, Duration::from_millis(500))
+        .await
+        .expect("receive")
+        .is_empty());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(2),
+        "empty receive took {took:?}"
+    );
+
+    // Some there: returns them at once, without waiting to fill the batch.
+    for n in 1..=3 {
+        bus.publish(&sample(n)).await.expect("publish");
+    }
+    let started = tokio::time::Instant::now();
+    let got = rx
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    for d in got {
+        d.complete().await.expect("complete");
+    }
+
+    // One arriving during the wait: returned when it arrives.
+    let publisher = bus.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        publisher.publish(&sample(4)).await.expect("publish");
+    });
+    let started = tokio::time::Instant::now();
+    let got = rx
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    for d in got {
+        d.complete().await.expect("complete");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publish_reports_duplicates_within_the_window() {
+    mirror_tests::init();
+    let topic = FreshTopic::new();
+    let bus = JetStreamBus::connect(config(&topic, Options::default()))
+        .await
+        .expect("connect");
+    bus.ensure_topology().await.expect("topology");
+    let sent = sample(1);
+    assert_eq!(
+        bus.publish(&sent).await.expect("publish"),
+        PublishOutcome::Published
+    );
+    assert_eq!(
+        bus.publish(&sent).await.expect("again"),
+        PublishOutcome::Duplicate
+    );
+    // A different id with the same body is a different message.
+    let replay = OutboundMessage {
+        message_id: format!("{}.replay.1", sent.message_id),
+        ..sent.clone()
+    };
+    assert_eq!(
+        bus.publish(&replay).await.expect("replay"),
+        PublishOutcome::Published
+    );
 }
