@@ -682,9 +682,17 @@ impl MirrorStore for MssqlStore {
             Box::pin(async move {
                 let sql = "SET XACT_ABORT ON;
                     BEGIN TRANSACTION;
+                    -- Same semantics as the PostgreSQL store: the first failure time is
+                    -- kept, attempts add up, the latest text wins, ids are never erased.
                     UPDATE dbo.RealtimeMirrorDeadLetter WITH (UPDLOCK, SERIALIZABLE)
-                    SET EventId = @P2, EventType = @P3, Subject = @P4, Payload = @P5, Reason = @P6, Error = @P7,
-                        Attempts = @P8, Subscription = @P9, LastFailedAt = @P10
+                    SET EventId = COALESCE(@P2, EventId),
+                        EventType = COALESCE(@P3, EventType),
+                        Subject = COALESCE(@P4, Subject),
+                        Payload = @P5, Reason = @P6, Error = @P7,
+                        Attempts = CAST(CASE WHEN CAST(Attempts AS BIGINT) + @P8 > 2147483647 THEN 2147483647
+                                             ELSE CAST(Attempts AS BIGINT) + @P8 END AS INT),
+                        Subscription = @P9,
+                        LastFailedAt = CASE WHEN LastFailedAt > @P10 THEN LastFailedAt ELSE @P10 END
                     WHERE DeadLetterKey = @P1;
                     IF @@ROWCOUNT = 0
                         INSERT INTO dbo.RealtimeMirrorDeadLetter
@@ -728,7 +736,7 @@ impl MirrorStore for MssqlStore {
                 c.execute(
                     "UPDATE dbo.RealtimeMirrorDeadLetter
                      SET ReplayCount = ReplayCount + 1,
-                         LastReplayedAt = @P2,
+                         LastReplayedAt = CASE WHEN LastReplayedAt > @P2 THEN LastReplayedAt ELSE @P2 END,
                          ReplayHistoryJson = JSON_MODIFY(ISNULL(ReplayHistoryJson, N'[]'), 'append $', @P3)
                      WHERE DeadLetterKey = @P1",
                     &[&key, &at, &when],
