@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/debug
 
-.PHONY: help setup build demo test unit chaos bench fuzz fuzz-corpus fuzz-short lint fmt clean
+.PHONY: help setup build demo test unit chaos bench fuzz fuzz-corpus fuzz-short lint fmt clean iac-check
 
 help:
 	@echo "make demo    install/start PostgreSQL + NATS if needed, migrate, seed the fixtures, run the writer until drained, print row counts"
@@ -58,6 +58,13 @@ fuzz: fuzz-corpus
 # The bounded run that `make test` includes.
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECS=20
+
+# Static checks of deploy/azure (Bicep, Terraform, the emulator config) with
+# parsers from PyPI; no Azure, bicep or terraform binary needed.
+iac-check:
+	python3 -m venv target/iac-venv
+	target/iac-venv/bin/pip install -q -r deploy/azure/requirements-validate.txt
+	target/iac-venv/bin/python deploy/azure/validate.py
 
 lint:
 	$(CARGO) fmt --all -- --check
