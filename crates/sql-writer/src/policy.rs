@@ -95,6 +95,26 @@ pub fn classify_sqlstate(code: &str) -> Class {
     }
 }
 
+/// SQL Server error numbers meaning the database itself is unreachable or
+/// failing over (not something about one event).
+pub const MSSQL_UNAVAILABLE: &[u32] = &[4060, 40613, 40197, 40501, 49918, 49919, 49920, 10928, 10929, 233, 10053, 10054, 10060, 64];
+
+/// Whether `e` says the database is unavailable (down, restarting, failing
+/// over, refusing connections) rather than that this batch failed: the
+/// writer then stops taking messages until the database answers again,
+/// instead of spending every message's delivery attempts on an outage and
+/// dead-lettering valid events with `retries_exhausted`.
+pub fn store_unavailable(e: &StoreError) -> bool {
+    match e.kind {
+        StoreErrorKind::Connect | StoreErrorKind::PoolTimeout => true,
+        _ => match &e.code {
+            Some(DbCode::Sqlstate(s)) => s.starts_with("08") || matches!(s.as_str(), "57P01" | "57P02" | "57P03" | "53300"),
+            Some(DbCode::Mssql(n)) => MSSQL_UNAVAILABLE.contains(n),
+            None => false,
+        },
+    }
+}
+
 /// SQL Server: see [`MSSQL_TRANSIENT`], [`MSSQL_PERMANENT`], [`MSSQL_FATAL`].
 pub fn classify_mssql(number: u32) -> Class {
     if MSSQL_FATAL.contains(&number) {
@@ -232,6 +252,18 @@ mod tests {
         let decode = DecodeError::UnknownType("x".into());
         assert_eq!(classify(&Failure::Decode(&decode)), Class::Permanent);
         assert_eq!(classify(&Failure::Bus(&BusError::Connect("down".into()))), Class::Transient);
+    }
+
+    #[test]
+    fn outages_are_told_apart_from_failing_events() {
+        assert!(store_unavailable(&StoreError::new(StoreErrorKind::Connect, "refused")));
+        assert!(store_unavailable(&StoreError::new(StoreErrorKind::PoolTimeout, "pool")));
+        assert!(store_unavailable(&pg("57P03")));
+        assert!(store_unavailable(&pg("08006")));
+        assert!(store_unavailable(&ms(40613)));
+        assert!(!store_unavailable(&pg("40P01")), "a deadlock is about this batch");
+        assert!(!store_unavailable(&pg("23505")));
+        assert!(!store_unavailable(&StoreError::new(StoreErrorKind::Timeout, "slow statement")));
     }
 
     #[test]

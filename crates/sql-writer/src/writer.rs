@@ -12,10 +12,17 @@
 //!   until the database is back;
 //! - the loop never sleeps while holding a message: transient failures go back
 //!   to the broker with a delay;
+//! - when the database is unavailable (connection refused, restarting, failing
+//!   over) the batch goes back to the broker and every worker stops taking
+//!   messages until a probe reaches the database again, so an outage costs a
+//!   message one delivery attempt, not all of them (otherwise every valid event
+//!   received during an outage longer than the retry budget would be
+//!   dead-lettered with `retries_exhausted`);
 //! - on shutdown no new batch starts; the batch in flight finishes, or, past the
 //!   deadline, its messages are released for redelivery.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +32,7 @@ use mirror_schema::{decode_wire, DecodeError, EventType, MirrorEvent, WireMessag
 use mirror_store::{ApplyOutcome, DeadLetterRecord, MetricSample, MirrorStore, StoreError};
 use tokio::sync::watch;
 
-use crate::policy::{classify, decide, Class, Disposition, Failure, RetryPolicy};
+use crate::policy::{classify, decide, store_unavailable, Class, Disposition, Failure, RetryPolicy};
 use crate::telemetry;
 
 /// Tuning of the worker loop.
@@ -121,7 +128,15 @@ impl<B, S> Clone for Deps<B, S> {
 struct Shared {
     report: Mutex<RunReport>,
     pending_dead_letters: Mutex<Vec<DeadLetterRecord>>,
+    /// Set when a batch found the database unavailable; workers take no
+    /// messages until a probe succeeds.
+    store_down: AtomicBool,
 }
+
+/// The checkpoint row read to probe the database (any answer, even "no row", means it is up).
+const PROBE_MODULE: &str = "sql-writer";
+const PROBE_SHARD: &str = "health-probe";
+const MAX_PROBE_DELAY: Duration = Duration::from_secs(5);
 
 /// Run the writer until `shutdown` resolves (or, with `exit_when_idle`, until
 /// the subscription is drained).
@@ -147,6 +162,7 @@ pub async fn run<B: EventBus, S: MirrorStore>(
     let shared = Arc::new(Shared {
         report: Mutex::new(RunReport::default()),
         pending_dead_letters: Mutex::new(Vec::new()),
+        store_down: AtomicBool::new(false),
     });
 
     let mut workers = Vec::new();
@@ -234,6 +250,10 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
             if *self.stop.borrow() {
                 return Ok(());
             }
+            if self.shared.store_down.load(Ordering::Acquire) {
+                self.wait_for_store().await;
+                continue;
+            }
             let deliveries = match receiver.receive(self.settings.batch_size, self.settings.receive_wait).await {
                 Ok(d) => {
                     bus_failures = 0;
@@ -279,6 +299,39 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         }
     }
 
+    /// Hold no messages while the database is unavailable: probe it with
+    /// growing delays until it answers (or shutdown is requested).
+    async fn wait_for_store(&mut self) {
+        let mut probes = 0u32;
+        while self.shared.store_down.load(Ordering::Acquire) && !*self.stop.borrow() {
+            probes += 1;
+            // Capped low: once the database is back, resume within seconds.
+            let delay = self.settings.retry.delay_after(probes).min(MAX_PROBE_DELAY);
+            self.sleep_unless_stopped(delay).await;
+            if !self.shared.store_down.load(Ordering::Acquire) || *self.stop.borrow() {
+                return;
+            }
+            match self.deps.store.load_checkpoint(PROBE_MODULE, PROBE_SHARD).await {
+                Err(e) if store_unavailable(&e) => {
+                    tracing::warn!(worker = self.n, probes, error = %e, "database still unavailable; taking no messages");
+                }
+                // Reachable (an error of another kind is the batch's to classify).
+                _ => {
+                    if self.shared.store_down.swap(false, Ordering::AcqRel) {
+                        tracing::info!(worker = self.n, probes, "database reachable again; resuming");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn note_store_failure(&self, e: &StoreError) {
+        if store_unavailable(e) && !self.shared.store_down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(worker = self.n, error = %e, "database unavailable: releasing messages and pausing intake until it answers");
+        }
+    }
+
     async fn is_drained(&self, receiver: &mut B::Receiver) -> bool {
         match receiver.backlog().await {
             Ok(Some(b)) => b.pending == 0 && b.in_flight == 0,
@@ -310,6 +363,14 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
             return Ok(());
         };
         let committed_at = Utc::now();
+        match &applied {
+            Err(whole) => self.note_store_failure(whole),
+            Ok(results) => {
+                if let Some(e) = results.iter().find_map(|r| r.as_ref().err().filter(|e| store_unavailable(e))) {
+                    self.note_store_failure(e);
+                }
+            }
+        }
 
         let mut report = RunReport {
             batches: 1,
@@ -361,6 +422,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                     match self.deps.store.record_dead_letter(&record).await {
                         Ok(()) => {}
                         Err(e) if !last_attempt => {
+                            self.note_store_failure(&e);
                             // Keep the message in the subscription until SQL can take the row.
                             report.retried += 1;
                             let delay = self.settings.retry.delay_after(delivery.delivery_count());
@@ -370,7 +432,8 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                             }
                             continue;
                         }
-                        Err(_) => {
+                        Err(e) => {
+                            self.note_store_failure(&e);
                             let mut pending = self.shared.pending_dead_letters.lock().expect("pending lock");
                             pending.push(record);
                             telemetry::dead_letter_rows_pending(pending.len());
