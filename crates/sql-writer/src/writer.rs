@@ -558,12 +558,51 @@ pub fn peek_attributes(message: &WireMessage) -> (Option<uuid::Uuid>, Option<Str
 }
 
 /// The key of a message's `realtime_mirror_dead_letter` row: its event id when
-/// one can be read (decoded or peeked), else `sha256:<hex>` of the body. The
-/// writer and the replay tool both use this, so a replayed event's row is found.
+/// the message decodes (the id is then verified: deterministic for its type,
+/// subject and time), else `sha256:<hex>` of the body. The writer and the
+/// replay tool both use this, so a replayed event's row is found.
+///
+/// An id merely *read* from a message that does not decode is not trusted as
+/// a key: it may be any string a producer put there (the contract's example
+/// id, an id reused for every bad message, the id of a valid event whose type
+/// was mistyped), and keying by it made different poison messages — or a
+/// poison message and a real event — share one row, each overwriting the
+/// other's payload and reason. `event_id` is only a hint; the message decides.
 pub fn dead_letter_key(event_id: Option<uuid::Uuid>, message: &WireMessage) -> String {
     use sha2::{Digest, Sha256};
-    match event_id.or_else(|| peek_attributes(message).0) {
-        Some(id) => id.to_string(),
-        None => format!("sha256:{}", hex::encode(Sha256::digest(&message.body))),
+    match decode_wire(message) {
+        Ok(event) => {
+            let _ = event_id;
+            event.id().to_string()
+        }
+        Err(_) => format!("sha256:{}", hex::encode(Sha256::digest(&message.body))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_keys_trust_only_verified_ids() {
+        let subject = mirror_schema::Subject::FollowEdge {
+            follower_user_id: "u1".into(),
+            target_user_id: "u2".into(),
+        };
+        let time = chrono::TimeZone::with_ymd_and_hms(&Utc, 2025, 10, 8, 12, 0, 0).unwrap();
+        let event = MirrorEvent::new("follow.edge.delete".parse().unwrap(), subject, time, "test", mirror_schema::Payload::FollowEdgeDelete).unwrap();
+        let good = WireMessage::structured(&event);
+        assert_eq!(dead_letter_key(Some(event.id()), &good), event.id().to_string());
+        // Two different undecodable messages claiming the same id get two rows.
+        let bad = |ty: &str| {
+            let mut v: serde_json::Value = serde_json::from_slice(&good.body).unwrap();
+            v["type"] = ty.into();
+            WireMessage { body: serde_json::to_vec(&v).unwrap(), ..good.clone() }
+        };
+        let (a, b) = (bad("x.one"), bad("x.two"));
+        let (ka, kb) = (dead_letter_key(peek_attributes(&a).0, &a), dead_letter_key(peek_attributes(&b).0, &b));
+        assert!(ka.starts_with("sha256:") && kb.starts_with("sha256:"), "{ka} {kb}");
+        assert_ne!(ka, kb);
+        assert_ne!(ka, event.id().to_string());
     }
 }
