@@ -7,6 +7,7 @@ use std::time::Duration;
 
 pub mod bus_conformance;
 pub mod events;
+pub mod servers;
 pub mod store_conformance;
 
 /// PostgreSQL server used by the tests (`TEST_PG_URL`, default local trust auth).
