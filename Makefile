@@ -23,7 +23,10 @@ demo: setup build
 	$(BIN)/sql-writer --exit-when-idle
 	$(BIN)/mirrorctl counts
 
+# The chaos tests run the sql-writer binary as a child process: build the
+# binaries first so the tests never run a stale one.
 test: setup
+	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -34,6 +37,7 @@ unit:
 	$(CARGO) test --workspace --lib
 
 chaos: setup
+	$(CARGO) build -p sql-writer --bins
 	CHAOS=full $(CARGO) test -p mirror-tests --test chaos -- --nocapture --test-threads 1
 
 bench: setup
