@@ -124,30 +124,46 @@ pub fn follow(op: Op, follower: &str, target: &str, state: FollowState, time: Da
 /// A random history over a handful of entities of every family: creates,
 /// updates, soft and hard deletes, blocks, follow transitions, with some events
 /// repeated (`duplicates` extra copies drawn from the history). Times may tie.
+///
+/// Payload choices are derived from the event's id inputs (type, subject,
+/// time), never drawn independently: one id is one change, as the contract
+/// requires of every producer, so two events with the same id are identical.
 pub fn random_history(rng: &mut impl rand::Rng, events: usize, duplicates: usize) -> Vec<MirrorEvent> {
     use rand::seq::IndexedRandom;
     let convs = ["c1", "c2", "c3"];
     let msgs = ["m1", "m2", "m3", "m4"];
     let users = ["u1", "u2", "u3"];
     let states = [FollowState::Pending, FollowState::Accepted, FollowState::Blocked];
+    // A stable per-change choice: hash of what determines the id.
+    let pick = |parts: &[&str], secs: i64, n: usize| -> usize {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in parts.iter().flat_map(|p| p.bytes().chain(std::iter::once(0))).chain(secs.to_le_bytes()) {
+            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+        (h % n as u64) as usize
+    };
     let mut out = Vec::with_capacity(events + duplicates);
     for _ in 0..events {
-        let time = t(rng.random_range(0..40));
+        let secs = rng.random_range(0..40);
+        let time = t(secs);
         let op = *[Op::Create, Op::Update, Op::Delete].choose(rng).unwrap();
         let c = *convs.choose(rng).unwrap();
         let e = match rng.random_range(0..10) {
             0 | 1 => {
-                let n = rng.random_range(2..=3);
-                conversation(if op == Op::Delete { Op::Update } else { op }, c, &users[..n], time)
+                let op = if op == Op::Delete { Op::Update } else { op };
+                let n = 2 + pick(&["conv", c, op.as_str()], secs, 2);
+                conversation(op, c, &users[..n], time)
             }
             2..=5 => {
                 let m = *msgs.choose(rng).unwrap();
-                let soft = (op == Op::Update && rng.random_bool(0.2)).then_some(time);
-                message_with(op, c, m, &format!("body {}", rng.random_range(0..1000)), time, soft)
+                let soft = (op == Op::Update && pick(&["soft", c, m], secs, 5) == 0).then_some(time);
+                let body = format!("body {}", pick(&["body", c, m, op.as_str()], secs, 1000));
+                message_with(op, c, m, &body, time, soft)
             }
             6 | 7 => {
                 let (a, b) = (*users.choose(rng).unwrap(), *users.choose(rng).unwrap());
-                follow(op, a, b, *states.choose(rng).unwrap(), time)
+                let state = states[pick(&["state", a, b, op.as_str()], secs, 3)];
+                follow(op, a, b, state, time)
             }
             _ => {
                 let (a, b) = (*users.choose(rng).unwrap(), *users.choose(rng).unwrap());
