@@ -18,7 +18,10 @@
 //!   `XACT_ABORT ON` (a rejected event dooms the whole transaction, as SQL
 //!   Server does for any error under it), so when an event fails the batch is
 //!   rolled back and re-run without it; the events before it are re-applied
-//!   with the same result, and every event still gets its own result.
+//!   with the same result, and every event still gets its own result. The
+//!   events run in [`lock_order`] (a stable sort by entity lock), so
+//!   concurrent batches take their applocks in one global order and cannot
+//!   deadlock on them; results come back in input order.
 //! - Errors: server errors keep their number ([`DbCode::Mssql`]); the writer's
 //!   policy classifies them, with [`TRANSIENT_ERRORS`] / [`PERMANENT_ERRORS`]
 //!   exported here. The procedures' own numbers are in [`PROCEDURE_ERRORS`].
@@ -37,7 +40,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::Future;
-use mirror_schema::MirrorEvent;
+use mirror_schema::{MirrorEvent, Subject};
 use tiberius::{Command, Row, SqlBrowser};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
@@ -538,6 +541,36 @@ async fn transaction_state(client: &mut Client) -> Result<(i32, i16), StoreError
     ))
 }
 
+/// The order in which a batch applies its events: a stable sort by the
+/// entity lock each event takes first (its conversation for `dm.conversation.*`
+/// and `dm.message.*`, else its block or follow edge). A batch holds its
+/// applocks until it commits, so two batches taking the same locks in
+/// different orders could deadlock; in one global order they cannot. The sort
+/// is stable, so the events of one entity keep their relative order, and an
+/// event's outcome depends only on earlier events of its own entity: the
+/// outcomes and the final state equal those of the input order.
+pub fn lock_order(events: &[MirrorEvent]) -> Vec<usize> {
+    fn key(e: &MirrorEvent) -> (u8, &str, &str) {
+        match e.subject() {
+            Subject::Conversation { conversation_id }
+            | Subject::Message {
+                conversation_id, ..
+            } => (0, conversation_id, ""),
+            Subject::Block {
+                user_id,
+                target_user_id,
+            } => (1, user_id, target_user_id),
+            Subject::FollowEdge {
+                follower_user_id,
+                target_user_id,
+            } => (2, follower_user_id, target_user_id),
+        }
+    }
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by(|&a, &b| key(&events[a]).cmp(&key(&events[b])));
+    order
+}
+
 /// One transaction, a savepoint per event; see the module docs for why a
 /// failed event restarts the batch without it.
 async fn apply_batch_on(
@@ -664,16 +697,30 @@ impl MirrorStore for MssqlStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let calls: Vec<ProcedureCall> = events.iter().map(procedure_call).collect();
+        // Run in lock order (see [`lock_order`]), answer in input order.
+        let order = lock_order(events);
+        let calls: Vec<ProcedureCall> = order.iter().map(|&i| procedure_call(&events[i])).collect();
         let limit = self.config.command_timeout;
         let mut conn = self.conn().await?;
         let result = apply_batch_on(&mut conn.client, &calls, limit).await;
-        if result.is_err() {
-            // The transaction may still be open or the stream mid-response:
-            // never hand this connection to anyone else.
-            conn.broken = true;
+        let sorted = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // The transaction may still be open or the stream mid-response:
+                // never hand this connection to anyone else.
+                conn.broken = true;
+                return Err(e);
+            }
+        };
+        let mut results: Vec<Option<Result<ApplyOutcome, StoreError>>> =
+            (0..events.len()).map(|_| None).collect();
+        for (slot, r) in order.into_iter().zip(sorted) {
+            results[slot] = Some(r);
         }
-        result
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every event has a result"))
+            .collect())
     }
 
     async fn record_dead_letter(&self, record: &DeadLetterRecord) -> Result<(), StoreError> {
@@ -1046,6 +1093,72 @@ mod tests {
         for (name, sql) in MIGRATIONS {
             let m = refinery::Migration::unapplied(name, sql).unwrap();
             assert_eq!(format!("V{}__{}", m.version(), m.name()), *name);
+        }
+    }
+
+    #[test]
+    fn batches_run_in_lock_order_keeping_each_entitys_order() {
+        let mut rng = 0x9e3779b97f4a7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let t0 = chrono::DateTime::parse_from_rfc3339("2025-10-08T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut events = Vec::new();
+        for i in 0..60 {
+            let a = format!("u{}", next() % 4);
+            let b = format!("c{}", next() % 4);
+            let time = t0 + chrono::Duration::seconds(i);
+            let (ty, subject, payload) = match next() % 3 {
+                0 => (
+                    mirror_schema::EventType::DmMessageDelete,
+                    Subject::Message {
+                        conversation_id: b,
+                        message_id: a,
+                    },
+                    mirror_schema::Payload::MessageDelete(Default::default()),
+                ),
+                1 => (
+                    mirror_schema::EventType::DmBlockDelete,
+                    Subject::Block {
+                        user_id: a,
+                        target_user_id: b,
+                    },
+                    mirror_schema::Payload::BlockDelete,
+                ),
+                _ => (
+                    mirror_schema::EventType::FollowEdgeDelete,
+                    Subject::FollowEdge {
+                        follower_user_id: a,
+                        target_user_id: b,
+                    },
+                    mirror_schema::Payload::FollowEdgeDelete,
+                ),
+            };
+            events.push(MirrorEvent::new(ty, subject, time, "firestore://x", payload).unwrap());
+        }
+        let order = lock_order(&events);
+        let mut seen = order.clone();
+        seen.sort();
+        assert_eq!(seen, (0..events.len()).collect::<Vec<_>>(), "a permutation");
+        // Per entity, input order is kept.
+        let mut last: std::collections::HashMap<String, usize> = Default::default();
+        for &i in &order {
+            if let Some(prev) = last.insert(events[i].entity_key(), i) {
+                assert!(prev < i, "{} reordered", events[i].entity_key());
+            }
+        }
+        // Lock keys never decrease.
+        let conv = |e: &MirrorEvent| e.subject().conversation_id().map(str::to_owned);
+        for w in order.windows(2) {
+            let (a, b) = (&events[w[0]], &events[w[1]]);
+            if let (Some(x), Some(y)) = (conv(a), conv(b)) {
+                assert!(x <= y);
+            }
         }
     }
 
