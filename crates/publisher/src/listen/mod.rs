@@ -55,6 +55,8 @@
 mod core;
 mod resume;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 pub use self::core::ListenCore;
