@@ -100,6 +100,12 @@ pub struct ServiceBusConfig {
     /// hung worker's messages are released. Turn it on for consumers that
     /// cannot call `keep_alive` themselves.
     pub lock_renewal: Option<Duration>,
+    /// The topic's duplicate-detection window as deployed (IaC `PT10M`; the
+    /// emulator's is at most `PT5M`). A publish of a message id this bus had
+    /// published less than this ago is reported as
+    /// [`crate::PublishOutcome::Duplicate`] (it is still sent: the broker
+    /// decides). `Duration::ZERO` turns that reporting off.
+    pub duplicate_detection_window: Duration,
     /// Subscriptions [`crate::EventBus::ensure_topology`] checks exist.
     pub verify_subscriptions: Vec<String>,
     /// Client identifier shown in Service Bus diagnostics.
@@ -117,6 +123,7 @@ impl ServiceBusConfig {
             prefetch: 20,
             max_delivery_count: 5,
             lock_renewal: None,
+            duplicate_detection_window: Duration::from_secs(600),
             verify_subscriptions: vec![SQL_WRITER_SUBSCRIPTION.to_owned(), MONITORING_SUBSCRIPTION.to_owned()],
             identifier: None,
         }

@@ -19,7 +19,7 @@
 //! | [`Delivery::dead_letter`] | dead-letter with `DeadLetterReason`, `DeadLetterErrorDescription`, and `DeadLetterAttempts`/`DeadLetteredAt` properties |
 //! | [`EventBus::list_dead_letters`] | peek `{topic}/Subscriptions/{sub}/$deadletterqueue`; handle = sequence number |
 //! | [`EventBus::remove_dead_letter`] | receive from that queue until the sequence number comes up, complete it, abandon the rest |
-//! | [`PublishOutcome::Duplicate`] | never: Service Bus drops a duplicate silently and acknowledges the send |
+//! | [`PublishOutcome::Duplicate`] | only for a message id this bus published within [`ServiceBusConfig::duplicate_detection_window`]: Service Bus drops a duplicate silently and acknowledges the send, so duplicates from other processes are reported as published (and still dropped) |
 //! | [`Receiver::backlog`] | `None`: message counts are management-plane (ARM), not AMQP |
 //!
 //! Locks: the lock duration is the subscription's (`lockDuration`, PT1M in
@@ -43,6 +43,7 @@
 mod config;
 pub mod convert;
 mod credential;
+mod recent;
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -71,6 +72,8 @@ const GATHER: Duration = Duration::from_millis(20);
 const MAX_BATCH: u32 = 256;
 /// Messages `remove_dead_letter` receives at most while looking for one.
 const MAX_DLQ_SCAN: usize = 5_000;
+/// Message ids remembered for duplicate reporting.
+const RECENT_IDS: usize = 100_000;
 
 type Client = ServiceBusClient<BasicRetryPolicy>;
 
@@ -80,6 +83,7 @@ pub struct ServiceBusBus {
     credential: Option<Arc<dyn TokenCredential>>,
     client: Mutex<Client>,
     sender: Mutex<Option<ServiceBusSender>>,
+    recent: std::sync::Mutex<recent::RecentIds>,
 }
 
 impl std::fmt::Debug for ServiceBusBus {
@@ -107,11 +111,13 @@ impl ServiceBusBus {
             emulator = config.is_emulator(),
             "connected to Service Bus"
         );
+        let recent = recent::RecentIds::new(config.duplicate_detection_window, RECENT_IDS);
         Ok(ServiceBusBus {
             config,
             credential,
             client: Mutex::new(client),
             sender: Mutex::new(None),
+            recent: std::sync::Mutex::new(recent),
         })
     }
 
@@ -279,8 +285,11 @@ impl EventBus for ServiceBusBus {
         Ok(())
     }
 
-    /// Always [`PublishOutcome::Published`]: Service Bus duplicate detection
-    /// accepts a duplicate send and drops it without telling the sender.
+    /// Service Bus duplicate detection accepts a duplicate send and drops it
+    /// without telling the sender, so the message is always sent and the
+    /// outcome is [`PublishOutcome::Duplicate`] only when this bus itself had
+    /// published the same id within the duplicate-detection window (see
+    /// [`ServiceBusConfig::duplicate_detection_window`]).
     async fn publish(&self, message: &OutboundMessage) -> Result<PublishOutcome, BusError> {
         let sb_message = convert::to_service_bus_message(message, self.config.sessions)?;
         let mut sender = self.sender.lock().await;
@@ -298,7 +307,16 @@ impl EventBus for ServiceBusBus {
             return Err(BusError::op("publish", "no sender"));
         };
         match s.send_message(sb_message).await {
-            Ok(()) => Ok(PublishOutcome::Published),
+            Ok(()) => {
+                let now = Instant::now();
+                let mut recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if recent.contains(&message.message_id, now) {
+                    Ok(PublishOutcome::Duplicate)
+                } else {
+                    recent.record(&message.message_id, now);
+                    Ok(PublishOutcome::Published)
+                }
+            }
             Err(e) => {
                 let text = self.config.scrub(&e.to_string());
                 // A sender whose link failed is reopened on the next publish.
