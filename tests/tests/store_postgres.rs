@@ -113,3 +113,31 @@ async fn unreachable_server_is_a_connect_error() {
     assert_eq!(err.kind, StoreErrorKind::Connect, "{err:?}");
     assert!(!err.to_string().contains("secret-pw"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_blocked_past_the_statement_timeout_gets_a_timeout() {
+    let (_migrated, db) = fresh_store().await;
+    let mut config = PgConfig::from_url(db.url.clone());
+    config.statement_timeout = std::time::Duration::from_millis(300);
+    let store = PgStore::connect(&config).await.unwrap();
+    // Another session holds conversation c1's entity lock.
+    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('realtime-mirror:conversation:c1', 0))")
+        .await
+        .unwrap();
+    let blocked = message(Op::Create, "c1", "m1", "waits", t(1));
+    let err = store.apply(&blocked).await.unwrap_err();
+    assert_eq!((err.kind, err.code.clone()), (StoreErrorKind::Timeout, Some(DbCode::Sqlstate("57014".into()))), "{err}");
+
+    // In a batch only the blocked event fails; the others commit.
+    let free = follow(Op::Create, "u1", "u2", FollowState::Pending, t(1));
+    let results = store.apply_batch(&[free.clone(), blocked.clone()]).await.unwrap();
+    assert!(matches!(results[0], Ok(ApplyOutcome::Applied)), "{results:?}");
+    assert!(matches!(&results[1], Err(e) if e.kind == StoreErrorKind::Timeout), "{results:?}");
+
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(store.apply(&blocked).await.unwrap(), ApplyOutcome::Applied);
+    assert_eq!(store.apply(&free).await.unwrap(), ApplyOutcome::Duplicate);
+}
