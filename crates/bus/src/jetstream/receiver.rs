@@ -134,14 +134,27 @@ impl Receiver for JetStreamReceiver {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let started = tokio::time::Instant::now();
-        match self.pull(max, wait).await? {
-            Pulled::Messages(m) => Ok(m),
-            Pulled::Busy(why) => {
-                // Nothing can be delivered until something is settled; don't spin.
-                tracing::debug!(subscription = %self.subscription, why, "pull refused");
-                tokio::time::sleep(wait.saturating_sub(started.elapsed())).await;
-                Ok(Vec::new())
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let asked = tokio::time::Instant::now();
+            match self.pull(max, remaining).await? {
+                Pulled::Messages(m) if !m.is_empty() => return Ok(m),
+                Pulled::Messages(_) => {}
+                // Nothing can be delivered until something is settled.
+                Pulled::Busy(why) => {
+                    tracing::debug!(subscription = %self.subscription, why, "pull refused")
+                }
+            }
+            // The server may end a request early (408 "Requests Pending" while
+            // other pulls wait, 409 at max ack pending): keep waiting for the
+            // first message until `wait` is up, without spinning.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left < Duration::from_millis(10) {
+                return Ok(Vec::new());
+            }
+            if asked.elapsed() < Duration::from_millis(50) {
+                tokio::time::sleep(left.min(Duration::from_millis(50))).await;
             }
         }
     }
