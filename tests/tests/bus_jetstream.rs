@@ -478,3 +478,73 @@ async fn publish_reports_duplicates_within_the_window() {
         PublishOutcome::Published
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topology_adopts_streams_created_elsewhere() {
+    mirror_tests::init();
+    let topic = FreshTopic::new();
+    // Someone (an operator, an older version) created the streams differently:
+    // a shorter retention, and memory storage, which cannot be changed in place.
+    let js =
+        async_nats::jetstream::new(async_nats::connect(&topic.url).await.expect("raw connect"));
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: topic.topic.clone(),
+        subjects: vec![topic.topic.clone()],
+        max_age: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .expect("pre-create topic stream");
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: topic.dead_letter_stream(),
+        subjects: vec![format!("{}.>", topic.dead_letter_stream())],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .expect("pre-create dead-letter stream");
+
+    let bus = JetStreamBus::connect(config(&topic, Options::default()))
+        .await
+        .expect("connect");
+    bus.ensure_topology()
+        .await
+        .expect("ensure over existing streams");
+    let mut stream = js.get_stream(&topic.topic).await.expect("stream");
+    let info = stream.info().await.expect("info");
+    assert_eq!(
+        info.config.max_age,
+        JetStreamConfig::default().max_age,
+        "retention updated in place"
+    );
+    assert_eq!(
+        info.config.duplicate_window,
+        JetStreamConfig::default().duplicate_window
+    );
+
+    // And the adopted topology works end to end, dead letters included.
+    let mut rx = bus
+        .subscribe(SQL_WRITER_SUBSCRIPTION)
+        .await
+        .expect("subscribe");
+    bus.publish(&sample(1)).await.expect("publish");
+    let d = rx
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .remove(0);
+    d.dead_letter(&DeadLetter {
+        reason: "invalid_field".into(),
+        description: "x".into(),
+        attempts: 1,
+    })
+    .await
+    .expect("dead letter");
+    assert_eq!(
+        bus.list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+}
