@@ -15,21 +15,31 @@ async fn mssql_store_conforms() {
 }
 
 /// A migrated SQL Server store on a database of its own (every case expects
-/// an empty store, and cases run concurrently).
-async fn fresh_mssql_store(ado: String) -> (MssqlStore, ()) {
-    let config = MssqlConfig::from_ado(&ado).expect("MSSQL_URL is an ADO connection string");
-    // TODO(mssql-runner): create a uniquely named database on the server of
-    // `config` here and drop it with a guard after the case, as `FreshDb` does
-    // for PostgreSQL (a `mirror_store::mssql` helper shaped like
-    // `postgres::create_database_if_missing` / `drop_database` would do). Until
-    // then the cases cannot get an empty store of their own, so the runner
-    // refuses rather than report failures caused by leftovers of other cases.
-    let _ = &config;
-    panic!("TODO(mssql-runner): no fresh-database helper for SQL Server yet; cannot give each case an empty store");
-    #[allow(unreachable_code)]
-    {
-        let store = MssqlStore::connect(&config).await.expect("connect to SQL Server");
-        store.migrate().await.expect("migrate");
-        (store, ())
+/// an empty store, and cases run concurrently); the guard drops the database.
+async fn fresh_mssql_store(ado: String) -> (MssqlStore, DropDatabase) {
+    let base = MssqlConfig::from_ado(&ado).expect("MSSQL_URL is an ADO connection string");
+    let name = format!("rm_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let config = base.for_database(&name);
+    mirror_store::mssql::create_database_if_missing(&config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+    let store = MssqlStore::connect(&config).await.expect("connect to SQL Server");
+    store.migrate().await.expect("migrate");
+    (store, DropDatabase(config))
+}
+
+/// Drops the test database when the case is done.
+struct DropDatabase(MssqlConfig);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let config = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let _ = mirror_store::mssql::drop_database(&config).await;
+            })
+        })
+        .join();
     }
 }

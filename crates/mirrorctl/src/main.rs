@@ -159,10 +159,16 @@ async fn run(cli: Cli) -> Result<u8> {
     match cli.cmd {
         Cmd::Migrate { store } => {
             let settings = store.settings()?;
-            if let sql_writer::config::StoreSettings::Postgres { url, .. } = &settings {
-                if mirror_store::postgres::create_database_if_missing(url).await? {
-                    println!("created database");
+            let created = match &settings {
+                sql_writer::config::StoreSettings::Postgres { url, .. } => mirror_store::postgres::create_database_if_missing(url).await?,
+                sql_writer::config::StoreSettings::Mssql { ado, .. } => {
+                    use secrecy::ExposeSecret;
+                    let config = mirror_store::mssql::MssqlConfig::from_ado(ado.expose_secret())?;
+                    mirror_store::mssql::create_database_if_missing(&config).await?
                 }
+            };
+            if created {
+                println!("created database");
             }
             let applied = with_store!(&settings, |store| store.migrate().await?);
             println!("migrations applied: {applied} ({})", settings.describe());
