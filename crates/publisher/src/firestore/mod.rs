@@ -16,6 +16,8 @@
 //! Nothing outside this module sees an SDK type.
 
 mod convert;
+#[cfg(test)]
+mod fake_server;
 mod pager;
 mod transport;
 
