@@ -97,8 +97,13 @@ impl std::fmt::Debug for ServiceBusBus {
 impl ServiceBusBus {
     /// Validate `config` and open an AMQP connection to the namespace
     /// (authenticating, so bad credentials fail here).
+    ///
+    /// TLS goes through rustls with the process's default crypto provider;
+    /// if the process has not installed one, `ring` is installed here (a
+    /// provider the process installed first is kept).
     pub async fn connect(config: ServiceBusConfig) -> Result<ServiceBusBus, BusError> {
         config.validate()?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let credential = match &config.auth {
             ServiceBusAuth::Entra { credential, .. } => Some(credential::build(credential)?),
             ServiceBusAuth::ConnectionString(_) => None,
@@ -865,6 +870,39 @@ mod tests {
                 assert!(matches!(e, BusError::Connect(_)), "{e:?}");
                 assert!(!text.contains(KEY), "{text}");
             }
+        }
+    }
+
+    /// The TLS path (a real namespace's connection string) fails the same way, without panicking for want of a crypto provider.
+    #[tokio::test]
+    async fn tls_connection_failures_are_reported_without_the_key() {
+        // Something on the AMQPS port that accepts and hangs up, so the client
+        // gets as far as building its TLS configuration and handshaking.
+        let host = match tokio::net::TcpListener::bind("127.0.0.3:5671").await {
+            Ok(listener) => {
+                tokio::spawn(async move {
+                    while let Ok((socket, _)) = listener.accept().await {
+                        drop(socket);
+                    }
+                });
+                "127.0.0.3"
+            }
+            Err(e) => {
+                eprintln!("cannot listen on 127.0.0.3:5671 ({e}); checking the refused case only");
+                "127.0.0.2"
+            }
+        };
+        let cs = format!("Endpoint=sb://{host}/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey={KEY}");
+        let config = ServiceBusConfig::from_connection_string(&cs, "realtime-mirror").unwrap();
+        assert!(!config.is_emulator());
+        match tokio::time::timeout(Duration::from_secs(120), ServiceBusBus::connect(config)).await {
+            Ok(Err(e)) => {
+                eprintln!("connect error: {e}");
+                assert!(matches!(e, BusError::Connect(_)), "{e:?}");
+                assert!(!e.to_string().contains(KEY), "{e}");
+            }
+            Ok(Ok(_)) => panic!("connected to an address nothing listens on"),
+            Err(_) => panic!("connect did not give up within 120 s"),
         }
     }
 
