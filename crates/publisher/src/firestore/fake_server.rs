@@ -23,10 +23,13 @@ use crate::mapping::SourceInfo;
 use crate::sink::Shard;
 use crate::testing::{MemoryBus, MemoryStore};
 
+/// (target id, collection id, resume token) of one AddTarget.
+type Added = (i32, String, Option<Vec<u8>>);
+
 #[derive(Default)]
 struct Recorded {
-    /// Per listen stream: (target id, collection id, resume token) of each AddTarget.
-    adds: Vec<Vec<(i32, String, Option<Vec<u8>>)>>,
+    /// Per listen stream, its AddTargets.
+    adds: Vec<Vec<Added>>,
     queries: Vec<pb::StructuredQuery>,
 }
 
