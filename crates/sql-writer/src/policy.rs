@@ -48,10 +48,14 @@ impl std::fmt::Display for Failure<'_> {
 
 /// SQL Server error numbers that are worth retrying (deadlock victim, lock
 /// timeout, Azure SQL throttling/failover, database unavailable).
-pub const MSSQL_TRANSIENT: &[u32] = &[1205, 1222, 40501, 40613, 40197, 49918, 49919, 49920, 10928, 10929, 4060, 4221, 233, 10053, 10054, 10060, 64];
+///
+/// Unique/primary-key violations (2601, 2627) are here too: the procedures
+/// only upsert, so one can only come from a concurrent insert of the same key
+/// by another writer, and a retry finds the row (see [`classify_sqlstate`]).
+pub const MSSQL_TRANSIENT: &[u32] = &[2601, 2627, 1205, 1222, 40501, 40613, 40197, 49918, 49919, 49920, 10928, 10929, 4060, 4221, 233, 10053, 10054, 10060, 64];
 /// SQL Server error numbers that will not succeed on retry (FK, unique, truncation,
 /// conversion, NOT NULL). The procedures' own numbers (50000–50999) are permanent too.
-pub const MSSQL_PERMANENT: &[u32] = &[547, 2601, 2627, 8152, 2628, 245, 515, 8114, 241, 242, 13609];
+pub const MSSQL_PERMANENT: &[u32] = &[547, 8152, 2628, 245, 515, 8114, 241, 242, 13609];
 /// SQL Server: invalid object / procedure name — the schema is not deployed.
 pub const MSSQL_FATAL: &[u32] = &[208, 2812, 18456];
 
@@ -83,9 +87,17 @@ fn classify_store(e: &StoreError) -> Class {
 /// shutdown, too many connections, lock/statement timeouts retry; integrity
 /// and data exceptions and the mirror functions' own `RM` rejections don't;
 /// an undefined table/function means the schema is not migrated (fatal).
+///
+/// `23505` (unique violation) is the exception among integrity errors: the
+/// mirror functions only upsert, so a unique violation means another writer
+/// inserted the same row concurrently (found by the chaos tests: with 4+
+/// workers on a fresh database, first inserts of one conversation or message
+/// collided and valid events were dead-lettered as `rejected_by_database`).
+/// A retry sees the row and applies or rejects the event as stale; a genuine
+/// permanent one costs `max_attempts` deliveries and is then dead-lettered.
 pub fn classify_sqlstate(code: &str) -> Class {
     match code {
-        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "53400" | "55P03" | "57014" | "58000" | "58030" => {
+        "23505" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "53400" | "55P03" | "57014" | "58000" | "58030" => {
             Class::Transient
         }
         "42P01" | "42883" | "3F000" | "28000" | "28P01" | "3D000" => Class::Fatal,
@@ -231,14 +243,16 @@ mod tests {
             (pg("08006"), Class::Transient),
             (pg("57P01"), Class::Transient),
             (pg("53300"), Class::Transient),
-            (pg("23505"), Class::Permanent),
+            (pg("23505"), Class::Transient),
+            (pg("23503"), Class::Permanent),
             (pg("22001"), Class::Permanent),
             (pg("RM001"), Class::Permanent),
             (pg("42883"), Class::Fatal),
             (ms(1205), Class::Transient),
             (ms(40613), Class::Transient),
             (ms(49919), Class::Transient),
-            (ms(2627), Class::Permanent),
+            (ms(2627), Class::Transient),
+            (ms(515), Class::Permanent),
             (ms(547), Class::Permanent),
             (ms(50001), Class::Permanent),
             (ms(2812), Class::Fatal),
