@@ -124,8 +124,14 @@ pub struct LiveReport {
     pub snapshots: u64,
     pub checkpoints: u64,
     pub tally: Tally,
+    /// How many notices the core raised.
+    pub notice_count: u64,
+    /// The first [`MAX_KEPT_NOTICES`] of them (all are logged).
     pub notices: Vec<Notice>,
 }
+
+/// Notices kept in a [`LiveReport`]; a long run must not grow without bound.
+pub const MAX_KEPT_NOTICES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -211,7 +217,10 @@ where
                             Output::Reconnect => reconnect = true,
                             Output::Notice(notice) => {
                                 tracing::warn!(?notice, "listen stream notice");
-                                report.notices.push(notice);
+                                report.notice_count += 1;
+                                if report.notices.len() < MAX_KEPT_NOTICES {
+                                    report.notices.push(notice);
+                                }
                             }
                             Output::Emit(snapshot) => {
                                 report.snapshots += 1;
