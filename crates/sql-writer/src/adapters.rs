@@ -18,10 +18,11 @@ use secrecy::ExposeSecret;
 use crate::config::{BusSettings, ServiceBusAuth, StoreSettings};
 
 /// Connect to JetStream and create the topology if it is missing.
-pub async fn jetstream(url: &str, topic: &str) -> Result<JetStreamBus, BusError> {
+pub async fn jetstream(url: &str, topic: &str, max_deliver: u32) -> Result<JetStreamBus, BusError> {
     let config = JetStreamConfig {
         url: url.to_owned(),
         topic: topic.to_owned(),
+        max_deliver,
         ..JetStreamConfig::default()
     };
     let bus = JetStreamBus::connect(config).await?;
@@ -71,8 +72,8 @@ pub async fn mssql(settings: &StoreSettings) -> Result<MssqlStore, StoreError> {
 macro_rules! with_bus {
     ($settings:expr, |$bus:ident| $body:expr) => {{
         match $settings {
-            $crate::config::BusSettings::Nats { url, topic } => {
-                let $bus = $crate::adapters::jetstream(url, topic).await?;
+            $crate::config::BusSettings::Nats { url, topic, max_deliver } => {
+                let $bus = $crate::adapters::jetstream(url, topic, *max_deliver).await?;
                 $body
             }
             $crate::config::BusSettings::ServiceBus { auth, topic, sessions } => {
@@ -99,6 +100,25 @@ macro_rules! with_store {
             }
         }
     }};
+}
+
+/// Start adapter-specific background work the writer needs beside its loop.
+///
+/// JetStream stops redelivering a message after `max_deliver` attempts and
+/// only says so in an advisory; if the writer crashed during the last attempt,
+/// nobody would dead-letter it. The watcher listens for those advisories and
+/// moves such messages to the dead-letter stream (reason `max_deliveries`).
+/// Other adapters need nothing here.
+pub async fn start_background<B: mirror_bus::EventBus>(bus: &B, subscription: &str) -> Result<(), BusError> {
+    if let Some(js) = (bus as &dyn std::any::Any).downcast_ref::<JetStreamBus>() {
+        let watcher = js.max_deliveries_watcher(subscription).await?;
+        tokio::spawn(async move {
+            if let Err(e) = watcher.run(std::future::pending()).await {
+                tracing::error!(error = %e, "max-deliveries watcher stopped");
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Describe the settings for the start-up log line (no secrets).

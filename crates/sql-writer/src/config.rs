@@ -93,7 +93,9 @@ pub struct StoreArgs {
 /// Validated bus connection settings.
 #[derive(Debug, Clone)]
 pub enum BusSettings {
-    Nats { url: String, topic: String },
+    /// `max_deliver` is the consumer's delivery limit; the writer sets it to its
+    /// attempt limit so JetStream never gives up before the writer's own rule.
+    Nats { url: String, topic: String, max_deliver: u32 },
     ServiceBus { auth: ServiceBusAuth, topic: String, sessions: bool },
 }
 
@@ -154,7 +156,7 @@ impl BusArgs {
                         return Err(bad("--nats-url / NATS_URL", format!("scheme `{}` is not nats, tls, ws or wss", parsed.scheme())));
                     }
                 }
-                Ok(BusSettings::Nats { url, topic })
+                Ok(BusSettings::Nats { url, topic, max_deliver: 5 })
             }
             BusKind::Servicebus => {
                 let auth = match (self.servicebus_connection_string, self.servicebus_namespace) {
@@ -259,7 +261,7 @@ impl StoreSettings {
 impl BusSettings {
     pub fn describe(&self) -> String {
         match self {
-            BusSettings::Nats { url, topic } => format!("nats {url} topic {topic}"),
+            BusSettings::Nats { url, topic, .. } => format!("nats {url} topic {topic}"),
             BusSettings::ServiceBus { auth, topic, .. } => match auth {
                 ServiceBusAuth::Entra { namespace } => format!("servicebus {namespace} (Entra ID) topic {topic}"),
                 ServiceBusAuth::ConnectionString(_) => format!("servicebus (connection string) topic {topic}"),
@@ -389,8 +391,12 @@ impl Cli {
             return Err(bad("--min-backoff-ms", "must not exceed --max-backoff-ms"));
         }
         let subscription = w.subscription.or(f.subscription).unwrap_or_else(|| mirror_bus::SQL_WRITER_SUBSCRIPTION.to_owned());
+        let mut bus = self.bus.or(file.bus).settings()?;
+        if let BusSettings::Nats { max_deliver, .. } = &mut bus {
+            *max_deliver = max_attempts;
+        }
         Ok(Settings {
-            bus: self.bus.or(file.bus).settings()?,
+            bus,
             store: self.store.or(file.store).settings()?,
             writer: WriterSettings {
                 subscription,
@@ -449,7 +455,7 @@ mod tests {
         // Not reading the environment in this test would need env isolation;
         // the flags below override anything a developer has set.
         let s = parse(&["--bus", "nats", "--nats-url", DEFAULT_NATS_URL, "--store", "postgres", "--database-url", DEFAULT_DATABASE_URL]).unwrap();
-        assert!(matches!(s.bus, BusSettings::Nats { ref url, ref topic } if url == DEFAULT_NATS_URL && topic == "realtime-mirror"));
+        assert!(matches!(s.bus, BusSettings::Nats { ref url, ref topic, max_deliver: 5 } if url == DEFAULT_NATS_URL && topic == "realtime-mirror"));
         assert_eq!(s.writer.batch_size, 64);
         assert_eq!(s.writer.retry.max_attempts, 5);
         assert_eq!(s.store.describe(), "postgres 127.0.0.1:5432/mirror");

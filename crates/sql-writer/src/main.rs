@@ -53,6 +53,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             tracing::info!(applied = report, "migrations applied");
         }
         with_bus!(&settings.bus, |bus| {
+            sql_writer::adapters::start_background(&bus, &settings.writer.subscription).await?;
             let deps = Deps { bus: Arc::new(bus), store: Arc::new(store) };
             sql_writer::run(deps, settings.writer.clone(), shutdown_signal()).await?
         })
