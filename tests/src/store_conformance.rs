@@ -21,7 +21,8 @@ use futures::StreamExt;
 use mirror_schema::*;
 use mirror_store::model::{newest_only, Model};
 use mirror_store::{
-    ApplyOutcome, Checkpoint, DbCode, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError,
+    ApplyOutcome, Checkpoint, DbCode, DeadLetterRecord, MetricSample, MirrorState, MirrorStore,
+    StoreError,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -81,7 +82,10 @@ where
         .into_iter()
         .filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f)))
         .collect();
-    assert!(!selected.is_empty(), "STORE_CASE={filter:?} matches no case");
+    assert!(
+        !selected.is_empty(),
+        "STORE_CASE={filter:?} matches no case"
+    );
     let total = selected.len();
     let runs = selected.into_iter().map(|case| {
         let setup = fresh();
@@ -103,11 +107,17 @@ where
             (case.name, started.elapsed(), result)
         }
     });
-    let results: Vec<_> = futures::stream::iter(runs).buffer_unordered(3).collect().await;
+    let results: Vec<_> = futures::stream::iter(runs)
+        .buffer_unordered(3)
+        .collect()
+        .await;
     let mut failed = Vec::new();
     for (name, took, result) in &results {
         match result {
-            Ok(()) => println!("store conformance [{adapter}] {name} ... ok ({} ms)", took.as_millis()),
+            Ok(()) => println!(
+                "store conformance [{adapter}] {name} ... ok ({} ms)",
+                took.as_millis()
+            ),
             Err(msg) => {
                 println!("store conformance [{adapter}] {name} ... FAILED");
                 failed.push(format!("--- {name}\n{msg}"));
@@ -133,7 +143,8 @@ where
 /// it, since whichever copy arrives first wins and the other is a duplicate.
 /// Replace every event by the first one drawn with its id (duplicates stay).
 pub fn canonical(history: Vec<MirrorEvent>) -> Vec<MirrorEvent> {
-    let mut first: std::collections::HashMap<uuid::Uuid, MirrorEvent> = std::collections::HashMap::new();
+    let mut first: std::collections::HashMap<uuid::Uuid, MirrorEvent> =
+        std::collections::HashMap::new();
     history
         .into_iter()
         .map(|e| first.entry(e.id()).or_insert(e).clone())
@@ -141,11 +152,20 @@ pub fn canonical(history: Vec<MirrorEvent>) -> Vec<MirrorEvent> {
 }
 
 fn describe(e: &MirrorEvent) -> String {
-    format!("{} {} @ {}", e.event_type(), e.subject(), format_time(&e.time()))
+    format!(
+        "{} {} @ {}",
+        e.event_type(),
+        e.subject(),
+        format_time(&e.time())
+    )
 }
 
 /// Apply `events` one by one to the store and the model; outcomes must agree.
-async fn apply_all<S: MirrorStore>(store: &S, model: &mut Model, events: &[MirrorEvent]) -> Vec<ApplyOutcome> {
+async fn apply_all<S: MirrorStore>(
+    store: &S,
+    model: &mut Model,
+    events: &[MirrorEvent],
+) -> Vec<ApplyOutcome> {
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         let want = model.apply(e);
@@ -160,7 +180,11 @@ async fn apply_all<S: MirrorStore>(store: &S, model: &mut Model, events: &[Mirro
 }
 
 /// The store's snapshot must equal the model's state.
-async fn assert_matches_model<S: MirrorStore>(store: &S, model: &Model, context: &str) -> MirrorState {
+async fn assert_matches_model<S: MirrorStore>(
+    store: &S,
+    model: &Model,
+    context: &str,
+) -> MirrorState {
     let actual = store.snapshot().await.expect("snapshot");
     let expected = model.state();
     if actual != expected {
@@ -175,7 +199,10 @@ async fn assert_matches_model<S: MirrorStore>(store: &S, model: &Model, context:
 fn entities_equal(expected: &MirrorState, actual: &MirrorState, context: &str) {
     let (e, a) = (expected.entities(), actual.entities());
     if e != a {
-        panic!("{context}: entities differ (- expected, + store):\n{}", MirrorState::diff(&e, &a));
+        panic!(
+            "{context}: entities differ (- expected, + store):\n{}",
+            MirrorState::diff(&e, &a)
+        );
     }
 }
 
@@ -184,13 +211,22 @@ fn source(subject: &Subject) -> String {
 }
 
 /// A message event with its own `createdAt` (the shared builder fixes it).
-fn message_at(op: Op, cid: &str, mid: &str, created_at: DateTime<Utc>, time: DateTime<Utc>, soft_deleted: bool) -> MirrorEvent {
+fn message_at(
+    op: Op,
+    cid: &str,
+    mid: &str,
+    created_at: DateTime<Utc>,
+    time: DateTime<Utc>,
+    soft_deleted: bool,
+) -> MirrorEvent {
     let subject = Subject::Message {
         conversation_id: cid.into(),
         message_id: mid.into(),
     };
     let payload = if op == Op::Delete {
-        Payload::MessageDelete(MessageDeletePayload { performed_by: Some("moderator".into()) })
+        Payload::MessageDelete(MessageDeletePayload {
+            performed_by: Some("moderator".into()),
+        })
     } else {
         Payload::Message(MessagePayload {
             author_user_id: "u2".into(),
@@ -204,12 +240,20 @@ fn message_at(op: Op, cid: &str, mid: &str, created_at: DateTime<Utc>, time: Dat
         })
     };
     let ty = EventType::of(EventFamily::Message, op).unwrap();
-    MirrorEvent::new(ty, subject.clone(), time, source(&subject), payload).expect("valid message event")
+    MirrorEvent::new(ty, subject.clone(), time, source(&subject), payload)
+        .expect("valid message event")
 }
 
 /// A conversation event with explicit participants.
-fn conversation_with(op: Op, cid: &str, participants: Vec<Participant>, time: DateTime<Utc>) -> MirrorEvent {
-    let subject = Subject::Conversation { conversation_id: cid.into() };
+fn conversation_with(
+    op: Op,
+    cid: &str,
+    participants: Vec<Participant>,
+    time: DateTime<Utc>,
+) -> MirrorEvent {
+    let subject = Subject::Conversation {
+        conversation_id: cid.into(),
+    };
     let payload = Payload::Conversation(ConversationPayload {
         kind: ConversationKind::Group,
         participants,
@@ -218,10 +262,17 @@ fn conversation_with(op: Op, cid: &str, participants: Vec<Participant>, time: Da
         last_message_id: Some("ignored-by-the-mirror".into()),
     });
     let ty = EventType::of(EventFamily::Conversation, op).unwrap();
-    MirrorEvent::new(ty, subject.clone(), time, source(&subject), payload).expect("valid conversation event")
+    MirrorEvent::new(ty, subject.clone(), time, source(&subject), payload)
+        .expect("valid conversation event")
 }
 
-fn block_with(op: Op, user: &str, target: &str, revoked: Option<DateTime<Utc>>, time: DateTime<Utc>) -> MirrorEvent {
+fn block_with(
+    op: Op,
+    user: &str,
+    target: &str,
+    revoked: Option<DateTime<Utc>>,
+    time: DateTime<Utc>,
+) -> MirrorEvent {
     let subject = Subject::Block {
         user_id: user.into(),
         target_user_id: target.into(),
@@ -232,7 +283,8 @@ fn block_with(op: Op, user: &str, target: &str, revoked: Option<DateTime<Utc>>, 
         source: BlockSource::Admin,
     });
     let ty = EventType::of(EventFamily::Block, op).unwrap();
-    MirrorEvent::new(ty, subject.clone(), time, source(&subject), payload).expect("valid block event")
+    MirrorEvent::new(ty, subject.clone(), time, source(&subject), payload)
+        .expect("valid block event")
 }
 
 /// Errors a concurrent writer is expected to retry (deadlock / serialization).
@@ -299,15 +351,29 @@ async fn every_event_type_applies<S: MirrorStore>(store: S) {
         follow(Op::Create, "u3", "u2", FollowState::Accepted, t(10)),
         follow(Op::Delete, "u3", "u2", FollowState::Accepted, t(11)),
     ];
-    let covered: std::collections::BTreeSet<EventType> = events.iter().map(|e| e.event_type()).collect();
-    assert_eq!(covered.len(), EventType::ALL.len(), "the case covers every event type");
+    let covered: std::collections::BTreeSet<EventType> =
+        events.iter().map(|e| e.event_type()).collect();
+    assert_eq!(
+        covered.len(),
+        EventType::ALL.len(),
+        "the case covers every event type"
+    );
     let outcomes = apply_all(&store, &mut model, &events).await;
-    assert!(outcomes.iter().all(|o| *o == ApplyOutcome::Applied), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| *o == ApplyOutcome::Applied),
+        "{outcomes:?}"
+    );
     let state = assert_matches_model(&store, &model, "one event of every type").await;
     assert_eq!(state.participants.len(), 3);
-    assert_eq!(state.conversations["c1"].participant_hash.as_deref(), Some(mirror_store::state::participant_hash(["u3", "u1", "u2"]).as_str()));
+    assert_eq!(
+        state.conversations["c1"].participant_hash.as_deref(),
+        Some(mirror_store::state::participant_hash(["u3", "u1", "u2"]).as_str())
+    );
     assert!(state.messages[&("c1".into(), "m2".into())].tombstone);
-    assert_eq!(state.blocks[&("u2".into(), "u9".into())].deleted_at, Some(t(12)));
+    assert_eq!(
+        state.blocks[&("u2".into(), "u9".into())].deleted_at,
+        Some(t(12))
+    );
     assert_eq!(state.follow_edges[&("u3".into(), "u2".into())].state, None);
 }
 
@@ -321,20 +387,44 @@ async fn duplicate_event_is_a_noop<S: MirrorStore>(store: S) {
         follow(Op::Create, "u1", "u2", FollowState::Pending, t(1)),
         block(Op::Create, "u1", "u2", t(1)),
         // stale the first time, duplicate the second
-        message(Op::Update, "c1", "m1", "late", t(3) - chrono::Duration::milliseconds(1)),
+        message(
+            Op::Update,
+            "c1",
+            "m1",
+            "late",
+            t(3) - chrono::Duration::milliseconds(1),
+        ),
     ];
     apply_all(&store, &mut model, &events).await;
     let before = assert_matches_model(&store, &model, "first delivery").await;
     for e in &events {
-        assert_eq!(store.apply(e).await.unwrap(), ApplyOutcome::Duplicate, "redelivery of {}", describe(e));
+        assert_eq!(
+            store.apply(e).await.unwrap(),
+            ApplyOutcome::Duplicate,
+            "redelivery of {}",
+            describe(e)
+        );
         assert_eq!(model.apply(e), ApplyOutcome::Duplicate);
     }
     let batch = store.apply_batch(&events).await.unwrap();
-    assert!(batch.iter().all(|r| matches!(r, Ok(ApplyOutcome::Duplicate))), "{batch:?}");
+    assert!(
+        batch
+            .iter()
+            .all(|r| matches!(r, Ok(ApplyOutcome::Duplicate))),
+        "{batch:?}"
+    );
     let after = assert_matches_model(&store, &model, "after redelivery").await;
     assert_eq!(before, after);
-    assert_eq!(after.audit.len(), 2, "one edit and one delete audit row, no second copies");
-    assert_eq!(after.follow_events.len(), 1, "one follow event, no second copy");
+    assert_eq!(
+        after.audit.len(),
+        2,
+        "one edit and one delete audit row, no second copies"
+    );
+    assert_eq!(
+        after.follow_events.len(),
+        1,
+        "one follow event, no second copy"
+    );
 }
 
 async fn older_version_is_stale<S: MirrorStore>(store: S) {
@@ -356,9 +446,17 @@ async fn older_version_is_stale<S: MirrorStore>(store: S) {
     ];
     apply_all(&store, &mut model, &newer).await;
     let outcomes = apply_all(&store, &mut model, &older).await;
-    assert!(outcomes.iter().all(|o| *o == ApplyOutcome::Stale), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| *o == ApplyOutcome::Stale),
+        "{outcomes:?}"
+    );
     let state = assert_matches_model(&store, &model, "older events after newer").await;
-    assert_eq!(state.messages[&("c1".into(), "m1".into())].body_text.as_deref(), Some("new"));
+    assert_eq!(
+        state.messages[&("c1".into(), "m1".into())]
+            .body_text
+            .as_deref(),
+        Some("new")
+    );
     assert_eq!(state.participants.len(), 2);
 }
 
@@ -369,7 +467,12 @@ async fn equal_time_is_ordered_by_event_id<S: MirrorStore>(store: S) {
     let c = follow(Op::Update, "u1", "u2", FollowState::Blocked, t(5));
     let d = follow(Op::Delete, "u1", "u2", FollowState::Blocked, t(5));
     let mut model = Model::new();
-    apply_all(&store, &mut model, &[b.clone(), a.clone(), c.clone(), d.clone()]).await;
+    apply_all(
+        &store,
+        &mut model,
+        &[b.clone(), a.clone(), c.clone(), d.clone()],
+    )
+    .await;
     let state = assert_matches_model(&store, &model, "ties on time").await;
     entities_equal(&newest_only(&[a, b, c, d]), &state, "ties on time");
 }
@@ -386,14 +489,36 @@ async fn delete_then_late_create_stays_deleted<S: MirrorStore>(store: S) {
         follow(Op::Create, "u1", "u2", FollowState::Accepted, t(5)),
     ];
     let outcomes = apply_all(&store, &mut model, &events).await;
-    assert_eq!(outcomes.iter().filter(|o| **o == ApplyOutcome::Stale).count(), 4, "{outcomes:?}");
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == ApplyOutcome::Stale)
+            .count(),
+        4,
+        "{outcomes:?}"
+    );
     let state = assert_matches_model(&store, &model, "late creates after deletes").await;
     let m = &state.messages[&("c1".into(), "m1".into())];
-    assert!(m.tombstone && m.deleted_at == Some(t(10)) && m.body_text.is_none(), "{m:?}");
-    assert!(state.conversations["c1"].placeholder, "a delete alone leaves a placeholder parent");
-    assert_eq!(state.blocks[&("u1".into(), "u2".into())].deleted_at, Some(t(10)));
-    assert_eq!(state.follow_edges[&("u1".into(), "u2".into())].deleted_at, Some(t(10)));
-    assert!(state.follow_events.is_empty(), "no edge ever existed, so no transition");
+    assert!(
+        m.tombstone && m.deleted_at == Some(t(10)) && m.body_text.is_none(),
+        "{m:?}"
+    );
+    assert!(
+        state.conversations["c1"].placeholder,
+        "a delete alone leaves a placeholder parent"
+    );
+    assert_eq!(
+        state.blocks[&("u1".into(), "u2".into())].deleted_at,
+        Some(t(10))
+    );
+    assert_eq!(
+        state.follow_edges[&("u1".into(), "u2".into())].deleted_at,
+        Some(t(10))
+    );
+    assert!(
+        state.follow_events.is_empty(),
+        "no edge ever existed, so no transition"
+    );
 }
 
 async fn newer_update_after_delete_clears_the_tombstone<S: MirrorStore>(store: S) {
@@ -410,34 +535,80 @@ async fn newer_update_after_delete_clears_the_tombstone<S: MirrorStore>(store: S
         follow(Op::Create, "u1", "u2", FollowState::Pending, t(3)),
     ];
     let outcomes = apply_all(&store, &mut model, &events).await;
-    assert!(outcomes.iter().all(|o| *o == ApplyOutcome::Applied), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| *o == ApplyOutcome::Applied),
+        "{outcomes:?}"
+    );
     let state = assert_matches_model(&store, &model, "revived after delete").await;
     let m = &state.messages[&("c1".into(), "m1".into())];
-    assert!(!m.tombstone && m.deleted_at.is_none() && m.body_text.as_deref() == Some("v3"), "{m:?}");
-    assert_eq!(state.conversations["c1"].last_message_id.as_deref(), Some("m1"));
+    assert!(
+        !m.tombstone && m.deleted_at.is_none() && m.body_text.as_deref() == Some("v3"),
+        "{m:?}"
+    );
+    assert_eq!(
+        state.conversations["c1"].last_message_id.as_deref(),
+        Some("m1")
+    );
     let b = &state.blocks[&("u1".into(), "u2".into())];
-    assert!(b.deleted_at.is_none() && b.revoked_at == Some(t(3)), "{b:?}");
-    assert_eq!(state.follow_edges[&("u1".into(), "u2".into())].state.as_deref(), Some("pending"));
+    assert!(
+        b.deleted_at.is_none() && b.revoked_at == Some(t(3)),
+        "{b:?}"
+    );
+    assert_eq!(
+        state.follow_edges[&("u1".into(), "u2".into())]
+            .state
+            .as_deref(),
+        Some("pending")
+    );
 }
 
 async fn placeholder_conversation_is_completed_by_its_event<S: MirrorStore>(store: S) {
     let mut model = Model::new();
-    apply_all(&store, &mut model, &[message(Op::Create, "c1", "m1", "early", t(5))]).await;
+    apply_all(
+        &store,
+        &mut model,
+        &[message(Op::Create, "c1", "m1", "early", t(5))],
+    )
+    .await;
     let state = assert_matches_model(&store, &model, "message before its conversation").await;
     let c = &state.conversations["c1"];
-    assert!(c.placeholder && c.kind.is_none() && c.source_version.is_none(), "{c:?}");
+    assert!(
+        c.placeholder && c.kind.is_none() && c.source_version.is_none(),
+        "{c:?}"
+    );
     assert_eq!(c.last_message_id.as_deref(), Some("m1"));
-    assert_eq!(c.updated_at, Some(t(1)), "updated_at = last message's created_at");
+    assert_eq!(
+        c.updated_at,
+        Some(t(1)),
+        "updated_at = last message's created_at"
+    );
 
-    apply_all(&store, &mut model, &[conversation(Op::Create, "c1", &["u1", "u2"], t(3))]).await;
+    apply_all(
+        &store,
+        &mut model,
+        &[conversation(Op::Create, "c1", &["u1", "u2"], t(3))],
+    )
+    .await;
     let state = assert_matches_model(&store, &model, "conversation arrives").await;
     let c = &state.conversations["c1"];
-    assert!(!c.placeholder && c.kind.as_deref() == Some("direct") && c.source_version == Some(t(3)), "{c:?}");
-    assert_eq!(c.last_message_id.as_deref(), Some("m1"), "the summary survives completion");
+    assert!(
+        !c.placeholder && c.kind.as_deref() == Some("direct") && c.source_version == Some(t(3)),
+        "{c:?}"
+    );
+    assert_eq!(
+        c.last_message_id.as_deref(),
+        Some("m1"),
+        "the summary survives completion"
+    );
     assert_eq!(c.updated_at, Some(t(3)));
 
     // A placeholder for a conversation that never arrives is still consistent.
-    apply_all(&store, &mut model, &[message(Op::Delete, "c2", "m9", "", t(5))]).await;
+    apply_all(
+        &store,
+        &mut model,
+        &[message(Op::Delete, "c2", "m9", "", t(5))],
+    )
+    .await;
     assert_matches_model(&store, &model, "orphan delete").await;
 }
 
@@ -459,7 +630,12 @@ async fn conversation_participants_are_replaced<S: MirrorStore>(store: S) {
             vec![
                 p("u1", ParticipantRole::Owner, MuteState::None, Some("m1")),
                 p("u2", ParticipantRole::Member, MuteState::Muted, None),
-                p("U3", ParticipantRole::Member, MuteState::None, Some("m-not-yet")),
+                p(
+                    "U3",
+                    ParticipantRole::Member,
+                    MuteState::None,
+                    Some("m-not-yet"),
+                ),
             ],
             t(1),
         )],
@@ -485,83 +661,166 @@ async fn conversation_participants_are_replaced<S: MirrorStore>(store: S) {
     .await;
     let state = assert_matches_model(&store, &model, "participants replaced").await;
     assert_eq!(
-        state.participants.keys().map(|(_, u)| u.as_str()).collect::<Vec<_>>(),
+        state
+            .participants
+            .keys()
+            .map(|(_, u)| u.as_str())
+            .collect::<Vec<_>>(),
         vec!["u2", "u4"]
     );
-    assert_eq!(state.conversations["c1"].participant_hash.as_deref(), Some(mirror_store::state::participant_hash(["u4", "u2"]).as_str()));
+    assert_eq!(
+        state.conversations["c1"].participant_hash.as_deref(),
+        Some(mirror_store::state::participant_hash(["u4", "u2"]).as_str())
+    );
     // An empty participant list is allowed and hashes the empty string.
-    apply_all(&store, &mut model, &[conversation_with(Op::Update, "c1", vec![], t(4))]).await;
+    apply_all(
+        &store,
+        &mut model,
+        &[conversation_with(Op::Update, "c1", vec![], t(4))],
+    )
+    .await;
     assert_matches_model(&store, &model, "no participants").await;
 }
 
 /// Apply `events`, check against the model, return conversation c1's row.
-async fn summary_step<S: MirrorStore>(store: &S, model: &mut Model, events: Vec<MirrorEvent>) -> mirror_store::state::ConversationRow {
+async fn summary_step<S: MirrorStore>(
+    store: &S,
+    model: &mut Model,
+    events: Vec<MirrorEvent>,
+) -> mirror_store::state::ConversationRow {
     apply_all(store, model, &events).await;
-    let state = assert_matches_model(store, model, &format!("after {}", describe(events.last().unwrap()))).await;
+    let state = assert_matches_model(
+        store,
+        model,
+        &format!("after {}", describe(events.last().unwrap())),
+    )
+    .await;
     state.conversations["c1"].clone()
 }
 
 async fn conversation_summary_follows_live_messages<S: MirrorStore>(store: S) {
     let mut model = Model::new();
-    let c = summary_step(&store, &mut model, vec![conversation(Op::Create, "c1", &["u1", "u2"], t(10))]).await;
-    assert_eq!((c.last_message_id.clone(), c.updated_at), (None, Some(t(10))));
+    let c = summary_step(
+        &store,
+        &mut model,
+        vec![conversation(Op::Create, "c1", &["u1", "u2"], t(10))],
+    )
+    .await;
+    assert_eq!(
+        (c.last_message_id.clone(), c.updated_at),
+        (None, Some(t(10)))
+    );
 
-    let c = summary_step(&store, &mut model, vec![message_at(Op::Create, "c1", "m1", t(20), t(20), false)]).await;
-    assert_eq!((c.last_message_id.clone(), c.last_message_at, c.updated_at), (Some("m1".into()), Some(t(20)), Some(t(20))));
+    let c = summary_step(
+        &store,
+        &mut model,
+        vec![message_at(Op::Create, "c1", "m1", t(20), t(20), false)],
+    )
+    .await;
+    assert_eq!(
+        (c.last_message_id.clone(), c.last_message_at, c.updated_at),
+        (Some("m1".into()), Some(t(20)), Some(t(20)))
+    );
 
     // Same created_at: the greater Firestore id wins (bytewise: "m2" > "M9").
-    let c = summary_step(&store, &mut model, vec![
-        message_at(Op::Create, "c1", "m2", t(30), t(30), false),
-        message_at(Op::Create, "c1", "M9", t(30), t(31), false),
-    ])
+    let c = summary_step(
+        &store,
+        &mut model,
+        vec![
+            message_at(Op::Create, "c1", "m2", t(30), t(30), false),
+            message_at(Op::Create, "c1", "M9", t(30), t(31), false),
+        ],
+    )
     .await;
     assert_eq!(c.last_message_id.as_deref(), Some("m2"));
 
     // An older message arriving late does not move the summary.
-    let c = summary_step(&store, &mut model, vec![message_at(Op::Create, "c1", "m0", t(5), t(32), false)]).await;
+    let c = summary_step(
+        &store,
+        &mut model,
+        vec![message_at(Op::Create, "c1", "m0", t(5), t(32), false)],
+    )
+    .await;
     assert_eq!(c.last_message_id.as_deref(), Some("m2"));
 
     // Soft delete of the newest: the next live one takes over.
-    let c = summary_step(&store, &mut model, vec![message_at(Op::Update, "c1", "m2", t(30), t(40), true)]).await;
-    assert_eq!((c.last_message_id.as_deref(), c.updated_at), (Some("M9"), Some(t(30))));
+    let c = summary_step(
+        &store,
+        &mut model,
+        vec![message_at(Op::Update, "c1", "m2", t(30), t(40), true)],
+    )
+    .await;
+    assert_eq!(
+        (c.last_message_id.as_deref(), c.updated_at),
+        (Some("M9"), Some(t(30)))
+    );
 
     // Hard deletes.
-    let c = summary_step(&store, &mut model, vec![message_at(Op::Delete, "c1", "M9", t(0), t(41), false)]).await;
-    assert_eq!(c.last_message_id.as_deref(), Some("m1"));
-    let c = summary_step(&store, &mut model, vec![
-        message_at(Op::Delete, "c1", "m1", t(0), t(42), false),
-        message_at(Op::Delete, "c1", "m0", t(0), t(43), false),
-    ])
+    let c = summary_step(
+        &store,
+        &mut model,
+        vec![message_at(Op::Delete, "c1", "M9", t(0), t(41), false)],
+    )
     .await;
-    assert_eq!((c.last_message_id.clone(), c.last_message_at, c.updated_at), (None, None, Some(t(10))));
+    assert_eq!(c.last_message_id.as_deref(), Some("m1"));
+    let c = summary_step(
+        &store,
+        &mut model,
+        vec![
+            message_at(Op::Delete, "c1", "m1", t(0), t(42), false),
+            message_at(Op::Delete, "c1", "m0", t(0), t(43), false),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (c.last_message_id.clone(), c.last_message_at, c.updated_at),
+        (None, None, Some(t(10)))
+    );
 
     // A newer conversation document moves updated_at past the messages.
-    let c = summary_step(&store, &mut model, vec![
-        message_at(Op::Create, "c1", "m5", t(50), t(50), false),
-        conversation(Op::Update, "c1", &["u1", "u2"], t(60)),
-    ])
+    let c = summary_step(
+        &store,
+        &mut model,
+        vec![
+            message_at(Op::Create, "c1", "m5", t(50), t(50), false),
+            conversation(Op::Update, "c1", &["u1", "u2"], t(60)),
+        ],
+    )
     .await;
-    assert_eq!((c.last_message_id.as_deref(), c.updated_at, c.doc_updated_at), (Some("m5"), Some(t(60)), Some(t(60))));
+    assert_eq!(
+        (c.last_message_id.as_deref(), c.updated_at, c.doc_updated_at),
+        (Some("m5"), Some(t(60)), Some(t(60)))
+    );
 }
 
 async fn follow_transitions_write_follow_events<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     let events = vec![
-        follow(Op::Create, "u1", "u2", FollowState::Pending, t(1)),  // request
-        follow(Op::Update, "u1", "u2", FollowState::Pending, t(2)),  // no transition
+        follow(Op::Create, "u1", "u2", FollowState::Pending, t(1)), // request
+        follow(Op::Update, "u1", "u2", FollowState::Pending, t(2)), // no transition
         follow(Op::Update, "u1", "u2", FollowState::Accepted, t(3)), // accept
-        follow(Op::Update, "u1", "u2", FollowState::Blocked, t(4)),  // block
+        follow(Op::Update, "u1", "u2", FollowState::Blocked, t(4)), // block
         follow(Op::Update, "u1", "u2", FollowState::Accepted, t(5)), // unblock
         follow(Op::Delete, "u1", "u2", FollowState::Accepted, t(6)), // remove
-        follow(Op::Create, "u1", "u2", FollowState::Blocked, t(7)),  // block
-        follow(Op::Delete, "u1", "u2", FollowState::Blocked, t(8)),  // unblock
+        follow(Op::Create, "u1", "u2", FollowState::Blocked, t(7)), // block
+        follow(Op::Delete, "u1", "u2", FollowState::Blocked, t(8)), // unblock
         follow(Op::Create, "u3", "u2", FollowState::Accepted, t(1)), // accept (no request first)
         follow(Op::Delete, "u4", "u2", FollowState::Accepted, t(1)), // delete of nothing: none
         follow(Op::Create, "u1", "u2", FollowState::Accepted, t(2)), // stale: none
     ];
     apply_all(&store, &mut model, &events).await;
     let state = assert_matches_model(&store, &model, "follow transitions").await;
-    let mut log: Vec<_> = state.follow_events.iter().map(|f| (f.follower_user_id.as_str(), f.created_at, f.event_type.as_str())).collect();
+    let mut log: Vec<_> = state
+        .follow_events
+        .iter()
+        .map(|f| {
+            (
+                f.follower_user_id.as_str(),
+                f.created_at,
+                f.event_type.as_str(),
+            )
+        })
+        .collect();
     log.sort();
     assert_eq!(
         log,
@@ -584,14 +843,40 @@ async fn message_edits_and_deletes_are_audited<S: MirrorStore>(store: S) {
     let edit = message(Op::Update, "c1", "m1", "v2", t(2));
     let soft = message_with(Op::Update, "c1", "m1", "v2", t(3), Some(t(3)));
     let hard = message(Op::Delete, "c1", "m1", "", t(4));
-    let stale_edit = message(Op::Update, "c1", "m1", "late", t(2) + chrono::Duration::microseconds(1));
+    let stale_edit = message(
+        Op::Update,
+        "c1",
+        "m1",
+        "late",
+        t(2) + chrono::Duration::microseconds(1),
+    );
     let orphan_delete = message(Op::Delete, "c1", "m2", "", t(5));
-    apply_all(&store, &mut model, &[create, edit.clone(), soft.clone(), hard.clone(), stale_edit, orphan_delete.clone()]).await;
+    apply_all(
+        &store,
+        &mut model,
+        &[
+            create,
+            edit.clone(),
+            soft.clone(),
+            hard.clone(),
+            stale_edit,
+            orphan_delete.clone(),
+        ],
+    )
+    .await;
     let state = assert_matches_model(&store, &model, "audit").await;
     let mut rows: Vec<_> = state
         .audit
         .iter()
-        .map(|a| (a.created_at, a.message_id.as_str(), a.action.as_str(), a.performed_by.as_deref(), a.event_id))
+        .map(|a| {
+            (
+                a.created_at,
+                a.message_id.as_str(),
+                a.action.as_str(),
+                a.performed_by.as_deref(),
+                a.event_id,
+            )
+        })
         .collect();
     rows.sort();
     assert_eq!(
@@ -644,15 +929,26 @@ async fn apply_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
         match r {
             Ok(o) => assert_eq!(*o, model.apply(e), "event {i} ({})", describe(e)),
             Err(err) => {
-                assert_eq!(i, 2, "only the NUL event may be rejected, got {err} for {}", describe(e));
-                assert!(err.code.is_some(), "a rejection carries the database's code: {err:?}");
+                assert_eq!(
+                    i,
+                    2,
+                    "only the NUL event may be rejected, got {err} for {}",
+                    describe(e)
+                );
+                assert!(
+                    err.code.is_some(),
+                    "a rejection carries the database's code: {err:?}"
+                );
             }
         }
     }
     assert_matches_model(&store, &model, "batch with a rejected event").await;
     // The rejected event left nothing behind: not even its ledger entry.
     if results[2].is_err() {
-        assert!(store.apply(&events[2]).await.is_err(), "still rejected, not a duplicate");
+        assert!(
+            store.apply(&events[2]).await.is_err(),
+            "still rejected, not a duplicate"
+        );
     }
 }
 
@@ -705,12 +1001,26 @@ async fn concurrent_writers_converge<S: MirrorStore>(store: S) {
     let state = store.snapshot().await.unwrap();
     entities_equal(&newest_only(&history), &state, "two concurrent writers");
     let audit_ids: std::collections::HashSet<_> = state.audit.iter().map(|a| a.event_id).collect();
-    assert_eq!(audit_ids.len(), state.audit.len(), "no audit row written twice");
-    let follow_ids: std::collections::HashSet<_> = state.follow_events.iter().map(|f| f.event_id).collect();
-    assert_eq!(follow_ids.len(), state.follow_events.len(), "no follow event written twice");
+    assert_eq!(
+        audit_ids.len(),
+        state.audit.len(),
+        "no audit row written twice"
+    );
+    let follow_ids: std::collections::HashSet<_> =
+        state.follow_events.iter().map(|f| f.event_id).collect();
+    assert_eq!(
+        follow_ids.len(),
+        state.follow_events.len(),
+        "no follow event written twice"
+    );
     // Every event is now a duplicate.
     for e in &history {
-        assert_eq!(apply_retrying(&*store, e).await, ApplyOutcome::Duplicate, "{}", describe(e));
+        assert_eq!(
+            apply_retrying(&*store, e).await,
+            ApplyOutcome::Duplicate,
+            "{}",
+            describe(e)
+        );
     }
 }
 
@@ -740,14 +1050,25 @@ async fn dead_letter_same_key_keeps_first_failure<S: MirrorStore>(store: S) {
     assert_eq!(row.record.key, first.key, "newest failure first");
     assert_eq!(row.first_failed_at, t(100), "first failure kept");
     assert_eq!(row.last_failed_at, t(200));
-    assert!(row.record.attempts >= 3, "attempts bumped: {}", row.record.attempts);
+    assert!(
+        row.record.attempts >= 3,
+        "attempts bumped: {}",
+        row.record.attempts
+    );
     assert_eq!(row.record.error, second.error);
     assert_eq!(row.record.payload, first.payload);
-    assert_eq!((row.record.event_id, row.record.event_type.as_deref()), (first.event_id, Some("dm.message.create")));
+    assert_eq!(
+        (row.record.event_id, row.record.event_type.as_deref()),
+        (first.event_id, Some("dm.message.create"))
+    );
     assert_eq!((row.replay_count, row.last_replayed_at), (0, None));
     assert_eq!(rows[1].record, other, "a record round-trips");
     assert_eq!(rows[1].first_failed_at, t(150));
-    assert_eq!(store.list_dead_letters(1).await.unwrap().len(), 1, "limit is honoured");
+    assert_eq!(
+        store.list_dead_letters(1).await.unwrap().len(),
+        1,
+        "limit is honoured"
+    );
 }
 
 async fn dead_letter_replays_are_counted<S: MirrorStore>(store: S) {
@@ -757,12 +1078,21 @@ async fn dead_letter_replays_are_counted<S: MirrorStore>(store: S) {
     store.record_replay("replayed-key", t(400)).await.unwrap();
     let rows = store.list_dead_letters(10).await.unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].replay_count, rows[0].last_replayed_at), (2, Some(t(400))));
+    assert_eq!(
+        (rows[0].replay_count, rows[0].last_replayed_at),
+        (2, Some(t(400)))
+    );
     assert_eq!(rows[0].first_failed_at, t(100));
 }
 
 async fn checkpoints_round_trip<S: MirrorStore>(store: S) {
-    assert_eq!(store.load_checkpoint("listen", "conversations").await.unwrap(), None);
+    assert_eq!(
+        store
+            .load_checkpoint("listen", "conversations")
+            .await
+            .unwrap(),
+        None
+    );
     let mut cp = Checkpoint {
         module: "listen".into(),
         shard: "conversations".into(),
@@ -770,7 +1100,14 @@ async fn checkpoints_round_trip<S: MirrorStore>(store: S) {
         cursor_token: Some(vec![0, 1, 2, 255, 0]),
     };
     store.save_checkpoint(&cp).await.unwrap();
-    assert_eq!(store.load_checkpoint("listen", "conversations").await.unwrap().as_ref(), Some(&cp));
+    assert_eq!(
+        store
+            .load_checkpoint("listen", "conversations")
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&cp)
+    );
     cp.last_processed_at = Some(t(6));
     cp.cursor_token = None;
     store.save_checkpoint(&cp).await.unwrap();
@@ -781,13 +1118,31 @@ async fn checkpoints_round_trip<S: MirrorStore>(store: S) {
         cursor_token: Some(b"cursor".to_vec()),
     };
     store.save_checkpoint(&other).await.unwrap();
-    assert_eq!(store.load_checkpoint("listen", "conversations").await.unwrap(), Some(cp));
-    assert_eq!(store.load_checkpoint("backfill", "conversations").await.unwrap(), Some(other));
-    assert_eq!(store.load_checkpoint("listen", "messages").await.unwrap(), None);
+    assert_eq!(
+        store
+            .load_checkpoint("listen", "conversations")
+            .await
+            .unwrap(),
+        Some(cp)
+    );
+    assert_eq!(
+        store
+            .load_checkpoint("backfill", "conversations")
+            .await
+            .unwrap(),
+        Some(other)
+    );
+    assert_eq!(
+        store.load_checkpoint("listen", "messages").await.unwrap(),
+        None
+    );
 }
 
 fn normalized_table_name(name: &str) -> String {
-    name.chars().filter(|c| *c != '_').flat_map(char::to_lowercase).collect()
+    name.chars()
+        .filter(|c| *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 async fn count_of<S: MirrorStore>(store: &S, table: &str) -> i64 {
@@ -828,7 +1183,10 @@ async fn table_counts_cover_every_table_in_schema_order<S: MirrorStore>(store: S
     ];
     apply_all(&store, &mut model, &events).await;
     let counts = store.table_counts().await.unwrap();
-    let names: Vec<String> = counts.iter().map(|(n, _)| normalized_table_name(n)).collect();
+    let names: Vec<String> = counts
+        .iter()
+        .map(|(n, _)| normalized_table_name(n))
+        .collect();
     assert_eq!(
         names,
         [

@@ -18,12 +18,17 @@ async fn mssql_store_conforms() {
 /// an empty store, and cases run concurrently); the guard drops the database.
 async fn fresh_mssql_store(ado: String) -> (MssqlStore, DropDatabase) {
     let base = MssqlConfig::from_ado(&ado).expect("MSSQL_URL is an ADO connection string");
-    let name = format!("rm_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let name = format!(
+        "rm_test_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     let config = base.for_database(&name);
     mirror_store::mssql::create_database_if_missing(&config)
         .await
         .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
-    let store = MssqlStore::connect(&config).await.expect("connect to SQL Server");
+    let store = MssqlStore::connect(&config)
+        .await
+        .expect("connect to SQL Server");
     store.migrate().await.expect("migrate");
     (store, DropDatabase(config))
 }
@@ -35,7 +40,10 @@ impl Drop for DropDatabase {
     fn drop(&mut self) {
         let config = self.0.clone();
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let _ = mirror_store::mssql::drop_database(&config).await;
             })

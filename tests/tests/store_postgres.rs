@@ -12,7 +12,9 @@ async fn fresh_store() -> (PgStore, FreshDb) {
     let db = FreshDb::create().await;
     let mut config = PgConfig::from_url(db.url.clone());
     config.pool_size = 4;
-    let store = PgStore::connect(&config).await.expect("connect to the fresh database");
+    let store = PgStore::connect(&config)
+        .await
+        .expect("connect to the fresh database");
     let applied = store.migrate().await.expect("migrate");
     assert!(applied >= 2, "both migrations applied, got {applied}");
     (store, db)
@@ -26,10 +28,16 @@ async fn postgres_store_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_is_idempotent_and_concurrent_safe() {
     let db = FreshDb::create().await;
-    let store = PgStore::connect(&PgConfig::from_url(db.url.clone())).await.unwrap();
+    let store = PgStore::connect(&PgConfig::from_url(db.url.clone()))
+        .await
+        .unwrap();
     let (a, b) = tokio::join!(store.migrate(), store.migrate());
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a + b, 2, "two migrations applied once in total, got {a} + {b}");
+    assert_eq!(
+        a + b,
+        2,
+        "two migrations applied once in total, got {a} + {b}"
+    );
     assert_eq!(store.migrate().await.unwrap(), 0);
     assert!(!format!("{store:?}").contains("password"));
 }
@@ -42,10 +50,15 @@ async fn rejections_carry_their_sqlstate_and_leave_no_trace() {
     assert_eq!(err.kind, StoreErrorKind::Database);
     assert_eq!(err.code, Some(DbCode::Sqlstate("22021".into())), "{err}");
     let counts = store.table_counts().await.unwrap();
-    assert!(counts.iter().all(|(_, n)| *n == 0), "nothing written: {counts:?}");
+    assert!(
+        counts.iter().all(|(_, n)| *n == 0),
+        "nothing written: {counts:?}"
+    );
 
     // The functions' own RM codes, called directly with bad arguments.
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let cases = [
         ("SELECT mirror.sp_store_mirror_delete_dm_block(gen_random_uuid(), 'dm.block.create', now(), 'u1', 'u2', 'test')", "RM001"),
@@ -68,19 +81,33 @@ async fn ledger_records_applied_and_stale_events() {
     assert_eq!(store.apply(&newer).await.unwrap(), ApplyOutcome::Applied);
     assert_eq!(store.apply(&older).await.unwrap(), ApplyOutcome::Stale);
     assert_eq!(store.apply(&older).await.unwrap(), ApplyOutcome::Duplicate);
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let rows = client
         .query("SELECT event_id, outcome, subject, sync_source FROM mirror.applied_event JOIN mirror.follow_edge USING (event_id) UNION ALL SELECT event_id, outcome, subject, NULL FROM mirror.applied_event WHERE outcome = 'stale'", &[])
         .await
         .unwrap();
-    let got: Vec<(uuid::Uuid, String, String, Option<String>)> =
-        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    let got: Vec<(uuid::Uuid, String, String, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
     assert_eq!(
         got,
         vec![
-            (newer.id(), "applied".into(), "follows/u1/targets/u2".into(), Some("firestore".into())),
-            (older.id(), "stale".into(), "follows/u1/targets/u2".into(), None),
+            (
+                newer.id(),
+                "applied".into(),
+                "follows/u1/targets/u2".into(),
+                Some("firestore".into())
+            ),
+            (
+                older.id(),
+                "stale".into(),
+                "follows/u1/targets/u2".into(),
+                None
+            ),
         ]
     );
 }
@@ -121,7 +148,9 @@ async fn a_writer_blocked_past_the_statement_timeout_gets_a_timeout() {
     config.statement_timeout = std::time::Duration::from_millis(300);
     let store = PgStore::connect(&config).await.unwrap();
     // Another session holds conversation c1's entity lock.
-    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     admin
         .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('realtime-mirror:conversation:c1', 0))")
@@ -129,13 +158,29 @@ async fn a_writer_blocked_past_the_statement_timeout_gets_a_timeout() {
         .unwrap();
     let blocked = message(Op::Create, "c1", "m1", "waits", t(1));
     let err = store.apply(&blocked).await.unwrap_err();
-    assert_eq!((err.kind, err.code.clone()), (StoreErrorKind::Timeout, Some(DbCode::Sqlstate("57014".into()))), "{err}");
+    assert_eq!(
+        (err.kind, err.code.clone()),
+        (
+            StoreErrorKind::Timeout,
+            Some(DbCode::Sqlstate("57014".into()))
+        ),
+        "{err}"
+    );
 
     // In a batch only the blocked event fails; the others commit.
     let free = follow(Op::Create, "u1", "u2", FollowState::Pending, t(1));
-    let results = store.apply_batch(&[free.clone(), blocked.clone()]).await.unwrap();
-    assert!(matches!(results[0], Ok(ApplyOutcome::Applied)), "{results:?}");
-    assert!(matches!(&results[1], Err(e) if e.kind == StoreErrorKind::Timeout), "{results:?}");
+    let results = store
+        .apply_batch(&[free.clone(), blocked.clone()])
+        .await
+        .unwrap();
+    assert!(
+        matches!(results[0], Ok(ApplyOutcome::Applied)),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], Err(e) if e.kind == StoreErrorKind::Timeout),
+        "{results:?}"
+    );
 
     admin.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(store.apply(&blocked).await.unwrap(), ApplyOutcome::Applied);

@@ -45,7 +45,13 @@ fn model_run(events: &[MirrorEvent]) -> (Vec<ApplyOutcome>, MirrorState) {
     (outcomes, model.state())
 }
 
-async fn check(f: &Fixture, seed: u64, events: usize, duplicates: usize, batch: usize) -> Result<(), TestCaseError> {
+async fn check(
+    f: &Fixture,
+    seed: u64,
+    events: usize,
+    duplicates: usize,
+    batch: usize,
+) -> Result<(), TestCaseError> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut history = canonical(random_history(&mut rng, events, duplicates));
     history.shuffle(&mut rng);
@@ -53,34 +59,90 @@ async fn check(f: &Fixture, seed: u64, events: usize, duplicates: usize, batch: 
 
     // Sanity of the reference itself: the model is order-independent too.
     let (outcomes, model_state) = model_run(&history);
-    same(&expected, &model_state.entities(), "model fed the shuffled history vs newest_only")?;
+    same(
+        &expected,
+        &model_state.entities(),
+        "model fed the shuffled history vs newest_only",
+    )?;
     let mut reversed = history.clone();
     reversed.reverse();
-    same(&expected, &model_run(&reversed).1.entities(), "model fed the reversed history vs newest_only")?;
+    same(
+        &expected,
+        &model_run(&reversed).1.entities(),
+        "model fed the reversed history vs newest_only",
+    )?;
 
     // One by one.
-    f.admin.batch_execute(TRUNCATE).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+    f.admin
+        .batch_execute(TRUNCATE)
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     for (i, e) in history.iter().enumerate() {
-        let got = f.store.apply(e).await.map_err(|err| TestCaseError::fail(format!("apply #{i}: {err}")))?;
-        prop_assert_eq!(got, outcomes[i], "outcome of event #{} ({} {})", i, e.event_type(), e.subject());
+        let got = f
+            .store
+            .apply(e)
+            .await
+            .map_err(|err| TestCaseError::fail(format!("apply #{i}: {err}")))?;
+        prop_assert_eq!(
+            got,
+            outcomes[i],
+            "outcome of event #{} ({} {})",
+            i,
+            e.event_type(),
+            e.subject()
+        );
     }
-    let actual = f.store.snapshot().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
-    same(&expected, &actual.entities(), "apply one by one vs newest_only")?;
-    same(&model_state, &actual, "apply one by one vs the model (logs included)")?;
+    let actual = f
+        .store
+        .snapshot()
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    same(
+        &expected,
+        &actual.entities(),
+        "apply one by one vs newest_only",
+    )?;
+    same(
+        &model_state,
+        &actual,
+        "apply one by one vs the model (logs included)",
+    )?;
 
     // In batches.
-    f.admin.batch_execute(TRUNCATE).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+    f.admin
+        .batch_execute(TRUNCATE)
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     for (n, chunk) in history.chunks(batch).enumerate() {
-        let results = f.store.apply_batch(chunk).await.map_err(|e| TestCaseError::fail(format!("batch {n}: {e}")))?;
+        let results = f
+            .store
+            .apply_batch(chunk)
+            .await
+            .map_err(|e| TestCaseError::fail(format!("batch {n}: {e}")))?;
         prop_assert_eq!(results.len(), chunk.len());
         for (i, r) in results.into_iter().enumerate() {
-            let got = r.map_err(|err| TestCaseError::fail(format!("batch {n} event {i}: {err}")))?;
-            prop_assert_eq!(got, outcomes[n * batch + i], "outcome of batch {} event {}", n, i);
+            let got =
+                r.map_err(|err| TestCaseError::fail(format!("batch {n} event {i}: {err}")))?;
+            prop_assert_eq!(
+                got,
+                outcomes[n * batch + i],
+                "outcome of batch {} event {}",
+                n,
+                i
+            );
         }
     }
-    let actual = f.store.snapshot().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let actual = f
+        .store
+        .snapshot()
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     same(&expected, &actual.entities(), "apply_batch vs newest_only")?;
-    same(&model_state, &actual, "apply_batch vs the model (logs included)")?;
+    same(
+        &model_state,
+        &actual,
+        "apply_batch vs the model (logs included)",
+    )?;
     Ok(())
 }
 
@@ -93,11 +155,19 @@ fn any_order_of_any_history_converges_to_newest_only() {
         .unwrap();
     let fixture = rt.block_on(async {
         let db = FreshDb::create().await;
-        let store = PgStore::connect(&PgConfig::from_url(db.url.clone())).await.expect("connect");
+        let store = PgStore::connect(&PgConfig::from_url(db.url.clone()))
+            .await
+            .expect("connect");
         store.migrate().await.expect("migrate");
-        let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.expect("admin connection");
+        let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .expect("admin connection");
         tokio::spawn(conn);
-        Fixture { store, admin, _db: db }
+        Fixture {
+            store,
+            admin,
+            _db: db,
+        }
     });
     let mut runner = TestRunner::new(Config {
         cases: 64,

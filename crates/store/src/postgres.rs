@@ -31,8 +31,8 @@ use tokio_postgres::config::Host;
 use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use crate::{
-    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError, StoreErrorKind,
-    StoredDeadLetter,
+    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError,
+    StoreErrorKind, StoredDeadLetter,
 };
 
 mod call;
@@ -108,7 +108,12 @@ impl fmt::Debug for PgStore {
 fn parse_config(url: &SecretString) -> Result<tokio_postgres::Config, StoreError> {
     url.expose_secret()
         .parse::<tokio_postgres::Config>()
-        .map_err(|e| StoreError::new(StoreErrorKind::Config, format!("invalid PostgreSQL connection URL: {e}")))
+        .map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Config,
+                format!("invalid PostgreSQL connection URL: {e}"),
+            )
+        })
 }
 
 /// `user@host:port/database` of a config, without the password.
@@ -138,7 +143,9 @@ fn describe(config: &tokio_postgres::Config) -> String {
 }
 
 /// Open one unpooled connection (its driver task runs until the client drops).
-async fn connect_once(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, StoreError> {
+async fn connect_once(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, StoreError> {
     let (client, connection) = config.connect(NoTls).await.map_err(error::pg_connect)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -158,20 +165,31 @@ pub async fn create_database_if_missing(url: &SecretString) -> Result<bool, Stor
     let config = parse_config(url)?;
     let name = config
         .get_dbname()
-        .ok_or_else(|| StoreError::new(StoreErrorKind::Config, "the PostgreSQL URL names no database"))?
+        .ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Config,
+                "the PostgreSQL URL names no database",
+            )
+        })?
         .to_owned();
     let mut admin = config.clone();
     admin.dbname("postgres");
     let client = connect_once(&admin).await?;
     let exists = client
-        .query_opt("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1", &[&name])
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&name],
+        )
         .await
         .map_err(error::pg)?
         .is_some();
     if exists {
         return Ok(false);
     }
-    match client.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name))).await {
+    match client
+        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
+        .await
+    {
         Ok(()) => Ok(true),
         // Created concurrently by someone else: fine.
         Err(e) if e.code().map(|c| c.code()) == Some("42P04") => Ok(false),
@@ -184,9 +202,12 @@ pub async fn create_database_if_missing(url: &SecretString) -> Result<bool, Stor
 pub async fn drop_database(server: &SecretString, db_url: &SecretString) -> Result<(), StoreError> {
     let admin = parse_config(server)?;
     let target = parse_config(db_url)?;
-    let name = target
-        .get_dbname()
-        .ok_or_else(|| StoreError::new(StoreErrorKind::Config, "the PostgreSQL URL names no database"))?;
+    let name = target.get_dbname().ok_or_else(|| {
+        StoreError::new(
+            StoreErrorKind::Config,
+            "the PostgreSQL URL names no database",
+        )
+    })?;
     if admin.get_dbname() == Some(name) {
         return Err(StoreError::new(
             StoreErrorKind::Config,
@@ -195,7 +216,10 @@ pub async fn drop_database(server: &SecretString, db_url: &SecretString) -> Resu
     }
     let client = connect_once(&admin).await?;
     client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)))
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(name)
+        ))
         .await
         .map_err(error::pg)
 }
@@ -208,7 +232,10 @@ impl PgStore {
         let timeout = config.statement_timeout;
         let mut options = pg_config.get_options().unwrap_or("").to_owned();
         if !timeout.is_zero() {
-            options.push_str(&format!(" -c statement_timeout={}", timeout.as_millis().max(1)));
+            options.push_str(&format!(
+                " -c statement_timeout={}",
+                timeout.as_millis().max(1)
+            ));
         }
         // Timestamps in JSON built by the server (audit payloads) come out in UTC.
         options.push_str(" -c TimeZone=UTC");
@@ -216,7 +243,11 @@ impl PgStore {
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("realtime-mirror");
         }
-        let connect_timeout = if timeout.is_zero() { Duration::from_secs(30) } else { timeout };
+        let connect_timeout = if timeout.is_zero() {
+            Duration::from_secs(30)
+        } else {
+            timeout
+        };
         if pg_config.get_connect_timeout().is_none() {
             pg_config.connect_timeout(connect_timeout);
         }
@@ -236,7 +267,12 @@ impl PgStore {
             .create_timeout(Some(connect_timeout))
             .recycle_timeout(Some(connect_timeout))
             .build()
-            .map_err(|e| StoreError::new(StoreErrorKind::Config, format!("cannot build the PostgreSQL pool: {e}")))?;
+            .map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Config,
+                    format!("cannot build the PostgreSQL pool: {e}"),
+                )
+            })?;
         let store = PgStore {
             pool,
             pg_config,
@@ -260,9 +296,16 @@ impl PgStore {
         let report = embedded::migrations::runner()
             .run_async(&mut client)
             .await
-            .map_err(|e| StoreError::new(StoreErrorKind::Migration, format!("PostgreSQL migration failed: {e}")))?;
+            .map_err(|e| {
+                StoreError::new(
+                    StoreErrorKind::Migration,
+                    format!("PostgreSQL migration failed: {e}"),
+                )
+            })?;
         let applied = report.applied_migrations().len();
-        let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
         tracing::info!(target = %self.target, applied, "PostgreSQL migrations up to date");
         Ok(applied)
     }
@@ -283,7 +326,10 @@ fn outcome(row: &Row) -> Result<ApplyOutcome, StoreError> {
     ApplyOutcome::parse(&text).ok_or_else(|| {
         StoreError::new(
             StoreErrorKind::Protocol,
-            format!("mirror function returned `{}`, not applied|duplicate|stale", text.chars().take(40).collect::<String>()),
+            format!(
+                "mirror function returned `{}`, not applied|duplicate|stale",
+                text.chars().take(40).collect::<String>()
+            ),
         )
     })
 }
@@ -357,11 +403,17 @@ impl MirrorStore for PgStore {
         let call = call::call(event);
         let statement = client.prepare_cached(call.sql).await.map_err(error::pg)?;
         // One statement outside a transaction block: atomic on its own.
-        let row = client.query_one(&statement, &call.param_refs()).await.map_err(error::pg)?;
+        let row = client
+            .query_one(&statement, &call.param_refs())
+            .await
+            .map_err(error::pg)?;
         outcome(&row)
     }
 
-    async fn apply_batch(&self, events: &[MirrorEvent]) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+    async fn apply_batch(
+        &self,
+        events: &[MirrorEvent],
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -376,7 +428,8 @@ impl MirrorStore for PgStore {
             .start()
             .await
             .map_err(error::pg)?;
-        let mut results: Vec<Option<Result<ApplyOutcome, StoreError>>> = (0..events.len()).map(|_| None).collect();
+        let mut results: Vec<Option<Result<ApplyOutcome, StoreError>>> =
+            (0..events.len()).map(|_| None).collect();
         // RELEASE of the previous event's savepoint travels with the next SAVEPOINT.
         let mut release_pending = false;
         for i in order {
@@ -389,7 +442,8 @@ impl MirrorStore for PgStore {
             };
             let params = call.param_refs();
             // Pipelined: both go out before either answer comes back.
-            let (savepoint, result) = tokio::join!(tx.batch_execute(begin), tx.query_one(&statement, &params));
+            let (savepoint, result) =
+                tokio::join!(tx.batch_execute(begin), tx.query_one(&statement, &params));
             savepoint.map_err(error::pg)?;
             let result = result.map_err(error::pg).and_then(|row| outcome(&row));
             match result {
@@ -399,9 +453,11 @@ impl MirrorStore for PgStore {
                 }
                 Err(e) if e.kind == StoreErrorKind::Connect => return Err(e),
                 Err(e) => {
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT mirror_event; RELEASE SAVEPOINT mirror_event")
-                        .await
-                        .map_err(error::pg)?;
+                    tx.batch_execute(
+                        "ROLLBACK TO SAVEPOINT mirror_event; RELEASE SAVEPOINT mirror_event",
+                    )
+                    .await
+                    .map_err(error::pg)?;
                     release_pending = false;
                     results[i] = Some(Err(e));
                 }
@@ -416,7 +472,10 @@ impl MirrorStore for PgStore {
 
     async fn record_dead_letter(&self, record: &DeadLetterRecord) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(RECORD_DEAD_LETTER).await.map_err(error::pg)?;
+        let statement = client
+            .prepare_cached(RECORD_DEAD_LETTER)
+            .await
+            .map_err(error::pg)?;
         let event_type = record.event_type.as_deref().map(storable);
         let subject = record.subject.as_deref().map(storable);
         client
@@ -443,7 +502,10 @@ impl MirrorStore for PgStore {
     async fn list_dead_letters(&self, limit: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
         let client = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client.query(LIST_DEAD_LETTERS, &[&limit]).await.map_err(error::pg)?;
+        let rows = client
+            .query(LIST_DEAD_LETTERS, &[&limit])
+            .await
+            .map_err(error::pg)?;
         rows.iter()
             .map(|r| {
                 let last_failed_at: DateTime<Utc> = r.try_get(10).map_err(error::pg)?;
@@ -472,13 +534,23 @@ impl MirrorStore for PgStore {
     /// A key with no dead-letter row is a no-op.
     async fn record_replay(&self, key: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client.execute(RECORD_REPLAY, &[&key, &at]).await.map_err(error::pg)?;
+        client
+            .execute(RECORD_REPLAY, &[&key, &at])
+            .await
+            .map_err(error::pg)?;
         Ok(())
     }
 
-    async fn load_checkpoint(&self, module: &str, shard: &str) -> Result<Option<Checkpoint>, StoreError> {
+    async fn load_checkpoint(
+        &self,
+        module: &str,
+        shard: &str,
+    ) -> Result<Option<Checkpoint>, StoreError> {
         let client = self.client().await?;
-        let row = client.query_opt(LOAD_CHECKPOINT, &[&module, &shard]).await.map_err(error::pg)?;
+        let row = client
+            .query_opt(LOAD_CHECKPOINT, &[&module, &shard])
+            .await
+            .map_err(error::pg)?;
         row.map(|r| {
             Ok(Checkpoint {
                 module: module.to_owned(),
@@ -495,7 +567,12 @@ impl MirrorStore for PgStore {
         client
             .execute(
                 SAVE_CHECKPOINT,
-                &[&checkpoint.module, &checkpoint.shard, &checkpoint.last_processed_at, &checkpoint.cursor_token],
+                &[
+                    &checkpoint.module,
+                    &checkpoint.shard,
+                    &checkpoint.last_processed_at,
+                    &checkpoint.cursor_token,
+                ],
             )
             .await
             .map_err(error::pg)?;
@@ -522,14 +599,21 @@ impl MirrorStore for PgStore {
         let sql = TABLES
             .iter()
             .enumerate()
-            .map(|(i, t)| format!("SELECT {i} AS ord, '{t}'::text AS name, count(*) AS n FROM mirror.{t}"))
+            .map(|(i, t)| {
+                format!("SELECT {i} AS ord, '{t}'::text AS name, count(*) AS n FROM mirror.{t}")
+            })
             .collect::<Vec<_>>()
             .join(" UNION ALL ")
             + " ORDER BY ord";
         let client = self.client().await?;
         let rows = client.query(sql.as_str(), &[]).await.map_err(error::pg)?;
         rows.iter()
-            .map(|r| Ok((r.try_get(1).map_err(error::pg)?, r.try_get(2).map_err(error::pg)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get(1).map_err(error::pg)?,
+                    r.try_get(2).map_err(error::pg)?,
+                ))
+            })
             .collect()
     }
 
@@ -554,12 +638,20 @@ mod tests {
 
     #[test]
     fn config_debug_and_describe_hide_the_password() {
-        let config = PgConfig::from_url("postgres://mirror:hunter2@db.example:6432/mirror?sslmode=disable");
+        let config =
+            PgConfig::from_url("postgres://mirror:hunter2@db.example:6432/mirror?sslmode=disable");
         assert!(!format!("{config:?}").contains("hunter2"));
         let parsed = parse_config(&config.url).unwrap();
         let text = describe(&parsed);
         assert_eq!(text, "mirror@db.example:6432/mirror");
-        assert!(!format!("{:?}", parse_config(&SecretString::from("postgres://a:hunter2@h:bad/x".to_owned())).unwrap_err()).contains("hunter2"));
+        assert!(!format!(
+            "{:?}",
+            parse_config(&SecretString::from(
+                "postgres://a:hunter2@h:bad/x".to_owned()
+            ))
+            .unwrap_err()
+        )
+        .contains("hunter2"));
     }
 
     #[test]

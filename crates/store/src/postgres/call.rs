@@ -18,7 +18,10 @@ pub(crate) struct Call {
 
 impl Call {
     pub fn param_refs(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
     }
 }
 
@@ -121,9 +124,23 @@ pub(crate) fn call(event: &MirrorEvent) -> Call {
             Payload::MessageDelete(p),
         ) => Call {
             sql: DELETE_DM_MESSAGE,
-            params: params![id, ty, time, conversation_id.clone(), message_id.clone(), p.performed_by.clone(), sync],
+            params: params![
+                id,
+                ty,
+                time,
+                conversation_id.clone(),
+                message_id.clone(),
+                p.performed_by.clone(),
+                sync
+            ],
         },
-        (Subject::Block { user_id, target_user_id }, Payload::Block(p)) => Call {
+        (
+            Subject::Block {
+                user_id,
+                target_user_id,
+            },
+            Payload::Block(p),
+        ) => Call {
             sql: UPSERT_DM_BLOCK,
             params: params![
                 id,
@@ -137,7 +154,13 @@ pub(crate) fn call(event: &MirrorEvent) -> Call {
                 sync,
             ],
         },
-        (Subject::Block { user_id, target_user_id }, Payload::BlockDelete) => Call {
+        (
+            Subject::Block {
+                user_id,
+                target_user_id,
+            },
+            Payload::BlockDelete,
+        ) => Call {
             sql: DELETE_DM_BLOCK,
             params: params![id, ty, time, user_id.clone(), target_user_id.clone(), sync],
         },
@@ -169,7 +192,14 @@ pub(crate) fn call(event: &MirrorEvent) -> Call {
             Payload::FollowEdgeDelete,
         ) => Call {
             sql: DELETE_FOLLOW_EDGE,
-            params: params![id, ty, time, follower_user_id.clone(), target_user_id.clone(), sync],
+            params: params![
+                id,
+                ty,
+                time,
+                follower_user_id.clone(),
+                target_user_id.clone(),
+                sync
+            ],
         },
         _ => unreachable!("MirrorEvent guarantees the payload fits the subject"),
     }
@@ -192,10 +222,145 @@ pub(crate) fn lock_order(event: &MirrorEvent) -> (u8, &str, &str) {
             conversation_id,
             message_id,
         } => (rank, conversation_id, message_id),
-        Subject::Block { user_id, target_user_id } => (rank, user_id, target_user_id),
+        Subject::Block {
+            user_id,
+            target_user_id,
+        } => (rank, user_id, target_user_id),
         Subject::FollowEdge {
             follower_user_id,
             target_user_id,
         } => (rank, follower_user_id, target_user_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use mirror_schema::*;
+
+    fn events() -> Vec<MirrorEvent> {
+        let time = Utc.with_ymd_and_hms(2025, 10, 8, 12, 0, 0).unwrap();
+        let conversation = Subject::Conversation {
+            conversation_id: "c1".into(),
+        };
+        let message = Subject::Message {
+            conversation_id: "c1".into(),
+            message_id: "m1".into(),
+        };
+        let block = Subject::Block {
+            user_id: "u1".into(),
+            target_user_id: "u2".into(),
+        };
+        let follow = Subject::FollowEdge {
+            follower_user_id: "u1".into(),
+            target_user_id: "u2".into(),
+        };
+        EventType::ALL
+            .iter()
+            .map(|&ty| {
+                let (subject, payload) = match (ty.family(), ty.op()) {
+                    (EventFamily::Conversation, _) => (
+                        conversation.clone(),
+                        Payload::Conversation(ConversationPayload {
+                            kind: ConversationKind::Direct,
+                            participants: vec![],
+                            created_at: time,
+                            updated_at: time,
+                            last_message_id: None,
+                        }),
+                    ),
+                    (EventFamily::Message, Op::Delete) => (
+                        message.clone(),
+                        Payload::MessageDelete(MessageDeletePayload::default()),
+                    ),
+                    (EventFamily::Message, _) => (
+                        message.clone(),
+                        Payload::Message(MessagePayload {
+                            author_user_id: "u1".into(),
+                            body_text: "hi".into(),
+                            attachments: None,
+                            external_media: None,
+                            created_at: time,
+                            edited_at: None,
+                            deleted_at: None,
+                            client_message_id: None,
+                        }),
+                    ),
+                    (EventFamily::Block, Op::Delete) => (block.clone(), Payload::BlockDelete),
+                    (EventFamily::Block, _) => (
+                        block.clone(),
+                        Payload::Block(BlockPayload {
+                            created_at: time,
+                            revoked_at: None,
+                            source: BlockSource::Client,
+                        }),
+                    ),
+                    (EventFamily::FollowEdge, Op::Delete) => {
+                        (follow.clone(), Payload::FollowEdgeDelete)
+                    }
+                    (EventFamily::FollowEdge, _) => (
+                        follow.clone(),
+                        Payload::FollowEdge(FollowEdgePayload {
+                            state: FollowState::Pending,
+                            source: FollowSource::Web,
+                            created_at: time,
+                        }),
+                    ),
+                };
+                MirrorEvent::new(ty, subject.clone(), time, "firestore://x", payload).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_event_type_binds_one_value_per_placeholder() {
+        for e in events() {
+            let call = call(&e);
+            let placeholders = (1..=call.params.len() + 1)
+                .filter(|n| call.sql.contains(&format!("${n}")))
+                .count();
+            assert_eq!(
+                placeholders,
+                call.params.len(),
+                "{}: {}",
+                e.event_type(),
+                call.sql
+            );
+            let noun = match (e.event_type().family(), e.event_type().op()) {
+                (EventFamily::Conversation, _) => "upsert_dm_conversation",
+                (EventFamily::Message, Op::Delete) => "delete_dm_message",
+                (EventFamily::Message, _) => "upsert_dm_message",
+                (EventFamily::Block, Op::Delete) => "delete_dm_block",
+                (EventFamily::Block, _) => "upsert_dm_block",
+                (EventFamily::FollowEdge, Op::Delete) => "delete_follow_edge",
+                (EventFamily::FollowEdge, _) => "upsert_follow_edge",
+            };
+            assert!(
+                call.sql
+                    .starts_with(&format!("SELECT mirror.sp_store_mirror_{noun}(")),
+                "{}",
+                call.sql
+            );
+        }
+    }
+
+    #[test]
+    fn a_conversation_sorts_before_its_messages() {
+        let events = events();
+        let conv = events
+            .iter()
+            .find(|e| e.event_type() == EventType::DmConversationUpdate)
+            .unwrap();
+        let msg = events
+            .iter()
+            .find(|e| e.event_type() == EventType::DmMessageDelete)
+            .unwrap();
+        let block = events
+            .iter()
+            .find(|e| e.event_type() == EventType::DmBlockCreate)
+            .unwrap();
+        assert!(lock_order(conv) < lock_order(msg));
+        assert!(lock_order(msg) < lock_order(block));
     }
 }

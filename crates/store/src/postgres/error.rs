@@ -30,7 +30,11 @@ fn pg_in(e: tokio_postgres::Error, otherwise: StoreErrorKind) -> StoreError {
         if let Some(detail) = db.detail() {
             message.push_str(&format!(" ({detail})"));
         }
-        let kind = if code == QUERY_CANCELED { StoreErrorKind::Timeout } else { StoreErrorKind::Database };
+        let kind = if code == QUERY_CANCELED {
+            StoreErrorKind::Timeout
+        } else {
+            StoreErrorKind::Database
+        };
         return StoreError {
             kind,
             code: Some(DbCode::Sqlstate(code)),
@@ -38,7 +42,11 @@ fn pg_in(e: tokio_postgres::Error, otherwise: StoreErrorKind) -> StoreError {
         };
     }
     let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    let kind = if e.is_closed() || io { StoreErrorKind::Connect } else { otherwise };
+    let kind = if e.is_closed() || io {
+        StoreErrorKind::Connect
+    } else {
+        otherwise
+    };
     // `tokio_postgres::Error`'s Display carries the cause but never the password.
     StoreError::new(kind, error_chain(&e))
 }
@@ -46,21 +54,30 @@ fn pg_in(e: tokio_postgres::Error, otherwise: StoreErrorKind) -> StoreError {
 /// A pool checkout failure.
 pub(crate) fn pool(e: PoolError) -> StoreError {
     match e {
-        PoolError::Timeout(TimeoutType::Wait) => {
-            StoreError::new(StoreErrorKind::PoolTimeout, "no pooled PostgreSQL connection became free in time")
-        }
-        PoolError::Timeout(TimeoutType::Create) => {
-            StoreError::new(StoreErrorKind::Connect, "timed out connecting to PostgreSQL")
-        }
-        PoolError::Timeout(TimeoutType::Recycle) => {
-            StoreError::new(StoreErrorKind::Connect, "timed out checking a pooled PostgreSQL connection")
-        }
+        PoolError::Timeout(TimeoutType::Wait) => StoreError::new(
+            StoreErrorKind::PoolTimeout,
+            "no pooled PostgreSQL connection became free in time",
+        ),
+        PoolError::Timeout(TimeoutType::Create) => StoreError::new(
+            StoreErrorKind::Connect,
+            "timed out connecting to PostgreSQL",
+        ),
+        PoolError::Timeout(TimeoutType::Recycle) => StoreError::new(
+            StoreErrorKind::Connect,
+            "timed out checking a pooled PostgreSQL connection",
+        ),
         PoolError::Backend(e) => pg_connect(e),
-        PoolError::Closed => StoreError::new(StoreErrorKind::Connect, "the PostgreSQL pool is closed"),
-        PoolError::NoRuntimeSpecified => {
-            StoreError::new(StoreErrorKind::Config, "the PostgreSQL pool has no async runtime for its timeouts")
+        PoolError::Closed => {
+            StoreError::new(StoreErrorKind::Connect, "the PostgreSQL pool is closed")
         }
-        PoolError::PostCreateHook(e) => StoreError::new(StoreErrorKind::Connect, format!("new PostgreSQL connection rejected: {e}")),
+        PoolError::NoRuntimeSpecified => StoreError::new(
+            StoreErrorKind::Config,
+            "the PostgreSQL pool has no async runtime for its timeouts",
+        ),
+        PoolError::PostCreateHook(e) => StoreError::new(
+            StoreErrorKind::Connect,
+            format!("new PostgreSQL connection rejected: {e}"),
+        ),
     }
 }
 

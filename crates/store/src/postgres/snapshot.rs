@@ -5,7 +5,8 @@ use tokio_postgres::Transaction;
 
 use super::error::pg;
 use crate::state::{
-    AuditRow, BlockRow, ConversationRow, FollowEdgeRow, FollowEventRow, MessageRow, MirrorState, ParticipantRow,
+    AuditRow, BlockRow, ConversationRow, FollowEdgeRow, FollowEventRow, MessageRow, MirrorState,
+    ParticipantRow,
 };
 use crate::StoreError;
 
