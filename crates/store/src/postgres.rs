@@ -289,6 +289,9 @@ impl PgStore {
     pub async fn migrate(&self) -> Result<usize, StoreError> {
         // A dedicated connection: the session lock goes away with it, whatever happens.
         let mut client = connect_once(&self.pg_config).await?;
+        // Schema changes may outlast the writers' statement timeout, and so may
+        // waiting for another process's migration.
+        client.batch_execute("SET statement_timeout = 0").await.map_err(error::pg)?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await
