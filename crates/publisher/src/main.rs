@@ -106,8 +106,15 @@ struct Settings {
 
 #[allow(dead_code)]
 enum BusSettings {
-    Nats { url: String, topic: String },
-    ServiceBus { connection_string: Option<SecretString>, namespace: Option<String>, topic: String },
+    Nats {
+        url: String,
+        topic: String,
+    },
+    ServiceBus {
+        connection_string: Option<SecretString>,
+        namespace: Option<String>,
+        topic: String,
+    },
 }
 
 #[allow(dead_code)]
@@ -124,9 +131,14 @@ impl Cli {
             anyhow::bail!("--project / FIRESTORE_PROJECT_ID is empty");
         }
         let bus = match self.bus {
-            BusKind::Nats => BusSettings::Nats { url: self.nats_url, topic: self.topic },
+            BusKind::Nats => BusSettings::Nats {
+                url: self.nats_url,
+                topic: self.topic,
+            },
             BusKind::Servicebus => {
-                if self.servicebus_connection_string.is_none() && self.servicebus_namespace.is_none() {
+                if self.servicebus_connection_string.is_none()
+                    && self.servicebus_namespace.is_none()
+                {
                     anyhow::bail!("--bus servicebus needs --servicebus-connection-string / SERVICEBUS_CONNECTION_STRING or --servicebus-namespace / SERVICEBUS_NAMESPACE");
                 }
                 BusSettings::ServiceBus {
@@ -138,11 +150,13 @@ impl Cli {
         };
         let store = match self.store {
             StoreKind::Postgres => StoreSettings::Postgres(SecretString::from(
-                self.database_url.context("--store postgres needs --database-url / DATABASE_URL")?,
+                self.database_url
+                    .context("--store postgres needs --database-url / DATABASE_URL")?,
             )),
-            StoreKind::Mssql => {
-                StoreSettings::Mssql(SecretString::from(self.mssql_url.context("--store mssql needs --mssql-url / MSSQL_URL")?))
-            }
+            StoreKind::Mssql => StoreSettings::Mssql(SecretString::from(
+                self.mssql_url
+                    .context("--store mssql needs --mssql-url / MSSQL_URL")?,
+            )),
         };
         Ok(Settings {
             source: publisher::mapping::SourceInfo::new(self.project, self.firestore_database),
@@ -158,7 +172,9 @@ fn main() -> std::process::ExitCode {
     // First thing: TLS for Firestore (gRPC), Service Bus and NATS.
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     match runtime.block_on(async { Cli::parse().settings().map(adapters::start) }) {
@@ -181,7 +197,8 @@ fn main() -> std::process::ExitCode {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -204,14 +221,20 @@ fn backfill_options(
     let since = args
         .since
         .as_deref()
-        .map(|s| mirror_schema::parse_time("--since", s).map_err(|e| anyhow::anyhow!("--since: {e}")))
+        .map(|s| {
+            mirror_schema::parse_time("--since", s).map_err(|e| anyhow::anyhow!("--since: {e}"))
+        })
         .transpose()?;
     let groups = if args.groups.is_empty() {
         Group::ALL.to_vec()
     } else {
         args.groups
             .iter()
-            .map(|g| Group::parse(g).with_context(|| format!("--groups: `{g}` is not conversations, messages or targets")))
+            .map(|g| {
+                Group::parse(g).with_context(|| {
+                    format!("--groups: `{g}` is not conversations, messages or targets")
+                })
+            })
             .collect::<anyhow::Result<_>>()?
     };
     if args.page_size == 0 {
@@ -254,8 +277,12 @@ mod adapters {
                             topic: topic.clone(),
                             ..Default::default()
                         };
-                        let bus = mirror_bus::jetstream::JetStreamBus::connect(config).await.context("connecting to NATS (NATS_URL)")?;
-                        bus.ensure_topology().await.context("creating the JetStream topology")?;
+                        let bus = mirror_bus::jetstream::JetStreamBus::connect(config)
+                            .await
+                            .context("connecting to NATS (NATS_URL)")?;
+                        bus.ensure_topology()
+                            .await
+                            .context("creating the JetStream topology")?;
                         with_store(settings, db, bus).await
                     }
                     #[cfg(not(feature = "nats"))]
@@ -264,19 +291,29 @@ mod adapters {
                         anyhow::bail!("--bus nats: this build has no `nats` feature")
                     }
                 }
-                BusSettings::ServiceBus { connection_string, namespace, topic } => {
+                BusSettings::ServiceBus {
+                    connection_string,
+                    namespace,
+                    topic,
+                } => {
                     #[cfg(feature = "servicebus")]
                     {
                         use mirror_bus::servicebus::{ServiceBusBus, ServiceBusConfig};
                         use secrecy::ExposeSecret;
                         let config = match (connection_string, namespace) {
-                            (Some(cs), _) => ServiceBusConfig::from_connection_string(cs.expose_secret(), topic)
-                                .context("--servicebus-connection-string")?,
+                            (Some(cs), _) => {
+                                ServiceBusConfig::from_connection_string(cs.expose_secret(), topic)
+                                    .context("--servicebus-connection-string")?
+                            }
                             (None, Some(ns)) => ServiceBusConfig::entra(ns, topic),
                             (None, None) => unreachable!("validated in settings"),
                         };
-                        let bus = ServiceBusBus::connect(config).await.context("connecting to Service Bus")?;
-                        bus.ensure_topology().await.context("checking the Service Bus topology")?;
+                        let bus = ServiceBusBus::connect(config)
+                            .await
+                            .context("connecting to Service Bus")?;
+                        bus.ensure_topology()
+                            .await
+                            .context("checking the Service Bus topology")?;
                         with_store(settings, db, bus).await
                     }
                     #[cfg(not(feature = "servicebus"))]
@@ -290,15 +327,19 @@ mod adapters {
     }
 
     #[allow(unused_variables, unreachable_code)]
-    async fn with_store<B: EventBus>(settings: Settings, db: publisher::firestore::FirestoreDb, bus: B) -> anyhow::Result<()> {
+    async fn with_store<B: EventBus>(
+        settings: Settings,
+        db: publisher::firestore::FirestoreDb,
+        bus: B,
+    ) -> anyhow::Result<()> {
         match &settings.store {
             StoreSettings::Postgres(url) => {
                 #[cfg(feature = "postgres")]
                 {
                     use secrecy::ExposeSecret;
-                    let store = mirror_store::postgres::PgStore::connect(&mirror_store::postgres::PgConfig::from_url(
-                        url.expose_secret().to_owned(),
-                    ))
+                    let store = mirror_store::postgres::PgStore::connect(
+                        &mirror_store::postgres::PgConfig::from_url(url.expose_secret().to_owned()),
+                    )
                     .await
                     .context("connecting to PostgreSQL (DATABASE_URL)")?;
                     return execute(settings, db, bus, store).await;
@@ -309,8 +350,11 @@ mod adapters {
                 #[cfg(feature = "mssql")]
                 {
                     use secrecy::ExposeSecret;
-                    let config = mirror_store::mssql::MssqlConfig::from_ado(ado.expose_secret()).context("--mssql-url")?;
-                    let store = mirror_store::mssql::MssqlStore::connect(&config).await.context("connecting to SQL Server (MSSQL_URL)")?;
+                    let config = mirror_store::mssql::MssqlConfig::from_ado(ado.expose_secret())
+                        .context("--mssql-url")?;
+                    let store = mirror_store::mssql::MssqlStore::connect(&config)
+                        .await
+                        .context("connecting to SQL Server (MSSQL_URL)")?;
                     return execute(settings, db, bus, store).await;
                 }
                 anyhow::bail!("--store mssql: this build has no `mssql` feature")
@@ -343,7 +387,8 @@ mod adapters {
                 let bar = indicatif::ProgressBar::new_spinner();
                 bar.enable_steady_tick(Duration::from_millis(200));
                 bar.set_style(
-                    indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("a valid template"),
+                    indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                        .expect("a valid template"),
                 );
                 let pager = FirestorePager::new(db);
                 let report = publisher::backfill::backfill(
@@ -397,6 +442,88 @@ mod adapters {
     use futures::future::BoxFuture;
 
     pub fn start(_settings: Settings) -> BoxFuture<'static, anyhow::Result<()>> {
-        Box::pin(async { anyhow::bail!("this build has no `firestore` feature; rebuild with `--features firestore`") })
+        Box::pin(async {
+            anyhow::bail!(
+                "this build has no `firestore` feature; rebuild with `--features firestore`"
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> anyhow::Result<Settings> {
+        let mut all = vec![
+            "publisher",
+            "--project",
+            "demo",
+            "--database-url",
+            "postgres://x/y",
+        ];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)?.settings()
+    }
+
+    #[test]
+    fn validates_flags_naming_them() {
+        let s = settings(&["--shard-index", "1", "--shard-count", "3"]).unwrap();
+        assert_eq!(s.shard.id(), "1-of-3");
+        assert!(matches!(s.command, Command::Run));
+        let e = settings(&["--shard-index", "3", "--shard-count", "3"])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("--shard-index"), "{e}");
+        if std::env::var_os("SERVICEBUS_CONNECTION_STRING").is_none()
+            && std::env::var_os("SERVICEBUS_NAMESPACE").is_none()
+        {
+            let e = settings(&["--bus", "servicebus"]).err().unwrap();
+            assert!(
+                e.to_string().contains("SERVICEBUS_CONNECTION_STRING"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn backfill_options_parse_and_reject_bad_values() {
+        let s = settings(&[
+            "backfill",
+            "--since",
+            "2025-10-01T00:00:00+02:00",
+            "--groups",
+            "messages,targets",
+            "--budget-reads",
+            "10",
+        ])
+        .unwrap();
+        let Command::Backfill(args) = &s.command else {
+            panic!()
+        };
+        let o = backfill_options(args, s.source.clone(), s.shard).unwrap();
+        assert_eq!(
+            o.groups,
+            vec![
+                publisher::backfill::Group::Messages,
+                publisher::backfill::Group::Targets
+            ]
+        );
+        assert_eq!(o.since.unwrap().to_rfc3339(), "2025-09-30T22:00:00+00:00");
+        assert_eq!(o.budget_reads, Some(10));
+        let s = settings(&["backfill", "--groups", "users"]).unwrap();
+        let Command::Backfill(args) = &s.command else {
+            panic!()
+        };
+        let e = backfill_options(args, s.source.clone(), s.shard).unwrap_err();
+        assert!(e.to_string().contains("--groups"), "{e}");
+        let s = settings(&["backfill", "--since", "yesterday"]).unwrap();
+        let Command::Backfill(args) = &s.command else {
+            panic!()
+        };
+        assert!(backfill_options(args, s.source.clone(), s.shard)
+            .unwrap_err()
+            .to_string()
+            .contains("--since"));
     }
 }
