@@ -20,10 +20,19 @@ use publisher::sink::Shard;
 use publisher::testing::{MemoryBus, MemoryStore};
 
 fn ts(secs: i64) -> pb::Value {
-    pb::Value { value_type: Some(pb::value::ValueType::TimestampValue(prost_types::Timestamp { seconds: secs, nanos: 0 })) }
+    pb::Value {
+        value_type: Some(pb::value::ValueType::TimestampValue(
+            prost_types::Timestamp {
+                seconds: secs,
+                nanos: 0,
+            },
+        )),
+    }
 }
 fn s(v: &str) -> pb::Value {
-    pb::Value { value_type: Some(pb::value::ValueType::StringValue(v.to_owned())) }
+    pb::Value {
+        value_type: Some(pb::value::ValueType::StringValue(v.to_owned())),
+    }
 }
 fn map(items: Vec<(&str, pb::Value)>) -> pb::Value {
     pb::Value {
@@ -33,7 +42,11 @@ fn map(items: Vec<(&str, pb::Value)>) -> pb::Value {
     }
 }
 fn array(items: Vec<pb::Value>) -> pb::Value {
-    pb::Value { value_type: Some(pb::value::ValueType::ArrayValue(pb::ArrayValue { values: items })) }
+    pb::Value {
+        value_type: Some(pb::value::ValueType::ArrayValue(pb::ArrayValue {
+            values: items,
+        })),
+    }
 }
 
 enum W<'a> {
@@ -52,7 +65,10 @@ async fn commit(db: &FirestoreDb, writes: Vec<W<'_>>) {
             operation: Some(match w {
                 W::Set(path, fields) => pb::write::Operation::Update(pb::Document {
                     name: format!("{docs}/{path}"),
-                    fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<HashMap<_, _>>(),
+                    fields: fields
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect::<HashMap<_, _>>(),
                     create_time: None,
                     update_time: None,
                 }),
@@ -62,20 +78,33 @@ async fn commit(db: &FirestoreDb, writes: Vec<W<'_>>) {
         .collect();
     db.client()
         .get()
-        .commit(pb::CommitRequest { database: db.get_database_path().clone(), writes, transaction: vec![], request_options: None })
+        .commit(pb::CommitRequest {
+            database: db.get_database_path().clone(),
+            writes,
+            transaction: vec![],
+            request_options: None,
+        })
         .await
         .expect("commit to the emulator");
 }
 
 /// Wait until the bus holds an event matching `pred`.
-async fn wait_for(bus: &MemoryBus, what: &str, pred: impl Fn(&mirror_schema::MirrorEvent) -> bool) -> mirror_schema::MirrorEvent {
+async fn wait_for(
+    bus: &MemoryBus,
+    what: &str,
+    pred: impl Fn(&mirror_schema::MirrorEvent) -> bool,
+) -> mirror_schema::MirrorEvent {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(e) = bus.events().into_iter().find(|e| pred(e)) {
             return e;
         }
         if tokio::time::Instant::now() > deadline {
-            let seen: Vec<String> = bus.events().iter().map(|e| format!("{} {}", e.event_type(), e.subject())).collect();
+            let seen: Vec<String> = bus
+                .events()
+                .iter()
+                .map(|e| format!("{} {}", e.event_type(), e.subject()))
+                .collect();
             panic!("no {what} within 30 s; published: {seen:#?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -86,7 +115,15 @@ fn is(e: &mirror_schema::MirrorEvent, ty: &str, subject: &str) -> bool {
     e.event_type().as_str() == ty && e.subject().to_string() == subject
 }
 
-fn start(db: &FirestoreDb, project: &str, bus: &MemoryBus, store: &MemoryStore) -> (tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+fn start(
+    db: &FirestoreDb,
+    project: &str,
+    bus: &MemoryBus,
+    store: &MemoryStore,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let deps = LiveDeps {
         transport: publisher::firestore::FirestoreTransport::new(db.clone()),
@@ -110,10 +147,21 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
         return;
     }
     mirror_tests::init();
-    let project = format!("demo-rm-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let db = publisher::firestore::connect(&project, "(default)").await.expect("connect to the emulator");
+    let project = format!(
+        "demo-rm-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let db = publisher::firestore::connect(&project, "(default)")
+        .await
+        .expect("connect to the emulator");
 
-    let participant = |u: &str, role: &str| map(vec![("userId", s(u)), ("role", s(role)), ("joinedAt", ts(1_700_000_000))]);
+    let participant = |u: &str, role: &str| {
+        map(vec![
+            ("userId", s(u)),
+            ("role", s(role)),
+            ("joinedAt", ts(1_700_000_000)),
+        ])
+    };
     commit(
         &db,
         vec![
@@ -121,22 +169,56 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
                 "conversations/c1",
                 vec![
                     ("type", s("direct")),
-                    ("participants", array(vec![participant("u1", "owner"), participant("u2", "member")])),
+                    (
+                        "participants",
+                        array(vec![
+                            participant("u1", "owner"),
+                            participant("u2", "member"),
+                        ]),
+                    ),
                     ("createdAt", ts(1_700_000_000)),
                     ("updatedAt", ts(1_700_000_000)),
                 ],
             ),
             W::Set(
                 "conversations/c1/messages/m1",
-                vec![("authorUserId", s("u1")), ("bodyText", s("hi")), ("createdAt", ts(1_700_000_001)), ("updatedAt", ts(1_700_000_001))],
+                vec![
+                    ("authorUserId", s("u1")),
+                    ("bodyText", s("hi")),
+                    ("createdAt", ts(1_700_000_001)),
+                    ("updatedAt", ts(1_700_000_001)),
+                ],
             ),
             W::Set(
                 "follows/u1/targets/u2",
-                vec![("state", s("pending")), ("source", s("web")), ("createdAt", ts(1_700_000_002)), ("updatedAt", ts(1_700_000_002))],
+                vec![
+                    ("state", s("pending")),
+                    ("source", s("web")),
+                    ("createdAt", ts(1_700_000_002)),
+                    ("updatedAt", ts(1_700_000_002)),
+                ],
             ),
-            W::Set("blocks/u3/targets/u4", vec![("createdAt", ts(1_700_000_003)), ("source", s("client")), ("updatedAt", ts(1_700_000_003))]),
-            W::Set("users/u1/messages/x", vec![("updatedAt", ts(1_700_000_004))]),
-            W::Set("follows/u5/targets/u6", vec![("state", s("friends")), ("source", s("web")), ("createdAt", ts(1)), ("updatedAt", ts(1))]),
+            W::Set(
+                "blocks/u3/targets/u4",
+                vec![
+                    ("createdAt", ts(1_700_000_003)),
+                    ("source", s("client")),
+                    ("updatedAt", ts(1_700_000_003)),
+                ],
+            ),
+            W::Set(
+                "users/u1/messages/x",
+                vec![("updatedAt", ts(1_700_000_004))],
+            ),
+            W::Set(
+                "follows/u5/targets/u6",
+                vec![
+                    ("state", s("friends")),
+                    ("source", s("web")),
+                    ("createdAt", ts(1)),
+                    ("updatedAt", ts(1)),
+                ],
+            ),
         ],
     )
     .await;
@@ -144,19 +226,42 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
     // 1. Live: the initial state arrives as creates.
     let (bus, store) = (MemoryBus::new(), MemoryStore::new());
     let (handle, _stop) = start(&db, &project, &bus, &store);
-    wait_for(&bus, "conversation create", |e| is(e, "dm.conversation.create", "conversations/c1")).await;
-    let m1 = wait_for(&bus, "message create", |e| is(e, "dm.message.create", "conversations/c1/messages/m1")).await;
-    wait_for(&bus, "follow create", |e| is(e, "follow.edge.create", "follows/u1/targets/u2")).await;
-    wait_for(&bus, "block create", |e| is(e, "dm.block.create", "blocks/u3/targets/u4")).await;
-    assert!(bus.events().iter().all(|e| !e.subject().to_string().starts_with("users/")));
+    wait_for(&bus, "conversation create", |e| {
+        is(e, "dm.conversation.create", "conversations/c1")
+    })
+    .await;
+    let m1 = wait_for(&bus, "message create", |e| {
+        is(e, "dm.message.create", "conversations/c1/messages/m1")
+    })
+    .await;
+    wait_for(&bus, "follow create", |e| {
+        is(e, "follow.edge.create", "follows/u1/targets/u2")
+    })
+    .await;
+    wait_for(&bus, "block create", |e| {
+        is(e, "dm.block.create", "blocks/u3/targets/u4")
+    })
+    .await;
+    assert!(bus
+        .events()
+        .iter()
+        .all(|e| !e.subject().to_string().starts_with("users/")));
     // The malformed follow edge is dead-lettered, naming its path and field.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while store.dead_letters().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let dl = store.dead_letters();
-    assert!(dl.iter().any(|d| d.subject.as_deref() == Some("follows/u5/targets/u6") && d.error.contains("state")), "{dl:#?}");
-    assert!(store.checkpoint(CHECKPOINT_MODULE, "0-of-1").is_some(), "a checkpoint after the published snapshot");
+    assert!(
+        dl.iter()
+            .any(|d| d.subject.as_deref() == Some("follows/u5/targets/u6")
+                && d.error.contains("state")),
+        "{dl:#?}"
+    );
+    assert!(
+        store.checkpoint(CHECKPOINT_MODULE, "0-of-1").is_some(),
+        "a checkpoint after the published snapshot"
+    );
 
     // 2. Kill (no graceful shutdown), change things while it is down, restart from the checkpoint.
     handle.abort();
@@ -176,16 +281,35 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
     )
     .await;
     let (handle, stop) = start(&db, &project, &bus, &store);
-    let edit = wait_for(&bus, "message update after restart", |e| is(e, "dm.message.update", "conversations/c1/messages/m1")).await;
+    let edit = wait_for(&bus, "message update after restart", |e| {
+        is(e, "dm.message.update", "conversations/c1/messages/m1")
+    })
+    .await;
     assert!(edit.time() > m1.time());
 
     // 3. A delete while running: the delete event at the observed read time.
-    commit(&db, vec![W::Delete("conversations/c1/messages/m1"), W::Delete("follows/u1/targets/u2")]).await;
-    let del = wait_for(&bus, "message delete", |e| is(e, "dm.message.delete", "conversations/c1/messages/m1")).await;
+    commit(
+        &db,
+        vec![
+            W::Delete("conversations/c1/messages/m1"),
+            W::Delete("follows/u1/targets/u2"),
+        ],
+    )
+    .await;
+    let del = wait_for(&bus, "message delete", |e| {
+        is(e, "dm.message.delete", "conversations/c1/messages/m1")
+    })
+    .await;
     assert!(del.time() >= edit.time());
-    wait_for(&bus, "follow delete", |e| is(e, "follow.edge.delete", "follows/u1/targets/u2")).await;
+    wait_for(&bus, "follow delete", |e| {
+        is(e, "follow.edge.delete", "follows/u1/targets/u2")
+    })
+    .await;
     let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), handle).await.expect("stops on shutdown").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("stops on shutdown")
+        .unwrap();
 
     // 4. Backfill: what still exists, with the ids the live path used for the same versions.
     let backfill_bus = MemoryBus::new();
@@ -200,25 +324,60 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
         fresh: false,
     };
     let pager = publisher::firestore::FirestorePager::new(db.clone());
-    let report = publisher::backfill::backfill(&opts, &pager, &backfill_bus, &store, |_| {}, std::future::pending())
-        .await
-        .expect("backfill");
+    let report = publisher::backfill::backfill(
+        &opts,
+        &pager,
+        &backfill_bus,
+        &store,
+        |_| {},
+        std::future::pending(),
+    )
+    .await
+    .expect("backfill");
     let live_ids: Vec<uuid::Uuid> = bus.events().iter().map(|e| e.id()).collect();
     let backfilled = backfill_bus.events();
     let subjects: Vec<String> = backfilled.iter().map(|e| e.subject().to_string()).collect();
-    assert!(subjects.contains(&"conversations/c1".to_owned()), "{subjects:?}");
-    assert!(subjects.contains(&"blocks/u3/targets/u4".to_owned()), "{subjects:?}");
-    assert!(!subjects.iter().any(|p| p.contains("messages/m1")), "deleted documents are not backfilled");
+    assert!(
+        subjects.contains(&"conversations/c1".to_owned()),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects.contains(&"blocks/u3/targets/u4".to_owned()),
+        "{subjects:?}"
+    );
+    assert!(
+        !subjects.iter().any(|p| p.contains("messages/m1")),
+        "deleted documents are not backfilled"
+    );
     for e in &backfilled {
-        assert!(live_ids.contains(&e.id()), "backfill published {} with an id the live path did not", e.subject());
+        assert!(
+            live_ids.contains(&e.id()),
+            "backfill published {} with an id the live path did not",
+            e.subject()
+        );
     }
     assert!(report.groups.iter().all(|(_, g)| g.done));
 
     // A dry run counts without publishing.
-    let dry = publisher::backfill::BackfillOptions { dry_run: true, fresh: true, ..opts };
-    let report = publisher::backfill::backfill(&dry, &pager, &MemoryBus::new(), &store, |_| {}, std::future::pending())
-        .await
-        .expect("dry run");
-    let conversations = report.groups.iter().find(|(g, _)| *g == publisher::backfill::Group::Conversations).unwrap();
+    let dry = publisher::backfill::BackfillOptions {
+        dry_run: true,
+        fresh: true,
+        ..opts
+    };
+    let report = publisher::backfill::backfill(
+        &dry,
+        &pager,
+        &MemoryBus::new(),
+        &store,
+        |_| {},
+        std::future::pending(),
+    )
+    .await
+    .expect("dry run");
+    let conversations = report
+        .groups
+        .iter()
+        .find(|(g, _)| *g == publisher::backfill::Group::Conversations)
+        .unwrap();
     assert_eq!(conversations.1.docs, 1);
 }

@@ -220,7 +220,9 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<BackfillReport, BackfillError> {
     if opts.page_size == 0 {
-        return Err(BackfillError::Options("page size must be at least 1".into()));
+        return Err(BackfillError::Options(
+            "page size must be at least 1".into(),
+        ));
     }
     let mut shutdown = pin!(shutdown.fuse());
     let mut sink = Sink::new(bus, store, &opts.source, opts.shard);
@@ -324,7 +326,10 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
                     cursor_token: Some(serde_json::to_vec(&saved).expect("plain data serializes")),
                 })
                 .await
-                .map_err(|source| BackfillError::Checkpoint { module: module.clone(), source })?;
+                .map_err(|source| BackfillError::Checkpoint {
+                    module: module.clone(),
+                    source,
+                })?;
             progress(&Progress {
                 group,
                 docs: g.docs,

@@ -18,9 +18,9 @@ pub mod backfill;
 pub mod listen;
 pub mod live;
 pub mod mapping;
+pub mod seed;
 pub mod sink;
 pub mod testing;
-pub mod seed;
 pub mod value;
 
 #[cfg(feature = "firestore")]

@@ -19,7 +19,9 @@ use mirror_store::{Checkpoint, MirrorStore, StoreError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::listen::{ListenCore, ListenRequest, ListenResponse, Notice, Output, ResumeState, StreamEnd, TargetId};
+use crate::listen::{
+    ListenCore, ListenRequest, ListenResponse, Notice, Output, ResumeState, StreamEnd, TargetId,
+};
 use crate::mapping::SourceInfo;
 use crate::sink::{Shard, Sink, SinkError, Tally};
 
@@ -148,7 +150,10 @@ pub enum LiveError {
 
 /// Run the live publisher until `shutdown` resolves (returns the report) or a
 /// failure no retry can fix (returns the error; restart from the checkpoint).
-pub async fn run<T, B, S>(deps: LiveDeps<T, B, S>, shutdown: impl Future<Output = ()>) -> Result<LiveReport, LiveError>
+pub async fn run<T, B, S>(
+    deps: LiveDeps<T, B, S>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<LiveReport, LiveError>
 where
     T: ListenTransport,
     B: EventBus,
@@ -229,7 +234,9 @@ where
                                 for change in &snapshot.changes {
                                     report.tally.add(sink.change(change).await?);
                                 }
-                                if !snapshot.changes.is_empty() || last_save.elapsed() >= config.idle_checkpoint_interval {
+                                if !snapshot.changes.is_empty()
+                                    || last_save.elapsed() >= config.idle_checkpoint_interval
+                                {
                                     store
                                         .save_checkpoint(&Checkpoint {
                                             module: CHECKPOINT_MODULE.to_owned(),

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 
 use chrono::{SecondsFormat, SubsecRound};
 use mirror_schema::{
-    BlockPayload, BlockSource, ConversationKind, ConversationPayload, DecodeError, EventFamily, EventType,
-    FollowEdgePayload, FollowSource, FollowState, MessageDeletePayload, MessagePayload, MirrorEvent, MuteState, Op,
-    Participant, ParticipantRole, Payload, SourceTime, Subject,
+    BlockPayload, BlockSource, ConversationKind, ConversationPayload, DecodeError, EventFamily,
+    EventType, FollowEdgePayload, FollowSource, FollowState, MessageDeletePayload, MessagePayload,
+    MirrorEvent, MuteState, Op, Participant, ParticipantRole, Payload, SourceTime, Subject,
 };
 use serde_json::json;
 
@@ -33,7 +33,11 @@ pub enum MappingError {
         found: &'static str,
     },
     #[error("`{path}`: field `{field}`: {reason}")]
-    Invalid { path: String, field: String, reason: String },
+    Invalid {
+        path: String,
+        field: String,
+        reason: String,
+    },
     #[error("`{path}`: a {op} of this document has no contract event type")]
     NoEventType { path: String, op: &'static str },
     #[error("`{path}`: {source}")]
@@ -84,7 +88,10 @@ impl SourceInfo {
     }
 
     fn source(&self, subject: &Subject) -> String {
-        format!("firestore://projects/{}/databases/{}/documents/{subject}", self.project, self.database)
+        format!(
+            "firestore://projects/{}/databases/{}/documents/{subject}",
+            self.project, self.database
+        )
     }
 }
 
@@ -95,15 +102,22 @@ pub fn route(path: &str) -> Option<EventFamily> {
     let parts: Vec<&str> = path.split('/').collect();
     match parts.as_slice() {
         ["conversations", c] if !c.is_empty() => Some(EventFamily::Conversation),
-        ["conversations", c, "messages", m] if !c.is_empty() && !m.is_empty() => Some(EventFamily::Message),
+        ["conversations", c, "messages", m] if !c.is_empty() && !m.is_empty() => {
+            Some(EventFamily::Message)
+        }
         ["blocks", u, "targets", t] if !u.is_empty() && !t.is_empty() => Some(EventFamily::Block),
-        ["follows", u, "targets", t] if !u.is_empty() && !t.is_empty() => Some(EventFamily::FollowEdge),
+        ["follows", u, "targets", t] if !u.is_empty() && !t.is_empty() => {
+            Some(EventFamily::FollowEdge)
+        }
         _ => None,
     }
 }
 
 /// The event for one change of the listen core, or `None` if its path is not mirrored.
-pub fn change_event(change: &Change, source: &SourceInfo) -> Result<Option<MirrorEvent>, MappingError> {
+pub fn change_event(
+    change: &Change,
+    source: &SourceInfo,
+) -> Result<Option<MirrorEvent>, MappingError> {
     match change {
         Change::Upsert { doc, op } => upsert_event(doc, *op, source),
         Change::Delete { path, time, .. } => delete_event(path, *time, source),
@@ -111,26 +125,49 @@ pub fn change_event(change: &Change, source: &SourceInfo) -> Result<Option<Mirro
 }
 
 /// The create/update event of a document version (`time` = its update time).
-pub fn upsert_event(doc: &Document, op: UpsertOp, source: &SourceInfo) -> Result<Option<MirrorEvent>, MappingError> {
-    let Some(family) = route(&doc.path) else { return Ok(None) };
+pub fn upsert_event(
+    doc: &Document,
+    op: UpsertOp,
+    source: &SourceInfo,
+) -> Result<Option<MirrorEvent>, MappingError> {
+    let Some(family) = route(&doc.path) else {
+        return Ok(None);
+    };
     let subject = subject(&doc.path, family)?;
-    let f = Fields { path: &doc.path, fields: &doc.fields };
+    let f = Fields {
+        path: &doc.path,
+        fields: &doc.fields,
+    };
     let payload = match family {
         EventFamily::Conversation => Payload::Conversation(conversation(&f)?),
         EventFamily::Message => Payload::Message(message(&f)?),
         EventFamily::Block => Payload::Block(BlockPayload {
             created_at: f.timestamp("createdAt")?,
             revoked_at: f.opt_timestamp("revokedAt")?,
-            source: f.enumerated("source", &[("client", BlockSource::Client), ("admin", BlockSource::Admin)])?,
+            source: f.enumerated(
+                "source",
+                &[
+                    ("client", BlockSource::Client),
+                    ("admin", BlockSource::Admin),
+                ],
+            )?,
         }),
         EventFamily::FollowEdge => Payload::FollowEdge(FollowEdgePayload {
             state: f.enumerated(
                 "state",
-                &[("pending", FollowState::Pending), ("accepted", FollowState::Accepted), ("blocked", FollowState::Blocked)],
+                &[
+                    ("pending", FollowState::Pending),
+                    ("accepted", FollowState::Accepted),
+                    ("blocked", FollowState::Blocked),
+                ],
             )?,
             source: f.enumerated(
                 "source",
-                &[("mobile", FollowSource::Mobile), ("web", FollowSource::Web), ("admin", FollowSource::Admin)],
+                &[
+                    ("mobile", FollowSource::Mobile),
+                    ("web", FollowSource::Web),
+                    ("admin", FollowSource::Admin),
+                ],
             )?,
             created_at: f.timestamp("createdAt")?,
         }),
@@ -140,12 +177,26 @@ pub fn upsert_event(doc: &Document, op: UpsertOp, source: &SourceInfo) -> Result
         UpsertOp::Update => Op::Update,
     };
     let event_type = EventType::of(family, op).expect("every family has create and update");
-    build(&doc.path, event_type, subject, doc.update_time, source, payload).map(Some)
+    build(
+        &doc.path,
+        event_type,
+        subject,
+        doc.update_time,
+        source,
+        payload,
+    )
+    .map(Some)
 }
 
 /// The delete event of a document observed gone at `time`.
-pub fn delete_event(path: &str, time: Timestamp, source: &SourceInfo) -> Result<Option<MirrorEvent>, MappingError> {
-    let Some(family) = route(path) else { return Ok(None) };
+pub fn delete_event(
+    path: &str,
+    time: Timestamp,
+    source: &SourceInfo,
+) -> Result<Option<MirrorEvent>, MappingError> {
+    let Some(family) = route(path) else {
+        return Ok(None);
+    };
     let subject = subject(path, family)?;
     let Some(event_type) = EventType::of(family, Op::Delete) else {
         return Err(MappingError::NoEventType {
@@ -177,14 +228,22 @@ fn build(
     payload: Payload,
 ) -> Result<MirrorEvent, MappingError> {
     let src = source.source(&subject);
-    MirrorEvent::new(event_type, subject, time.trunc_subsecs(6), src, payload).map_err(|source| MappingError::Contract {
-        path: path.to_owned(),
-        source,
+    MirrorEvent::new(event_type, subject, time.trunc_subsecs(6), src, payload).map_err(|source| {
+        MappingError::Contract {
+            path: path.to_owned(),
+            source,
+        }
     })
 }
 
 fn conversation(f: &Fields<'_>) -> Result<ConversationPayload, MappingError> {
-    let kind = f.enumerated("type", &[("direct", ConversationKind::Direct), ("group", ConversationKind::Group)])?;
+    let kind = f.enumerated(
+        "type",
+        &[
+            ("direct", ConversationKind::Direct),
+            ("group", ConversationKind::Group),
+        ],
+    )?;
     let participants = match f.get("participants") {
         None | Some(Value::Null) => return Err(f.missing("participants")),
         Some(Value::Array(items)) => items
@@ -227,11 +286,7 @@ fn participant(
     key_user: Option<&str>,
 ) -> Result<Participant, MappingError> {
     let prefix = format!("{field}.");
-    let f = Fields {
-        path,
-        fields: m,
-    }
-    .prefixed(&prefix);
+    let f = Fields { path, fields: m }.prefixed(&prefix);
     let user_id = match (f.opt_id("userId")?, key_user) {
         (Some(u), _) => u,
         (None, Some(k)) => k.to_owned(),
@@ -239,11 +294,20 @@ fn participant(
     };
     Ok(Participant {
         user_id,
-        role: f.enumerated("role", &[("owner", ParticipantRole::Owner), ("member", ParticipantRole::Member)])?,
+        role: f.enumerated(
+            "role",
+            &[
+                ("owner", ParticipantRole::Owner),
+                ("member", ParticipantRole::Member),
+            ],
+        )?,
         joined_at: f.timestamp("joinedAt")?,
         mute_state: match f.get("muteState") {
             None | Some(Value::Null) => MuteState::None,
-            Some(_) => f.enumerated("muteState", &[("none", MuteState::None), ("muted", MuteState::Muted)])?,
+            Some(_) => f.enumerated(
+                "muteState",
+                &[("none", MuteState::None), ("muted", MuteState::Muted)],
+            )?,
         },
         read_pointer_message_id: f.opt_id("readPointerMessageId")?,
     })
@@ -322,9 +386,9 @@ trait Access {
         match self.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Timestamp(t)) => Ok(Some(t.trunc_subsecs(6))),
-            Some(Value::String(s)) => mirror_schema::parse_time(name, s)
-                .map(Some)
-                .map_err(|_| self.invalid(name, format!("`{}` is not an RFC 3339 timestamp", clip(s)))),
+            Some(Value::String(s)) => mirror_schema::parse_time(name, s).map(Some).map_err(|_| {
+                self.invalid(name, format!("`{}` is not an RFC 3339 timestamp", clip(s)))
+            }),
             Some(other) => Err(self.wrong_type(name, "timestamp", other)),
         }
     }
@@ -348,10 +412,17 @@ trait Access {
     fn enumerated<T: Copy>(&self, name: &str, allowed: &[(&str, T)]) -> Result<T, MappingError> {
         match self.get(name) {
             None | Some(Value::Null) => Err(self.missing(name)),
-            Some(Value::String(s)) => allowed.iter().find(|(k, _)| *k == s).map(|(_, v)| *v).ok_or_else(|| {
-                let names: Vec<&str> = allowed.iter().map(|(k, _)| *k).collect();
-                self.invalid(name, format!("`{}` is not one of {}", clip(s), names.join(", ")))
-            }),
+            Some(Value::String(s)) => allowed
+                .iter()
+                .find(|(k, _)| *k == s)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = allowed.iter().map(|(k, _)| *k).collect();
+                    self.invalid(
+                        name,
+                        format!("`{}` is not one of {}", clip(s), names.join(", ")),
+                    )
+                }),
             Some(other) => Err(self.wrong_type(name, "string", other)),
         }
     }
@@ -362,7 +433,10 @@ trait Access {
             Some(Value::Array(items)) => items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| to_json(v).map_err(|(sub, reason)| self.invalid(&format!("{name}[{i}]{sub}"), reason)))
+                .map(|(i, v)| {
+                    to_json(v)
+                        .map_err(|(sub, reason)| self.invalid(&format!("{name}[{i}]{sub}"), reason))
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
             Some(other) => Err(self.wrong_type(name, "array", other)),
@@ -411,11 +485,16 @@ pub fn to_json(v: &Value) -> Result<serde_json::Value, (String, String)> {
             Some(n) => serde_json::Value::Number(n),
             None => return Err((String::new(), format!("{d} is not representable in JSON"))),
         },
-        Value::Timestamp(t) => json!(t.trunc_subsecs(6).to_rfc3339_opts(SecondsFormat::Micros, true)),
+        Value::Timestamp(t) => json!(t
+            .trunc_subsecs(6)
+            .to_rfc3339_opts(SecondsFormat::Micros, true)),
         Value::String(s) => json!(s),
         Value::Bytes(b) => json!(base64(b)),
         Value::Reference(r) => json!(reference_id(r)),
-        Value::GeoPoint { latitude, longitude } => {
+        Value::GeoPoint {
+            latitude,
+            longitude,
+        } => {
             if !latitude.is_finite() || !longitude.is_finite() {
                 return Err((String::new(), "geo point is not finite".into()));
             }
@@ -430,7 +509,11 @@ pub fn to_json(v: &Value) -> Result<serde_json::Value, (String, String)> {
         ),
         Value::Map(m) => serde_json::Value::Object(
             m.iter()
-                .map(|(k, v)| to_json(v).map(|j| (k.clone(), j)).map_err(|(sub, r)| (format!(".{k}{sub}"), r)))
+                .map(|(k, v)| {
+                    to_json(v)
+                        .map(|j| (k.clone(), j))
+                        .map_err(|(sub, r)| (format!(".{k}{sub}"), r))
+                })
                 .collect::<Result<_, _>>()?,
         ),
     })
@@ -441,7 +524,12 @@ pub fn document_json(doc: &Document) -> serde_json::Value {
     let fields: serde_json::Map<String, serde_json::Value> = doc
         .fields
         .iter()
-        .map(|(k, v)| (k.clone(), to_json(v).unwrap_or_else(|(_, r)| json!(format!("<{r}>")))))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                to_json(v).unwrap_or_else(|(_, r)| json!(format!("<{r}>"))),
+            )
+        })
         .collect();
     json!({
         "path": doc.path,
@@ -455,7 +543,11 @@ fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

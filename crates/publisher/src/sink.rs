@@ -32,7 +32,9 @@ impl Shard {
 
     pub fn new(index: u32, count: u32) -> Result<Shard, String> {
         if count == 0 || index >= count {
-            return Err(format!("shard index {index} is not below shard count {count}"));
+            return Err(format!(
+                "shard index {index} is not below shard count {count}"
+            ));
         }
         Ok(Shard { index, count })
     }
@@ -57,9 +59,9 @@ impl Shard {
 
 /// FNV-1a, 64 bit: stable across Rust versions and platforms (unlike `DefaultHasher`).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// What became of one document or change.
@@ -147,7 +149,8 @@ impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
     pub async fn document(&self, doc: &Document) -> Result<Disposition, SinkError> {
         let op = UpsertOp::of(doc);
         let mapped = mapping::upsert_event(doc, op, self.source);
-        self.handle(&doc.path, mapped, || mapping::document_json(doc)).await
+        self.handle(&doc.path, mapped, || mapping::document_json(doc))
+            .await
     }
 
     /// A change emitted by the listen core.
@@ -155,7 +158,9 @@ impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
         let mapped = mapping::change_event(change, self.source);
         self.handle(change.path(), mapped, || match change {
             Change::Upsert { doc, .. } => mapping::document_json(doc),
-            Change::Delete { path, time, .. } => serde_json::json!({"path": path, "deletedAt": time_text(time)}),
+            Change::Delete { path, time, .. } => {
+                serde_json::json!({"path": path, "deletedAt": time_text(time)})
+            }
         })
         .await
     }
@@ -220,7 +225,12 @@ impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
         }
     }
 
-    async fn dead_letter(&self, path: &str, error: &MappingError, body: serde_json::Value) -> Result<(), SinkError> {
+    async fn dead_letter(
+        &self,
+        path: &str,
+        error: &MappingError,
+        body: serde_json::Value,
+    ) -> Result<(), SinkError> {
         let payload = body.to_string();
         let record = DeadLetterRecord {
             key: format!("sha256:{}", hex::encode(Sha256::digest(payload.as_bytes()))),
@@ -235,10 +245,13 @@ impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
             subscription: DEAD_LETTER_SUBSCRIPTION.to_owned(),
         };
         tracing::warn!(path, reason = error.code(), error = %error, "document cannot be mirrored; dead-lettered");
-        self.store.record_dead_letter(&record).await.map_err(|source| SinkError::Store {
-            path: path.to_owned(),
-            source,
-        })
+        self.store
+            .record_dead_letter(&record)
+            .await
+            .map_err(|source| SinkError::Store {
+                path: path.to_owned(),
+                source,
+            })
     }
 }
 
@@ -254,12 +267,19 @@ mod tests {
     fn shards_partition_keys_stably_and_completely() {
         let shards: Vec<Shard> = (0..4).map(|i| Shard::new(i, 4).unwrap()).collect();
         for key in ["c1", "c2", "u-7", "ünïcode", ""] {
-            assert_eq!(shards.iter().filter(|s| s.owns_key(key)).count(), 1, "{key}");
+            assert_eq!(
+                shards.iter().filter(|s| s.owns_key(key)).count(),
+                1,
+                "{key}"
+            );
         }
         // Pinned: changing the hash would move every key between instances.
         assert_eq!(fnv1a(b"c1"), 0x08a2_7f07_b54a_6859);
         // A message follows its conversation.
-        let s = shards.iter().find(|s| s.owns_path("conversations/c9")).unwrap();
+        let s = shards
+            .iter()
+            .find(|s| s.owns_path("conversations/c9"))
+            .unwrap();
         assert!(s.owns_path("conversations/c9/messages/m1"));
         assert!(Shard::new(2, 2).is_err());
         assert!(Shard::SINGLE.owns_key("anything"));

@@ -13,11 +13,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mirror_bus::{
-    Backlog, BusError, DeadLetter, DeadLettered, Delivery, EventBus, OutboundMessage, PublishOutcome, Receiver,
+    Backlog, BusError, DeadLetter, DeadLettered, Delivery, EventBus, OutboundMessage,
+    PublishOutcome, Receiver,
 };
 use mirror_schema::{MirrorEvent, WireMessage};
 use mirror_store::{
-    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError, StoredDeadLetter,
+    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError,
+    StoredDeadLetter,
 };
 
 /// A bus that records what is published.
@@ -39,7 +41,10 @@ impl MemoryBus {
     pub fn events(&self) -> Vec<MirrorEvent> {
         self.published()
             .iter()
-            .map(|m| mirror_schema::decode_wire(&m.message).expect("the publisher only publishes valid events"))
+            .map(|m| {
+                mirror_schema::decode_wire(&m.message)
+                    .expect("the publisher only publishes valid events")
+            })
             .collect()
     }
     /// Make the next `n` publishes fail with a transient error.
@@ -72,10 +77,16 @@ impl EventBus for MemoryBus {
     }
 
     async fn subscribe(&self, _subscription: &str) -> Result<NoReceiver, BusError> {
-        Err(BusError::Config("the memory bus has no subscriptions".into()))
+        Err(BusError::Config(
+            "the memory bus has no subscriptions".into(),
+        ))
     }
 
-    async fn list_dead_letters(&self, _subscription: &str, _limit: usize) -> Result<Vec<DeadLettered>, BusError> {
+    async fn list_dead_letters(
+        &self,
+        _subscription: &str,
+        _limit: usize,
+    ) -> Result<Vec<DeadLettered>, BusError> {
         Ok(Vec::new())
     }
 
@@ -139,7 +150,11 @@ impl MemoryStore {
         MemoryStore::default()
     }
     pub fn checkpoint(&self, module: &str, shard: &str) -> Option<Checkpoint> {
-        self.checkpoints.lock().unwrap().get(&(module.to_owned(), shard.to_owned())).cloned()
+        self.checkpoints
+            .lock()
+            .unwrap()
+            .get(&(module.to_owned(), shard.to_owned()))
+            .cloned()
     }
     pub fn dead_letters(&self) -> Vec<DeadLetterRecord> {
         self.dead_letters.lock().unwrap().clone()
@@ -155,7 +170,10 @@ impl MirrorStore for MemoryStore {
         Ok(ApplyOutcome::Applied)
     }
 
-    async fn apply_batch(&self, events: &[MirrorEvent]) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+    async fn apply_batch(
+        &self,
+        events: &[MirrorEvent],
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
         Ok(events.iter().map(|_| Ok(ApplyOutcome::Applied)).collect())
     }
 
@@ -174,16 +192,20 @@ impl MirrorStore for MemoryStore {
         Ok(())
     }
 
-    async fn load_checkpoint(&self, module: &str, shard: &str) -> Result<Option<Checkpoint>, StoreError> {
+    async fn load_checkpoint(
+        &self,
+        module: &str,
+        shard: &str,
+    ) -> Result<Option<Checkpoint>, StoreError> {
         Ok(self.checkpoint(module, shard))
     }
 
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
         self.saves.fetch_add(1, Ordering::SeqCst);
-        self.checkpoints
-            .lock()
-            .unwrap()
-            .insert((checkpoint.module.clone(), checkpoint.shard.clone()), checkpoint.clone());
+        self.checkpoints.lock().unwrap().insert(
+            (checkpoint.module.clone(), checkpoint.shard.clone()),
+            checkpoint.clone(),
+        );
         Ok(())
     }
 
@@ -255,9 +277,15 @@ impl MemoryPager {
                 _ => None,
             })
             .filter(|(c, _)| since.is_none_or(|s| c.updated_at >= s))
-            .filter(|(c, _)| after.is_none_or(|a| (&c.updated_at, segments(&c.path)) > (&a.updated_at, segments(&a.path))))
+            .filter(|(c, _)| {
+                after.is_none_or(|a| {
+                    (&c.updated_at, segments(&c.path)) > (&a.updated_at, segments(&a.path))
+                })
+            })
             .collect();
-        out.sort_by(|(a, _), (b, _)| (&a.updated_at, segments(&a.path)).cmp(&(&b.updated_at, segments(&b.path))));
+        out.sort_by(|(a, _), (b, _)| {
+            (&a.updated_at, segments(&a.path)).cmp(&(&b.updated_at, segments(&b.path)))
+        });
         out
     }
 }
@@ -268,7 +296,10 @@ fn segments(path: &str) -> Vec<&str> {
 }
 
 impl crate::backfill::DocumentPager for MemoryPager {
-    async fn page(&self, request: crate::backfill::PageRequest) -> Result<crate::backfill::Page, crate::backfill::PagerError> {
+    async fn page(
+        &self,
+        request: crate::backfill::PageRequest,
+    ) -> Result<crate::backfill::Page, crate::backfill::PagerError> {
         {
             let mut reqs = self.requests.lock().unwrap();
             if let Some(n) = *self.fail_after.lock().unwrap() {

@@ -24,7 +24,10 @@ pub enum Value {
     Bytes(Vec<u8>),
     /// A document reference, as a path relative to `documents/` (`users/u1`).
     Reference(String),
-    GeoPoint { latitude: f64, longitude: f64 },
+    GeoPoint {
+        latitude: f64,
+        longitude: f64,
+    },
     Array(Vec<Value>),
     Map(BTreeMap<String, Value>),
 }
@@ -81,7 +84,10 @@ mod tests {
 
     #[test]
     fn relative_paths() {
-        assert_eq!(relative_path("projects/p/databases/(default)/documents/conversations/c1"), "conversations/c1");
+        assert_eq!(
+            relative_path("projects/p/databases/(default)/documents/conversations/c1"),
+            "conversations/c1"
+        );
         assert_eq!(relative_path("conversations/c1"), "conversations/c1");
     }
 }

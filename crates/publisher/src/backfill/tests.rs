@@ -49,7 +49,10 @@ fn message(path: &str, updated: i64) -> Document {
 fn corpus() -> Vec<Document> {
     let mut docs = Vec::new();
     for i in 0..7 {
-        docs.push(message(&format!("conversations/c{}/messages/m{i}", i % 3), 10 + i / 2)); // ties on updatedAt
+        docs.push(message(
+            &format!("conversations/c{}/messages/m{i}", i % 3),
+            10 + i / 2,
+        )); // ties on updatedAt
     }
     docs.push(message("users/u1/messages/x", 5)); // outside the mirror
     docs.push(follow("follows/u1/targets/u2", 3));
@@ -73,15 +76,33 @@ fn opts() -> BackfillOptions {
     }
 }
 
-async fn run(o: &BackfillOptions, pager: &MemoryPager, bus: &MemoryBus, store: &MemoryStore) -> Result<BackfillReport, BackfillError> {
+async fn run(
+    o: &BackfillOptions,
+    pager: &MemoryPager,
+    bus: &MemoryBus,
+    store: &MemoryStore,
+) -> Result<BackfillReport, BackfillError> {
     backfill(o, pager, bus, store, |_| {}, std::future::pending()).await
 }
 
 #[tokio::test]
 async fn pages_every_group_with_cursors_and_publishes_what_the_live_path_would() {
-    let (pager, bus, store) = (MemoryPager::new(corpus()), MemoryBus::new(), MemoryStore::new());
+    let (pager, bus, store) = (
+        MemoryPager::new(corpus()),
+        MemoryBus::new(),
+        MemoryStore::new(),
+    );
     let mut seen = Vec::new();
-    let report = backfill(&opts(), &pager, &bus, &store, |p| seen.push(p.clone()), std::future::pending()).await.unwrap();
+    let report = backfill(
+        &opts(),
+        &pager,
+        &bus,
+        &store,
+        |p| seen.push(p.clone()),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
     let by: BTreeMap<Group, GroupReport> = report.groups.iter().cloned().collect();
     assert_eq!(by[&Group::Messages].docs, 8);
     assert_eq!(by[&Group::Messages].tally.published, 7);
@@ -96,12 +117,20 @@ async fn pages_every_group_with_cursors_and_publishes_what_the_live_path_would()
     let reqs = pager.requests.lock().unwrap().clone();
     let msgs: Vec<_> = reqs.iter().filter(|r| r.group == Group::Messages).collect();
     assert_eq!(msgs[0].after, None);
-    assert_eq!(msgs[1].after.as_ref().unwrap().path, "conversations/c1/messages/m1", "x@5, m0@10, m1@10");
+    assert_eq!(
+        msgs[1].after.as_ref().unwrap().path,
+        "conversations/c1/messages/m1",
+        "x@5, m0@10, m1@10"
+    );
     // The dead letter names the path and the field.
     let dl = store.dead_letters();
     assert_eq!(dl.len(), 1);
     assert_eq!(dl[0].subject.as_deref(), Some("blocks/u1/targets/u2"));
-    assert!(dl[0].error.contains("`blocks/u1/targets/u2`") && dl[0].error.contains("source"), "{}", dl[0].error);
+    assert!(
+        dl[0].error.contains("`blocks/u1/targets/u2`") && dl[0].error.contains("source"),
+        "{}",
+        dl[0].error
+    );
     assert!(!seen.is_empty());
 
     // A second run finds every group done and reads nothing.
@@ -112,11 +141,18 @@ async fn pages_every_group_with_cursors_and_publishes_what_the_live_path_would()
 
 #[tokio::test]
 async fn the_same_documents_publish_the_same_ids_as_the_live_path() {
-    let (pager, bus, store) = (MemoryPager::new(corpus()), MemoryBus::new(), MemoryStore::new());
+    let (pager, bus, store) = (
+        MemoryPager::new(corpus()),
+        MemoryBus::new(),
+        MemoryStore::new(),
+    );
     run(&opts(), &pager, &bus, &store).await.unwrap();
     let doc = message("conversations/c0/messages/m0", 10);
     let live = crate::mapping::change_event(
-        &crate::listen::Change::Upsert { op: crate::listen::UpsertOp::of(&doc), doc },
+        &crate::listen::Change::Upsert {
+            op: crate::listen::UpsertOp::of(&doc),
+            doc,
+        },
         &SourceInfo::new("demo", "(default)"),
     )
     .unwrap()
@@ -126,16 +162,31 @@ async fn the_same_documents_publish_the_same_ids_as_the_live_path() {
 
 #[tokio::test]
 async fn budget_stops_cleanly_and_a_restart_continues_from_the_checkpoint() {
-    let (pager, bus, store) = (MemoryPager::new(corpus()), MemoryBus::new(), MemoryStore::new());
-    let o = BackfillOptions { groups: vec![Group::Messages], budget_reads: Some(4), ..opts() };
+    let (pager, bus, store) = (
+        MemoryPager::new(corpus()),
+        MemoryBus::new(),
+        MemoryStore::new(),
+    );
+    let o = BackfillOptions {
+        groups: vec![Group::Messages],
+        budget_reads: Some(4),
+        ..opts()
+    };
     let report = run(&o, &pager, &bus, &store).await.unwrap();
     assert!(report.budget_exhausted);
     assert_eq!(report.reads, 4, "3 then a page limited to the 1 read left");
-    assert_eq!(bus.events().len(), 3, "one of the first page is outside the mirror");
+    assert_eq!(
+        bus.events().len(),
+        3,
+        "one of the first page is outside the mirror"
+    );
     let cp = store.checkpoint("backfill-messages", "0-of-1").unwrap();
     assert!(cp.cursor_token.is_some());
 
-    let o = BackfillOptions { budget_reads: None, ..o };
+    let o = BackfillOptions {
+        budget_reads: None,
+        ..o
+    };
     let report = run(&o, &pager, &bus, &store).await.unwrap();
     assert!(!report.budget_exhausted);
     assert_eq!(report.groups[0].1.docs, 4, "only the rest is read again");
@@ -144,10 +195,20 @@ async fn budget_stops_cleanly_and_a_restart_continues_from_the_checkpoint() {
 
 #[tokio::test]
 async fn a_crash_mid_run_republishes_at_most_one_page_and_skips_nothing() {
-    let (pager, bus, store) = (MemoryPager::new(corpus()), MemoryBus::new(), MemoryStore::new());
+    let (pager, bus, store) = (
+        MemoryPager::new(corpus()),
+        MemoryBus::new(),
+        MemoryStore::new(),
+    );
     pager.fail_after(2);
-    let o = BackfillOptions { groups: vec![Group::Messages], ..opts() };
-    assert!(matches!(run(&o, &pager, &bus, &store).await, Err(BackfillError::Pager(_))));
+    let o = BackfillOptions {
+        groups: vec![Group::Messages],
+        ..opts()
+    };
+    assert!(matches!(
+        run(&o, &pager, &bus, &store).await,
+        Err(BackfillError::Pager(_))
+    ));
     assert_eq!(bus.events().len(), 5);
     let pager2 = MemoryPager::new(corpus());
     let report = run(&o, &pager2, &bus, &store).await.unwrap();
@@ -157,11 +218,22 @@ async fn a_crash_mid_run_republishes_at_most_one_page_and_skips_nothing() {
 
 #[tokio::test]
 async fn since_filters_and_a_changed_since_starts_over() {
-    let (pager, bus, store) = (MemoryPager::new(corpus()), MemoryBus::new(), MemoryStore::new());
-    let o = BackfillOptions { groups: vec![Group::Messages], since: Some(t(12)), ..opts() };
+    let (pager, bus, store) = (
+        MemoryPager::new(corpus()),
+        MemoryBus::new(),
+        MemoryStore::new(),
+    );
+    let o = BackfillOptions {
+        groups: vec![Group::Messages],
+        since: Some(t(12)),
+        ..opts()
+    };
     let report = run(&o, &pager, &bus, &store).await.unwrap();
     assert_eq!(report.groups[0].1.docs, 3, "updatedAt 12, 12, 13");
-    let o = BackfillOptions { since: Some(t(11)), ..o };
+    let o = BackfillOptions {
+        since: Some(t(11)),
+        ..o
+    };
     let report = run(&o, &pager, &bus, &store).await.unwrap();
     assert!(!report.groups[0].1.already_done);
     assert_eq!(report.groups[0].1.docs, 5);
@@ -169,23 +241,43 @@ async fn since_filters_and_a_changed_since_starts_over() {
 
 #[tokio::test]
 async fn dry_run_counts_without_publishing_or_checkpointing() {
-    let (pager, bus, store) = (MemoryPager::new(corpus()), MemoryBus::new(), MemoryStore::new());
-    let o = BackfillOptions { dry_run: true, ..opts() };
+    let (pager, bus, store) = (
+        MemoryPager::new(corpus()),
+        MemoryBus::new(),
+        MemoryStore::new(),
+    );
+    let o = BackfillOptions {
+        dry_run: true,
+        ..opts()
+    };
     let report = run(&o, &pager, &bus, &store).await.unwrap();
     let by: BTreeMap<Group, GroupReport> = report.groups.iter().cloned().collect();
     assert_eq!(by[&Group::Messages].docs, 8);
     assert_eq!(by[&Group::Messages].estimated_reads, Some(8));
-    assert_eq!(by[&Group::Conversations].estimated_reads, Some(1), "an empty query still costs a read");
+    assert_eq!(
+        by[&Group::Conversations].estimated_reads,
+        Some(1),
+        "an empty query still costs a read"
+    );
     assert_eq!(by[&Group::Targets].docs, 2);
     assert!(bus.published().is_empty());
     assert_eq!(store.saves(), 0);
-    assert!(pager.requests.lock().unwrap().is_empty(), "no documents read");
+    assert!(
+        pager.requests.lock().unwrap().is_empty(),
+        "no documents read"
+    );
 }
 
 #[tokio::test]
 async fn shutdown_stops_between_pages_after_a_checkpoint() {
-    let (pager, bus, store) = (MemoryPager::new(corpus()), MemoryBus::new(), MemoryStore::new());
-    let report = backfill(&opts(), &pager, &bus, &store, |_| {}, async {}).await.unwrap();
+    let (pager, bus, store) = (
+        MemoryPager::new(corpus()),
+        MemoryBus::new(),
+        MemoryStore::new(),
+    );
+    let report = backfill(&opts(), &pager, &bus, &store, |_| {}, async {})
+        .await
+        .unwrap();
     assert!(report.interrupted);
     assert!(bus.published().is_empty());
 }
@@ -194,21 +286,43 @@ async fn shutdown_stops_between_pages_after_a_checkpoint() {
 async fn shards_split_documents_by_partition_key() {
     let mut total = 0;
     for i in 0..3 {
-        let (pager, bus, store) = (MemoryPager::new(corpus()), MemoryBus::new(), MemoryStore::new());
-        let o = BackfillOptions { shard: Shard::new(i, 3).unwrap(), ..opts() };
+        let (pager, bus, store) = (
+            MemoryPager::new(corpus()),
+            MemoryBus::new(),
+            MemoryStore::new(),
+        );
+        let o = BackfillOptions {
+            shard: Shard::new(i, 3).unwrap(),
+            ..opts()
+        };
         run(&o, &pager, &bus, &store).await.unwrap();
         total += bus.events().len();
-        assert!(store.checkpoint("backfill-messages", &format!("{i}-of-3")).is_some());
+        assert!(store
+            .checkpoint("backfill-messages", &format!("{i}-of-3"))
+            .is_some());
     }
     assert_eq!(total, 8);
 }
 
 #[tokio::test]
 async fn publish_failures_surface_and_nothing_is_checkpointed_past_them() {
-    let (pager, bus, store) = (MemoryPager::new(corpus()), MemoryBus::new(), MemoryStore::new());
+    let (pager, bus, store) = (
+        MemoryPager::new(corpus()),
+        MemoryBus::new(),
+        MemoryStore::new(),
+    );
     bus.fail_next(100);
-    let o = BackfillOptions { groups: vec![Group::Messages], ..opts() };
-    let e = tokio::time::timeout(std::time::Duration::from_secs(30), run(&o, &pager, &bus, &store)).await.unwrap().unwrap_err();
+    let o = BackfillOptions {
+        groups: vec![Group::Messages],
+        ..opts()
+    };
+    let e = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        run(&o, &pager, &bus, &store),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
     assert!(matches!(e, BackfillError::Sink(_)), "{e}");
     assert!(store.checkpoint("backfill-messages", "0-of-1").is_none());
 }

@@ -37,7 +37,12 @@ pub(crate) fn value(v: &pb::Value) -> Value {
             longitude: g.longitude,
         },
         Some(V::ArrayValue(a)) => Value::Array(a.values.iter().map(value).collect()),
-        Some(V::MapValue(m)) => Value::Map(m.fields.iter().map(|(k, v)| (k.clone(), value(v))).collect()),
+        Some(V::MapValue(m)) => Value::Map(
+            m.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), value(v)))
+                .collect(),
+        ),
         // Only pipeline queries return these (field/variable references,
         // functions, pipelines); a stored document never holds one.
         Some(_) => Value::Null,
@@ -52,18 +57,32 @@ fn protocol(what: &str) -> TransportError {
 }
 
 pub(crate) fn document(d: &pb::Document) -> Result<Document, TransportError> {
-    let create_time = d.create_time.as_ref().and_then(timestamp).ok_or_else(|| protocol("document without create_time"))?;
-    let update_time = d.update_time.as_ref().and_then(timestamp).ok_or_else(|| protocol("document without update_time"))?;
+    let create_time = d
+        .create_time
+        .as_ref()
+        .and_then(timestamp)
+        .ok_or_else(|| protocol("document without create_time"))?;
+    let update_time = d
+        .update_time
+        .as_ref()
+        .and_then(timestamp)
+        .ok_or_else(|| protocol("document without update_time"))?;
     Ok(Document {
         path: relative_path(&d.name).to_owned(),
-        fields: d.fields.iter().map(|(k, v)| (k.clone(), value(v))).collect::<BTreeMap<_, _>>(),
+        fields: d
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value(v)))
+            .collect::<BTreeMap<_, _>>(),
         create_time,
         update_time,
     })
 }
 
 /// `None` for an empty response (no response type).
-pub(crate) fn listen_response(r: pb::ListenResponse) -> Result<Option<ListenResponse>, TransportError> {
+pub(crate) fn listen_response(
+    r: pb::ListenResponse,
+) -> Result<Option<ListenResponse>, TransportError> {
     use pb::listen_response::ResponseType as R;
     use pb::target_change::TargetChangeType as K;
     Ok(Some(match r.response_type {
@@ -75,7 +94,12 @@ pub(crate) fn listen_response(r: pb::ListenResponse) -> Result<Option<ListenResp
                 Ok(K::Remove) => TargetChangeKind::Remove,
                 Ok(K::Current) => TargetChangeKind::Current,
                 Ok(K::Reset) => TargetChangeKind::Reset,
-                Err(_) => return Err(protocol(&format!("unknown target change type {}", tc.target_change_type))),
+                Err(_) => {
+                    return Err(protocol(&format!(
+                        "unknown target change type {}",
+                        tc.target_change_type
+                    )))
+                }
             },
             target_ids: tc.target_ids,
             resume_token: tc.resume_token,
@@ -86,7 +110,11 @@ pub(crate) fn listen_response(r: pb::ListenResponse) -> Result<Option<ListenResp
             }),
         }),
         Some(R::DocumentChange(dc)) => ListenResponse::DocumentChange {
-            doc: document(dc.document.as_ref().ok_or_else(|| protocol("document change without document"))?)?,
+            doc: document(
+                dc.document
+                    .as_ref()
+                    .ok_or_else(|| protocol("document change without document"))?,
+            )?,
             target_ids: dc.target_ids,
             removed_target_ids: dc.removed_target_ids,
         },
@@ -112,9 +140,11 @@ pub(crate) fn status(s: &tonic::Status) -> TransportError {
     use tonic::Code as C;
     let kind = match s.code() {
         C::InvalidArgument => TransportErrorKind::InvalidArgument,
-        C::PermissionDenied | C::Unauthenticated | C::NotFound | C::Unimplemented | C::FailedPrecondition => {
-            TransportErrorKind::Fatal
-        }
+        C::PermissionDenied
+        | C::Unauthenticated
+        | C::NotFound
+        | C::Unimplemented
+        | C::FailedPrecondition => TransportErrorKind::Fatal,
         _ => TransportErrorKind::Transient,
     };
     TransportError {
@@ -130,37 +160,89 @@ mod tests {
     #[test]
     fn converts_documents_values_and_listen_messages() {
         use pb::value::ValueType as V;
-        let v = |t| pb::Value { value_type: Some(t) };
+        let v = |t| pb::Value {
+            value_type: Some(t),
+        };
         let mut fields = std::collections::HashMap::new();
-        fields.insert("r".to_owned(), v(V::ReferenceValue("projects/p/databases/(default)/documents/users/u1".into())));
-        fields.insert("t".to_owned(), v(V::TimestampValue(prost_types::Timestamp { seconds: 1, nanos: 5 })));
-        fields.insert("a".to_owned(), v(V::ArrayValue(pb::ArrayValue { values: vec![v(V::NullValue(0)), v(V::IntegerValue(3))] })));
+        fields.insert(
+            "r".to_owned(),
+            v(V::ReferenceValue(
+                "projects/p/databases/(default)/documents/users/u1".into(),
+            )),
+        );
+        fields.insert(
+            "t".to_owned(),
+            v(V::TimestampValue(prost_types::Timestamp {
+                seconds: 1,
+                nanos: 5,
+            })),
+        );
+        fields.insert(
+            "a".to_owned(),
+            v(V::ArrayValue(pb::ArrayValue {
+                values: vec![v(V::NullValue(0)), v(V::IntegerValue(3))],
+            })),
+        );
         let d = pb::Document {
             name: "projects/p/databases/(default)/documents/conversations/c1".into(),
             fields,
-            create_time: Some(prost_types::Timestamp { seconds: 10, nanos: 0 }),
-            update_time: Some(prost_types::Timestamp { seconds: 11, nanos: 0 }),
+            create_time: Some(prost_types::Timestamp {
+                seconds: 10,
+                nanos: 0,
+            }),
+            update_time: Some(prost_types::Timestamp {
+                seconds: 11,
+                nanos: 0,
+            }),
         };
         let doc = document(&d).unwrap();
         assert_eq!(doc.path, "conversations/c1");
         assert_eq!(doc.fields["r"], Value::Reference("users/u1".into()));
-        assert_eq!(doc.fields["a"], Value::Array(vec![Value::Null, Value::Integer(3)]));
-        assert_eq!(to_proto_timestamp(&doc.update_time), prost_types::Timestamp { seconds: 11, nanos: 0 });
+        assert_eq!(
+            doc.fields["a"],
+            Value::Array(vec![Value::Null, Value::Integer(3)])
+        );
+        assert_eq!(
+            to_proto_timestamp(&doc.update_time),
+            prost_types::Timestamp {
+                seconds: 11,
+                nanos: 0
+            }
+        );
 
         let r = pb::ListenResponse {
-            response_type: Some(pb::listen_response::ResponseType::TargetChange(pb::TargetChange {
-                target_change_type: 3,
-                target_ids: vec![2],
-                cause: None,
-                resume_token: b"x".to_vec(),
-                read_time: None,
-            })),
+            response_type: Some(pb::listen_response::ResponseType::TargetChange(
+                pb::TargetChange {
+                    target_change_type: 3,
+                    target_ids: vec![2],
+                    cause: None,
+                    resume_token: b"x".to_vec(),
+                    read_time: None,
+                },
+            )),
         };
-        let ListenResponse::TargetChange(tc) = listen_response(r).unwrap().unwrap() else { panic!() };
+        let ListenResponse::TargetChange(tc) = listen_response(r).unwrap().unwrap() else {
+            panic!()
+        };
         assert_eq!(tc.kind, TargetChangeKind::Current);
-        assert_eq!(listen_response(pb::ListenResponse { response_type: None }).unwrap(), None);
-        assert_eq!(status(&tonic::Status::invalid_argument("stale")).kind, TransportErrorKind::InvalidArgument);
-        assert_eq!(status(&tonic::Status::unavailable("x")).kind, TransportErrorKind::Transient);
-        assert_eq!(status(&tonic::Status::permission_denied("x")).kind, TransportErrorKind::Fatal);
+        assert_eq!(
+            listen_response(pb::ListenResponse {
+                response_type: None
+            })
+            .unwrap(),
+            None
+        );
+        assert_eq!(
+            status(&tonic::Status::invalid_argument("stale")).kind,
+            TransportErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            status(&tonic::Status::unavailable("x")).kind,
+            TransportErrorKind::Transient
+        );
+        assert_eq!(
+            status(&tonic::Status::permission_denied("x")).kind,
+            TransportErrorKind::Fatal
+        );
     }
 }

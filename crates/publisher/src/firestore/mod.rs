@@ -29,8 +29,12 @@ pub use firestore::FirestoreDb;
 /// Connect to `project`'s `database` (`(default)` for the default one).
 /// Honours `FIRESTORE_EMULATOR_HOST` (no credentials are looked up then);
 /// otherwise uses Application Default Credentials.
-pub async fn connect(project: &str, database: &str) -> Result<FirestoreDb, firestore::errors::FirestoreError> {
-    let options = firestore::FirestoreDbOptions::new(project.to_owned()).with_database_id(database.to_owned());
+pub async fn connect(
+    project: &str,
+    database: &str,
+) -> Result<FirestoreDb, firestore::errors::FirestoreError> {
+    let options = firestore::FirestoreDbOptions::new(project.to_owned())
+        .with_database_id(database.to_owned());
     FirestoreDb::with_options(options).await
 }
 

@@ -13,7 +13,9 @@ use firestore::FirestoreDb;
 use futures::StreamExt;
 
 use super::convert;
-use crate::backfill::{Count, Cursor, DocumentPager, Group, Page, PageRequest, PagerError, ORDER_FIELD};
+use crate::backfill::{
+    Count, Cursor, DocumentPager, Group, Page, PageRequest, PagerError, ORDER_FIELD,
+};
 use crate::value::{Timestamp, Value};
 
 /// Reads a database's documents for the backfill.
@@ -36,13 +38,23 @@ fn field(path: &str) -> Option<pb::structured_query::FieldReference> {
 
 fn ts_value(t: &Timestamp) -> pb::Value {
     pb::Value {
-        value_type: Some(pb::value::ValueType::TimestampValue(convert::to_proto_timestamp(t))),
+        value_type: Some(pb::value::ValueType::TimestampValue(
+            convert::to_proto_timestamp(t),
+        )),
     }
 }
 
 /// The structured query of a page walk (without a limit for counts).
-pub(crate) fn query(documents: &str, group: Group, since: Option<Timestamp>, after: Option<&Cursor>, limit: Option<u32>) -> pb::StructuredQuery {
-    use pb::structured_query::{field_filter, filter, CollectionSelector, Direction, FieldFilter, Filter, Order};
+pub(crate) fn query(
+    documents: &str,
+    group: Group,
+    since: Option<Timestamp>,
+    after: Option<&Cursor>,
+    limit: Option<u32>,
+) -> pb::StructuredQuery {
+    use pb::structured_query::{
+        field_filter, filter, CollectionSelector, Direction, FieldFilter, Filter, Order,
+    };
     let since = since.unwrap_or(chrono::DateTime::UNIX_EPOCH);
     pb::StructuredQuery {
         from: vec![CollectionSelector {
@@ -70,7 +82,10 @@ pub(crate) fn query(documents: &str, group: Group, since: Option<Timestamp>, aft
             values: vec![
                 ts_value(&c.updated_at),
                 pb::Value {
-                    value_type: Some(pb::value::ValueType::ReferenceValue(format!("{documents}/{}", c.path))),
+                    value_type: Some(pb::value::ValueType::ReferenceValue(format!(
+                        "{documents}/{}",
+                        c.path
+                    ))),
                 },
             ],
             // `before: false` starts *after* the cursor document.
@@ -88,7 +103,13 @@ impl DocumentPager for FirestorePager {
             message,
         };
         let documents = self.db.get_documents_path().clone();
-        let q = query(&documents, request.group, request.since, request.after.as_ref(), Some(request.limit));
+        let q = query(
+            &documents,
+            request.group,
+            request.since,
+            request.after.as_ref(),
+            Some(request.limit),
+        );
         let mut stream = self
             .db
             .client()
@@ -110,7 +131,10 @@ impl DocumentPager for FirestorePager {
             if let Some(d) = item.document {
                 let doc = convert::document(&d).map_err(|e| err(e.message))?;
                 let Some(Value::Timestamp(at)) = doc.fields.get(ORDER_FIELD) else {
-                    return Err(err(format!("`{}` has no timestamp `{ORDER_FIELD}` but matched the query", doc.path)));
+                    return Err(err(format!(
+                        "`{}` has no timestamp `{ORDER_FIELD}` but matched the query",
+                        doc.path
+                    )));
                 };
                 next = Some(Cursor {
                     updated_at: *at,
@@ -126,7 +150,12 @@ impl DocumentPager for FirestorePager {
         })
     }
 
-    async fn count(&self, group: Group, since: Option<Timestamp>, after: Option<Cursor>) -> Result<Count, PagerError> {
+    async fn count(
+        &self,
+        group: Group,
+        since: Option<Timestamp>,
+        after: Option<Cursor>,
+    ) -> Result<Count, PagerError> {
         use pb::structured_aggregation_query::{aggregation, Aggregation};
         let err = |message: String| PagerError { group, message };
         let documents = self.db.get_documents_path().clone();
@@ -139,15 +168,21 @@ impl DocumentPager for FirestorePager {
                 parent: documents,
                 explain_options: None,
                 request_options: None,
-                query_type: Some(pb::run_aggregation_query_request::QueryType::StructuredAggregationQuery(
-                    pb::StructuredAggregationQuery {
-                        aggregations: vec![Aggregation {
-                            alias: "n".into(),
-                            operator: Some(aggregation::Operator::Count(aggregation::Count { up_to: None })),
-                        }],
-                        query_type: Some(pb::structured_aggregation_query::QueryType::StructuredQuery(q)),
-                    },
-                )),
+                query_type: Some(
+                    pb::run_aggregation_query_request::QueryType::StructuredAggregationQuery(
+                        pb::StructuredAggregationQuery {
+                            aggregations: vec![Aggregation {
+                                alias: "n".into(),
+                                operator: Some(aggregation::Operator::Count(aggregation::Count {
+                                    up_to: None,
+                                })),
+                            }],
+                            query_type: Some(
+                                pb::structured_aggregation_query::QueryType::StructuredQuery(q),
+                            ),
+                        },
+                    ),
+                ),
                 consistency_selector: None,
             })
             .await
@@ -183,7 +218,13 @@ mod tests {
             updated_at: chrono::DateTime::from_timestamp(5, 0).unwrap(),
             path: "conversations/c1/messages/m1".into(),
         };
-        let q = query("projects/p/databases/(default)/documents", Group::Messages, None, Some(&c), Some(50));
+        let q = query(
+            "projects/p/databases/(default)/documents",
+            Group::Messages,
+            None,
+            Some(&c),
+            Some(50),
+        );
         assert_eq!(q.limit, Some(50));
         assert_eq!(q.offset, 0, "never offsets");
         assert!(q.from[0].all_descendants);

@@ -36,7 +36,10 @@ impl Requests {
     fn to_proto(&self, request: ListenRequest) -> Option<pb::ListenRequest> {
         use pb::listen_request::TargetChange as TC;
         let target_change = match request {
-            ListenRequest::Add { target_id, resume_token } => {
+            ListenRequest::Add {
+                target_id,
+                resume_token,
+            } => {
                 let spec: &TargetSpec = TARGETS.iter().find(|t| t.id == target_id)?;
                 TC::AddTarget(pb::Target {
                     target_id,
@@ -44,13 +47,15 @@ impl Requests {
                     expected_count: None,
                     target_type: Some(pb::target::TargetType::Query(pb::target::QueryTarget {
                         parent: self.documents.clone(),
-                        query_type: Some(pb::target::query_target::QueryType::StructuredQuery(pb::StructuredQuery {
-                            from: vec![pb::structured_query::CollectionSelector {
-                                collection_id: spec.collection_id.to_owned(),
-                                all_descendants: spec.all_descendants,
-                            }],
-                            ..Default::default()
-                        })),
+                        query_type: Some(pb::target::query_target::QueryType::StructuredQuery(
+                            pb::StructuredQuery {
+                                from: vec![pb::structured_query::CollectionSelector {
+                                    collection_id: spec.collection_id.to_owned(),
+                                    all_descendants: spec.all_descendants,
+                                }],
+                                ..Default::default()
+                            },
+                        )),
                     })),
                     resume_type: resume_token.map(pb::target::ResumeType::ResumeToken),
                 })
@@ -69,20 +74,24 @@ impl Requests {
 impl ListenTransport for FirestoreTransport {
     type Stream = BoxStream<'static, Result<ListenResponse, TransportError>>;
 
-    async fn open(&self, requests: mpsc::UnboundedReceiver<ListenRequest>) -> Result<Self::Stream, TransportError> {
+    async fn open(
+        &self,
+        requests: mpsc::UnboundedReceiver<ListenRequest>,
+    ) -> Result<Self::Stream, TransportError> {
         let builder = Requests {
             database: self.db.get_database_path().clone(),
             documents: self.db.get_documents_path().clone(),
         };
         // The request half stays open for as long as the driver holds its sender.
-        let outgoing = futures::stream::unfold((requests, builder), |(mut rx, builder)| async move {
-            loop {
-                let next = rx.recv().await?;
-                if let Some(proto) = builder.to_proto(next) {
-                    return Some((proto, (rx, builder)));
+        let outgoing =
+            futures::stream::unfold((requests, builder), |(mut rx, builder)| async move {
+                loop {
+                    let next = rx.recv().await?;
+                    if let Some(proto) = builder.to_proto(next) {
+                        return Some((proto, (rx, builder)));
+                    }
                 }
-            }
-        });
+            });
         let response = self
             .db
             .client()
@@ -112,16 +121,38 @@ mod tests {
             database: "projects/p/databases/(default)".into(),
             documents: "projects/p/databases/(default)/documents".into(),
         };
-        let req = b.to_proto(ListenRequest::Add { target_id: 2, resume_token: Some(vec![1]) }).unwrap();
-        let Some(pb::listen_request::TargetChange::AddTarget(t)) = req.target_change else { panic!() };
+        let req = b
+            .to_proto(ListenRequest::Add {
+                target_id: 2,
+                resume_token: Some(vec![1]),
+            })
+            .unwrap();
+        let Some(pb::listen_request::TargetChange::AddTarget(t)) = req.target_change else {
+            panic!()
+        };
         assert_eq!(t.target_id, 2);
-        assert_eq!(t.resume_type, Some(pb::target::ResumeType::ResumeToken(vec![1])));
-        let Some(pb::target::TargetType::Query(q)) = t.target_type else { panic!() };
-        let Some(pb::target::query_target::QueryType::StructuredQuery(sq)) = q.query_type else { panic!() };
+        assert_eq!(
+            t.resume_type,
+            Some(pb::target::ResumeType::ResumeToken(vec![1]))
+        );
+        let Some(pb::target::TargetType::Query(q)) = t.target_type else {
+            panic!()
+        };
+        let Some(pb::target::query_target::QueryType::StructuredQuery(sq)) = q.query_type else {
+            panic!()
+        };
         assert_eq!(sq.from[0].collection_id, "messages");
         assert!(sq.from[0].all_descendants);
-        assert!(b.to_proto(ListenRequest::Add { target_id: 99, resume_token: None }).is_none());
+        assert!(b
+            .to_proto(ListenRequest::Add {
+                target_id: 99,
+                resume_token: None
+            })
+            .is_none());
         let req = b.to_proto(ListenRequest::Remove { target_id: 1 }).unwrap();
-        assert_eq!(req.target_change, Some(pb::listen_request::TargetChange::RemoveTarget(1)));
+        assert_eq!(
+            req.target_change,
+            Some(pb::listen_request::TargetChange::RemoveTarget(1))
+        );
     }
 }

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{
-    Change, DeleteCause, ListenRequest, ListenResponse, Notice, Output, ResumeState, Snapshot, StreamEnd, TargetChange,
-    TargetChangeKind, TargetId, UpsertOp,
+    Change, DeleteCause, ListenRequest, ListenResponse, Notice, Output, ResumeState, Snapshot,
+    StreamEnd, TargetChange, TargetChangeKind, TargetId, UpsertOp,
 };
 use crate::value::{Document, Timestamp};
 
@@ -34,7 +34,9 @@ struct TargetState {
 impl TargetState {
     fn contains(&self, path: &str) -> bool {
         self.added.contains_key(path)
-            || (!self.resetting && self.committed.contains_key(path) && !self.removed.contains(path))
+            || (!self.resetting
+                && self.committed.contains_key(path)
+                && !self.removed.contains(path))
     }
 
     fn insert(&mut self, path: &str, t: Timestamp) {
@@ -57,8 +59,16 @@ impl TargetState {
         if self.resetting {
             return self.added.len();
         }
-        let removed = self.removed.iter().filter(|p| self.committed.contains_key(*p)).count();
-        let new = self.added.keys().filter(|p| !self.committed.contains_key(*p)).count();
+        let removed = self
+            .removed
+            .iter()
+            .filter(|p| self.committed.contains_key(*p))
+            .count();
+        let new = self
+            .added
+            .keys()
+            .filter(|p| !self.committed.contains_key(*p))
+            .count();
         self.committed.len() - removed + new
     }
 
@@ -89,7 +99,10 @@ impl TargetState {
 #[derive(Debug, Clone)]
 enum Dirty {
     Upsert(Document),
-    Delete { read_time: Option<Timestamp>, cause: DeleteCause },
+    Delete {
+        read_time: Option<Timestamp>,
+        cause: DeleteCause,
+    },
 }
 
 /// The listen state machine. Create it with the target ids and the resume
@@ -106,7 +119,10 @@ impl ListenCore {
     /// `resume` is the persisted state of an earlier run, if any. Without one
     /// (first run) the membership of every target is known to be empty; with
     /// one it is unknown until the target's next reset completes.
-    pub fn new(target_ids: impl IntoIterator<Item = TargetId>, resume: Option<ResumeState>) -> ListenCore {
+    pub fn new(
+        target_ids: impl IntoIterator<Item = TargetId>,
+        resume: Option<ResumeState>,
+    ) -> ListenCore {
         let first_run = resume.is_none();
         let resume = resume.unwrap_or_default();
         let targets = target_ids
@@ -146,7 +162,9 @@ impl ListenCore {
 
     /// Number of documents a target holds at its last consistent point.
     pub fn committed_len(&self, target_id: TargetId) -> usize {
-        self.targets.get(&target_id).map_or(0, |t| t.committed.len())
+        self.targets
+            .get(&target_id)
+            .map_or(0, |t| t.committed.len())
     }
 
     /// A new stream is open: the requests that add every target, resuming
@@ -158,7 +176,11 @@ impl ListenCore {
         for (id, t) in &mut self.targets {
             t.discard_uncommitted();
             t.pending = 1;
-            let token = if t.force_fresh { None } else { t.safe_token.clone() };
+            let token = if t.force_fresh {
+                None
+            } else {
+                t.safe_token.clone()
+            };
             t.force_fresh = false;
             if token.is_none() {
                 t.begin_reset();
@@ -259,9 +281,19 @@ impl ListenCore {
         out
     }
 
-    fn on_gone(&mut self, path: String, read_time: Option<Timestamp>, removed: &[TargetId], cause: DeleteCause) {
+    fn on_gone(
+        &mut self,
+        path: String,
+        read_time: Option<Timestamp>,
+        removed: &[TargetId],
+        cause: DeleteCause,
+    ) {
         let ids: Vec<TargetId> = if removed.is_empty() {
-            self.targets.iter().filter(|(_, t)| t.accepts()).map(|(id, _)| *id).collect()
+            self.targets
+                .iter()
+                .filter(|(_, t)| t.accepts())
+                .map(|(id, _)| *id)
+                .collect()
         } else {
             self.accepting(removed)
         };
@@ -281,7 +313,12 @@ impl ListenCore {
         let ids: Vec<TargetId> = if all {
             self.targets.keys().copied().collect()
         } else {
-            change.target_ids.iter().copied().filter(|id| self.targets.contains_key(id)).collect()
+            change
+                .target_ids
+                .iter()
+                .copied()
+                .filter(|id| self.targets.contains_key(id))
+                .collect()
         };
         let token = (!change.resume_token.is_empty()).then(|| change.resume_token.clone());
         match change.kind {
@@ -363,12 +400,17 @@ impl ListenCore {
         for (path, d) in dirty {
             match d {
                 Dirty::Upsert(doc) => {
-                    if self.committed_version(&path) != Some(doc.update_time) && self.in_any_target(&path) {
+                    if self.committed_version(&path) != Some(doc.update_time)
+                        && self.in_any_target(&path)
+                    {
                         let op = UpsertOp::of(&doc);
                         changes.push(Change::Upsert { doc, op });
                     }
                 }
-                Dirty::Delete { read_time: rt, cause } => {
+                Dirty::Delete {
+                    read_time: rt,
+                    cause,
+                } => {
                     if !self.in_any_target(&path) {
                         changes.push(Change::Delete {
                             path: path.clone(),
@@ -395,7 +437,9 @@ impl ListenCore {
                         }
                     }
                     if !t.known {
-                        out.push(Output::Notice(Notice::DeletionsMayBeIncomplete { target_id: *id }));
+                        out.push(Output::Notice(Notice::DeletionsMayBeIncomplete {
+                            target_id: *id,
+                        }));
                     }
                     t.committed = std::mem::take(&mut t.added);
                     t.resetting = false;
@@ -438,11 +482,15 @@ impl ListenCore {
     }
 
     fn committed_version(&self, path: &str) -> Option<Timestamp> {
-        self.targets.values().find_map(|t| t.committed.get(path).copied())
+        self.targets
+            .values()
+            .find_map(|t| t.committed.get(path).copied())
     }
 
     fn committed_anywhere(&self, path: &str) -> bool {
-        self.targets.values().any(|t| t.committed.contains_key(path))
+        self.targets
+            .values()
+            .any(|t| t.committed.contains_key(path))
     }
 
     fn in_any_target(&self, path: &str) -> bool {
@@ -457,6 +505,8 @@ impl ListenCore {
     }
 
     fn target(&mut self, id: TargetId) -> &mut TargetState {
-        self.targets.get_mut(&id).expect("only known target ids are looked up")
+        self.targets
+            .get_mut(&id)
+            .expect("only known target ids are looked up")
     }
 }

@@ -125,8 +125,13 @@ pub enum ListenResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenRequest {
     /// Add the target; with a token it resumes, without one the server sends the full state.
-    Add { target_id: TargetId, resume_token: Option<Vec<u8>> },
-    Remove { target_id: TargetId },
+    Add {
+        target_id: TargetId,
+        resume_token: Option<Vec<u8>>,
+    },
+    Remove {
+        target_id: TargetId,
+    },
 }
 
 /// How the stream ended, as far as the core cares.
@@ -172,8 +177,15 @@ pub enum DeleteCause {
 /// One change to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    Upsert { doc: Document, op: UpsertOp },
-    Delete { path: String, time: Timestamp, cause: DeleteCause },
+    Upsert {
+        doc: Document,
+        op: UpsertOp,
+    },
+    Delete {
+        path: String,
+        time: Timestamp,
+        cause: DeleteCause,
+    },
 }
 
 impl Change {
@@ -209,7 +221,11 @@ pub enum Notice {
     /// restart was unknown: deletions from before that reset may be missing.
     DeletionsMayBeIncomplete { target_id: TargetId },
     /// An existence filter disagreed with the target's document count; a re-sync started.
-    FilterMismatch { target_id: TargetId, expected: i32, held: usize },
+    FilterMismatch {
+        target_id: TargetId,
+        expected: i32,
+        held: usize,
+    },
     /// The server removed a target with a cause; it will be listened to again from scratch.
     TargetRemoved { target_id: TargetId, cause: Cause },
     /// The server reset a target; its state is being resent.

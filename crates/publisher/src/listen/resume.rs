@@ -37,20 +37,28 @@ impl ResumeState {
         let e = Encoded {
             v: 1,
             read_time: self.read_time,
-            targets: self.tokens.iter().map(|(id, t)| (id.to_string(), hex::encode(t))).collect(),
+            targets: self
+                .tokens
+                .iter()
+                .map(|(id, t)| (id.to_string(), hex::encode(t)))
+                .collect(),
         };
         serde_json::to_vec(&e).expect("plain data serializes")
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ResumeState, ResumeStateError> {
-        let e: Encoded = serde_json::from_slice(bytes).map_err(|e| ResumeStateError(e.to_string()))?;
+        let e: Encoded =
+            serde_json::from_slice(bytes).map_err(|e| ResumeStateError(e.to_string()))?;
         if e.v != 1 {
             return Err(ResumeStateError(format!("unknown version {}", e.v)));
         }
         let mut tokens = BTreeMap::new();
         for (id, tok) in e.targets {
-            let id: TargetId = id.parse().map_err(|_| ResumeStateError(format!("bad target id `{id}`")))?;
-            let tok = hex::decode(&tok).map_err(|e| ResumeStateError(format!("target {id}: {e}")))?;
+            let id: TargetId = id
+                .parse()
+                .map_err(|_| ResumeStateError(format!("bad target id `{id}`")))?;
+            let tok =
+                hex::decode(&tok).map_err(|e| ResumeStateError(format!("target {id}: {e}")))?;
             tokens.insert(id, tok);
         }
         Ok(ResumeState {

@@ -66,11 +66,18 @@ impl Server {
             removed_target_ids: vec![],
         }
     }
-    fn tc(kind: TargetChangeKind, ids: Vec<TargetId>, token: Option<i64>, read_time: Option<i64>) -> ListenResponse {
+    fn tc(
+        kind: TargetChangeKind,
+        ids: Vec<TargetId>,
+        token: Option<i64>,
+        read_time: Option<i64>,
+    ) -> ListenResponse {
         ListenResponse::TargetChange(TargetChange {
             kind,
             target_ids: ids,
-            resume_token: token.map(|t| t.to_string().into_bytes()).unwrap_or_default(),
+            resume_token: token
+                .map(|t| t.to_string().into_bytes())
+                .unwrap_or_default(),
             read_time: read_time.map(ts),
             cause: None,
         })
@@ -78,23 +85,52 @@ impl Server {
     /// The target's documents then CURRENT; with `split`, a global consistent
     /// point after that many documents (large targets load over several).
     fn full_state(&self, t: TargetId, q: &mut VecDeque<ListenResponse>, split: Option<usize>) {
-        for (i, (p, v)) in self.docs.iter().filter(|(p, _)| target_of(p) == t).enumerate() {
+        for (i, (p, v)) in self
+            .docs
+            .iter()
+            .filter(|(p, _)| target_of(p) == t)
+            .enumerate()
+        {
             if split == Some(i) {
                 self.global(q);
             }
             q.push_back(Server::change(p, *v));
         }
-        q.push_back(Server::tc(TargetChangeKind::Current, vec![t], Some(self.clock), None));
+        q.push_back(Server::tc(
+            TargetChangeKind::Current,
+            vec![t],
+            Some(self.clock),
+            None,
+        ));
     }
     fn global(&self, q: &mut VecDeque<ListenResponse>) {
-        q.push_back(Server::tc(TargetChangeKind::NoChange, vec![], Some(self.clock), Some(self.clock)));
+        q.push_back(Server::tc(
+            TargetChangeKind::NoChange,
+            vec![],
+            Some(self.clock),
+            Some(self.clock),
+        ));
     }
 
     /// Answer one request. `resume_mode`: 0 faithful, 1 reset, 2 forgets deletes and sends a filter.
-    fn handle(&self, req: &ListenRequest, resume_mode: u64, split: Option<usize>, q: &mut VecDeque<ListenResponse>) {
+    fn handle(
+        &self,
+        req: &ListenRequest,
+        resume_mode: u64,
+        split: Option<usize>,
+        q: &mut VecDeque<ListenResponse>,
+    ) {
         match req {
-            ListenRequest::Remove { target_id } => q.push_back(Server::tc(TargetChangeKind::Remove, vec![*target_id], None, None)),
-            ListenRequest::Add { target_id, resume_token } => {
+            ListenRequest::Remove { target_id } => q.push_back(Server::tc(
+                TargetChangeKind::Remove,
+                vec![*target_id],
+                None,
+                None,
+            )),
+            ListenRequest::Add {
+                target_id,
+                resume_token,
+            } => {
                 let t = *target_id;
                 q.push_back(Server::tc(TargetChangeKind::Add, vec![t], None, None));
                 match resume_token {
@@ -103,7 +139,12 @@ impl Server {
                         let since: i64 = std::str::from_utf8(tok).unwrap().parse().unwrap();
                         match resume_mode {
                             1 => {
-                                q.push_back(Server::tc(TargetChangeKind::Reset, vec![t], None, None));
+                                q.push_back(Server::tc(
+                                    TargetChangeKind::Reset,
+                                    vec![t],
+                                    None,
+                                    None,
+                                ));
                                 self.full_state(t, q, split);
                             }
                             _ => {
@@ -114,7 +155,10 @@ impl Server {
                                 }
                                 if resume_mode == 0 {
                                     for (p, d) in &self.deletes {
-                                        if target_of(p) == t && *d > since && !self.docs.contains_key(p) {
+                                        if target_of(p) == t
+                                            && *d > since
+                                            && !self.docs.contains_key(p)
+                                        {
                                             q.push_back(ListenResponse::DocumentDelete {
                                                 path: p.clone(),
                                                 read_time: Some(ts(*d)),
@@ -123,10 +167,19 @@ impl Server {
                                         }
                                     }
                                 } else {
-                                    let count = self.docs.keys().filter(|p| target_of(p) == t).count();
-                                    q.push_back(ListenResponse::Filter { target_id: t, count: count as i32 });
+                                    let count =
+                                        self.docs.keys().filter(|p| target_of(p) == t).count();
+                                    q.push_back(ListenResponse::Filter {
+                                        target_id: t,
+                                        count: count as i32,
+                                    });
                                 }
-                                q.push_back(Server::tc(TargetChangeKind::Current, vec![t], Some(self.clock), None));
+                                q.push_back(Server::tc(
+                                    TargetChangeKind::Current,
+                                    vec![t],
+                                    Some(self.clock),
+                                    None,
+                                ));
                             }
                         }
                     }
@@ -145,7 +198,11 @@ impl Mirror {
         let (path, time, value) = match c {
             Change::Upsert { doc, op } => {
                 assert_eq!(*op == UpsertOp::Create, doc.create_time == doc.update_time);
-                (doc.path.clone(), doc.update_time, Some((doc.create_time, doc.update_time)))
+                (
+                    doc.path.clone(),
+                    doc.update_time,
+                    Some((doc.create_time, doc.update_time)),
+                )
             }
             Change::Delete { path, time, .. } => (path.clone(), *time, None),
         };
@@ -166,7 +223,14 @@ fn simulate(seed: u64, allow_restarts: bool) {
     let mut persisted: Option<ResumeState> = None;
     let mut restarted = false;
 
-    let feed = |core: &mut ListenCore, server: &Server, q: &mut VecDeque<ListenResponse>, mirror: &mut Mirror, persisted: &mut Option<ResumeState>, rng: &mut Rng, broken_at: Option<usize>| -> bool {
+    let feed = |core: &mut ListenCore,
+                server: &Server,
+                q: &mut VecDeque<ListenResponse>,
+                mirror: &mut Mirror,
+                persisted: &mut Option<ResumeState>,
+                rng: &mut Rng,
+                broken_at: Option<usize>|
+     -> bool {
         let mut n = 0;
         while let Some(m) = q.pop_front() {
             if broken_at == Some(n) {
@@ -199,7 +263,17 @@ fn simulate(seed: u64, allow_restarts: bool) {
     for _step in 0..30 {
         // Open a stream.
         let reqs = core.start_stream();
-        if reqs.iter().any(|r| matches!(r, ListenRequest::Add { resume_token: Some(_), .. })) && rng.chance(10) && !restarted {
+        if reqs.iter().any(|r| {
+            matches!(
+                r,
+                ListenRequest::Add {
+                    resume_token: Some(_),
+                    ..
+                }
+            )
+        }) && rng.chance(10)
+            && !restarted
+        {
             core.on_stream_end(StreamEnd::TokenRejected);
             continue;
         }
@@ -210,7 +284,15 @@ fn simulate(seed: u64, allow_restarts: bool) {
             server.handle(r, mode, split, &mut q);
         }
         server.global(&mut q);
-        if !feed(&mut core, &server, &mut q, &mut mirror, &mut persisted, &mut rng, None) {
+        if !feed(
+            &mut core,
+            &server,
+            &mut q,
+            &mut mirror,
+            &mut persisted,
+            &mut rng,
+            None,
+        ) {
             core.on_stream_end(StreamEnd::Transient);
             continue;
         }
@@ -218,12 +300,20 @@ fn simulate(seed: u64, allow_restarts: bool) {
         let mut alive = true;
         for _round in 0..rng.below(4) {
             for _ in 0..rng.below(4) + 1 {
-                let path = format!("{}/{}", if rng.chance(50) { "a" } else { "b" }, rng.below(6));
+                let path = format!(
+                    "{}/{}",
+                    if rng.chance(50) { "a" } else { "b" },
+                    rng.below(6)
+                );
                 let now = server.tick();
                 if server.docs.contains_key(&path) && rng.chance(35) {
                     server.docs.remove(&path);
                     server.deletes.insert(path.clone(), now);
-                    q.push_back(ListenResponse::DocumentDelete { path: path.clone(), read_time: Some(ts(now)), removed_target_ids: vec![target_of(&path)] });
+                    q.push_back(ListenResponse::DocumentDelete {
+                        path: path.clone(),
+                        read_time: Some(ts(now)),
+                        removed_target_ids: vec![target_of(&path)],
+                    });
                 } else {
                     let create = server.docs.get(&path).map_or(now, |v| v.0);
                     server.docs.insert(path.clone(), (create, now));
@@ -240,8 +330,18 @@ fn simulate(seed: u64, allow_restarts: bool) {
                 server.full_state(t, &mut q, split);
             }
             server.global(&mut q);
-            let broken_at = rng.chance(15).then(|| rng.below(q.len() as u64 + 1) as usize);
-            if !feed(&mut core, &server, &mut q, &mut mirror, &mut persisted, &mut rng, broken_at) {
+            let broken_at = rng
+                .chance(15)
+                .then(|| rng.below(q.len() as u64 + 1) as usize);
+            if !feed(
+                &mut core,
+                &server,
+                &mut q,
+                &mut mirror,
+                &mut persisted,
+                &mut rng,
+                broken_at,
+            ) {
                 alive = false;
                 break;
             }
@@ -265,7 +365,15 @@ fn simulate(seed: u64, allow_restarts: bool) {
         }
         server.global(&mut q);
         server.global(&mut q);
-        if feed(&mut core, &server, &mut q, &mut mirror, &mut persisted, &mut rng, None) {
+        if feed(
+            &mut core,
+            &server,
+            &mut q,
+            &mut mirror,
+            &mut persisted,
+            &mut rng,
+            None,
+        ) {
             break;
         }
         core.on_stream_end(StreamEnd::Transient);
@@ -273,11 +381,18 @@ fn simulate(seed: u64, allow_restarts: bool) {
 
     for (path, (c, u)) in &server.docs {
         let got = mirror.0.get(path).and_then(|(_, v)| *v);
-        assert_eq!(got, Some((ts(*c), ts(*u))), "seed {seed}: {path} should be at version {u}");
+        assert_eq!(
+            got,
+            Some((ts(*c), ts(*u))),
+            "seed {seed}: {path} should be at version {u}"
+        );
     }
     for (path, (_, v)) in &mirror.0 {
         if v.is_some() {
-            assert!(server.docs.contains_key(path), "seed {seed}: {path} was deleted but the mirror still has it");
+            assert!(
+                server.docs.contains_key(path),
+                "seed {seed}: {path} was deleted but the mirror still has it"
+            );
         }
     }
 }

@@ -51,9 +51,20 @@ impl Scripted {
 impl ListenTransport for Scripted {
     type Stream = BoxStream<'static, Result<ListenResponse, TransportError>>;
 
-    async fn open(&self, requests: mpsc::UnboundedReceiver<ListenRequest>) -> Result<Self::Stream, TransportError> {
-        self.requests.lock().unwrap().push(Arc::new(Mutex::new(requests)));
-        let script = self.scripts.lock().unwrap().pop_front().unwrap_or_else(|| vec![Step::Hang]);
+    async fn open(
+        &self,
+        requests: mpsc::UnboundedReceiver<ListenRequest>,
+    ) -> Result<Self::Stream, TransportError> {
+        self.requests
+            .lock()
+            .unwrap()
+            .push(Arc::new(Mutex::new(requests)));
+        let script = self
+            .scripts
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| vec![Step::Hang]);
         let hung = self.hung.clone();
         Ok(futures::stream::iter(script)
             .then(move |step| {
@@ -61,7 +72,10 @@ impl ListenTransport for Scripted {
                 async move {
                     match step {
                         Step::Msg(m) => Some(Ok(m)),
-                        Step::Fail(kind) => Some(Err(TransportError { kind, message: "scripted".into() })),
+                        Step::Fail(kind) => Some(Err(TransportError {
+                            kind,
+                            message: "scripted".into(),
+                        })),
                         Step::Hang => {
                             hung.notify_one();
                             futures::future::pending::<()>().await;
@@ -90,11 +104,20 @@ fn conv(id: &str, created: i64, updated: i64) -> Document {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    Document { path: format!("conversations/{id}"), fields, create_time: t(created), update_time: t(updated) }
+    Document {
+        path: format!("conversations/{id}"),
+        fields,
+        create_time: t(created),
+        update_time: t(updated),
+    }
 }
 
 fn msg(d: Document, target: TargetId) -> Step {
-    Step::Msg(ListenResponse::DocumentChange { doc: d, target_ids: vec![target], removed_target_ids: vec![] })
+    Step::Msg(ListenResponse::DocumentChange {
+        doc: d,
+        target_ids: vec![target],
+        removed_target_ids: vec![],
+    })
 }
 fn tc(kind: TargetChangeKind, ids: &[TargetId], token: &str, at: Option<i64>) -> Step {
     Step::Msg(ListenResponse::TargetChange(TargetChange {
@@ -120,16 +143,35 @@ fn config() -> LiveConfig {
     }
 }
 
-async fn run_until_hung(transport: &Scripted, bus: &MemoryBus, store: &MemoryStore) -> Result<LiveReport, LiveError> {
+async fn run_until_hung(
+    transport: &Scripted,
+    bus: &MemoryBus,
+    store: &MemoryStore,
+) -> Result<LiveReport, LiveError> {
     let hung = transport.hung.clone();
-    let deps = LiveDeps { transport: transport.clone(), bus: bus.clone(), store: store.clone(), config: config() };
-    tokio::time::timeout(Duration::from_secs(10), run(deps, async move { hung.notified().await }))
-        .await
-        .expect("run stops at the hang")
+    let deps = LiveDeps {
+        transport: transport.clone(),
+        bus: bus.clone(),
+        store: store.clone(),
+        config: config(),
+    };
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        run(deps, async move { hung.notified().await }),
+    )
+    .await
+    .expect("run stops at the hang")
 }
 
 fn saved_state(store: &MemoryStore) -> ResumeState {
-    ResumeState::decode(&store.checkpoint(CHECKPOINT_MODULE, "0-of-1").unwrap().cursor_token.unwrap()).unwrap()
+    ResumeState::decode(
+        &store
+            .checkpoint(CHECKPOINT_MODULE, "0-of-1")
+            .unwrap()
+            .cursor_token
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -150,17 +192,46 @@ async fn publishes_at_consistent_points_resumes_after_errors_and_restarts_from_t
     let (bus, store) = (MemoryBus::new(), MemoryStore::new());
     let report = run_until_hung(&transport, &bus, &store).await.unwrap();
 
-    assert_eq!(transport.sent(0), TARGETS.iter().map(|t| ListenRequest::Add { target_id: t.id, resume_token: None }).collect::<Vec<_>>());
+    assert_eq!(
+        transport.sent(0),
+        TARGETS
+            .iter()
+            .map(|t| ListenRequest::Add {
+                target_id: t.id,
+                resume_token: None
+            })
+            .collect::<Vec<_>>()
+    );
     assert_eq!(
         transport.sent(1),
-        TARGETS.iter().map(|t| ListenRequest::Add { target_id: t.id, resume_token: Some(b"g10".to_vec()) }).collect::<Vec<_>>(),
+        TARGETS
+            .iter()
+            .map(|t| ListenRequest::Add {
+                target_id: t.id,
+                resume_token: Some(b"g10".to_vec())
+            })
+            .collect::<Vec<_>>(),
         "the second stream resumes from the first consistent point"
     );
-    let subjects: Vec<String> = bus.events().iter().map(|e| format!("{} {}", e.event_type(), e.subject())).collect();
-    assert_eq!(subjects, vec!["dm.conversation.create conversations/c1", "dm.conversation.create conversations/c2"]);
+    let subjects: Vec<String> = bus
+        .events()
+        .iter()
+        .map(|e| format!("{} {}", e.event_type(), e.subject()))
+        .collect();
+    assert_eq!(
+        subjects,
+        vec![
+            "dm.conversation.create conversations/c1",
+            "dm.conversation.create conversations/c2"
+        ]
+    );
     assert_eq!(report.tally.dead_lettered, 1);
     let dl = store.dead_letters();
-    assert!(dl[0].error.contains("`conversations/c3`") && dl[0].error.contains("`type`"), "{}", dl[0].error);
+    assert!(
+        dl[0].error.contains("`conversations/c3`") && dl[0].error.contains("`type`"),
+        "{}",
+        dl[0].error
+    );
     let state = saved_state(&store);
     assert_eq!(state.read_time, Some(t(12)));
     assert_eq!(state.tokens.get(&1).map(Vec::as_slice), Some(&b"g12"[..]));
@@ -168,18 +239,35 @@ async fn publishes_at_consistent_points_resumes_after_errors_and_restarts_from_t
     // Restart: resumes from the checkpoint, sees a delete, publishes it at its read time.
     let third = vec![
         tc(TargetChangeKind::Add, &[1, 2, 3], "", None),
-        Step::Msg(ListenResponse::DocumentDelete { path: "conversations/c2".into(), read_time: Some(t(13)), removed_target_ids: vec![1] }),
-        Step::Msg(ListenResponse::DocumentDelete { path: "follows/u1/targets/u2".into(), read_time: Some(t(13)), removed_target_ids: vec![3] }),
+        Step::Msg(ListenResponse::DocumentDelete {
+            path: "conversations/c2".into(),
+            read_time: Some(t(13)),
+            removed_target_ids: vec![1],
+        }),
+        Step::Msg(ListenResponse::DocumentDelete {
+            path: "follows/u1/targets/u2".into(),
+            read_time: Some(t(13)),
+            removed_target_ids: vec![3],
+        }),
         tc(TargetChangeKind::Current, &[1, 2, 3], "g14", None),
         tc(TargetChangeKind::NoChange, &[], "g14", Some(14)),
         Step::Hang,
     ];
     let transport = Scripted::new(vec![third]);
     let report = run_until_hung(&transport, &bus, &store).await.unwrap();
-    assert_eq!(transport.sent(0)[0], ListenRequest::Add { target_id: 1, resume_token: Some(b"g12".to_vec()) });
+    assert_eq!(
+        transport.sent(0)[0],
+        ListenRequest::Add {
+            target_id: 1,
+            resume_token: Some(b"g12".to_vec())
+        }
+    );
     // A conversation delete has no contract type: dead-lettered, not dropped.
     assert_eq!(report.tally.dead_lettered, 1);
-    assert!(store.dead_letters().iter().any(|d| d.reason == "no_event_type"));
+    assert!(store
+        .dead_letters()
+        .iter()
+        .any(|d| d.reason == "no_event_type"));
     let last = bus.events().pop().unwrap();
     assert_eq!(last.event_type().as_str(), "follow.edge.delete");
     assert_eq!(last.time(), t(13));
@@ -197,7 +285,10 @@ async fn no_checkpoint_moves_past_an_unpublished_event() {
 
 #[tokio::test]
 async fn a_rejected_token_relistens_from_scratch_once_then_fails() {
-    let state = ResumeState { read_time: Some(t(5)), tokens: [(1, b"old".to_vec())].into() };
+    let state = ResumeState {
+        read_time: Some(t(5)),
+        tokens: [(1, b"old".to_vec())].into(),
+    };
     let store = MemoryStore::new();
     store
         .save_checkpoint(&Checkpoint {
@@ -217,20 +308,48 @@ async fn a_rejected_token_relistens_from_scratch_once_then_fails() {
     let bus = MemoryBus::new();
     let e = run_until_hung(&transport, &bus, &store).await.unwrap_err();
     assert!(matches!(e, LiveError::Rejected(_)), "{e}");
-    assert_eq!(transport.sent(0)[0], ListenRequest::Add { target_id: 1, resume_token: Some(b"old".to_vec()) });
-    assert_eq!(transport.sent(1)[0], ListenRequest::Add { target_id: 1, resume_token: None });
-    assert_eq!(bus.events().len(), 1, "the full re-listen published the current state");
+    assert_eq!(
+        transport.sent(0)[0],
+        ListenRequest::Add {
+            target_id: 1,
+            resume_token: Some(b"old".to_vec())
+        }
+    );
+    assert_eq!(
+        transport.sent(1)[0],
+        ListenRequest::Add {
+            target_id: 1,
+            resume_token: None
+        }
+    );
+    assert_eq!(
+        bus.events().len(),
+        1,
+        "the full re-listen published the current state"
+    );
 }
 
 #[tokio::test]
 async fn filter_mismatch_sends_remove_and_add_on_the_open_stream() {
     let mut script = initial(vec![conv("c1", 1, 1), conv("c2", 1, 1)], "g10", 10);
-    script.push(Step::Msg(ListenResponse::Filter { target_id: 1, count: 1 }));
+    script.push(Step::Msg(ListenResponse::Filter {
+        target_id: 1,
+        count: 1,
+    }));
     script.push(Step::Hang);
     let transport = Scripted::new(vec![script]);
     let (bus, store) = (MemoryBus::new(), MemoryStore::new());
     let report = run_until_hung(&transport, &bus, &store).await.unwrap();
     let sent = transport.sent(0);
-    assert_eq!(&sent[3..], &[ListenRequest::Remove { target_id: 1 }, ListenRequest::Add { target_id: 1, resume_token: None }]);
+    assert_eq!(
+        &sent[3..],
+        &[
+            ListenRequest::Remove { target_id: 1 },
+            ListenRequest::Add {
+                target_id: 1,
+                resume_token: None
+            }
+        ]
+    );
     assert!(matches!(report.notices[0], Notice::FilterMismatch { .. }));
 }

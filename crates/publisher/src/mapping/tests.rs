@@ -7,7 +7,9 @@ use mirror_schema::{decode_structured, EventType, Payload};
 use super::*;
 
 fn t(s: &str) -> Timestamp {
-    chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&chrono::Utc)
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
 }
 
 fn src() -> SourceInfo {
@@ -30,7 +32,12 @@ fn ts(v: &str) -> Value {
     Value::Timestamp(t(v))
 }
 fn map(items: Vec<(&str, Value)>) -> Value {
-    Value::Map(items.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<BTreeMap<_, _>>())
+    Value::Map(
+        items
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<BTreeMap<_, _>>(),
+    )
 }
 
 const T0: &str = "2025-10-08T12:34:56.123456789Z";
@@ -38,19 +45,31 @@ const T1: &str = "2025-10-09T08:00:00Z";
 
 fn message_fields() -> Vec<(&'static str, Value)> {
     vec![
-        ("authorUserId", Value::Reference("projects/demo/databases/(default)/documents/users/u1".into())),
+        (
+            "authorUserId",
+            Value::Reference("projects/demo/databases/(default)/documents/users/u1".into()),
+        ),
         ("bodyText", s("hi")),
         ("createdAt", ts(T0)),
-        ("attachments", Value::Array(vec![map(vec![
-            ("url", s("https://x/y.png")),
-            ("size", Value::Integer(12)),
-            ("ratio", Value::Double(1.5)),
-            ("at", ts(T0)),
-            ("thumb", Value::Bytes(vec![1, 2, 3, 4])),
-            ("where", Value::GeoPoint { latitude: 1.0, longitude: 2.0 }),
-            ("by", Value::Reference("users/u9".into())),
-            ("flags", Value::Array(vec![Value::Bool(true), Value::Null])),
-        ])])),
+        (
+            "attachments",
+            Value::Array(vec![map(vec![
+                ("url", s("https://x/y.png")),
+                ("size", Value::Integer(12)),
+                ("ratio", Value::Double(1.5)),
+                ("at", ts(T0)),
+                ("thumb", Value::Bytes(vec![1, 2, 3, 4])),
+                (
+                    "where",
+                    Value::GeoPoint {
+                        latitude: 1.0,
+                        longitude: 2.0,
+                    },
+                ),
+                ("by", Value::Reference("users/u9".into())),
+                ("flags", Value::Array(vec![Value::Bool(true), Value::Null])),
+            ])]),
+        ),
         ("reactions", map(vec![("x", Value::Integer(1))])), // not in the contract: ignored
     ]
 }
@@ -61,10 +80,18 @@ fn message_create_matches_the_contract_example() {
     let ev = upsert_event(&d, UpsertOp::of(&d), &src()).unwrap().unwrap();
     assert_eq!(ev.event_type(), EventType::DmMessageCreate);
     assert_eq!(ev.subject().to_string(), "conversations/c1/messages/m1");
-    assert_eq!(mirror_schema::format_time(&ev.time()), "2025-10-08T12:34:56.123456Z");
+    assert_eq!(
+        mirror_schema::format_time(&ev.time()),
+        "2025-10-08T12:34:56.123456Z"
+    );
     assert_eq!(ev.partition_key(), "c1");
-    assert_eq!(ev.source(), "firestore://projects/demo/databases/(default)/documents/conversations/c1/messages/m1");
-    let Payload::Message(m) = ev.payload() else { panic!() };
+    assert_eq!(
+        ev.source(),
+        "firestore://projects/demo/databases/(default)/documents/conversations/c1/messages/m1"
+    );
+    let Payload::Message(m) = ev.payload() else {
+        panic!()
+    };
     assert_eq!(m.author_user_id, "u1");
     assert_eq!(
         m.attachments.as_ref().unwrap()[0],
@@ -87,12 +114,16 @@ fn message_update_delete_and_soft_delete() {
     let d = doc("conversations/c1/messages/m1", fields, T0, T1);
     let ev = upsert_event(&d, UpsertOp::of(&d), &src()).unwrap().unwrap();
     assert_eq!(ev.event_type(), EventType::DmMessageUpdate);
-    let Payload::Message(m) = ev.payload() else { panic!() };
+    let Payload::Message(m) = ev.payload() else {
+        panic!()
+    };
     assert_eq!(m.body_text, "");
     assert_eq!(m.deleted_at, Some(t("2025-10-09T08:00:00Z")));
     assert_eq!(m.client_message_id.as_deref(), Some("cm-1"));
 
-    let ev = delete_event("conversations/c1/messages/m1", t(T1), &src()).unwrap().unwrap();
+    let ev = delete_event("conversations/c1/messages/m1", t(T1), &src())
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.event_type(), EventType::DmMessageDelete);
     assert_eq!(ev.payload().to_json(), serde_json::json!({}));
 }
@@ -107,22 +138,60 @@ fn conversation_from_a_participant_array_or_map() {
         map(p)
     };
     for participants in [
-        Value::Array(vec![participant(Some("u1")), map(vec![("userId", s("u2")), ("role", s("member")), ("joinedAt", ts(T0)), ("muteState", s("muted")), ("readPointerMessageId", s("m1"))])]),
-        map(vec![("u1", participant(None)), ("u2", map(vec![("role", s("member")), ("joinedAt", ts(T0)), ("muteState", s("muted")), ("readPointerMessageId", Value::Reference("conversations/c1/messages/m1".into()))]))]),
+        Value::Array(vec![
+            participant(Some("u1")),
+            map(vec![
+                ("userId", s("u2")),
+                ("role", s("member")),
+                ("joinedAt", ts(T0)),
+                ("muteState", s("muted")),
+                ("readPointerMessageId", s("m1")),
+            ]),
+        ]),
+        map(vec![
+            ("u1", participant(None)),
+            (
+                "u2",
+                map(vec![
+                    ("role", s("member")),
+                    ("joinedAt", ts(T0)),
+                    ("muteState", s("muted")),
+                    (
+                        "readPointerMessageId",
+                        Value::Reference("conversations/c1/messages/m1".into()),
+                    ),
+                ]),
+            ),
+        ]),
     ] {
         let d = doc(
             "conversations/c1",
-            vec![("type", s("group")), ("participants", participants), ("createdAt", ts(T0)), ("updatedAt", ts(T1)), ("lastMessageId", s("m1"))],
+            vec![
+                ("type", s("group")),
+                ("participants", participants),
+                ("createdAt", ts(T0)),
+                ("updatedAt", ts(T1)),
+                ("lastMessageId", s("m1")),
+            ],
             T0,
             T1,
         );
         let ev = upsert_event(&d, UpsertOp::of(&d), &src()).unwrap().unwrap();
         assert_eq!(ev.event_type(), EventType::DmConversationUpdate);
-        let Payload::Conversation(c) = ev.payload() else { panic!() };
+        let Payload::Conversation(c) = ev.payload() else {
+            panic!()
+        };
         assert_eq!(c.participants.len(), 2);
         assert_eq!(c.participants[0].user_id, "u1");
-        assert_eq!(c.participants[0].mute_state, mirror_schema::MuteState::None, "absent muteState is none");
-        assert_eq!(c.participants[1].read_pointer_message_id.as_deref(), Some("m1"));
+        assert_eq!(
+            c.participants[0].mute_state,
+            mirror_schema::MuteState::None,
+            "absent muteState is none"
+        );
+        assert_eq!(
+            c.participants[1].read_pointer_message_id.as_deref(),
+            Some("m1")
+        );
         assert_eq!(c.last_message_id.as_deref(), Some("m1"));
     }
 }
@@ -136,27 +205,61 @@ fn conversation_delete_has_no_contract_type() {
 
 #[test]
 fn blocks_and_follows() {
-    let d = doc("blocks/u1/targets/u2", vec![("createdAt", ts(T0)), ("source", s("client")), ("revokedAt", Value::Null)], T0, T0);
+    let d = doc(
+        "blocks/u1/targets/u2",
+        vec![
+            ("createdAt", ts(T0)),
+            ("source", s("client")),
+            ("revokedAt", Value::Null),
+        ],
+        T0,
+        T0,
+    );
     let ev = upsert_event(&d, UpsertOp::of(&d), &src()).unwrap().unwrap();
     assert_eq!(ev.event_type(), EventType::DmBlockCreate);
     assert_eq!(ev.partition_key(), "u1");
-    let ev = delete_event("blocks/u1/targets/u2", t(T1), &src()).unwrap().unwrap();
+    let ev = delete_event("blocks/u1/targets/u2", t(T1), &src())
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.event_type(), EventType::DmBlockDelete);
 
-    let d = doc("follows/u1/targets/u2", vec![("createdAt", ts(T0)), ("source", s("web")), ("state", s("accepted"))], T0, T1);
+    let d = doc(
+        "follows/u1/targets/u2",
+        vec![
+            ("createdAt", ts(T0)),
+            ("source", s("web")),
+            ("state", s("accepted")),
+        ],
+        T0,
+        T1,
+    );
     let ev = upsert_event(&d, UpsertOp::of(&d), &src()).unwrap().unwrap();
     assert_eq!(ev.event_type(), EventType::FollowEdgeUpdate);
     assert_eq!(ev.partition_key(), "u1");
-    let ev = delete_event("follows/u1/targets/u2", t(T1), &src()).unwrap().unwrap();
+    let ev = delete_event("follows/u1/targets/u2", t(T1), &src())
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.event_type(), EventType::FollowEdgeDelete);
     // Same version, same id: the live path and the backfill agree.
     let again = upsert_event(&d, UpsertOp::of(&d), &src()).unwrap().unwrap();
-    assert_eq!(again.id(), upsert_event(&d, UpsertOp::Update, &src()).unwrap().unwrap().id());
+    assert_eq!(
+        again.id(),
+        upsert_event(&d, UpsertOp::Update, &src())
+            .unwrap()
+            .unwrap()
+            .id()
+    );
 }
 
 #[test]
 fn paths_outside_the_mirror_are_not_routed() {
-    for p in ["users/u1/messages/m1", "conversations/c1/other/x", "a/b/follows/u1/targets/u2", "profiles/u1/targets/u2", "conversations"] {
+    for p in [
+        "users/u1/messages/m1",
+        "conversations/c1/other/x",
+        "a/b/follows/u1/targets/u2",
+        "profiles/u1/targets/u2",
+        "conversations",
+    ] {
         assert_eq!(route(p), None, "{p}");
         let d = doc(p, vec![], T0, T0);
         assert_eq!(upsert_event(&d, UpsertOp::Create, &src()).unwrap(), None);
@@ -169,46 +272,157 @@ fn paths_outside_the_mirror_are_not_routed() {
 fn failures_name_path_and_field() {
     let follow = |fields: Vec<(&str, Value)>| doc("follows/u1/targets/u2", fields, T0, T0);
     let cases: Vec<(Document, &str, &str)> = vec![
-        (follow(vec![("source", s("web")), ("createdAt", ts(T0))]), "missing_field", "`state`"),
-        (follow(vec![("state", Value::Integer(1)), ("source", s("web")), ("createdAt", ts(T0))]), "wrong_type", "`state` is a integer, expected string"),
-        (follow(vec![("state", s("friends")), ("source", s("web")), ("createdAt", ts(T0))]), "invalid_field", "`friends` is not one of pending, accepted, blocked"),
-        (follow(vec![("state", s("pending")), ("source", s("web")), ("createdAt", s("yesterday"))]), "invalid_field", "`createdAt`"),
-        (follow(vec![("state", s("pending")), ("source", s("web")), ("createdAt", Value::Bool(true))]), "wrong_type", "`createdAt`"),
         (
-            doc("conversations/c1", vec![("type", s("direct")), ("participants", Value::Array(vec![map(vec![("userId", s("u1")), ("joinedAt", ts(T0))])])), ("createdAt", ts(T0)), ("updatedAt", ts(T0))], T0, T0),
+            follow(vec![("source", s("web")), ("createdAt", ts(T0))]),
+            "missing_field",
+            "`state`",
+        ),
+        (
+            follow(vec![
+                ("state", Value::Integer(1)),
+                ("source", s("web")),
+                ("createdAt", ts(T0)),
+            ]),
+            "wrong_type",
+            "`state` is a integer, expected string",
+        ),
+        (
+            follow(vec![
+                ("state", s("friends")),
+                ("source", s("web")),
+                ("createdAt", ts(T0)),
+            ]),
+            "invalid_field",
+            "`friends` is not one of pending, accepted, blocked",
+        ),
+        (
+            follow(vec![
+                ("state", s("pending")),
+                ("source", s("web")),
+                ("createdAt", s("yesterday")),
+            ]),
+            "invalid_field",
+            "`createdAt`",
+        ),
+        (
+            follow(vec![
+                ("state", s("pending")),
+                ("source", s("web")),
+                ("createdAt", Value::Bool(true)),
+            ]),
+            "wrong_type",
+            "`createdAt`",
+        ),
+        (
+            doc(
+                "conversations/c1",
+                vec![
+                    ("type", s("direct")),
+                    (
+                        "participants",
+                        Value::Array(vec![map(vec![("userId", s("u1")), ("joinedAt", ts(T0))])]),
+                    ),
+                    ("createdAt", ts(T0)),
+                    ("updatedAt", ts(T0)),
+                ],
+                T0,
+                T0,
+            ),
             "missing_field",
             "`participants[0].role`",
         ),
         (
-            doc("conversations/c1", vec![("type", s("direct")), ("participants", Value::Array(vec![s("u1")])), ("createdAt", ts(T0)), ("updatedAt", ts(T0))], T0, T0),
+            doc(
+                "conversations/c1",
+                vec![
+                    ("type", s("direct")),
+                    ("participants", Value::Array(vec![s("u1")])),
+                    ("createdAt", ts(T0)),
+                    ("updatedAt", ts(T0)),
+                ],
+                T0,
+                T0,
+            ),
             "wrong_type",
             "`participants[0]` is a string, expected map",
         ),
         (
-            doc("conversations/c1", vec![("type", s("direct")), ("participants", Value::Array(vec![
-                map(vec![("userId", s("u1")), ("role", s("owner")), ("joinedAt", ts(T0))]),
-                map(vec![("userId", s("u1")), ("role", s("member")), ("joinedAt", ts(T0))]),
-            ])), ("createdAt", ts(T0)), ("updatedAt", ts(T0))], T0, T0),
+            doc(
+                "conversations/c1",
+                vec![
+                    ("type", s("direct")),
+                    (
+                        "participants",
+                        Value::Array(vec![
+                            map(vec![
+                                ("userId", s("u1")),
+                                ("role", s("owner")),
+                                ("joinedAt", ts(T0)),
+                            ]),
+                            map(vec![
+                                ("userId", s("u1")),
+                                ("role", s("member")),
+                                ("joinedAt", ts(T0)),
+                            ]),
+                        ]),
+                    ),
+                    ("createdAt", ts(T0)),
+                    ("updatedAt", ts(T0)),
+                ],
+                T0,
+                T0,
+            ),
             "contract_violation",
             "listed twice",
         ),
         (
-            doc("conversations/c1/messages/m1", vec![("authorUserId", s("u1")), ("createdAt", ts(T0)), ("attachments", Value::Array(vec![map(vec![("w", Value::Double(f64::NAN))])]))], T0, T0),
+            doc(
+                "conversations/c1/messages/m1",
+                vec![
+                    ("authorUserId", s("u1")),
+                    ("createdAt", ts(T0)),
+                    (
+                        "attachments",
+                        Value::Array(vec![map(vec![("w", Value::Double(f64::NAN))])]),
+                    ),
+                ],
+                T0,
+                T0,
+            ),
             "invalid_field",
             "`attachments[0].w`",
         ),
         (
-            doc("conversations/c1/messages/m1", vec![("authorUserId", s("u1")), ("createdAt", ts(T0)), ("externalMedia", s("x"))], T0, T0),
+            doc(
+                "conversations/c1/messages/m1",
+                vec![
+                    ("authorUserId", s("u1")),
+                    ("createdAt", ts(T0)),
+                    ("externalMedia", s("x")),
+                ],
+                T0,
+                T0,
+            ),
             "wrong_type",
             "`externalMedia` is a string, expected array",
         ),
         (
-            doc("conversations/c1/messages/m1", vec![("authorUserId", Value::Integer(5)), ("createdAt", ts(T0))], T0, T0),
+            doc(
+                "conversations/c1/messages/m1",
+                vec![("authorUserId", Value::Integer(5)), ("createdAt", ts(T0))],
+                T0,
+                T0,
+            ),
             "wrong_type",
             "`authorUserId`",
         ),
         (
-            doc(&format!("conversations/{}", "x".repeat(200)), vec![], T0, T0),
+            doc(
+                &format!("conversations/{}", "x".repeat(200)),
+                vec![],
+                T0,
+                T0,
+            ),
             "contract_violation",
             "longer than 128",
         ),
@@ -225,14 +439,30 @@ fn failures_name_path_and_field() {
 
 #[test]
 fn base64_matches_rfc4648_vectors() {
-    for (input, out) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+    for (input, out) in [
+        ("", ""),
+        ("f", "Zg=="),
+        ("fo", "Zm8="),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg=="),
+        ("fooba", "Zm9vYmE="),
+        ("foobar", "Zm9vYmFy"),
+    ] {
         assert_eq!(base64(input.as_bytes()), out);
     }
 }
 
 #[test]
 fn document_json_never_fails() {
-    let d = doc("x/y", vec![("bad", Value::Double(f64::INFINITY)), ("ok", Value::Integer(1))], T0, T1);
+    let d = doc(
+        "x/y",
+        vec![
+            ("bad", Value::Double(f64::INFINITY)),
+            ("ok", Value::Integer(1)),
+        ],
+        T0,
+        T1,
+    );
     let j = document_json(&d);
     assert_eq!(j["fields"]["ok"], 1);
     assert!(j["fields"]["bad"].as_str().unwrap().starts_with('<'));
