@@ -11,7 +11,6 @@
 //! - [`backfill`]: paging collection groups through a [`backfill::DocumentPager`] port.
 //! - `firestore` (feature `firestore`): the adapters for both ports.
 //! - [`testing`]: in-memory bus, store and pager for tests.
-//! - [`seed`]: the fixture seed dataset (`mirrorctl seed`/`check`).
 //!
 //! Architecture invariant: only `firestore` knows the SDK; everything else is
 //! tested with in-memory fakes.
