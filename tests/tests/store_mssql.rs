@@ -27,7 +27,10 @@ impl Drop for FreshMssqlDb {
         let config = self.config.clone();
         // Drop runs inside or outside a runtime; use a thread with its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             if let Err(e) = rt.block_on(mssql::drop_database(&config)) {
                 eprintln!("could not drop test database {:?}: {e}", config.database());
             }
@@ -38,11 +41,20 @@ impl Drop for FreshMssqlDb {
 
 /// A migrated SQL Server store on a new, empty database.
 async fn fresh_mssql_store(base: MssqlConfig) -> (MssqlStore, FreshMssqlDb) {
-    let name = format!("rm_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let name = format!(
+        "rm_test_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     let config = base.for_database(&name);
-    mssql::create_database_if_missing(&config).await.expect("create the test database");
-    let guard = FreshMssqlDb { config: config.clone() };
-    let store = MssqlStore::connect(&config).await.expect("connect to the test database");
+    mssql::create_database_if_missing(&config)
+        .await
+        .expect("create the test database");
+    let guard = FreshMssqlDb {
+        config: config.clone(),
+    };
+    let store = MssqlStore::connect(&config)
+        .await
+        .expect("connect to the test database");
     store.migrate().await.expect("migrate");
     (store, guard)
 }
