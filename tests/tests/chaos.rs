@@ -965,6 +965,139 @@ async fn h_sigterm_mid_stream() {
 }
 
 // ---------------------------------------------------------------------------
+// (i) injected database errors: deadlocks before commit, errors after commit
+
+/// A store that fails like a real database under load: a batch aborted by a
+/// deadlock/serialization failure before anything commits, a connection
+/// reset *after* the commit (the writer cannot tell it committed), and one
+/// event of a committed batch reported as failed. Each event is hit at most
+/// twice, so every event must still be applied, never dead-lettered.
+struct FlakyStore<S> {
+    inner: Arc<S>,
+    rng: Mutex<StdRng>,
+    hits: Mutex<HashMap<uuid::Uuid, u32>>,
+    injected: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Clone, Copy)]
+enum Flake {
+    None,
+    AbortBefore,
+    ResetAfterCommit,
+    OneEventAfterCommit(usize),
+}
+
+impl<S: MirrorStore> FlakyStore<S> {
+    const MAX_HITS_PER_EVENT: u32 = 2;
+
+    fn roll(&self, events: &[MirrorEvent]) -> Flake {
+        let r: f64 = self.rng.lock().unwrap().random();
+        let flake = match r {
+            r if r < 0.10 => Flake::AbortBefore,
+            r if r < 0.17 => Flake::ResetAfterCommit,
+            r if r < 0.25 && !events.is_empty() => Flake::OneEventAfterCommit(self.rng.lock().unwrap().random_range(0..events.len())),
+            _ => Flake::None,
+        };
+        let ids: Vec<uuid::Uuid> = match flake {
+            Flake::None => return Flake::None,
+            Flake::OneEventAfterCommit(i) => vec![events[i].id()],
+            _ => events.iter().map(|e| e.id()).collect(),
+        };
+        let mut hits = self.hits.lock().unwrap();
+        if ids.iter().any(|id| hits.get(id).copied().unwrap_or(0) >= Self::MAX_HITS_PER_EVENT) {
+            return Flake::None;
+        }
+        for id in ids {
+            *hits.entry(id).or_default() += 1;
+        }
+        self.injected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        flake
+    }
+}
+
+fn pg_error(code: &str, message: &str) -> mirror_store::StoreError {
+    mirror_store::StoreError::database(mirror_store::DbCode::Sqlstate(code.into()), message)
+}
+
+impl<S: MirrorStore> MirrorStore for FlakyStore<S> {
+    async fn apply(&self, event: &MirrorEvent) -> Result<mirror_store::ApplyOutcome, mirror_store::StoreError> {
+        self.inner.apply(event).await
+    }
+
+    async fn apply_batch(
+        &self,
+        events: &[MirrorEvent],
+    ) -> Result<Vec<Result<mirror_store::ApplyOutcome, mirror_store::StoreError>>, mirror_store::StoreError> {
+        let flake = self.roll(events);
+        if let Flake::AbortBefore = flake {
+            return Err(pg_error("40P01", "injected: deadlock detected"));
+        }
+        let mut results = self.inner.apply_batch(events).await?;
+        match flake {
+            Flake::ResetAfterCommit => Err(mirror_store::StoreError::new(
+                mirror_store::StoreErrorKind::Connect,
+                "injected: connection reset after COMMIT",
+            )),
+            Flake::OneEventAfterCommit(i) => {
+                results[i] = Err(pg_error("40001", "injected: could not serialize access"));
+                Ok(results)
+            }
+            _ => Ok(results),
+        }
+    }
+
+    async fn record_dead_letter(&self, record: &mirror_store::DeadLetterRecord) -> Result<(), mirror_store::StoreError> {
+        self.inner.record_dead_letter(record).await
+    }
+    async fn list_dead_letters(&self, limit: usize) -> Result<Vec<mirror_store::StoredDeadLetter>, mirror_store::StoreError> {
+        self.inner.list_dead_letters(limit).await
+    }
+    async fn record_replay(&self, key: &str, at: chrono::DateTime<chrono::Utc>) -> Result<(), mirror_store::StoreError> {
+        self.inner.record_replay(key, at).await
+    }
+    async fn load_checkpoint(&self, module: &str, shard: &str) -> Result<Option<mirror_store::Checkpoint>, mirror_store::StoreError> {
+        self.inner.load_checkpoint(module, shard).await
+    }
+    async fn save_checkpoint(&self, checkpoint: &mirror_store::Checkpoint) -> Result<(), mirror_store::StoreError> {
+        self.inner.save_checkpoint(checkpoint).await
+    }
+    async fn record_metrics(&self, samples: &[mirror_store::MetricSample]) -> Result<(), mirror_store::StoreError> {
+        self.inner.record_metrics(samples).await
+    }
+    async fn table_counts(&self) -> Result<Vec<(String, i64)>, mirror_store::StoreError> {
+        self.inner.table_counts().await
+    }
+    async fn snapshot(&self) -> Result<MirrorState, mirror_store::StoreError> {
+        self.inner.snapshot().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn i_injected_database_errors() {
+    let size = size();
+    let (mut rng, seed) = seeded_rng("i");
+    let rig = shared_rig(TEST_ACK_WAIT).await;
+    let w = Workload::new(&mut rng, size.events);
+    let flaky = Arc::new(FlakyStore {
+        inner: rig.store.clone(),
+        rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x5eed)),
+        hits: Mutex::new(HashMap::new()),
+        injected: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let started = Instant::now();
+    let writer = InProcessWriter::start(rig.bus.clone(), flaky.clone(), 4);
+    publish_all(&rig.bus, &w.messages).await;
+    wait_drained(&rig.bus, size.drain_timeout).await;
+    let drain = started.elapsed();
+    let report = writer.stop().await;
+    println!("[i] writer report: {report:?}");
+    let injected = flaky.injected.load(std::sync::atomic::Ordering::Relaxed);
+    let faults = format!("{injected} injected DB errors (deadlock, reset after commit, 1 of batch), {}", w.describe_poison());
+    let outcome = verify("i injected DB errors", seed, &rig.bus, &rig.store, &w, faults, drain).await;
+    finish(outcome, || format!("{report:?}"));
+}
+
+// ---------------------------------------------------------------------------
 
 /// Last by name: with `--test-threads 1` (as `make chaos` runs it) every
 /// scenario has finished and recorded its row.
