@@ -271,6 +271,9 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 }
             };
             if deliveries.is_empty() {
+                // Dead-letter rows that waited for the database must not wait
+                // for the next message too (a crash would lose them from SQL).
+                flush_dead_letters(&*self.deps.store, &self.shared).await;
                 if self.settings.exit_when_idle && self.is_drained(&mut receiver).await {
                     tracing::info!(worker = self.n, "subscription drained");
                     return Ok(());
