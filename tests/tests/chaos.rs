@@ -87,12 +87,21 @@ fn size() -> Size {
 }
 
 fn seeded_rng(scenario: &str) -> (StdRng, u64) {
+    quiet_logs();
     let seed = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random::<u64>);
     println!("[{scenario}] seed {seed} (CHAOS_SEED={seed} replays it)");
     (StdRng::seed_from_u64(seed), seed)
+}
+
+/// The in-process writers log every poison message and retry; under
+/// `--nocapture` that buries the tables. Logs are off unless `RUST_LOG` is set
+/// (installed before `mirror_tests::init`, whose own `try_init` then yields).
+fn quiet_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
 // ---------------------------------------------------------------------------
@@ -920,8 +929,17 @@ async fn h_sigterm_mid_stream() {
 
     let publisher = publish_paced(rig.bus.clone(), w.messages.clone(), size.publish_span);
     let mut writer = spawn_writer(&env, false);
-    tokio::time::sleep(size.publish_span / 2).await;
-    let before = rig.store.table_counts().await.expect("counts");
+    // SIGTERM once the writer is demonstrably working (a loaded CI machine
+    // may take a while to start it), while events are still arriving.
+    tokio::time::sleep(size.publish_span / 3).await;
+    let waiting = Instant::now();
+    let before = loop {
+        let counts = rig.store.table_counts().await.expect("counts");
+        if counts.iter().any(|(t, n)| t == "dm_conversation" && *n > 0) || waiting.elapsed() > Duration::from_secs(30) {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     writer.sigterm();
     let term_at = Instant::now();
     let status = tokio::task::block_in_place(|| writer.wait_with_timeout(deadline + Duration::from_secs(5)));
