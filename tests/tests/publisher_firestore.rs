@@ -322,6 +322,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
         shard: Shard::SINGLE,
         source: SourceInfo::new(&project, "(default)"),
         fresh: false,
+        families: None,
     };
     let pager = publisher::firestore::FirestorePager::new(db.clone());
     let report = publisher::backfill::backfill(
@@ -362,6 +363,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
     let dry = publisher::backfill::BackfillOptions {
         dry_run: true,
         fresh: true,
+        families: None,
         ..opts
     };
     let report = publisher::backfill::backfill(

@@ -87,6 +87,25 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DlqCmd,
     },
+    /// Backfill history from Firestore: runs `publisher backfill` (same flags and
+    /// environment: FIRESTORE_PROJECT_ID, NATS_URL, DATABASE_URL, …)
+    Backfill {
+        /// `dm` (conversations, messages, blocks) or `follow` (follow edges)
+        #[arg(long)]
+        module: String,
+        /// Only documents with `updatedAt` at or after this time (RFC 3339)
+        #[arg(long)]
+        since: Option<String>,
+        /// Stop cleanly, with a checkpoint, after this many billed reads
+        #[arg(long)]
+        budget_reads: Option<u64>,
+        /// Count documents and the reads a real run would cost; publish nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Further `publisher` options (e.g. --bus, --store, --page-size, --fresh)
+        #[arg(last = true)]
+        rest: Vec<String>,
+    },
     /// Measure throughput and latency of the writer on local servers
     Bench(bench::BenchArgs),
 }
@@ -256,8 +275,44 @@ async fn run(cli: Cli) -> Result<u8> {
             Ok(if report.alert { 1 } else { 0 })
         }
         Cmd::Dlq { cmd } => dlq(cmd, json).await,
+        Cmd::Backfill {
+            module,
+            since,
+            budget_reads,
+            dry_run,
+            rest,
+        } => {
+            // One implementation: the publisher owns Firestore access and the
+            // backfill; this is the operator's spelling of it.
+            let mut args = vec!["backfill".to_owned(), "--module".to_owned(), module];
+            if let Some(s) = since {
+                args.extend(["--since".to_owned(), s]);
+            }
+            if let Some(b) = budget_reads {
+                args.extend(["--budget-reads".to_owned(), b.to_string()]);
+            }
+            if dry_run {
+                args.push("--dry-run".to_owned());
+            }
+            args.extend(rest);
+            let publisher = sibling_binary("publisher");
+            let status = std::process::Command::new(&publisher)
+                .args(&args)
+                .status()
+                .with_context(|| format!("cannot run {}", publisher.display()))?;
+            Ok(status.code().map(|c| c as u8).unwrap_or(1))
+        }
         Cmd::Bench(args) => bench::run(args, json).await,
     }
+}
+
+/// A binary installed beside this one (`target/debug/`, `/usr/local/bin/`), else from `PATH`.
+fn sibling_binary(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 fn progress(len: usize, what: &str) -> ProgressBar {

@@ -143,6 +143,49 @@ pub struct BackfillOptions {
     pub source: SourceInfo,
     /// Ignore saved checkpoints and start from the beginning.
     pub fresh: bool,
+    /// Only documents of these families (see [`Module`]); `None`: all.
+    pub families: Option<Vec<mirror_schema::EventFamily>>,
+}
+
+/// The plan's modules: what `mirrorctl backfill --module` selects.
+///
+/// Firestore collection groups are named by collection id, so the `targets`
+/// group holds both `blocks/*/targets/*` (dm) and `follows/*/targets/*`
+/// (follow): either module reads the whole group and publishes only its own
+/// family (the other documents count as out of scope, and cost reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Module {
+    /// Conversations, messages and blocks.
+    Dm,
+    /// Follow edges.
+    Follow,
+}
+
+impl Module {
+    pub fn parse(s: &str) -> Option<Module> {
+        match s {
+            "dm" => Some(Module::Dm),
+            "follow" => Some(Module::Follow),
+            _ => None,
+        }
+    }
+
+    /// The collection groups to page.
+    pub fn groups(self) -> Vec<Group> {
+        match self {
+            Module::Dm => vec![Group::Conversations, Group::Messages, Group::Targets],
+            Module::Follow => vec![Group::Targets],
+        }
+    }
+
+    /// The event families to publish.
+    pub fn families(self) -> Vec<mirror_schema::EventFamily> {
+        use mirror_schema::EventFamily::*;
+        match self {
+            Module::Dm => vec![Conversation, Message, Block],
+            Module::Follow => vec![FollowEdge],
+        }
+    }
 }
 
 /// Progress after a page (or a dry-run count).
@@ -227,6 +270,7 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
     let mut shutdown = pin!(shutdown.fuse());
     let mut sink = Sink::new(bus, store, &opts.source, opts.shard);
     sink.dry_run = opts.dry_run;
+    sink.families = opts.families.clone();
     let shard = opts.shard.id();
     let mut report = BackfillReport::default();
 

@@ -4,11 +4,11 @@
 //! Raw flags and environment variables are parsed once into [`Settings`]
 //! (validated, secrets in `SecretString`), which build the adapters. Bad
 //! configuration fails at start with a message naming the flag/variable.
-//! Requires the `firestore` feature (on by default) and a store feature.
+//! The bus and store options are `mirror-runtime`'s, shared with sql-writer and
+//! mirrorctl. Requires the `firestore` feature (on by default).
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
-use secrecy::SecretString;
+use clap::{Parser, Subcommand};
 
 /// Tails Firestore and publishes realtime-mirror contract events.
 #[derive(Debug, Parser)]
@@ -20,29 +20,11 @@ struct Cli {
     /// Firestore database id. (`FIRESTORE_EMULATOR_HOST` is honoured by the client.)
     #[arg(long, env = "FIRESTORE_DATABASE", default_value = "(default)")]
     firestore_database: String,
-    /// Which bus to publish to.
-    #[arg(long, env = "MIRROR_BUS", value_enum, default_value = "nats")]
-    bus: BusKind,
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-    /// Topic (JetStream stream / Service Bus topic).
-    #[arg(long, env = "MIRROR_TOPIC", default_value = "realtime-mirror")]
-    topic: String,
-    /// Service Bus connection string (SAS). Secret: never logged.
-    #[arg(long, env = "SERVICEBUS_CONNECTION_STRING", hide_env_values = true)]
-    servicebus_connection_string: Option<String>,
-    /// Service Bus namespace for Entra ID auth (`name.servicebus.windows.net`).
-    #[arg(long, env = "SERVICEBUS_NAMESPACE")]
-    servicebus_namespace: Option<String>,
+    #[command(flatten)]
+    bus: mirror_runtime::config::BusArgs,
     /// Where checkpoints and dead letters are kept.
-    #[arg(long, env = "MIRROR_STORE", value_enum, default_value = "postgres")]
-    store: StoreKind,
-    /// PostgreSQL URL. Secret: never logged.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
-    /// SQL Server ADO connection string. Secret: never logged.
-    #[arg(long, env = "MSSQL_URL", hide_env_values = true)]
-    mssql_url: Option<String>,
+    #[command(flatten)]
+    store: mirror_runtime::config::StoreArgs,
     /// This instance's shard (0-based).
     #[arg(long, env = "PUBLISHER_SHARD_INDEX", default_value_t = 0)]
     shard_index: u32,
@@ -51,18 +33,6 @@ struct Cli {
     shard_count: u32,
     #[command(subcommand)]
     command: Option<Command>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum BusKind {
-    Nats,
-    Servicebus,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum StoreKind {
-    Postgres,
-    Mssql,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,7 +56,10 @@ struct BackfillArgs {
     dry_run: bool,
     #[arg(long, default_value_t = 500)]
     page_size: u32,
-    /// Groups to backfill (conversations, messages, targets); all by default.
+    /// Module to backfill: `dm` (conversations, messages, blocks) or `follow` (follow edges); all by default
+    #[arg(long, conflicts_with = "groups")]
+    module: Option<String>,
+    /// Collection groups to backfill (conversations, messages, targets); all by default.
     #[arg(long, value_delimiter = ',')]
     groups: Vec<String>,
     /// Ignore saved checkpoints and start from the beginning.
@@ -95,32 +68,13 @@ struct BackfillArgs {
 }
 
 /// Validated settings.
-#[allow(dead_code)] // some fields are only read with every adapter feature on
+#[cfg_attr(not(feature = "firestore"), allow(dead_code))] // without Firestore the binary only explains itself
 struct Settings {
     source: publisher::mapping::SourceInfo,
     shard: publisher::sink::Shard,
-    bus: BusSettings,
-    store: StoreSettings,
+    bus: mirror_runtime::config::BusSettings,
+    store: mirror_runtime::config::StoreSettings,
     command: Command,
-}
-
-#[allow(dead_code)]
-enum BusSettings {
-    Nats {
-        url: String,
-        topic: String,
-    },
-    ServiceBus {
-        connection_string: Option<SecretString>,
-        namespace: Option<String>,
-        topic: String,
-    },
-}
-
-#[allow(dead_code)]
-enum StoreSettings {
-    Postgres(SecretString),
-    Mssql(SecretString),
 }
 
 impl Cli {
@@ -130,34 +84,8 @@ impl Cli {
         if self.project.trim().is_empty() {
             anyhow::bail!("--project / FIRESTORE_PROJECT_ID is empty");
         }
-        let bus = match self.bus {
-            BusKind::Nats => BusSettings::Nats {
-                url: self.nats_url,
-                topic: self.topic,
-            },
-            BusKind::Servicebus => {
-                if self.servicebus_connection_string.is_none()
-                    && self.servicebus_namespace.is_none()
-                {
-                    anyhow::bail!("--bus servicebus needs --servicebus-connection-string / SERVICEBUS_CONNECTION_STRING or --servicebus-namespace / SERVICEBUS_NAMESPACE");
-                }
-                BusSettings::ServiceBus {
-                    connection_string: self.servicebus_connection_string.map(SecretString::from),
-                    namespace: self.servicebus_namespace,
-                    topic: self.topic,
-                }
-            }
-        };
-        let store = match self.store {
-            StoreKind::Postgres => StoreSettings::Postgres(SecretString::from(
-                self.database_url
-                    .context("--store postgres needs --database-url / DATABASE_URL")?,
-            )),
-            StoreKind::Mssql => StoreSettings::Mssql(SecretString::from(
-                self.mssql_url
-                    .context("--store mssql needs --mssql-url / MSSQL_URL")?,
-            )),
-        };
+        let bus = self.bus.settings()?;
+        let store = self.store.settings()?;
         Ok(Settings {
             source: publisher::mapping::SourceInfo::new(self.project, self.firestore_database),
             shard,
@@ -225,7 +153,14 @@ fn backfill_options(
             mirror_schema::parse_time("--since", s).map_err(|e| anyhow::anyhow!("--since: {e}"))
         })
         .transpose()?;
-    let groups = if args.groups.is_empty() {
+    let module = args
+        .module
+        .as_deref()
+        .map(|m| publisher::backfill::Module::parse(m).with_context(|| format!("--module: `{m}` is not dm or follow")))
+        .transpose()?;
+    let groups = if let Some(m) = module {
+        m.groups()
+    } else if args.groups.is_empty() {
         Group::ALL.to_vec()
     } else {
         args.groups
@@ -249,6 +184,7 @@ fn backfill_options(
         shard,
         source,
         fresh: args.fresh,
+        families: module.map(|m| m.families()),
     })
 }
 
@@ -268,101 +204,14 @@ mod adapters {
             let db = publisher::firestore::connect(&settings.source.project, &settings.source.database)
                 .await
                 .context("connecting to Firestore (FIRESTORE_PROJECT_ID, FIRESTORE_DATABASE, FIRESTORE_EMULATOR_HOST)")?;
-            match &settings.bus {
-                BusSettings::Nats { url, topic } => {
-                    #[cfg(feature = "nats")]
-                    {
-                        let config = mirror_bus::jetstream::JetStreamConfig {
-                            url: url.clone(),
-                            topic: topic.clone(),
-                            ..Default::default()
-                        };
-                        let bus = mirror_bus::jetstream::JetStreamBus::connect(config)
-                            .await
-                            .context("connecting to NATS (NATS_URL)")?;
-                        bus.ensure_topology()
-                            .await
-                            .context("creating the JetStream topology")?;
-                        with_store(settings, db, bus).await
-                    }
-                    #[cfg(not(feature = "nats"))]
-                    {
-                        let _ = (url, topic);
-                        anyhow::bail!("--bus nats: this build has no `nats` feature")
-                    }
-                }
-                BusSettings::ServiceBus {
-                    connection_string,
-                    namespace,
-                    topic,
-                } => {
-                    #[cfg(feature = "servicebus")]
-                    {
-                        use mirror_bus::servicebus::{ServiceBusBus, ServiceBusConfig};
-                        use secrecy::ExposeSecret;
-                        let config = match (connection_string, namespace) {
-                            (Some(cs), _) => {
-                                ServiceBusConfig::from_connection_string(cs.expose_secret(), topic)
-                                    .context("--servicebus-connection-string")?
-                            }
-                            (None, Some(ns)) => ServiceBusConfig::entra(ns, topic),
-                            (None, None) => unreachable!("validated in settings"),
-                        };
-                        let bus = ServiceBusBus::connect(config)
-                            .await
-                            .context("connecting to Service Bus")?;
-                        bus.ensure_topology()
-                            .await
-                            .context("checking the Service Bus topology")?;
-                        with_store(settings, db, bus).await
-                    }
-                    #[cfg(not(feature = "servicebus"))]
-                    {
-                        let _ = (connection_string, namespace, topic);
-                        anyhow::bail!("--bus servicebus: this build has no `servicebus` feature")
-                    }
-                }
-            }
+            let bus_settings = settings.bus.clone();
+            let store_settings = settings.store.clone();
+            mirror_runtime::with_store!(&store_settings, |store| {
+                mirror_runtime::with_bus!(&bus_settings, |bus| execute(settings, db, bus, store).await)
+            })
         })
     }
 
-    #[allow(unused_variables, unreachable_code)]
-    async fn with_store<B: EventBus>(
-        settings: Settings,
-        db: publisher::firestore::FirestoreDb,
-        bus: B,
-    ) -> anyhow::Result<()> {
-        match &settings.store {
-            StoreSettings::Postgres(url) => {
-                #[cfg(feature = "postgres")]
-                {
-                    use secrecy::ExposeSecret;
-                    let store = mirror_store::postgres::PgStore::connect(
-                        &mirror_store::postgres::PgConfig::from_url(url.expose_secret().to_owned()),
-                    )
-                    .await
-                    .context("connecting to PostgreSQL (DATABASE_URL)")?;
-                    return execute(settings, db, bus, store).await;
-                }
-                anyhow::bail!("--store postgres: this build has no `postgres` feature")
-            }
-            StoreSettings::Mssql(ado) => {
-                #[cfg(feature = "mssql")]
-                {
-                    use secrecy::ExposeSecret;
-                    let config = mirror_store::mssql::MssqlConfig::from_ado(ado.expose_secret())
-                        .context("--mssql-url")?;
-                    let store = mirror_store::mssql::MssqlStore::connect(&config)
-                        .await
-                        .context("connecting to SQL Server (MSSQL_URL)")?;
-                    return execute(settings, db, bus, store).await;
-                }
-                anyhow::bail!("--store mssql: this build has no `mssql` feature")
-            }
-        }
-    }
-
-    #[allow(dead_code)]
     async fn execute<B: EventBus, S: MirrorStore>(
         settings: Settings,
         db: publisher::firestore::FirestoreDb,

@@ -131,6 +131,8 @@ pub struct Sink<'a, B, S> {
     pub dry_run: bool,
     /// Publish attempts before giving up (each waits for the broker).
     pub attempts: u32,
+    /// Only these event families (a backfill `--module`); `None`: all.
+    pub families: Option<Vec<mirror_schema::EventFamily>>,
 }
 
 impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
@@ -142,6 +144,7 @@ impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
             shard,
             dry_run: false,
             attempts: 5,
+            families: None,
         }
     }
 
@@ -171,8 +174,10 @@ impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
         mapped: Result<Option<mirror_schema::MirrorEvent>, MappingError>,
         body: impl FnOnce() -> serde_json::Value,
     ) -> Result<Disposition, SinkError> {
-        if mapping::route(path).is_none() {
-            return Ok(Disposition::OutOfScope);
+        match mapping::route(path) {
+            None => return Ok(Disposition::OutOfScope),
+            Some(f) if self.families.as_ref().is_some_and(|only| !only.contains(&f)) => return Ok(Disposition::OutOfScope),
+            Some(_) => {}
         }
         if !self.shard.owns_path(path) {
             return Ok(Disposition::NotOwned);

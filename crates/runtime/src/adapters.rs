@@ -1,7 +1,6 @@
 //! Edge wiring: turns validated settings into connected adapters.
 //!
-//! This is the only module of the writer (and, through it, of `mirrorctl`)
-//! that names concrete adapter types. The ports use `impl Future` methods and
+//! The only module of the jobs that names concrete adapter types. The ports use `impl Future` methods and
 //! associated types, so they are not object-safe; instead of boxing every call
 //! on the hot path, [`with_bus!`](crate::with_bus) and
 //! [`with_store!`](crate::with_store) expand a block once per adapter,
