@@ -10,6 +10,7 @@ help:
 	@echo "make chaos   the full chaos scenarios (kill -9, server restarts, poison, duplicates) with a summary table"
 	@echo "make bench   throughput and latency benchmarks, printed as figures and ratios"
 	@echo "make fuzz    fuzz the event decoders for 60 s"
+	@echo "make iac-check  validate the Bicep and Terraform for Service Bus"
 
 setup:
 	@bash deploy/local/setup.sh
@@ -25,8 +26,13 @@ demo: setup build
 
 # The chaos tests run the sql-writer binary as a child process: build the
 # binaries first so the tests never run a stale one.
+#
+# Also: the IaC syntax/consistency check and a bounded fuzz run of the
+# decoders; the test runner goes last so its summary closes the output.
 test: setup
 	$(CARGO) build --workspace --bins
+	@$(MAKE) --no-print-directory iac-check
+	@$(MAKE) --no-print-directory fuzz-short
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -56,8 +62,13 @@ fuzz-corpus:
 
 fuzz: fuzz-corpus
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) $(FUZZ_TOOLCHAIN) fuzz run decode_structured corpus/decode_structured -- -max_total_time=$(FUZZ_SECS)
-	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) $(FUZZ_TOOLCHAIN) fuzz run decode_wire corpus/decode_wire -- -max_total_time=$(FUZZ_SECS)
+	@mkdir -p target
+	@for t in decode_structured decode_wire; do \
+		echo "fuzz: $$t for $(FUZZ_SECS) s (log: target/fuzz-$$t.log)"; \
+		(cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) $(FUZZ_TOOLCHAIN) fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECS)) > target/fuzz-$$t.log 2>&1 \
+			|| { tail -n 60 target/fuzz-$$t.log; echo "fuzz: $$t FAILED (artifacts in fuzz/artifacts/$$t)"; exit 1; }; \
+		grep -E '^Done' target/fuzz-$$t.log | sed "s/^/fuzz: $$t: /"; \
+	done
 
 # The bounded run that `make test` includes.
 fuzz-short:
@@ -66,8 +77,8 @@ fuzz-short:
 # Static checks of deploy/azure (Bicep, Terraform, the emulator config) with
 # parsers from PyPI; no Azure, bicep or terraform binary needed.
 iac-check:
-	python3 -m venv target/iac-venv
-	target/iac-venv/bin/pip install -q -r deploy/azure/requirements-validate.txt
+	@test -x target/iac-venv/bin/python || python3 -m venv target/iac-venv
+	@target/iac-venv/bin/pip install -q --disable-pip-version-check -r deploy/azure/requirements-validate.txt
 	target/iac-venv/bin/python deploy/azure/validate.py
 
 lint:
