@@ -17,7 +17,9 @@
 //!   messages until a probe reaches the database again, so an outage costs a
 //!   message one delivery attempt, not all of them (otherwise every valid event
 //!   received during an outage longer than the retry budget would be
-//!   dead-lettered with `retries_exhausted`);
+//!   dead-lettered with `retries_exhausted`); a database that hangs instead
+//!   of failing counts as unavailable once a batch gets no answer within
+//!   `apply_timeout`;
 //! - on shutdown no new batch starts; the batch in flight finishes, or, past the
 //!   deadline, its messages are released for redelivery.
 
@@ -52,6 +54,13 @@ pub struct WriterSettings {
     pub keep_alive_every: Duration,
     /// After shutdown is requested, how long the batch in flight may take.
     pub shutdown_deadline: Duration,
+    /// Longest wait for the database to answer one batch (or a probe). A
+    /// database that hangs instead of failing (stopped, partitioned, a
+    /// failover that leaves connections silently dead) would otherwise keep
+    /// the batch, and its locks extended, for as long as TCP takes to notice.
+    /// Past it the batch is released and intake pauses as for an outage.
+    /// Keep it above the store's statement timeout.
+    pub apply_timeout: Duration,
     /// How often to write counters to `realtime_mirror_metrics` (None: never).
     pub metrics_flush_every: Option<Duration>,
 }
@@ -67,6 +76,7 @@ impl Default for WriterSettings {
             retry: RetryPolicy::default(),
             keep_alive_every: Duration::from_secs(10),
             shutdown_deadline: Duration::from_secs(20),
+            apply_timeout: Duration::from_secs(60),
             metrics_flush_every: Some(Duration::from_secs(30)),
         }
     }
@@ -314,7 +324,12 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
             if !self.shared.store_down.load(Ordering::Acquire) || *self.stop.borrow() {
                 return;
             }
-            match self.deps.store.load_checkpoint(PROBE_MODULE, PROBE_SHARD).await {
+            let probe = tokio::time::timeout(self.settings.apply_timeout, self.deps.store.load_checkpoint(PROBE_MODULE, PROBE_SHARD));
+            let answer = match probe.await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(no_answer(self.settings.apply_timeout)),
+            };
+            match answer {
                 Err(e) if store_unavailable(&e) => {
                     tracing::warn!(worker = self.n, probes, error = %e, "database still unavailable; taking no messages");
                 }
@@ -478,9 +493,18 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         let mut tick = tokio::time::interval(self.settings.keep_alive_every);
         tick.tick().await;
         let mut abort = self.abort.clone();
+        let no_answer_by = tokio::time::sleep(self.settings.apply_timeout);
+        tokio::pin!(no_answer_by);
         loop {
             tokio::select! {
                 r = &mut apply => return Some(r),
+                () = &mut no_answer_by => {
+                    // Dropping the future abandons the transaction (rolled back,
+                    // or if COMMIT was already on its way, committed: then the
+                    // redelivery is a duplicate). Either way nothing is lost.
+                    tracing::warn!(timeout_s = self.settings.apply_timeout.as_secs_f64(), "database gave no answer for the batch; releasing it");
+                    return Some(Err(no_answer(self.settings.apply_timeout)));
+                }
                 _ = tick.tick() => {
                     for d in deliveries {
                         if let Err(e) = d.keep_alive().await {
@@ -497,6 +521,15 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
             }
         }
     }
+}
+
+/// The database did not answer within `timeout`: treated like a broken
+/// connection (the database is unavailable), not like a failing event.
+fn no_answer(timeout: Duration) -> StoreError {
+    StoreError::new(
+        mirror_store::StoreErrorKind::Connect,
+        format!("no answer from the database within {:.1} s", timeout.as_secs_f64()),
+    )
 }
 
 /// Write dead-letter rows that waited for the database.
