@@ -126,6 +126,7 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     port: u16,
     running: bool,
+    paused: bool,
 }
 
 impl PgServer {
@@ -138,6 +139,7 @@ impl PgServer {
             dir,
             port: free_port(),
             running: false,
+            paused: false,
         };
         chown_to_postgres(server.dir.path());
         let mut initdb = server.as_postgres(&pg_bin_dir().join("initdb"));
@@ -246,6 +248,48 @@ impl PgServer {
         self.start_again();
     }
 
+    /// The postmaster and its children (backends, background workers), by pid.
+    fn pids(&self) -> Vec<u32> {
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).unwrap_or_default();
+        let Some(postmaster) = pid_file.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else {
+            return Vec::new();
+        };
+        let mut pids = vec![postmaster];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+                let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+                // `pid (comm) state ppid ...`; comm may contain spaces, so split after the last `)`.
+                let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(postmaster) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+
+    /// Freeze the whole cluster (SIGSTOP to the postmaster and its children):
+    /// connections stay open but nothing answers, like a hung server or a
+    /// network partition. [`PgServer::resume`] undoes it; so does drop.
+    pub fn pause(&mut self) {
+        assert!(self.running, "PgServer is not running");
+        let pids = self.pids();
+        assert!(!pids.is_empty(), "no postmaster pid");
+        for pid in pids.iter().rev() {
+            signal(*pid, "STOP");
+        }
+        self.paused = true;
+    }
+
+    /// Unfreeze a [`PgServer::pause`]d cluster.
+    pub fn resume(&mut self) {
+        for pid in self.pids() {
+            signal(pid, "CONT");
+        }
+        self.paused = false;
+    }
+
     /// Create a database (through the server's `postgres` database).
     pub async fn create_database(&self, name: &str) {
         let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
@@ -263,6 +307,9 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
+        if self.paused {
+            self.resume();
+        }
         if self.running {
             let mut cmd = self.as_postgres(&pg_bin_dir().join("pg_ctl"));
             cmd.arg("-D")

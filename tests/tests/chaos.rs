@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mirror_bus::jetstream::{JetStreamBus, JetStreamConfig};
-use mirror_bus::{EventBus, OutboundMessage, Receiver};
+use mirror_bus::{Delivery, EventBus, OutboundMessage, Receiver};
 use mirror_schema::{decode_wire, MirrorEvent, Op, WireMessage, STRUCTURED_CONTENT_TYPE};
 use mirror_store::model::newest_only;
 use mirror_store::postgres::{PgConfig, PgStore};
@@ -303,6 +303,7 @@ fn writer_settings(concurrency: usize) -> WriterSettings {
         exit_when_idle: true,
         keep_alive_every: Duration::from_millis(700),
         shutdown_deadline: Duration::from_secs(10),
+        apply_timeout: Duration::from_secs(2),
         metrics_flush_every: None,
         retry: RetryPolicy {
             max_attempts: 5,
@@ -1113,6 +1114,71 @@ async fn i_injected_database_errors() {
     let faults = format!("{injected} injected DB errors (deadlock, reset after commit, 1 of batch), {}", w.describe_poison());
     let outcome = verify("i injected DB errors", seed, &rig.bus, &rig.store, &w, faults, drain).await;
     finish(outcome, || format!("{report:?}"));
+}
+
+// ---------------------------------------------------------------------------
+// (j) PostgreSQL hangs (SIGSTOP) mid-stream: nothing answers, nothing fails
+
+#[tokio::test(flavor = "multi_thread")]
+async fn j_postgres_hangs_mid_stream() {
+    let size = size();
+    let (mut rng, seed) = seeded_rng("j");
+    let mut pg = tokio::task::block_in_place(PgServer::start);
+    pg.create_database("mirror").await;
+    let db_url = pg.url("mirror");
+    let topic = FreshTopic::new();
+    let store = connect_store(&db_url).await;
+    store.migrate().await.expect("migrate");
+    let bus = connect_bus(bus_config(&topic.url, &topic.topic, TEST_ACK_WAIT)).await;
+    let w = Workload::new(&mut rng, size.events);
+    let hang = if size.full { Duration::from_secs(12) } else { Duration::from_secs(6) };
+
+    let writer = InProcessWriter::start(bus.clone(), connect_store(&db_url).await, 4);
+    let publisher = publish_paced(bus.clone(), w.messages.clone(), size.publish_span);
+    tokio::time::sleep(size.publish_span / 3).await;
+    pg.pause();
+    // While the database hangs the writer must give its batches back (after
+    // apply_timeout, 2 s here) and stop taking more: nothing stays locked.
+    // Messages published during the hang are received (the bus is fine) and
+    // their batch hangs. A competing consumer ("thief") on the same
+    // subscription can only get such a message (delivery count >= 2) if the
+    // writer gave it back; a writer blocked on the database keeps extending
+    // its lock. The thief releases what it takes with a delay that outlasts
+    // the hang, so each message is taken at most once.
+    let thief_bus = connect_bus(bus_config(&topic.url, &topic.topic, TEST_ACK_WAIT)).await;
+    let mut thief = thief_bus.subscribe("sql-writer").await.expect("thief");
+    let hung_at = Instant::now();
+    let mut released: Option<Duration> = None;
+    let mut samples = Vec::new();
+    while hung_at.elapsed() < hang {
+        if released.is_none() {
+            let got = thief.receive(16, Duration::from_millis(300)).await.unwrap_or_default();
+            for d in got {
+                samples.push(format!("{:.1}s thief got {:?} delivery {}", hung_at.elapsed().as_secs_f64(), d.message_id(), d.delivery_count()));
+                if d.delivery_count() >= 2 && released.is_none() {
+                    released = Some(hung_at.elapsed());
+                }
+                let _ = d.retry(hang + Duration::from_secs(1)).await;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    pg.resume();
+    let fault_end = Instant::now();
+    bounded("publishing", Duration::from_secs(120), publisher).await.expect("publisher");
+    wait_drained(&bus, size.drain_timeout).await;
+    let drain = fault_end.elapsed();
+    let report = writer.stop().await;
+    println!("[j] writer report: {report:?}; a batch held in the hang was released after {released:?}");
+
+    let faults = format!("PostgreSQL frozen {} s, {}", hang.as_secs(), w.describe_poison());
+    let mut outcome = verify("j PostgreSQL hangs", seed, &bus, &store, &w, faults, drain).await;
+    if released.is_none() {
+        outcome.row.pass = false;
+        outcome.problems.push(format!("the writer kept messages locked for the whole {hang:?} hang:\n{}", samples.join("\n")));
+    }
+    finish(outcome, || samples.join("\n"));
 }
 
 // ---------------------------------------------------------------------------
