@@ -230,3 +230,61 @@ async fn shutdown_stops_promptly_and_loses_nothing() {
     assert!(settled(&first) < distinct, "shutdown came before the end: the second writer had work");
     assert_state(&newest_only(&history), &rig.store.snapshot().await.unwrap().entities());
 }
+
+/// A dead-lettered event replays with its event id: selected by the filters,
+/// published again, applied by the writer, counted in the SQL row, gone from
+/// the queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_replay_with_their_event_ids() {
+    use mirror_bus::{DeadLetter, Delivery, Receiver};
+    use sql_writer::replay::{replay, ReplayFilter};
+
+    let rig = rig().await;
+    let event = events::follow(mirror_schema::Op::Create, "u1", "u2", mirror_schema::FollowState::Pending, events::t(1));
+    publish(&rig, std::slice::from_ref(&event)).await;
+    {
+        // Dead-letter it in both places, as the writer does when retries run out.
+        let mut rx = rig.bus.subscribe("sql-writer").await.unwrap();
+        let delivery = rx.receive(1, Duration::from_secs(5)).await.unwrap().pop().expect("a delivery");
+        rig.store
+            .record_dead_letter(&mirror_store::DeadLetterRecord {
+                key: event.id().to_string(),
+                event_id: Some(event.id()),
+                event_type: Some(event.event_type().to_string()),
+                subject: Some(event.entity_key()),
+                payload: String::from_utf8(event.to_structured_json()).unwrap(),
+                reason: "retries_exhausted".into(),
+                error: "database unreachable".into(),
+                attempts: 5,
+                failed_at: chrono::Utc::now(),
+                subscription: "sql-writer".into(),
+            })
+            .await
+            .unwrap();
+        let why = DeadLetter { reason: "retries_exhausted".into(), description: "database unreachable".into(), attempts: 5 };
+        delivery.dead_letter(&why).await.unwrap();
+    }
+    let all = ReplayFilter { limit: 100, ..ReplayFilter::default() };
+
+    let other_reason = ReplayFilter { reason: Some("malformed".into()), ..all.clone() };
+    assert!(replay(&*rig.bus, &*rig.store, "sql-writer", &other_reason, false).await.unwrap().is_empty());
+    let other_type = ReplayFilter { event_type: Some("dm.message.create".into()), ..all.clone() };
+    assert!(replay(&*rig.bus, &*rig.store, "sql-writer", &other_type, false).await.unwrap().is_empty());
+
+    let dry = replay(&*rig.bus, &*rig.store, "sql-writer", &all, true).await.unwrap();
+    assert_eq!(dry.len(), 1);
+    assert_eq!((dry[0].key.as_str(), dry[0].replay), (event.id().to_string().as_str(), 1));
+    assert_eq!(rig.bus.list_dead_letters("sql-writer", 100).await.unwrap().len(), 1, "a dry run changes nothing");
+
+    let done = replay(&*rig.bus, &*rig.store, "sql-writer", &all, false).await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert!(rig.bus.list_dead_letters("sql-writer", 100).await.unwrap().is_empty());
+    let report = drain(&rig).await;
+    assert_eq!((report.applied, report.dead_lettered), (1, 0), "{report:?}");
+    let rows = rig.store.list_dead_letters(10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].replay_count, 1);
+    assert!(rows[0].last_replayed_at.is_some());
+    let state = rig.store.snapshot().await.unwrap();
+    assert_eq!(state.follow_edges.len(), 1);
+}

@@ -9,7 +9,6 @@ mod drift;
 use publisher::seed;
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
@@ -444,71 +443,34 @@ async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
             store,
         } => {
             let (bus, store) = (bus.settings()?, store.settings()?);
+            let filter = sql_writer::replay::ReplayFilter {
+                reason,
+                event_type,
+                since,
+                limit,
+            };
             let replayed = with_store!(&store, |store| {
-                with_bus!(&bus, |bus| {
-                    replay(&bus, &store, &subscription, limit, reason.as_deref(), event_type.as_deref(), since, dry_run, json).await?
-                })
+                with_bus!(&bus, |bus| sql_writer::replay::replay(&bus, &store, &subscription, &filter, dry_run).await?)
             });
+            for r in &replayed {
+                if json {
+                    println!("{}", serde_json::to_string(r)?);
+                } else {
+                    println!(
+                        "{} {} {} {} (reason {}, replay #{})",
+                        if dry_run { "would replay" } else { "replayed" },
+                        r.key,
+                        r.event_type.as_deref().unwrap_or("?"),
+                        r.subject.as_deref().unwrap_or("?"),
+                        r.reason,
+                        r.replay
+                    );
+                }
+            }
             if !json {
-                println!("{} message(s) {}", replayed, if dry_run { "would be replayed (dry run)" } else { "replayed" });
+                println!("{} message(s) {}", replayed.len(), if dry_run { "would be replayed (dry run)" } else { "replayed" });
             }
             Ok(0)
         }
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn replay<B: EventBus, S: MirrorStore>(
-    bus: &B,
-    store: &S,
-    subscription: &str,
-    limit: usize,
-    reason: Option<&str>,
-    event_type: Option<&str>,
-    since: Option<DateTime<Utc>>,
-    dry_run: bool,
-    json: bool,
-) -> Result<usize> {
-    let rows = bus.list_dead_letters(subscription, limit).await?;
-    let sql = store.list_dead_letters(100_000).await?;
-    let replays: std::collections::HashMap<String, u32> = sql.iter().map(|r| (r.record.key.clone(), r.replay_count)).collect();
-    let mut count = 0;
-    let started = Instant::now();
-    for d in rows {
-        let (id, ty, subject) = peek_attributes(&d.message);
-        if reason.is_some_and(|r| r != d.reason) || event_type.is_some_and(|t| Some(t) != ty.as_deref()) {
-            continue;
-        }
-        if let (Some(since), Some(at)) = (since, d.dead_lettered_at) {
-            if at < since {
-                continue;
-            }
-        }
-        let key = dead_letter_key(id, &d.message);
-        let n = replays.get(&key).copied().unwrap_or(0) + 1;
-        let original = d.original_message_id.clone().unwrap_or_else(|| key.clone());
-        if json {
-            println!("{}", serde_json::json!({"handle": d.handle, "key": key, "type": ty, "subject": subject, "reason": d.reason, "replay": n, "dry_run": dry_run}));
-        } else {
-            println!("{} {} {} {} (reason {}, replay #{n})", if dry_run { "would replay" } else { "replaying" }, key, ty.as_deref().unwrap_or("?"), subject.as_deref().unwrap_or("?"), d.reason);
-        }
-        count += 1;
-        if dry_run {
-            continue;
-        }
-        // A new broker message id so duplicate detection does not drop the replay;
-        // the event id inside is unchanged, so the SQL ledger still deduplicates.
-        let message = OutboundMessage {
-            message_id: format!("{original}.replay.{n}"),
-            partition_key: None,
-            message: d.message.clone(),
-        };
-        bus.publish(&message).await?;
-        if let Err(e) = store.record_replay(&key, Utc::now()).await {
-            tracing::warn!(key, error = %e, "replayed, but could not record the replay in SQL");
-        }
-        bus.remove_dead_letter(subscription, &d.handle).await?;
-    }
-    tracing::info!(count, took_ms = started.elapsed().as_millis() as u64, "replay done");
-    Ok(count)
 }

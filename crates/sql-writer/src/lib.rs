@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod policy;
+pub mod replay;
 pub mod telemetry;
 pub mod writer;
 
