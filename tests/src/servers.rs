@@ -77,7 +77,11 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// Run a short command to completion within `timeout`, output to `log`.
 /// Panics (with the log's tail) if it fails or overruns.
 fn run_bounded(mut cmd: Command, what: &str, log: &Path, timeout: Duration) {
-    let out = File::options().create(true).append(true).open(log).expect("open log");
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
     let err = out.try_clone().expect("clone log handle");
     let mut child = cmd
         .stdin(Stdio::null())
@@ -91,7 +95,10 @@ fn run_bounded(mut cmd: Command, what: &str, log: &Path, timeout: Duration) {
         None => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what} did not finish within {timeout:?}:\n{}", tail(log, 40));
+            panic!(
+                "{what} did not finish within {timeout:?}:\n{}",
+                tail(log, 40)
+            );
         }
     }
 }
@@ -134,7 +141,10 @@ impl PgServer {
 
     /// Create and start a fresh cluster.
     pub fn start() -> PgServer {
-        let dir = tempfile::Builder::new().prefix("rm-chaos-pg-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("rm-chaos-pg-")
+            .tempdir()
+            .expect("temp dir");
         let server = PgServer {
             dir,
             port: free_port(),
@@ -143,11 +153,22 @@ impl PgServer {
         };
         chown_to_postgres(server.dir.path());
         let mut initdb = server.as_postgres(&pg_bin_dir().join("initdb"));
-        initdb
-            .arg("-D")
-            .arg(server.data_dir())
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "--locale=C"]);
-        run_bounded(initdb, "initdb", &server.log_path("initdb.log"), Duration::from_secs(120));
+        initdb.arg("-D").arg(server.data_dir()).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--locale=C",
+        ]);
+        run_bounded(
+            initdb,
+            "initdb",
+            &server.log_path("initdb.log"),
+            Duration::from_secs(120),
+        );
         let mut server = server;
         server.start_again();
         server
@@ -207,7 +228,12 @@ impl PgServer {
             .arg("-l")
             .arg(&log)
             .args(["-w", "-t", "50", "-o", &options, "start"]);
-        run_bounded(cmd, "pg_ctl start", &self.log_path("pg_ctl.log"), Self::START_TIMEOUT);
+        run_bounded(
+            cmd,
+            "pg_ctl start",
+            &self.log_path("pg_ctl.log"),
+            Self::START_TIMEOUT,
+        );
         self.running = true;
         assert!(
             wait_until(Duration::from_secs(20), || port_open(self.port)),
@@ -232,7 +258,11 @@ impl PgServer {
         if !self.running {
             return;
         }
-        self.pg_ctl(&["-w", "-t", "30", "-m", mode, "stop"], "pg_ctl stop", Duration::from_secs(40));
+        self.pg_ctl(
+            &["-w", "-t", "30", "-m", mode, "stop"],
+            "pg_ctl stop",
+            Duration::from_secs(40),
+        );
         self.running = false;
     }
 
@@ -250,17 +280,27 @@ impl PgServer {
 
     /// The postmaster and its children (backends, background workers), by pid.
     fn pids(&self) -> Vec<u32> {
-        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).unwrap_or_default();
-        let Some(postmaster) = pid_file.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else {
+        let pid_file =
+            std::fs::read_to_string(self.data_dir().join("postmaster.pid")).unwrap_or_default();
+        let Some(postmaster) = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+        else {
             return Vec::new();
         };
         let mut pids = vec![postmaster];
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for entry in entries.flatten() {
-                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
                 let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
                 // `pid (comm) state ppid ...`; comm may contain spaces, so split after the last `)`.
-                let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<u32>().ok());
                 if ppid == Some(postmaster) {
                     pids.push(pid);
                 }
@@ -336,7 +376,11 @@ fn chown_to_postgres(path: &Path) {
         .arg(path)
         .status()
         .expect("run chown");
-    assert!(status.success(), "chown {} to postgres failed", path.display());
+    assert!(
+        status.success(),
+        "chown {} to postgres failed",
+        path.display()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -354,7 +398,10 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
-        let dir = tempfile::Builder::new().prefix("rm-chaos-nats-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("rm-chaos-nats-")
+            .tempdir()
+            .expect("temp dir");
         let mut server = NatsServer {
             dir,
             port: free_port(),
@@ -385,11 +432,22 @@ impl NatsServer {
     /// Start the server (again) with the same port and store directory.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "NatsServer is already running");
-        let log = File::options().create(true).append(true).open(self.log_path()).expect("nats log");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("nats log");
         let log2 = log.try_clone().expect("clone log");
         let store = self.dir.path().join("jetstream");
         let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(&store)
             .stdin(Stdio::null())
             .stdout(log)
@@ -406,8 +464,14 @@ impl NatsServer {
             text.matches("Server is ready").count() >= starts as usize && port_open(port)
         });
         if !ready {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            panic!("nats-server on port {port} not ready within 30 s (exit: {exited:?}):\n{}", self.log_tail(30));
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            panic!(
+                "nats-server on port {port} not ready within 30 s (exit: {exited:?}):\n{}",
+                self.log_tail(30)
+            );
         }
     }
 
@@ -488,7 +552,10 @@ impl WriterProcess {
     /// Spawn `sql-writer` with `args` and `env` (added to the inherited environment;
     /// `RUST_LOG` defaults to `info`).
     pub fn spawn(args: &[&str], env: &[(&str, String)]) -> WriterProcess {
-        let dir = tempfile::Builder::new().prefix("rm-chaos-writer-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("rm-chaos-writer-")
+            .tempdir()
+            .expect("temp dir");
         let log = dir.path().join("sql-writer.log");
         let out = File::create(&log).expect("writer log");
         let err = out.try_clone().expect("clone log");
@@ -504,7 +571,9 @@ impl WriterProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", sql_writer_bin().display()));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", sql_writer_bin().display()));
         WriterProcess {
             child: Some(child),
             log,

@@ -100,8 +100,12 @@ fn seeded_rng(scenario: &str) -> (StdRng, u64) {
 /// `--nocapture` that buries the tables. Logs are off unless `RUST_LOG` is set
 /// (installed before `mirror_tests::init`, whose own `try_init` then yields).
 fn quiet_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 // ---------------------------------------------------------------------------
@@ -126,14 +130,21 @@ struct Workload {
     poison: Vec<Poison>,
 }
 
-const POISON_KINDS: [&str; 5] = ["malformed_json", "unknown_type", "wrong_id", "field_too_long", "nul_in_text"];
+const POISON_KINDS: [&str; 5] = [
+    "malformed_json",
+    "unknown_type",
+    "wrong_id",
+    "field_too_long",
+    "nul_in_text",
+];
 
 impl Workload {
     /// A random history of `n` events (+10 % repeated ids) with 1 % poison
     /// (at least one of each kind) at random positions.
     fn new(rng: &mut StdRng, n: usize) -> Workload {
         let valid = events::random_history(rng, n, n / 10);
-        let mut messages: Vec<OutboundMessage> = valid.iter().map(OutboundMessage::from_event).collect();
+        let mut messages: Vec<OutboundMessage> =
+            valid.iter().map(OutboundMessage::from_event).collect();
         let n_poison = (n / 100).max(POISON_KINDS.len());
         let mut poison = Vec::new();
         // Distinct source events, so every poison has its own dead-letter key.
@@ -151,7 +162,11 @@ impl Workload {
                 .copied()
                 .find(|e| {
                     !used.contains(&e.id())
-                        && (!message || matches!(e.event_type().as_str(), "dm.message.create" | "dm.message.update"))
+                        && (!message
+                            || matches!(
+                                e.event_type().as_str(),
+                                "dm.message.create" | "dm.message.update"
+                            ))
                 })
                 .expect("enough distinct source events for the poison");
             used.insert(e.id());
@@ -163,7 +178,9 @@ impl Workload {
                 "malformed_json" => {
                     let json = take(false).to_structured_json();
                     let mut b = json[..json.len() / 2].to_vec();
-                    b.extend_from_slice(format!("<<poison {i} {}", uuid::Uuid::new_v4()).as_bytes());
+                    b.extend_from_slice(
+                        format!("<<poison {i} {}", uuid::Uuid::new_v4()).as_bytes(),
+                    );
                     b
                 }
                 "unknown_type" => mutate(take(false), |v| {
@@ -172,15 +189,19 @@ impl Workload {
                 "wrong_id" => mutate(take(false), |v| {
                     v["id"] = uuid::Uuid::new_v4().to_string().into();
                 }),
-                "field_too_long" => {
-                    mutate(take(true), |v| {
-                        v["data"]["payload"]["clientMessageId"] = "x".repeat(200).into();
-                    })
-                }
+                "field_too_long" => mutate(take(true), |v| {
+                    v["data"]["payload"]["clientMessageId"] = "x".repeat(200).into();
+                }),
                 "nul_in_text" => {
                     // Valid by the contract, impossible in a PostgreSQL text column.
                     let cid = ["c1", "c2", "c3"][rng.random_range(0..3)];
-                    let e = events::message(Op::Create, cid, &format!("mpoison{i}"), "nul \u{0} inside", events::t(rng.random_range(0..40)));
+                    let e = events::message(
+                        Op::Create,
+                        cid,
+                        &format!("mpoison{i}"),
+                        "nul \u{0} inside",
+                        events::t(rng.random_range(0..40)),
+                    );
                     e.to_structured_json()
                 }
                 _ => unreachable!(),
@@ -194,7 +215,10 @@ impl Workload {
                 Err(e) => (e.code().to_owned(), None),
                 Ok(e) => ("rejected_by_database".to_owned(), Some(e.id())),
             };
-            let message_id = format!("poison-{i}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            let message_id = format!(
+                "poison-{i}-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            );
             poison.push(Poison {
                 kind,
                 message_id: message_id.clone(),
@@ -211,7 +235,11 @@ impl Workload {
                 },
             );
         }
-        Workload { valid, messages, poison }
+        Workload {
+            valid,
+            messages,
+            poison,
+        }
     }
 
     /// Every message `k` times, with distinct broker ids `{id}.copy.{j}` (so
@@ -257,7 +285,8 @@ impl Workload {
 }
 
 fn mutate(e: &MirrorEvent, f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
-    let mut v: serde_json::Value = serde_json::from_slice(&e.to_structured_json()).expect("own json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&e.to_structured_json()).expect("own json");
     f(&mut v);
     serde_json::to_vec(&v).expect("json")
 }
@@ -322,7 +351,11 @@ struct InProcessWriter {
 }
 
 impl InProcessWriter {
-    fn start<B: EventBus, S: MirrorStore>(bus: Arc<B>, store: Arc<S>, concurrency: usize) -> InProcessWriter {
+    fn start<B: EventBus, S: MirrorStore>(
+        bus: Arc<B>,
+        store: Arc<S>,
+        concurrency: usize,
+    ) -> InProcessWriter {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let settings = WriterSettings {
             exit_when_idle: false,
@@ -331,7 +364,10 @@ impl InProcessWriter {
         let task = tokio::spawn(sql_writer::run(Deps { bus, store }, settings, async move {
             let _ = rx.await;
         }));
-        InProcessWriter { stop: Some(tx), task }
+        InProcessWriter {
+            stop: Some(tx),
+            task,
+        }
     }
 
     async fn stop(mut self) -> RunReport {
@@ -347,7 +383,12 @@ impl InProcessWriter {
 }
 
 /// Environment for a `sql-writer` process.
-fn writer_env(nats_url: &str, database_url: &str, topic: &str, concurrency: usize) -> Vec<(&'static str, String)> {
+fn writer_env(
+    nats_url: &str,
+    database_url: &str,
+    topic: &str,
+    concurrency: usize,
+) -> Vec<(&'static str, String)> {
     vec![
         ("MIRROR_BUS", "nats".into()),
         ("MIRROR_STORE", "postgres".into()),
@@ -367,7 +408,11 @@ fn writer_env(nats_url: &str, database_url: &str, topic: &str, concurrency: usiz
 }
 
 fn spawn_writer(env: &[(&'static str, String)], exit_when_idle: bool) -> WriterProcess {
-    let args: &[&str] = if exit_when_idle { &["--exit-when-idle"] } else { &[] };
+    let args: &[&str] = if exit_when_idle {
+        &["--exit-when-idle"]
+    } else {
+        &[]
+    };
     WriterProcess::spawn(args, env)
 }
 
@@ -378,7 +423,10 @@ async fn drain_with_process(env: &[(&'static str, String)], timeout: Duration) {
     match status {
         Some(s) if s.success() => {}
         Some(s) => panic!("drain writer exited with {s}:\n{}", w.log_tail(60)),
-        None => panic!("drain writer did not finish within {timeout:?}:\n{}", w.log_tail(60)),
+        None => panic!(
+            "drain writer did not finish within {timeout:?}:\n{}",
+            w.log_tail(60)
+        ),
     }
 }
 
@@ -399,7 +447,11 @@ async fn publish_retrying(bus: &JetStreamBus, m: &OutboundMessage) {
 }
 
 /// Publish `messages` spread over about `span`, in the background.
-fn publish_paced(bus: Arc<JetStreamBus>, messages: Vec<OutboundMessage>, span: Duration) -> tokio::task::JoinHandle<()> {
+fn publish_paced(
+    bus: Arc<JetStreamBus>,
+    messages: Vec<OutboundMessage>,
+    span: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let chunks = 30usize;
         let per = messages.len().div_ceil(chunks).max(1);
@@ -434,15 +486,21 @@ async fn wait_drained(bus: &JetStreamBus, timeout: Duration) -> Duration {
     };
     let mut idle_since: Option<Instant> = None;
     loop {
-        let idle = matches!(receiver.backlog().await, Ok(Some(b)) if b.pending == 0 && b.in_flight == 0);
+        let idle =
+            matches!(receiver.backlog().await, Ok(Some(b)) if b.pending == 0 && b.in_flight == 0);
         match (idle, idle_since) {
             // Twice in a row, 300 ms apart: a settlement in transit is not idleness.
-            (true, Some(t)) if t.elapsed() >= Duration::from_millis(300) => return started.elapsed(),
+            (true, Some(t)) if t.elapsed() >= Duration::from_millis(300) => {
+                return started.elapsed()
+            }
             (true, None) => idle_since = Some(Instant::now()),
             (true, Some(_)) => {}
             (false, _) => idle_since = None,
         }
-        assert!(started.elapsed() < timeout, "subscription not drained within {timeout:?}");
+        assert!(
+            started.elapsed() < timeout,
+            "subscription not drained within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -467,18 +525,29 @@ static ROWS: Mutex<Vec<Row>> = Mutex::new(Vec::new());
 
 fn count_diff<K: Ord, V: PartialEq>(expected: &BTreeMap<K, V>, actual: &BTreeMap<K, V>) -> usize {
     let keys: BTreeSet<&K> = expected.keys().chain(actual.keys()).collect();
-    keys.into_iter().filter(|k| expected.get(k) != actual.get(k)).count()
+    keys.into_iter()
+        .filter(|k| expected.get(k) != actual.get(k))
+        .count()
 }
 
 /// Entities whose newest event is not what the table holds.
 fn count_lost(expected: &MirrorState, actual: &MirrorState) -> usize {
-    fn by<K: Ord, V, I: PartialEq>(e: &BTreeMap<K, V>, a: &BTreeMap<K, V>, id: impl Fn(&V) -> I) -> usize {
-        e.iter().filter(|(k, v)| a.get(*k).map(&id) != Some(id(v))).count()
+    fn by<K: Ord, V, I: PartialEq>(
+        e: &BTreeMap<K, V>,
+        a: &BTreeMap<K, V>,
+        id: impl Fn(&V) -> I,
+    ) -> usize {
+        e.iter()
+            .filter(|(k, v)| a.get(*k).map(&id) != Some(id(v)))
+            .count()
     }
-    by(&expected.conversations, &actual.conversations, |c| c.last_event_id)
-        + by(&expected.messages, &actual.messages, |m| m.last_event_id)
+    by(&expected.conversations, &actual.conversations, |c| {
+        c.last_event_id
+    }) + by(&expected.messages, &actual.messages, |m| m.last_event_id)
         + by(&expected.blocks, &actual.blocks, |b| b.last_event_id)
-        + by(&expected.follow_edges, &actual.follow_edges, |f| f.last_event_id)
+        + by(&expected.follow_edges, &actual.follow_edges, |f| {
+            f.last_event_id
+        })
 }
 
 struct Outcome {
@@ -504,8 +573,16 @@ async fn verify(
     let diff = MirrorState::diff(&expected, &entities);
     if !diff.is_empty() {
         let lines: Vec<&str> = diff.lines().collect();
-        let shown = lines.iter().take(80).copied().collect::<Vec<_>>().join("\n");
-        problems.push(format!("tables differ from newest_only (- expected, + actual), {} lines:\n{shown}", lines.len()));
+        let shown = lines
+            .iter()
+            .take(80)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n");
+        problems.push(format!(
+            "tables differ from newest_only (- expected, + actual), {} lines:\n{shown}",
+            lines.len()
+        ));
     }
     let mut divergent = count_diff(&expected.conversations, &entities.conversations)
         + count_diff(&expected.participants, &entities.participants)
@@ -518,46 +595,76 @@ async fn verify(
     let valid_ids: BTreeSet<uuid::Uuid> = w.valid.iter().map(|e| e.id()).collect();
     let audit_ids: Vec<uuid::Uuid> = actual.audit.iter().map(|a| a.event_id).collect();
     let follow_ids: Vec<uuid::Uuid> = actual.follow_events.iter().map(|f| f.event_id).collect();
-    for (name, ids) in [("dm_message_audit", audit_ids), ("follow_event", follow_ids)] {
+    for (name, ids) in [
+        ("dm_message_audit", audit_ids),
+        ("follow_event", follow_ids),
+    ] {
         let distinct: BTreeSet<_> = ids.iter().collect();
         if distinct.len() != ids.len() {
             divergent += ids.len() - distinct.len();
-            problems.push(format!("{name}: {} rows for {} events (an event was applied twice)", ids.len(), distinct.len()));
+            problems.push(format!(
+                "{name}: {} rows for {} events (an event was applied twice)",
+                ids.len(),
+                distinct.len()
+            ));
         }
         let foreign = distinct.iter().filter(|id| !valid_ids.contains(id)).count();
         if foreign > 0 {
             divergent += foreign;
-            problems.push(format!("{name}: {foreign} rows from events that are not valid events"));
+            problems.push(format!(
+                "{name}: {foreign} rows from events that are not valid events"
+            ));
         }
     }
 
     // Dead letters, in both places.
-    let on_bus = bus.list_dead_letters("sql-writer", 1_000_000).await.expect("list bus dead letters");
-    let in_sql = store.list_dead_letters(1_000_000).await.expect("list sql dead letters");
-    let bus_by_id: HashMap<&str, &mirror_bus::DeadLettered> =
-        on_bus.iter().filter_map(|d| d.original_message_id.as_deref().map(|id| (id, d))).collect();
-    let sql_by_key: HashMap<&str, &mirror_store::StoredDeadLetter> = in_sql.iter().map(|d| (d.record.key.as_str(), d)).collect();
+    let on_bus = bus
+        .list_dead_letters("sql-writer", 1_000_000)
+        .await
+        .expect("list bus dead letters");
+    let in_sql = store
+        .list_dead_letters(1_000_000)
+        .await
+        .expect("list sql dead letters");
+    let bus_by_id: HashMap<&str, &mirror_bus::DeadLettered> = on_bus
+        .iter()
+        .filter_map(|d| d.original_message_id.as_deref().map(|id| (id, d)))
+        .collect();
+    let sql_by_key: HashMap<&str, &mirror_store::StoredDeadLetter> =
+        in_sql.iter().map(|d| (d.record.key.as_str(), d)).collect();
     let mut poison_missing = 0;
     for p in &w.poison {
         match bus_by_id.get(p.message_id.as_str()) {
             None => {
                 poison_missing += 1;
-                problems.push(format!("poison {} ({}) is not in the bus dead-letter queue", p.message_id, p.kind));
+                problems.push(format!(
+                    "poison {} ({}) is not in the bus dead-letter queue",
+                    p.message_id, p.kind
+                ));
             }
             Some(d) if d.reason != p.reason => {
                 poison_missing += 1;
-                problems.push(format!("poison {} ({}): bus reason `{}`, expected `{}` ({})", p.message_id, p.kind, d.reason, p.reason, d.description));
+                problems.push(format!(
+                    "poison {} ({}): bus reason `{}`, expected `{}` ({})",
+                    p.message_id, p.kind, d.reason, p.reason, d.description
+                ));
             }
             Some(_) => {}
         }
         match sql_by_key.get(p.key.as_str()) {
             None => {
                 poison_missing += 1;
-                problems.push(format!("poison {} ({}) has no realtime_mirror_dead_letter row (key {})", p.message_id, p.kind, p.key));
+                problems.push(format!(
+                    "poison {} ({}) has no realtime_mirror_dead_letter row (key {})",
+                    p.message_id, p.kind, p.key
+                ));
             }
             Some(d) if d.record.reason != p.reason => {
                 poison_missing += 1;
-                problems.push(format!("poison {} ({}): SQL reason `{}`, expected `{}` ({})", p.message_id, p.kind, d.record.reason, p.reason, d.record.error));
+                problems.push(format!(
+                    "poison {} ({}): SQL reason `{}`, expected `{}` ({})",
+                    p.message_id, p.kind, d.record.reason, p.reason, d.record.error
+                ));
             }
             Some(_) => {}
         }
@@ -566,9 +673,16 @@ async fn verify(
     let poison_keys: BTreeSet<&str> = w.poison.iter().map(|p| p.key.as_str()).collect();
     let wrong_bus: Vec<&mirror_bus::DeadLettered> = on_bus
         .iter()
-        .filter(|d| !d.original_message_id.as_deref().is_some_and(|id| poison_ids.contains(id)))
+        .filter(|d| {
+            !d.original_message_id
+                .as_deref()
+                .is_some_and(|id| poison_ids.contains(id))
+        })
         .collect();
-    let wrong_sql: Vec<&mirror_store::StoredDeadLetter> = in_sql.iter().filter(|d| !poison_keys.contains(d.record.key.as_str())).collect();
+    let wrong_sql: Vec<&mirror_store::StoredDeadLetter> = in_sql
+        .iter()
+        .filter(|d| !poison_keys.contains(d.record.key.as_str()))
+        .collect();
     for d in wrong_bus.iter().take(10) {
         problems.push(format!(
             "valid message {:?} was dead-lettered on the bus: {} ({})",
@@ -576,7 +690,10 @@ async fn verify(
         ));
     }
     for d in wrong_sql.iter().take(10) {
-        problems.push(format!("valid event {} was dead-lettered in SQL: {} ({})", d.record.key, d.record.reason, d.record.error));
+        problems.push(format!(
+            "valid event {} was dead-lettered in SQL: {} ({})",
+            d.record.key, d.record.reason, d.record.error
+        ));
     }
     lost += poison_missing + wrong_bus.len().max(wrong_sql.len());
 
@@ -606,14 +723,26 @@ fn report_dir() -> std::path::PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test binary>
-    exe.ancestors().nth(3).map(|t| t.join("chaos")).unwrap_or_else(|| std::env::temp_dir().join("chaos"))
+    exe.ancestors()
+        .nth(3)
+        .map(|t| t.join("chaos"))
+        .unwrap_or_else(|| std::env::temp_dir().join("chaos"))
 }
 
 fn table(rows: &[Row]) -> String {
     use comfy_table::{presets::UTF8_FULL_CONDENSED, CellAlignment, Table};
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(["scenario", "events", "faults injected", "lost", "divergent rows", "dead-lettered", "time to drain", "result"]);
+    t.set_header([
+        "scenario",
+        "events",
+        "faults injected",
+        "lost",
+        "divergent rows",
+        "dead-lettered",
+        "time to drain",
+        "result",
+    ]);
     for r in rows {
         t.add_row(vec![
             r.scenario.clone(),
@@ -643,7 +772,11 @@ fn finish(outcome: Outcome, context: impl FnOnce() -> String) {
     let dir = report_dir();
     if std::fs::create_dir_all(&dir).is_ok() {
         use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("report.jsonl")) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("report.jsonl"))
+        {
             let _ = writeln!(f, "{}", serde_json::to_string(&row).unwrap_or_default());
         }
     }
@@ -673,7 +806,12 @@ async fn shared_rig(ack_wait: Duration) -> SharedRig {
     let store = connect_store(&db.url).await;
     store.migrate().await.expect("migrate");
     let bus = connect_bus(bus_config(&topic.url, &topic.topic, ack_wait)).await;
-    SharedRig { db, topic, bus, store }
+    SharedRig {
+        db,
+        topic,
+        bus,
+        store,
+    }
 }
 
 /// The ack wait the `sql-writer` binary configures (it re-applies it to the
@@ -684,7 +822,9 @@ const TEST_ACK_WAIT: Duration = Duration::from_secs(3);
 
 /// Run `f` with a bound; a hang is a failure, not a stuck CI job.
 async fn bounded<T>(what: &str, limit: Duration, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -711,7 +851,9 @@ async fn a_kill9_writer_process_repeatedly() {
         logs.push(writer.log_tail(20));
         writer = spawn_writer(&env, false);
     }
-    bounded("publishing", Duration::from_secs(120), publisher).await.expect("publisher");
+    bounded("publishing", Duration::from_secs(120), publisher)
+        .await
+        .expect("publisher");
     // Last fault: kill the writer that saw the end of the stream too.
     tokio::time::sleep(Duration::from_millis(300)).await;
     writer.kill9();
@@ -720,7 +862,16 @@ async fn a_kill9_writer_process_repeatedly() {
     drain_with_process(&env, size.drain_timeout).await;
     let drain = fault_end.elapsed();
 
-    let outcome = verify("a kill -9 writer", seed, &rig.bus, &rig.store, &w, format!("{kills}× kill -9, {}", w.describe_poison()), drain).await;
+    let outcome = verify(
+        "a kill -9 writer",
+        seed,
+        &rig.bus,
+        &rig.store,
+        &w,
+        format!("{kills}× kill -9, {}", w.describe_poison()),
+        drain,
+    )
+    .await;
     finish(outcome, || logs.join("\n---\n"));
 }
 
@@ -766,14 +917,30 @@ async fn b_restart_postgres_mid_stream() {
         }
     }
     let fault_end = Instant::now();
-    bounded("publishing", Duration::from_secs(120), publisher).await.expect("publisher");
+    bounded("publishing", Duration::from_secs(120), publisher)
+        .await
+        .expect("publisher");
     wait_drained(&bus, size.drain_timeout).await;
     let drain = fault_end.elapsed();
     let report = writer.stop().await;
     println!("[b] writer report: {report:?}");
 
-    let faults = format!("{}× PostgreSQL ({}), {}", faults.len(), faults.join(", "), w.describe_poison());
-    let outcome = verify("b PostgreSQL restart", seed, &bus, &store, &w, faults, drain).await;
+    let faults = format!(
+        "{}× PostgreSQL ({}), {}",
+        faults.len(),
+        faults.join(", "),
+        w.describe_poison()
+    );
+    let outcome = verify(
+        "b PostgreSQL restart",
+        seed,
+        &bus,
+        &store,
+        &w,
+        faults,
+        drain,
+    )
+    .await;
     finish(outcome, || pg.log_tail(40));
 }
 
@@ -809,14 +976,30 @@ async fn c_restart_nats_mid_stream() {
         }
     }
     let fault_end = Instant::now();
-    bounded("publishing", Duration::from_secs(180), publisher).await.expect("publisher");
+    bounded("publishing", Duration::from_secs(180), publisher)
+        .await
+        .expect("publisher");
     wait_drained(&bus, size.drain_timeout).await;
     let drain = fault_end.elapsed();
     let report = writer.stop().await;
     println!("[c] writer report: {report:?}");
 
-    let faults = format!("{}× nats-server ({}), {}", faults.len(), faults.join(", "), w.describe_poison());
-    let outcome = verify("c nats-server restart", seed, &bus, &store, &w, faults, drain).await;
+    let faults = format!(
+        "{}× nats-server ({}), {}",
+        faults.len(),
+        faults.join(", "),
+        w.describe_poison()
+    );
+    let outcome = verify(
+        "c nats-server restart",
+        seed,
+        &bus,
+        &store,
+        &w,
+        faults,
+        drain,
+    )
+    .await;
     finish(outcome, || nats.log_tail(40));
 }
 
@@ -858,7 +1041,16 @@ async fn e_every_event_delivered_three_times() {
     let drain = started.elapsed();
     let report = writer.stop().await;
     println!("[e] writer report: {report:?}");
-    let outcome = verify("e ×3 delivery", seed, &rig.bus, &rig.store, &w, format!("each ×3, {}", w.describe_poison()), drain).await;
+    let outcome = verify(
+        "e ×3 delivery",
+        seed,
+        &rig.bus,
+        &rig.store,
+        &w,
+        format!("each ×3, {}", w.describe_poison()),
+        drain,
+    )
+    .await;
     finish(outcome, || format!("{report:?}"));
 }
 
@@ -879,7 +1071,16 @@ async fn f_fully_shuffled_order() {
     let drain = started.elapsed();
     let report = writer.stop().await;
     println!("[f] writer report: {report:?}");
-    let outcome = verify("f shuffled", seed, &rig.bus, &rig.store, &w, format!("shuffled, {}", w.describe_poison()), drain).await;
+    let outcome = verify(
+        "f shuffled",
+        seed,
+        &rig.bus,
+        &rig.store,
+        &w,
+        format!("shuffled, {}", w.describe_poison()),
+        drain,
+    )
+    .await;
     finish(outcome, || format!("{report:?}"));
 }
 
@@ -936,21 +1137,27 @@ async fn h_sigterm_mid_stream() {
     let waiting = Instant::now();
     let before = loop {
         let counts = rig.store.table_counts().await.expect("counts");
-        if counts.iter().any(|(t, n)| t == "dm_conversation" && *n > 0) || waiting.elapsed() > Duration::from_secs(30) {
+        if counts.iter().any(|(t, n)| t == "dm_conversation" && *n > 0)
+            || waiting.elapsed() > Duration::from_secs(30)
+        {
             break counts;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     writer.sigterm();
     let term_at = Instant::now();
-    let status = tokio::task::block_in_place(|| writer.wait_with_timeout(deadline + Duration::from_secs(5)));
+    let status =
+        tokio::task::block_in_place(|| writer.wait_with_timeout(deadline + Duration::from_secs(5)));
     let exit_took = term_at.elapsed();
     let mut problems = Vec::new();
     match status {
         Some(s) if s.success() => {}
         Some(s) => problems.push(format!("writer exited with {s} after SIGTERM")),
         None => {
-            problems.push(format!("writer still running {:?} after SIGTERM (deadline {deadline:?})", exit_took));
+            problems.push(format!(
+                "writer still running {:?} after SIGTERM (deadline {deadline:?})",
+                exit_took
+            ));
             writer.kill9();
         }
     }
@@ -958,7 +1165,9 @@ async fn h_sigterm_mid_stream() {
     if !log.contains("shutdown requested") {
         problems.push("writer log has no `shutdown requested` line".into());
     }
-    bounded("publishing", Duration::from_secs(120), publisher).await.expect("publisher");
+    bounded("publishing", Duration::from_secs(120), publisher)
+        .await
+        .expect("publisher");
     let fault_end = Instant::now();
     drain_with_process(&env, size.drain_timeout).await;
     let drain = fault_end.elapsed();
@@ -971,7 +1180,11 @@ async fn h_sigterm_mid_stream() {
         &rig.bus,
         &rig.store,
         &w,
-        format!("SIGTERM (exit {:.1} s), {}", exit_took.as_secs_f64(), w.describe_poison()),
+        format!(
+            "SIGTERM (exit {:.1} s), {}",
+            exit_took.as_secs_f64(),
+            w.describe_poison()
+        ),
         drain,
     )
     .await;
@@ -980,7 +1193,16 @@ async fn h_sigterm_mid_stream() {
     }
     outcome.row.pass &= problems.is_empty();
     outcome.problems.extend(problems);
-    finish(outcome, || log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+    finish(outcome, || {
+        log.lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -1014,7 +1236,9 @@ impl<S: MirrorStore> FlakyStore<S> {
         let flake = match r {
             r if r < 0.10 => Flake::AbortBefore,
             r if r < 0.17 => Flake::ResetAfterCommit,
-            r if r < 0.25 && !events.is_empty() => Flake::OneEventAfterCommit(self.rng.lock().unwrap().random_range(0..events.len())),
+            r if r < 0.25 && !events.is_empty() => {
+                Flake::OneEventAfterCommit(self.rng.lock().unwrap().random_range(0..events.len()))
+            }
             _ => Flake::None,
         };
         let ids: Vec<uuid::Uuid> = match flake {
@@ -1023,13 +1247,17 @@ impl<S: MirrorStore> FlakyStore<S> {
             _ => events.iter().map(|e| e.id()).collect(),
         };
         let mut hits = self.hits.lock().unwrap();
-        if ids.iter().any(|id| hits.get(id).copied().unwrap_or(0) >= Self::MAX_HITS_PER_EVENT) {
+        if ids
+            .iter()
+            .any(|id| hits.get(id).copied().unwrap_or(0) >= Self::MAX_HITS_PER_EVENT)
+        {
             return Flake::None;
         }
         for id in ids {
             *hits.entry(id).or_default() += 1;
         }
-        self.injected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.injected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         flake
     }
 }
@@ -1039,14 +1267,20 @@ fn pg_error(code: &str, message: &str) -> mirror_store::StoreError {
 }
 
 impl<S: MirrorStore> MirrorStore for FlakyStore<S> {
-    async fn apply(&self, event: &MirrorEvent) -> Result<mirror_store::ApplyOutcome, mirror_store::StoreError> {
+    async fn apply(
+        &self,
+        event: &MirrorEvent,
+    ) -> Result<mirror_store::ApplyOutcome, mirror_store::StoreError> {
         self.inner.apply(event).await
     }
 
     async fn apply_batch(
         &self,
         events: &[MirrorEvent],
-    ) -> Result<Vec<Result<mirror_store::ApplyOutcome, mirror_store::StoreError>>, mirror_store::StoreError> {
+    ) -> Result<
+        Vec<Result<mirror_store::ApplyOutcome, mirror_store::StoreError>>,
+        mirror_store::StoreError,
+    > {
         let flake = self.roll(events);
         if let Flake::AbortBefore = flake {
             return Err(pg_error("40P01", "injected: deadlock detected"));
@@ -1065,22 +1299,42 @@ impl<S: MirrorStore> MirrorStore for FlakyStore<S> {
         }
     }
 
-    async fn record_dead_letter(&self, record: &mirror_store::DeadLetterRecord) -> Result<(), mirror_store::StoreError> {
+    async fn record_dead_letter(
+        &self,
+        record: &mirror_store::DeadLetterRecord,
+    ) -> Result<(), mirror_store::StoreError> {
         self.inner.record_dead_letter(record).await
     }
-    async fn list_dead_letters(&self, limit: usize) -> Result<Vec<mirror_store::StoredDeadLetter>, mirror_store::StoreError> {
+    async fn list_dead_letters(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<mirror_store::StoredDeadLetter>, mirror_store::StoreError> {
         self.inner.list_dead_letters(limit).await
     }
-    async fn record_replay(&self, key: &str, at: chrono::DateTime<chrono::Utc>) -> Result<(), mirror_store::StoreError> {
+    async fn record_replay(
+        &self,
+        key: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), mirror_store::StoreError> {
         self.inner.record_replay(key, at).await
     }
-    async fn load_checkpoint(&self, module: &str, shard: &str) -> Result<Option<mirror_store::Checkpoint>, mirror_store::StoreError> {
+    async fn load_checkpoint(
+        &self,
+        module: &str,
+        shard: &str,
+    ) -> Result<Option<mirror_store::Checkpoint>, mirror_store::StoreError> {
         self.inner.load_checkpoint(module, shard).await
     }
-    async fn save_checkpoint(&self, checkpoint: &mirror_store::Checkpoint) -> Result<(), mirror_store::StoreError> {
+    async fn save_checkpoint(
+        &self,
+        checkpoint: &mirror_store::Checkpoint,
+    ) -> Result<(), mirror_store::StoreError> {
         self.inner.save_checkpoint(checkpoint).await
     }
-    async fn record_metrics(&self, samples: &[mirror_store::MetricSample]) -> Result<(), mirror_store::StoreError> {
+    async fn record_metrics(
+        &self,
+        samples: &[mirror_store::MetricSample],
+    ) -> Result<(), mirror_store::StoreError> {
         self.inner.record_metrics(samples).await
     }
     async fn table_counts(&self) -> Result<Vec<(String, i64)>, mirror_store::StoreError> {
@@ -1111,8 +1365,20 @@ async fn i_injected_database_errors() {
     let report = writer.stop().await;
     println!("[i] writer report: {report:?}");
     let injected = flaky.injected.load(std::sync::atomic::Ordering::Relaxed);
-    let faults = format!("{injected} injected DB errors (deadlock, reset after commit, 1 of batch), {}", w.describe_poison());
-    let outcome = verify("i injected DB errors", seed, &rig.bus, &rig.store, &w, faults, drain).await;
+    let faults = format!(
+        "{injected} injected DB errors (deadlock, reset after commit, 1 of batch), {}",
+        w.describe_poison()
+    );
+    let outcome = verify(
+        "i injected DB errors",
+        seed,
+        &rig.bus,
+        &rig.store,
+        &w,
+        faults,
+        drain,
+    )
+    .await;
     finish(outcome, || format!("{report:?}"));
 }
 
@@ -1131,7 +1397,11 @@ async fn j_postgres_hangs_mid_stream() {
     store.migrate().await.expect("migrate");
     let bus = connect_bus(bus_config(&topic.url, &topic.topic, TEST_ACK_WAIT)).await;
     let w = Workload::new(&mut rng, size.events);
-    let hang = if size.full { Duration::from_secs(12) } else { Duration::from_secs(6) };
+    let hang = if size.full {
+        Duration::from_secs(12)
+    } else {
+        Duration::from_secs(6)
+    };
 
     let writer = InProcessWriter::start(bus.clone(), connect_store(&db_url).await, 4);
     let publisher = publish_paced(bus.clone(), w.messages.clone(), size.publish_span);
@@ -1152,9 +1422,17 @@ async fn j_postgres_hangs_mid_stream() {
     let mut samples = Vec::new();
     while hung_at.elapsed() < hang {
         if released.is_none() {
-            let got = thief.receive(16, Duration::from_millis(300)).await.unwrap_or_default();
+            let got = thief
+                .receive(16, Duration::from_millis(300))
+                .await
+                .unwrap_or_default();
             for d in got {
-                samples.push(format!("{:.1}s thief got {:?} delivery {}", hung_at.elapsed().as_secs_f64(), d.message_id(), d.delivery_count()));
+                samples.push(format!(
+                    "{:.1}s thief got {:?} delivery {}",
+                    hung_at.elapsed().as_secs_f64(),
+                    d.message_id(),
+                    d.delivery_count()
+                ));
                 if d.delivery_count() >= 2 && released.is_none() {
                     released = Some(hung_at.elapsed());
                 }
@@ -1166,17 +1444,28 @@ async fn j_postgres_hangs_mid_stream() {
     }
     pg.resume();
     let fault_end = Instant::now();
-    bounded("publishing", Duration::from_secs(120), publisher).await.expect("publisher");
+    bounded("publishing", Duration::from_secs(120), publisher)
+        .await
+        .expect("publisher");
     wait_drained(&bus, size.drain_timeout).await;
     let drain = fault_end.elapsed();
     let report = writer.stop().await;
-    println!("[j] writer report: {report:?}; a batch held in the hang was released after {released:?}");
+    println!(
+        "[j] writer report: {report:?}; a batch held in the hang was released after {released:?}"
+    );
 
-    let faults = format!("PostgreSQL frozen {} s, {}", hang.as_secs(), w.describe_poison());
+    let faults = format!(
+        "PostgreSQL frozen {} s, {}",
+        hang.as_secs(),
+        w.describe_poison()
+    );
     let mut outcome = verify("j PostgreSQL hangs", seed, &bus, &store, &w, faults, drain).await;
     if released.is_none() {
         outcome.row.pass = false;
-        outcome.problems.push(format!("the writer kept messages locked for the whole {hang:?} hang:\n{}", samples.join("\n")));
+        outcome.problems.push(format!(
+            "the writer kept messages locked for the whole {hang:?} hang:\n{}",
+            samples.join("\n")
+        ));
     }
     finish(outcome, || samples.join("\n"));
 }
@@ -1191,6 +1480,17 @@ fn z_summary() {
     if rows.is_empty() {
         return;
     }
-    println!("\nchaos summary ({}):\n{}", if size().full { "CHAOS=full" } else { "short form" }, table(&rows));
-    println!("rows also appended to {}", report_dir().join("report.jsonl").display());
+    println!(
+        "\nchaos summary ({}):\n{}",
+        if size().full {
+            "CHAOS=full"
+        } else {
+            "short form"
+        },
+        table(&rows)
+    );
+    println!(
+        "rows also appended to {}",
+        report_dir().join("report.jsonl").display()
+    );
 }

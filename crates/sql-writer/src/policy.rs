@@ -52,7 +52,10 @@ impl std::fmt::Display for Failure<'_> {
 /// Unique/primary-key violations (2601, 2627) are here too: the procedures
 /// only upsert, so one can only come from a concurrent insert of the same key
 /// by another writer, and a retry finds the row (see [`classify_sqlstate`]).
-pub const MSSQL_TRANSIENT: &[u32] = &[2601, 2627, 1205, 1222, 40501, 40613, 40197, 49918, 49919, 49920, 10928, 10929, 4060, 4221, 233, 10053, 10054, 10060, 64];
+pub const MSSQL_TRANSIENT: &[u32] = &[
+    2601, 2627, 1205, 1222, 40501, 40613, 40197, 49918, 49919, 49920, 10928, 10929, 4060, 4221,
+    233, 10053, 10054, 10060, 64,
+];
 /// SQL Server error numbers that will not succeed on retry (FK, unique, truncation,
 /// conversion, NOT NULL). The procedures' own numbers (50000–50999) are permanent too.
 pub const MSSQL_PERMANENT: &[u32] = &[547, 8152, 2628, 245, 515, 8114, 241, 242, 13609];
@@ -73,7 +76,9 @@ pub fn classify(failure: &Failure<'_>) -> Class {
 fn classify_store(e: &StoreError) -> Class {
     match e.kind {
         StoreErrorKind::Config | StoreErrorKind::Migration => return Class::Fatal,
-        StoreErrorKind::Connect | StoreErrorKind::PoolTimeout | StoreErrorKind::Timeout => return Class::Transient,
+        StoreErrorKind::Connect | StoreErrorKind::PoolTimeout | StoreErrorKind::Timeout => {
+            return Class::Transient
+        }
         _ => {}
     }
     match &e.code {
@@ -97,9 +102,8 @@ fn classify_store(e: &StoreError) -> Class {
 /// permanent one costs `max_attempts` deliveries and is then dead-lettered.
 pub fn classify_sqlstate(code: &str) -> Class {
     match code {
-        "23505" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "53400" | "55P03" | "57014" | "58000" | "58030" => {
-            Class::Transient
-        }
+        "23505" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "53400" | "55P03"
+        | "57014" | "58000" | "58030" => Class::Transient,
         "42P01" | "42883" | "3F000" | "28000" | "28P01" | "3D000" => Class::Fatal,
         c if c.starts_with("08") || c.starts_with("53") => Class::Transient,
         c if c.starts_with("23") || c.starts_with("22") || c.starts_with("RM") => Class::Permanent,
@@ -109,7 +113,9 @@ pub fn classify_sqlstate(code: &str) -> Class {
 
 /// SQL Server error numbers meaning the database itself is unreachable or
 /// failing over (not something about one event).
-pub const MSSQL_UNAVAILABLE: &[u32] = &[4060, 40613, 40197, 40501, 49918, 49919, 49920, 10928, 10929, 233, 10053, 10054, 10060, 64];
+pub const MSSQL_UNAVAILABLE: &[u32] = &[
+    4060, 40613, 40197, 40501, 49918, 49919, 49920, 10928, 10929, 233, 10053, 10054, 10060, 64,
+];
 
 /// Whether `e` says the database is unavailable (down, restarting, failing
 /// over, refusing connections) rather than that this batch failed: the
@@ -120,7 +126,9 @@ pub fn store_unavailable(e: &StoreError) -> bool {
     match e.kind {
         StoreErrorKind::Connect | StoreErrorKind::PoolTimeout => true,
         _ => match &e.code {
-            Some(DbCode::Sqlstate(s)) => s.starts_with("08") || matches!(s.as_str(), "57P01" | "57P02" | "57P03" | "53300"),
+            Some(DbCode::Sqlstate(s)) => {
+                s.starts_with("08") || matches!(s.as_str(), "57P01" | "57P02" | "57P03" | "53300")
+            }
             Some(DbCode::Mssql(n)) => MSSQL_UNAVAILABLE.contains(n),
             None => false,
         },
@@ -190,7 +198,11 @@ pub enum Disposition {
 
 /// Decide what to do with a delivery, given what happened and how many times
 /// it has been delivered (1 = first).
-pub fn decide(result: Result<ApplyOutcome, Failure<'_>>, delivery_count: u32, policy: &RetryPolicy) -> Disposition {
+pub fn decide(
+    result: Result<ApplyOutcome, Failure<'_>>,
+    delivery_count: u32,
+    policy: &RetryPolicy,
+) -> Disposition {
     let failure = match result {
         Ok(outcome) => return Disposition::Complete(outcome),
         Err(f) => f,
@@ -203,11 +215,13 @@ pub fn decide(result: Result<ApplyOutcome, Failure<'_>>, delivery_count: u32, po
             description,
             attempts: delivery_count,
         }),
-        Class::Transient if delivery_count >= policy.max_attempts => Disposition::DeadLetter(DeadLetter {
-            reason: "retries_exhausted".to_owned(),
-            description: format!("gave up after {delivery_count} attempts: {description}"),
-            attempts: delivery_count,
-        }),
+        Class::Transient if delivery_count >= policy.max_attempts => {
+            Disposition::DeadLetter(DeadLetter {
+                reason: "retries_exhausted".to_owned(),
+                description: format!("gave up after {delivery_count} attempts: {description}"),
+                attempts: delivery_count,
+            })
+        }
         Class::Transient => Disposition::Retry {
             delay: policy.delay_after(delivery_count),
             reason: description,
@@ -256,28 +270,52 @@ mod tests {
             (ms(547), Class::Permanent),
             (ms(50001), Class::Permanent),
             (ms(2812), Class::Fatal),
-            (StoreError::new(StoreErrorKind::Connect, "refused"), Class::Transient),
-            (StoreError::new(StoreErrorKind::Timeout, "slow"), Class::Transient),
-            (StoreError::new(StoreErrorKind::Config, "bad url"), Class::Fatal),
+            (
+                StoreError::new(StoreErrorKind::Connect, "refused"),
+                Class::Transient,
+            ),
+            (
+                StoreError::new(StoreErrorKind::Timeout, "slow"),
+                Class::Transient,
+            ),
+            (
+                StoreError::new(StoreErrorKind::Config, "bad url"),
+                Class::Fatal,
+            ),
         ];
         for (err, want) in cases {
             assert_eq!(classify(&Failure::Store(err)), *want, "{err}");
         }
         let decode = DecodeError::UnknownType("x".into());
         assert_eq!(classify(&Failure::Decode(&decode)), Class::Permanent);
-        assert_eq!(classify(&Failure::Bus(&BusError::Connect("down".into()))), Class::Transient);
+        assert_eq!(
+            classify(&Failure::Bus(&BusError::Connect("down".into()))),
+            Class::Transient
+        );
     }
 
     #[test]
     fn outages_are_told_apart_from_failing_events() {
-        assert!(store_unavailable(&StoreError::new(StoreErrorKind::Connect, "refused")));
-        assert!(store_unavailable(&StoreError::new(StoreErrorKind::PoolTimeout, "pool")));
+        assert!(store_unavailable(&StoreError::new(
+            StoreErrorKind::Connect,
+            "refused"
+        )));
+        assert!(store_unavailable(&StoreError::new(
+            StoreErrorKind::PoolTimeout,
+            "pool"
+        )));
         assert!(store_unavailable(&pg("57P03")));
         assert!(store_unavailable(&pg("08006")));
         assert!(store_unavailable(&ms(40613)));
-        assert!(!store_unavailable(&pg("40P01")), "a deadlock is about this batch");
+        assert!(
+            !store_unavailable(&pg("40P01")),
+            "a deadlock is about this batch"
+        );
         assert!(!store_unavailable(&pg("23505")));
-        assert!(!store_unavailable(&StoreError::new(StoreErrorKind::Timeout, "slow statement")));
+        assert!(!store_unavailable(&StoreError::new(
+            StoreErrorKind::Timeout,
+            "slow statement"
+        )));
     }
 
     #[test]
@@ -298,7 +336,10 @@ mod tests {
         let policy = RetryPolicy::default();
         let err = pg("40P01");
         for n in 1..policy.max_attempts {
-            assert!(matches!(decide(Err(Failure::Store(&err)), n, &policy), Disposition::Retry { .. }));
+            assert!(matches!(
+                decide(Err(Failure::Store(&err)), n, &policy),
+                Disposition::Retry { .. }
+            ));
         }
         match decide(Err(Failure::Store(&err)), policy.max_attempts, &policy) {
             Disposition::DeadLetter(d) => assert_eq!(d.reason, "retries_exhausted"),
@@ -319,7 +360,11 @@ mod tests {
         let jittered = RetryPolicy::default();
         for n in 1..8 {
             let d = jittered.delay_after(n);
-            assert!(d >= policy.delay_after(n) && d <= policy.delay_after(n) * 2 + Duration::from_millis(1), "{n}: {d:?}");
+            assert!(
+                d >= policy.delay_after(n)
+                    && d <= policy.delay_after(n) * 2 + Duration::from_millis(1),
+                "{n}: {d:?}"
+            );
         }
     }
 }

@@ -34,7 +34,9 @@ use mirror_schema::{decode_wire, DecodeError, EventType, MirrorEvent, WireMessag
 use mirror_store::{ApplyOutcome, DeadLetterRecord, MetricSample, MirrorStore, StoreError};
 use tokio::sync::watch;
 
-use crate::policy::{classify, decide, store_unavailable, Class, Disposition, Failure, RetryPolicy};
+use crate::policy::{
+    classify, decide, store_unavailable, Class, Disposition, Failure, RetryPolicy,
+};
 use crate::telemetry;
 
 /// Tuning of the worker loop.
@@ -215,9 +217,16 @@ pub async fn run<B: EventBus, S: MirrorStore>(
     if let Some(_every) = settings.metrics_flush_every {
         let _ = deps.store.record_metrics(&report_samples(&report)).await;
     }
-    let pending = shared.pending_dead_letters.lock().expect("pending lock").len();
+    let pending = shared
+        .pending_dead_letters
+        .lock()
+        .expect("pending lock")
+        .len();
     if pending > 0 {
-        tracing::error!(pending, "dead-letter rows could not be written to SQL; they are in the bus's dead-letter queue");
+        tracing::error!(
+            pending,
+            "dead-letter rows could not be written to SQL; they are in the bus's dead-letter queue"
+        );
     }
     result.map(|()| report)
 }
@@ -264,7 +273,10 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 self.wait_for_store().await;
                 continue;
             }
-            let deliveries = match receiver.receive(self.settings.batch_size, self.settings.receive_wait).await {
+            let deliveries = match receiver
+                .receive(self.settings.batch_size, self.settings.receive_wait)
+                .await
+            {
                 Ok(d) => {
                     bus_failures = 0;
                     d
@@ -296,7 +308,12 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                     if last_flush.elapsed() >= every {
                         last_flush = Instant::now();
                         let report = *self.shared.report.lock().expect("report lock");
-                        if let Err(e) = self.deps.store.record_metrics(&report_samples(&report)).await {
+                        if let Err(e) = self
+                            .deps
+                            .store
+                            .record_metrics(&report_samples(&report))
+                            .await
+                        {
                             tracing::warn!(error = %e, "could not record metrics");
                         }
                     }
@@ -324,7 +341,10 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
             if !self.shared.store_down.load(Ordering::Acquire) || *self.stop.borrow() {
                 return;
             }
-            let probe = tokio::time::timeout(self.settings.apply_timeout, self.deps.store.load_checkpoint(PROBE_MODULE, PROBE_SHARD));
+            let probe = tokio::time::timeout(
+                self.settings.apply_timeout,
+                self.deps.store.load_checkpoint(PROBE_MODULE, PROBE_SHARD),
+            );
             let answer = match probe.await {
                 Ok(r) => r.map(|_| ()),
                 Err(_) => Err(no_answer(self.settings.apply_timeout)),
@@ -336,7 +356,11 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 // Reachable (an error of another kind is the batch's to classify).
                 _ => {
                     if self.shared.store_down.swap(false, Ordering::AcqRel) {
-                        tracing::info!(worker = self.n, probes, "database reachable again; resuming");
+                        tracing::info!(
+                            worker = self.n,
+                            probes,
+                            "database reachable again; resuming"
+                        );
                     }
                     return;
                 }
@@ -359,12 +383,21 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         }
     }
 
-    async fn process(&mut self, deliveries: Vec<<B::Receiver as Receiver>::Delivery>) -> Result<(), WriterError> {
+    async fn process(
+        &mut self,
+        deliveries: Vec<<B::Receiver as Receiver>::Delivery>,
+    ) -> Result<(), WriterError> {
         let started = Instant::now();
         flush_dead_letters(&*self.deps.store, &self.shared).await;
 
-        let decoded: Vec<Result<MirrorEvent, DecodeError>> = deliveries.iter().map(|d| decode_wire(d.message())).collect();
-        let events: Vec<MirrorEvent> = decoded.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        let decoded: Vec<Result<MirrorEvent, DecodeError>> = deliveries
+            .iter()
+            .map(|d| decode_wire(d.message()))
+            .collect();
+        let events: Vec<MirrorEvent> = decoded
+            .iter()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect();
 
         let applied = if events.is_empty() {
             Some(Ok(Vec::new()))
@@ -384,7 +417,10 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         match &applied {
             Err(whole) => self.note_store_failure(whole),
             Ok(results) => {
-                if let Some(e) = results.iter().find_map(|r| r.as_ref().err().filter(|e| store_unavailable(e))) {
+                if let Some(e) = results
+                    .iter()
+                    .find_map(|r| r.as_ref().err().filter(|e| store_unavailable(e)))
+                {
                     self.note_store_failure(e);
                 }
             }
@@ -395,7 +431,11 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
             ..RunReport::default()
         };
         let mut results = match &applied {
-            Ok(results) => results.iter().map(|r| r.as_ref().map(|o| *o)).collect::<Vec<_>>().into_iter(),
+            Ok(results) => results
+                .iter()
+                .map(|r| r.as_ref().map(|o| *o))
+                .collect::<Vec<_>>()
+                .into_iter(),
             Err(_) => Vec::new().into_iter(),
         };
         let mut fatal = None;
@@ -419,7 +459,12 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         ApplyOutcome::Stale => report.stale += 1,
                     }
                     if let Some(ev) = event {
-                        telemetry::event_completed(ev.event_type(), outcome, ev.time(), committed_at);
+                        telemetry::event_completed(
+                            ev.event_type(),
+                            outcome,
+                            ev.time(),
+                            committed_at,
+                        );
                     }
                     let id = delivery.message_id().map(str::to_owned);
                     if let Err(e) = delivery.complete().await {
@@ -428,15 +473,23 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 }
                 Disposition::Retry { delay, reason } => {
                     report.retried += 1;
-                    telemetry::event_retried(delivery.message_id(), event.map(|e| e.event_type()), delivery.delivery_count(), delay, &reason);
+                    telemetry::event_retried(
+                        delivery.message_id(),
+                        event.map(|e| e.event_type()),
+                        delivery.delivery_count(),
+                        delay,
+                        &reason,
+                    );
                     let id = delivery.message_id().map(str::to_owned);
                     if let Err(e) = delivery.retry(delay).await {
                         telemetry::settle_failed(id.as_deref(), &e);
                     }
                 }
                 Disposition::DeadLetter(why) => {
-                    let record = dead_letter_record(&delivery, event, &why, &self.settings.subscription);
-                    let last_attempt = delivery.delivery_count() >= self.settings.retry.max_attempts;
+                    let record =
+                        dead_letter_record(&delivery, event, &why, &self.settings.subscription);
+                    let last_attempt =
+                        delivery.delivery_count() >= self.settings.retry.max_attempts;
                     match self.deps.store.record_dead_letter(&record).await {
                         Ok(()) => {}
                         Err(e) if !last_attempt => {
@@ -444,7 +497,13 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                             // Keep the message in the subscription until SQL can take the row.
                             report.retried += 1;
                             let delay = self.settings.retry.delay_after(delivery.delivery_count());
-                            telemetry::event_retried(delivery.message_id(), event.map(|e| e.event_type()), delivery.delivery_count(), delay, &format!("dead-letter row not written: {e}"));
+                            telemetry::event_retried(
+                                delivery.message_id(),
+                                event.map(|e| e.event_type()),
+                                delivery.delivery_count(),
+                                delay,
+                                &format!("dead-letter row not written: {e}"),
+                            );
                             if let Err(e) = delivery.retry(delay).await {
                                 telemetry::settle_failed(None, &e);
                             }
@@ -452,13 +511,21 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         }
                         Err(e) => {
                             self.note_store_failure(&e);
-                            let mut pending = self.shared.pending_dead_letters.lock().expect("pending lock");
+                            let mut pending = self
+                                .shared
+                                .pending_dead_letters
+                                .lock()
+                                .expect("pending lock");
                             pending.push(record);
                             telemetry::dead_letter_rows_pending(pending.len());
                         }
                     }
                     report.dead_lettered += 1;
-                    telemetry::event_dead_lettered(delivery.message_id(), event.map(|e| e.event_type()), &why);
+                    telemetry::event_dead_lettered(
+                        delivery.message_id(),
+                        event.map(|e| e.event_type()),
+                        &why,
+                    );
                     let id = delivery.message_id().map(str::to_owned);
                     if let Err(e) = delivery.dead_letter(&why).await {
                         telemetry::settle_failed(id.as_deref(), &e);
@@ -528,13 +595,17 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
 fn no_answer(timeout: Duration) -> StoreError {
     StoreError::new(
         mirror_store::StoreErrorKind::Connect,
-        format!("no answer from the database within {:.1} s", timeout.as_secs_f64()),
+        format!(
+            "no answer from the database within {:.1} s",
+            timeout.as_secs_f64()
+        ),
     )
 }
 
 /// Write dead-letter rows that waited for the database.
 async fn flush_dead_letters<S: MirrorStore>(store: &S, shared: &Shared) {
-    let pending: Vec<DeadLetterRecord> = std::mem::take(&mut *shared.pending_dead_letters.lock().expect("pending lock"));
+    let pending: Vec<DeadLetterRecord> =
+        std::mem::take(&mut *shared.pending_dead_letters.lock().expect("pending lock"));
     if pending.is_empty() {
         return;
     }
@@ -551,10 +622,19 @@ async fn flush_dead_letters<S: MirrorStore>(store: &S, shared: &Shared) {
 
 /// The SQL dead-letter row for a delivery; for an event that did not decode,
 /// the attributes are read best-effort from the raw message.
-fn dead_letter_record<D: Delivery>(delivery: &D, event: Option<&MirrorEvent>, why: &mirror_bus::DeadLetter, subscription: &str) -> DeadLetterRecord {
+fn dead_letter_record<D: Delivery>(
+    delivery: &D,
+    event: Option<&MirrorEvent>,
+    why: &mirror_bus::DeadLetter,
+    subscription: &str,
+) -> DeadLetterRecord {
     let message = delivery.message();
     let (event_id, event_type, subject) = match event {
-        Some(e) => (Some(e.id()), Some(e.event_type().as_str().to_owned()), Some(e.entity_key())),
+        Some(e) => (
+            Some(e.id()),
+            Some(e.event_type().as_str().to_owned()),
+            Some(e.entity_key()),
+        ),
         None => peek_attributes(message),
     };
     let key = dead_letter_key(event_id, message);
@@ -573,24 +653,40 @@ fn dead_letter_record<D: Delivery>(delivery: &D, event: Option<&MirrorEvent>, wh
 }
 
 /// `id`, `type`, `subject` of a message that failed validation, if readable.
-pub fn peek_attributes(message: &WireMessage) -> (Option<uuid::Uuid>, Option<String>, Option<String>) {
+pub fn peek_attributes(
+    message: &WireMessage,
+) -> (Option<uuid::Uuid>, Option<String>, Option<String>) {
     let clip = |s: &str| s.chars().take(128).collect::<String>();
     if message.is_binary_mode() {
         let get = |name: &str| {
-            mirror_schema::amqp::PREFIXES.iter().find_map(|p| match message.property(&format!("{p}{name}")) {
-                Some(WireValue::String(s)) => Some(clip(s)),
-                Some(WireValue::Uuid(u)) => Some(u.to_string()),
-                _ => None,
+            mirror_schema::amqp::PREFIXES.iter().find_map(|p| {
+                match message.property(&format!("{p}{name}")) {
+                    Some(WireValue::String(s)) => Some(clip(s)),
+                    Some(WireValue::Uuid(u)) => Some(u.to_string()),
+                    _ => None,
+                }
             })
         };
-        return (get("id").and_then(|s| s.parse().ok()), get("type"), get("subject"));
+        return (
+            get("id").and_then(|s| s.parse().ok()),
+            get("type"),
+            get("subject"),
+        );
     }
-    let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(&message.body) else {
+    let Ok(serde_json::Value::Object(obj)) =
+        serde_json::from_slice::<serde_json::Value>(&message.body)
+    else {
         return (None, None, None);
     };
     let s = |k: &str| obj.get(k).and_then(|v| v.as_str()).map(clip);
-    let event_type = s("type").filter(|t| t.parse::<EventType>().is_ok()).or(s("type"));
-    (s("id").and_then(|i| i.parse().ok()), event_type, s("subject"))
+    let event_type = s("type")
+        .filter(|t| t.parse::<EventType>().is_ok())
+        .or(s("type"));
+    (
+        s("id").and_then(|i| i.parse().ok()),
+        event_type,
+        s("subject"),
+    )
 }
 
 /// The key of a message's `realtime_mirror_dead_letter` row: its event id when
@@ -626,18 +722,37 @@ mod tests {
             target_user_id: "u2".into(),
         };
         let time = chrono::TimeZone::with_ymd_and_hms(&Utc, 2025, 10, 8, 12, 0, 0).unwrap();
-        let event = MirrorEvent::new("follow.edge.delete".parse().unwrap(), subject, time, "test", mirror_schema::Payload::FollowEdgeDelete).unwrap();
+        let event = MirrorEvent::new(
+            "follow.edge.delete".parse().unwrap(),
+            subject,
+            time,
+            "test",
+            mirror_schema::Payload::FollowEdgeDelete,
+        )
+        .unwrap();
         let good = WireMessage::structured(&event);
-        assert_eq!(dead_letter_key(Some(event.id()), &good), event.id().to_string());
+        assert_eq!(
+            dead_letter_key(Some(event.id()), &good),
+            event.id().to_string()
+        );
         // Two different undecodable messages claiming the same id get two rows.
         let bad = |ty: &str| {
             let mut v: serde_json::Value = serde_json::from_slice(&good.body).unwrap();
             v["type"] = ty.into();
-            WireMessage { body: serde_json::to_vec(&v).unwrap(), ..good.clone() }
+            WireMessage {
+                body: serde_json::to_vec(&v).unwrap(),
+                ..good.clone()
+            }
         };
         let (a, b) = (bad("x.one"), bad("x.two"));
-        let (ka, kb) = (dead_letter_key(peek_attributes(&a).0, &a), dead_letter_key(peek_attributes(&b).0, &b));
-        assert!(ka.starts_with("sha256:") && kb.starts_with("sha256:"), "{ka} {kb}");
+        let (ka, kb) = (
+            dead_letter_key(peek_attributes(&a).0, &a),
+            dead_letter_key(peek_attributes(&b).0, &b),
+        );
+        assert!(
+            ka.starts_with("sha256:") && kb.starts_with("sha256:"),
+            "{ka} {kb}"
+        );
         assert_ne!(ka, kb);
         assert_ne!(ka, event.id().to_string());
     }
