@@ -98,8 +98,11 @@ fn classify_store(e: &StoreError) -> Class {
 /// inserted the same row concurrently (found by the chaos tests: with 4+
 /// workers on a fresh database, first inserts of one conversation or message
 /// collided and valid events were dead-lettered as `rejected_by_database`).
-/// A retry sees the row and applies or rejects the event as stale; a genuine
-/// permanent one costs `max_attempts` deliveries and is then dead-lettered.
+/// A retry sees the row and applies or rejects the event as stale. The one
+/// permanent 23505 the functions document (a participant listed twice) cannot
+/// reach them: the decoder rejects it first. Anything else genuinely permanent
+/// costs `max_attempts` deliveries and is then dead-lettered
+/// (`retries_exhausted`, the SQLSTATE and message in the description).
 pub fn classify_sqlstate(code: &str) -> Class {
     match code {
         "23505" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "53400" | "55P03"
