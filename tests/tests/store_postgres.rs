@@ -186,3 +186,26 @@ async fn a_writer_blocked_past_the_statement_timeout_gets_a_timeout() {
     assert_eq!(store.apply(&blocked).await.unwrap(), ApplyOutcome::Applied);
     assert_eq!(store.apply(&free).await.unwrap(), ApplyOutcome::Duplicate);
 }
+
+/// `sslmode=require` gets TLS with a verified certificate: refused against an
+/// unknown issuer, accepted once the server's CA is in `PGSSLROOTCERT`. Uses
+/// the self-signed certificate Debian's PostgreSQL package serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_verifies_the_server_certificate() {
+    let ca = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    if !std::path::Path::new(ca).exists() {
+        println!("skipped: {ca} not present (the server may not offer TLS)");
+        return;
+    }
+    let db = FreshDb::create().await;
+    // The certificate is issued to `localhost`.
+    let url = format!("{}?sslmode=require", db.url.replace("127.0.0.1", "localhost"));
+    std::env::remove_var("PGSSLROOTCERT");
+    let refused = PgStore::connect(&PgConfig::from_url(url.clone())).await.err().expect("an unknown issuer is refused");
+    assert_eq!(refused.kind, mirror_store::StoreErrorKind::Connect, "{refused}");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+    std::env::set_var("PGSSLROOTCERT", ca);
+    let store = PgStore::connect(&PgConfig::from_url(url)).await.expect("TLS with the server's CA");
+    store.migrate().await.expect("migrate over TLS");
+    std::env::remove_var("PGSSLROOTCERT");
+}
