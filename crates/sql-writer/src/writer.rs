@@ -212,10 +212,16 @@ pub async fn run<B: EventBus, S: MirrorStore>(
             Err(e) => result = Err(WriterError::Join(e.to_string())),
         }
     }
-    flush_dead_letters(&*deps.store, &shared).await;
+    // Last writes: bounded, so a hung database cannot hold up the exit.
+    let last_writes = settings.apply_timeout.min(LAST_WRITES_LIMIT);
+    flush_dead_letters(&*deps.store, &shared, last_writes).await;
     let report = *shared.report.lock().expect("report lock");
     if let Some(_every) = settings.metrics_flush_every {
-        let _ = deps.store.record_metrics(&report_samples(&report)).await;
+        let _ = answer(
+            last_writes,
+            deps.store.record_metrics(&report_samples(&report)),
+        )
+        .await;
     }
     let pending = shared
         .pending_dead_letters
@@ -273,6 +279,10 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 self.wait_for_store().await;
                 continue;
             }
+            // Dead-letter rows that waited for the database, written before
+            // taking messages (none is held while this waits) and on every
+            // turn, idle ones included (a crash would lose them from SQL).
+            flush_dead_letters(&*self.deps.store, &self.shared, self.settings.apply_timeout).await;
             let deliveries = match receiver
                 .receive(self.settings.batch_size, self.settings.receive_wait)
                 .await
@@ -293,9 +303,6 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 }
             };
             if deliveries.is_empty() {
-                // Dead-letter rows that waited for the database must not wait
-                // for the next message too (a crash would lose them from SQL).
-                flush_dead_letters(&*self.deps.store, &self.shared).await;
                 if self.settings.exit_when_idle && self.is_drained(&mut receiver).await {
                     tracing::info!(worker = self.n, "subscription drained");
                     return Ok(());
@@ -308,12 +315,9 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                     if last_flush.elapsed() >= every {
                         last_flush = Instant::now();
                         let report = *self.shared.report.lock().expect("report lock");
-                        if let Err(e) = self
-                            .deps
-                            .store
-                            .record_metrics(&report_samples(&report))
-                            .await
-                        {
+                        let samples = report_samples(&report);
+                        let write = self.deps.store.record_metrics(&samples);
+                        if let Err(e) = answer(self.settings.apply_timeout, write).await {
                             tracing::warn!(error = %e, "could not record metrics");
                         }
                     }
@@ -341,13 +345,14 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
             if !self.shared.store_down.load(Ordering::Acquire) || *self.stop.borrow() {
                 return;
             }
-            let probe = tokio::time::timeout(
+            let probe = answer(
                 self.settings.apply_timeout,
                 self.deps.store.load_checkpoint(PROBE_MODULE, PROBE_SHARD),
             );
-            let answer = match probe.await {
-                Ok(r) => r.map(|_| ()),
-                Err(_) => Err(no_answer(self.settings.apply_timeout)),
+            // A probe of a hung database must not hold up shutdown either.
+            let answer = tokio::select! {
+                r = probe => r.map(|_| ()),
+                _ = self.stop.changed() => return,
             };
             match answer {
                 Err(e) if store_unavailable(&e) => {
@@ -365,6 +370,25 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                     return;
                 }
             }
+        }
+    }
+
+    /// A store call bounded by `apply_timeout` and by the shutdown deadline.
+    async fn store_call<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let mut abort = self.abort.clone();
+        let aborted = async move {
+            while !*abort.borrow_and_update() {
+                if abort.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            r = answer(self.settings.apply_timeout, call) => r,
+            () = aborted => Err(no_answer(self.settings.shutdown_deadline)),
         }
     }
 
@@ -388,7 +412,6 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         deliveries: Vec<<B::Receiver as Receiver>::Delivery>,
     ) -> Result<(), WriterError> {
         let started = Instant::now();
-        flush_dead_letters(&*self.deps.store, &self.shared).await;
 
         let decoded: Vec<Result<MirrorEvent, DecodeError>> = deliveries
             .iter()
@@ -490,7 +513,10 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         dead_letter_record(&delivery, event, &why, &self.settings.subscription);
                     let last_attempt =
                         delivery.delivery_count() >= self.settings.retry.max_attempts;
-                    match self.deps.store.record_dead_letter(&record).await {
+                    match self
+                        .store_call(self.deps.store.record_dead_letter(&record))
+                        .await
+                    {
                         Ok(()) => {}
                         Err(e) if !last_attempt => {
                             self.note_store_failure(&e);
@@ -602,16 +628,37 @@ fn no_answer(timeout: Duration) -> StoreError {
     )
 }
 
-/// Write dead-letter rows that waited for the database.
-async fn flush_dead_letters<S: MirrorStore>(store: &S, shared: &Shared) {
+/// `call`'s result, or a "no answer" connection failure after `limit`.
+async fn answer<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| Err(no_answer(limit)))
+}
+
+/// How long the writes after the last batch (pending dead-letter rows,
+/// counters) may take at most, so a hung database cannot hold up the exit.
+const LAST_WRITES_LIMIT: Duration = Duration::from_secs(5);
+
+/// Write dead-letter rows that waited for the database; each write may take
+/// `limit`, and after one gets no answer the rest wait for the next flush.
+async fn flush_dead_letters<S: MirrorStore>(store: &S, shared: &Shared, limit: Duration) {
     let pending: Vec<DeadLetterRecord> =
         std::mem::take(&mut *shared.pending_dead_letters.lock().expect("pending lock"));
     if pending.is_empty() {
         return;
     }
     let mut still = Vec::new();
+    let mut hung = false;
     for record in pending {
-        if store.record_dead_letter(&record).await.is_err() {
+        if hung {
+            still.push(record);
+            continue;
+        }
+        if let Err(e) = answer(limit, store.record_dead_letter(&record)).await {
+            hung = e.message.starts_with("no answer");
             still.push(record);
         }
     }
