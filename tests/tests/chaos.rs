@@ -356,11 +356,19 @@ impl InProcessWriter {
         store: Arc<S>,
         concurrency: usize,
     ) -> InProcessWriter {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let settings = WriterSettings {
             exit_when_idle: false,
             ..writer_settings(concurrency)
         };
+        InProcessWriter::start_with(bus, store, settings)
+    }
+
+    fn start_with<B: EventBus, S: MirrorStore>(
+        bus: Arc<B>,
+        store: Arc<S>,
+        settings: WriterSettings,
+    ) -> InProcessWriter {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(sql_writer::run(Deps { bus, store }, settings, async move {
             let _ = rx.await;
         }));
@@ -1403,7 +1411,14 @@ async fn j_postgres_hangs_mid_stream() {
         Duration::from_secs(6)
     };
 
-    let writer = InProcessWriter::start(bus.clone(), connect_store(&db_url).await, 4);
+    // Counters are written at exit: against the frozen database that write
+    // must be bounded too.
+    let settings = WriterSettings {
+        exit_when_idle: false,
+        metrics_flush_every: Some(Duration::from_secs(3600)),
+        ..writer_settings(4)
+    };
+    let writer = InProcessWriter::start_with(bus.clone(), connect_store(&db_url).await, settings);
     let publisher = publish_paced(bus.clone(), w.messages.clone(), size.publish_span);
     tokio::time::sleep(size.publish_span / 3).await;
     pg.pause();
@@ -1442,21 +1457,28 @@ async fn j_postgres_hangs_mid_stream() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+    // Shut down while the database is still frozen: the exit must not wait
+    // for it (the batch was released; probes and last writes are bounded).
+    let stopping = Instant::now();
+    let first = writer.stop().await;
+    let stop_took = stopping.elapsed();
     pg.resume();
     let fault_end = Instant::now();
     bounded("publishing", Duration::from_secs(120), publisher)
         .await
         .expect("publisher");
+    let writer = InProcessWriter::start(bus.clone(), connect_store(&db_url).await, 4);
     wait_drained(&bus, size.drain_timeout).await;
     let drain = fault_end.elapsed();
     let report = writer.stop().await;
     println!(
-        "[j] writer report: {report:?}; a batch held in the hang was released after {released:?}"
+        "[j] writer reports: {first:?} / {report:?}; a batch held in the hang was released after {released:?}; shutdown in the hang took {stop_took:?}"
     );
 
     let faults = format!(
-        "PostgreSQL frozen {} s, {}",
+        "PostgreSQL frozen {} s, shutdown in it ({:.1} s), {}",
         hang.as_secs(),
+        stop_took.as_secs_f64(),
         w.describe_poison()
     );
     let mut outcome = verify("j PostgreSQL hangs", seed, &bus, &store, &w, faults, drain).await;
@@ -1465,6 +1487,13 @@ async fn j_postgres_hangs_mid_stream() {
         outcome.problems.push(format!(
             "the writer kept messages locked for the whole {hang:?} hang:\n{}",
             samples.join("\n")
+        ));
+    }
+    let deadline = writer_settings(4).shutdown_deadline;
+    if stop_took > deadline + Duration::from_secs(2) {
+        outcome.row.pass = false;
+        outcome.problems.push(format!(
+            "shutdown while the database hung took {stop_took:?} (deadline {deadline:?})"
         ));
     }
     finish(outcome, || samples.join("\n"));
