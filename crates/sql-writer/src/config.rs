@@ -77,6 +77,10 @@ pub struct WriterArgs {
     /// Drain the subscription, then exit 0 (for tests and batch jobs)
     #[arg(long, env = "WRITER_EXIT_WHEN_IDLE", num_args = 0..=1, default_missing_value = "true")]
     pub exit_when_idle: Option<bool>,
+    /// Seconds a batch (or any database call) may take before its messages are
+    /// released and the database is treated as unavailable [default: 60]
+    #[arg(long, env = "WRITER_APPLY_TIMEOUT_SECS")]
+    pub apply_timeout_secs: Option<u64>,
     /// Seconds the batch in flight may take after SIGTERM/SIGINT [default: 20]
     #[arg(long, env = "WRITER_SHUTDOWN_DEADLINE_SECS")]
     pub shutdown_deadline_secs: Option<u64>,
@@ -144,6 +148,10 @@ impl Cli {
         if min_delay > max_delay {
             return Err(bad("--min-backoff-ms", "must not exceed --max-backoff-ms"));
         }
+        let apply_timeout_secs = w.apply_timeout_secs.or(f.apply_timeout_secs).unwrap_or(60);
+        if apply_timeout_secs == 0 {
+            return Err(bad("--apply-timeout-secs / WRITER_APPLY_TIMEOUT_SECS", "must be at least 1"));
+        }
         let subscription = w.subscription.or(f.subscription).unwrap_or_else(|| mirror_bus::SQL_WRITER_SUBSCRIPTION.to_owned());
         let mut bus = self.bus.or(file.bus).settings()?;
         if let BusSettings::Nats { max_deliver, .. } = &mut bus {
@@ -164,6 +172,7 @@ impl Cli {
                     jitter: true,
                 },
                 shutdown_deadline: Duration::from_secs(w.shutdown_deadline_secs.or(f.shutdown_deadline_secs).unwrap_or(20)),
+                apply_timeout: Duration::from_secs(apply_timeout_secs),
                 ..WriterSettings::default()
             },
             metrics_addr: w.metrics_addr.or(f.metrics_addr),

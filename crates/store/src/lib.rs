@@ -134,8 +134,8 @@ impl StoreError {
 /// A dead-lettered event as the SQL `realtime_mirror_dead_letter` table keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetterRecord {
-    /// Unique key: the event id when the event decoded far enough to have one,
-    /// else `sha256:<hex of the body>`. Recording the same key again updates
+    /// Unique key: the event id when the message decodes (an undecodable
+    /// message's claimed id is not trusted), else `sha256:<hex of the body>`. Recording the same key again updates
     /// `last_failed_at`/`attempts` and keeps `first_failed_at`.
     pub key: String,
     pub event_id: Option<Uuid>,
