@@ -5,7 +5,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(event) = mirror_schema::decode_structured(data) {
-        let again = mirror_schema::decode_structured(&event.to_structured_json()).expect("re-encoded event decodes");
+        let again = mirror_schema::decode_structured(&event.to_structured_json())
+            .expect("re-encoded event decodes");
         assert_eq!(again, event);
     }
 });

@@ -28,7 +28,11 @@ fuzz_target!(|input: Input| {
         .properties
         .into_iter()
         .map(|(prefixed, name, v)| {
-            let name = if prefixed { format!("cloudEvents_{name}") } else { name };
+            let name = if prefixed {
+                format!("cloudEvents_{name}")
+            } else {
+                name
+            };
             let v = match v {
                 Value::String(s) => WireValue::String(s),
                 Value::Bool(b) => WireValue::Bool(b),

@@ -27,14 +27,29 @@ pub fn conversation(op: Op, cid: &str, users: &[&str], time: DateTime<Utc>) -> M
     let ty = EventType::of(EventFamily::Conversation, op).unwrap();
     ev(
         ty,
-        Subject::Conversation { conversation_id: cid.into() },
+        Subject::Conversation {
+            conversation_id: cid.into(),
+        },
         time,
         Payload::Conversation(ConversationPayload {
-            kind: if users.len() == 2 { ConversationKind::Direct } else { ConversationKind::Group },
+            kind: if users.len() == 2 {
+                ConversationKind::Direct
+            } else {
+                ConversationKind::Group
+            },
             participants: users
                 .iter()
                 .enumerate()
-                .map(|(i, u)| participant(u, if i == 0 { ParticipantRole::Owner } else { ParticipantRole::Member }))
+                .map(|(i, u)| {
+                    participant(
+                        u,
+                        if i == 0 {
+                            ParticipantRole::Owner
+                        } else {
+                            ParticipantRole::Member
+                        },
+                    )
+                })
                 .collect(),
             created_at: t(0),
             updated_at: time,
@@ -61,12 +76,16 @@ pub fn message_with(
         message_id: mid.into(),
     };
     let payload = if op == Op::Delete {
-        Payload::MessageDelete(MessageDeletePayload { performed_by: Some("u1".into()) })
+        Payload::MessageDelete(MessageDeletePayload {
+            performed_by: Some("u1".into()),
+        })
     } else {
         Payload::Message(MessagePayload {
             author_user_id: "u1".into(),
             body_text: body.into(),
-            attachments: Some(vec![serde_json::json!({"kind": "image", "url": "gs://b/x.png"})]),
+            attachments: Some(vec![
+                serde_json::json!({"kind": "image", "url": "gs://b/x.png"}),
+            ]),
             external_media: None,
             created_at: t(1),
             edited_at: (op == Op::Update).then_some(time),
@@ -99,7 +118,13 @@ pub fn block(op: Op, user: &str, target: &str, time: DateTime<Utc>) -> MirrorEve
     )
 }
 
-pub fn follow(op: Op, follower: &str, target: &str, state: FollowState, time: DateTime<Utc>) -> MirrorEvent {
+pub fn follow(
+    op: Op,
+    follower: &str,
+    target: &str,
+    state: FollowState,
+    time: DateTime<Utc>,
+) -> MirrorEvent {
     let ty = EventType::of(EventFamily::FollowEdge, op).unwrap();
     let payload = if op == Op::Delete {
         Payload::FollowEdgeDelete
@@ -128,16 +153,28 @@ pub fn follow(op: Op, follower: &str, target: &str, state: FollowState, time: Da
 /// Payload choices are derived from the event's id inputs (type, subject,
 /// time), never drawn independently: one id is one change, as the contract
 /// requires of every producer, so two events with the same id are identical.
-pub fn random_history(rng: &mut impl rand::Rng, events: usize, duplicates: usize) -> Vec<MirrorEvent> {
+pub fn random_history(
+    rng: &mut impl rand::Rng,
+    events: usize,
+    duplicates: usize,
+) -> Vec<MirrorEvent> {
     use rand::seq::IndexedRandom;
     let convs = ["c1", "c2", "c3"];
     let msgs = ["m1", "m2", "m3", "m4"];
     let users = ["u1", "u2", "u3"];
-    let states = [FollowState::Pending, FollowState::Accepted, FollowState::Blocked];
+    let states = [
+        FollowState::Pending,
+        FollowState::Accepted,
+        FollowState::Blocked,
+    ];
     // A stable per-change choice: hash of what determines the id.
     let pick = |parts: &[&str], secs: i64, n: usize| -> usize {
         let mut h: u64 = 0xcbf29ce484222325;
-        for b in parts.iter().flat_map(|p| p.bytes().chain(std::iter::once(0))).chain(secs.to_le_bytes()) {
+        for b in parts
+            .iter()
+            .flat_map(|p| p.bytes().chain(std::iter::once(0)))
+            .chain(secs.to_le_bytes())
+        {
             h = (h ^ b as u64).wrapping_mul(0x100000001b3);
         }
         (h % n as u64) as usize
@@ -156,7 +193,8 @@ pub fn random_history(rng: &mut impl rand::Rng, events: usize, duplicates: usize
             }
             2..=5 => {
                 let m = *msgs.choose(rng).unwrap();
-                let soft = (op == Op::Update && pick(&["soft", c, m], secs, 5) == 0).then_some(time);
+                let soft =
+                    (op == Op::Update && pick(&["soft", c, m], secs, 5) == 0).then_some(time);
                 let body = format!("body {}", pick(&["body", c, m, op.as_str()], secs, 1000));
                 message_with(op, c, m, &body, time, soft)
             }

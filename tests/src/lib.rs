@@ -12,7 +12,8 @@ pub mod store_conformance;
 
 /// PostgreSQL server used by the tests (`TEST_PG_URL`, default local trust auth).
 pub fn pg_server_url() -> String {
-    std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// NATS server used by the tests (`TEST_NATS_URL`, default local).
@@ -49,7 +50,9 @@ impl FreshDb {
         let name = unique("rm_test");
         let (client, conn) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
             .await
-            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {server}: {e} (is it running? see README)"));
+            .unwrap_or_else(|e| {
+                panic!("cannot reach PostgreSQL at {server}: {e} (is it running? see README)")
+            });
         tokio::spawn(conn);
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -68,9 +71,14 @@ impl Drop for FreshDb {
         let (server, name) = (self.server.clone(), self.name.clone());
         // Drop runs inside or outside a runtime; use a thread with its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                if let Ok((client, conn)) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&server, tokio_postgres::NoTls).await
+                {
                     tokio::spawn(conn);
                     let _ = client
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -111,11 +119,19 @@ impl Default for FreshTopic {
 
 impl Drop for FreshTopic {
     fn drop(&mut self) {
-        let (url, streams) = (self.url.clone(), [self.topic.clone(), self.dead_letter_stream()]);
+        let (url, streams) = (
+            self.url.clone(),
+            [self.topic.clone(), self.dead_letter_stream()],
+        );
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(5), async_nats::connect(&url)).await {
+                if let Ok(Ok(client)) =
+                    tokio::time::timeout(Duration::from_secs(5), async_nats::connect(&url)).await
+                {
                     let js = async_nats::jetstream::new(client);
                     for s in streams {
                         let _ = js.delete_stream(&s).await;
@@ -134,7 +150,10 @@ pub fn gate(var: &str, require_var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
-            if std::env::var(require_var).map(|v| v == "1").unwrap_or(false) {
+            if std::env::var(require_var)
+                .map(|v| v == "1")
+                .unwrap_or(false)
+            {
                 panic!("{var} is not set but {require_var}=1");
             }
             println!("skipped: {var} not set");

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use mirror_bus::servicebus::{ServiceBusBus, ServiceBusConfig};
 use mirror_bus::{
-    Delivery, EventBus, OutboundMessage, Receiver, MONITORING_SUBSCRIPTION, SQL_WRITER_SUBSCRIPTION, TOPIC,
+    Delivery, EventBus, OutboundMessage, Receiver, MONITORING_SUBSCRIPTION,
+    SQL_WRITER_SUBSCRIPTION, TOPIC,
 };
 use mirror_schema::Op;
 use mirror_tests::bus_conformance::{BusFactory, Fresh, Options};
@@ -59,7 +60,8 @@ fn servicebus() -> Option<impl BusFactory<Bus = ServiceBusBus>> {
         let cs = cs.clone();
         async move {
             let serial = SERIAL.lock().await;
-            let config = ServiceBusConfig::from_connection_string(&cs, &topic()).expect("Service Bus config");
+            let config = ServiceBusConfig::from_connection_string(&cs, &topic())
+                .expect("Service Bus config");
             let bus = ServiceBusBus::connect(config)
                 .await
                 .unwrap_or_else(|e| panic!("{e} (is the Service Bus emulator running?)"));
@@ -105,18 +107,28 @@ async fn binary_mode_round_trip() {
             message: mirror_schema::amqp::encode_binary(&event),
             ..OutboundMessage::from_event(&event)
         };
-        let mut rx = fresh.bus.subscribe(SQL_WRITER_SUBSCRIPTION).await.expect("subscribe");
+        let mut rx = fresh
+            .bus
+            .subscribe(SQL_WRITER_SUBSCRIPTION)
+            .await
+            .expect("subscribe");
         fresh.bus.publish(&out).await.expect("publish");
         let mut got = Vec::new();
         for _ in 0..10 {
-            got = rx.receive(1, Duration::from_secs(1)).await.expect("receive");
+            got = rx
+                .receive(1, Duration::from_secs(1))
+                .await
+                .expect("receive");
             if !got.is_empty() {
                 break;
             }
         }
         let d = got.pop().expect("the binary-mode message arrives");
         assert!(d.message().is_binary_mode(), "{:?}", d.message());
-        assert_eq!(mirror_schema::decode_wire(d.message()).expect("decodes"), event);
+        assert_eq!(
+            mirror_schema::decode_wire(d.message()).expect("decodes"),
+            event
+        );
         d.complete().await.expect("complete");
     };
     mirror_tests::bus_conformance::run("binary_mode_round_trip", body).await;

@@ -199,13 +199,25 @@ async fn sslmode_require_verifies_the_server_certificate() {
     }
     let db = FreshDb::create().await;
     // The certificate is issued to `localhost`.
-    let url = format!("{}?sslmode=require", db.url.replace("127.0.0.1", "localhost"));
+    let url = format!(
+        "{}?sslmode=require",
+        db.url.replace("127.0.0.1", "localhost")
+    );
     std::env::remove_var("PGSSLROOTCERT");
-    let refused = PgStore::connect(&PgConfig::from_url(url.clone())).await.err().expect("an unknown issuer is refused");
-    assert_eq!(refused.kind, mirror_store::StoreErrorKind::Connect, "{refused}");
+    let refused = PgStore::connect(&PgConfig::from_url(url.clone()))
+        .await
+        .err()
+        .expect("an unknown issuer is refused");
+    assert_eq!(
+        refused.kind,
+        mirror_store::StoreErrorKind::Connect,
+        "{refused}"
+    );
     assert!(refused.to_string().contains("certificate"), "{refused}");
     std::env::set_var("PGSSLROOTCERT", ca);
-    let store = PgStore::connect(&PgConfig::from_url(url)).await.expect("TLS with the server's CA");
+    let store = PgStore::connect(&PgConfig::from_url(url))
+        .await
+        .expect("TLS with the server's CA");
     store.migrate().await.expect("migrate over TLS");
     std::env::remove_var("PGSSLROOTCERT");
 }

@@ -72,33 +72,50 @@ async fn drain(rig: &Rig) -> RunReport {
         bus: rig.bus.clone(),
         store: rig.store.clone(),
     };
-    tokio::time::timeout(Duration::from_secs(60), sql_writer::run(deps, settings(), std::future::pending()))
-        .await
-        .expect("writer drains within 60 s")
-        .expect("writer run")
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        sql_writer::run(deps, settings(), std::future::pending()),
+    )
+    .await
+    .expect("writer drains within 60 s")
+    .expect("writer run")
 }
 
 async fn publish(rig: &Rig, events: &[MirrorEvent]) {
     for e in events {
-        rig.bus.publish(&OutboundMessage::from_event(e)).await.expect("publish");
+        rig.bus
+            .publish(&OutboundMessage::from_event(e))
+            .await
+            .expect("publish");
     }
 }
 
 fn assert_state(expected: &MirrorState, actual: &MirrorState) {
     let diff = MirrorState::diff(expected, actual);
-    assert!(diff.is_empty(), "state differs (- expected, + actual):\n{diff}");
+    assert!(
+        diff.is_empty(),
+        "state differs (- expected, + actual):\n{diff}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fixture_dataset_end_to_end() {
     let rig = rig().await;
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/realtime_mirror_seed.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/realtime_mirror_seed.json"
+    ))
+    .unwrap();
     let events = publisher::seed::load(&text).expect("fixture loads");
     assert!(events.len() > 200, "fixture has a few hundred changes");
     publish(&rig, &events).await;
     let report = drain(&rig).await;
     assert_eq!(report.dead_lettered, 0, "{report:?}");
-    assert_eq!((report.applied + report.stale + report.duplicate) as usize, events.len(), "{report:?}");
+    assert_eq!(
+        (report.applied + report.stale + report.duplicate) as usize,
+        events.len(),
+        "{report:?}"
+    );
     let actual = rig.store.snapshot().await.unwrap();
     assert_state(&newest_only(&events), &actual.entities());
     // Logs: never a second row for one event.
@@ -118,9 +135,27 @@ async fn invalid_input_is_dead_lettered_in_both_places_and_never_blocks() {
     let valid = String::from_utf8(good[1].to_structured_json()).unwrap();
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("malformed", b"{not json".to_vec()),
-        ("unknown_type", valid.replace("dm.message.create", "dm.message.created").into_bytes()),
-        ("wrong_id", valid.replace(&good[1].id().to_string(), "5f0c3b9e-8e0f-5c8a-9d57-1d7a0c1f2b3c").into_bytes()),
-        ("invalid_field", valid.replace("\"authorUserId\":\"u1\"", "\"authorUserId\":42").into_bytes()),
+        (
+            "unknown_type",
+            valid
+                .replace("dm.message.create", "dm.message.created")
+                .into_bytes(),
+        ),
+        (
+            "wrong_id",
+            valid
+                .replace(
+                    &good[1].id().to_string(),
+                    "5f0c3b9e-8e0f-5c8a-9d57-1d7a0c1f2b3c",
+                )
+                .into_bytes(),
+        ),
+        (
+            "invalid_field",
+            valid
+                .replace("\"authorUserId\":\"u1\"", "\"authorUserId\":42")
+                .into_bytes(),
+        ),
         ("too_large", {
             let mut v: serde_json::Value = serde_json::from_str(&valid).unwrap();
             v["data"]["payload"]["bodyText"] = "x".repeat(300 * 1024).into();
@@ -150,22 +185,53 @@ async fn invalid_input_is_dead_lettered_in_both_places_and_never_blocks() {
     assert_eq!(on_bus.len(), bad.len());
     assert_eq!(in_sql.len(), bad.len());
     for (reason, _) in &bad {
-        assert!(on_bus.iter().any(|d| d.reason == *reason && d.attempts == 1), "bus DLQ lacks {reason}: {on_bus:?}");
-        assert!(in_sql.iter().any(|d| d.record.reason == *reason && !d.record.error.is_empty()), "SQL DLQ lacks {reason}");
+        assert!(
+            on_bus
+                .iter()
+                .any(|d| d.reason == *reason && d.attempts == 1),
+            "bus DLQ lacks {reason}: {on_bus:?}"
+        );
+        assert!(
+            in_sql
+                .iter()
+                .any(|d| d.record.reason == *reason && !d.record.error.is_empty()),
+            "SQL DLQ lacks {reason}"
+        );
     }
     let mut model = Model::new();
     good.iter().for_each(|e| {
         model.apply(e);
     });
-    assert_state(&model.state().entities(), &rig.store.snapshot().await.unwrap().entities());
+    assert_state(
+        &model.state().entities(),
+        &rig.store.snapshot().await.unwrap().entities(),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_suppresses_republished_events() {
     let rig = rig().await;
-    let e = events::follow(mirror_schema::Op::Create, "u1", "u2", mirror_schema::FollowState::Pending, events::t(1));
-    assert_eq!(rig.bus.publish(&OutboundMessage::from_event(&e)).await.unwrap(), PublishOutcome::Published);
-    assert_eq!(rig.bus.publish(&OutboundMessage::from_event(&e)).await.unwrap(), PublishOutcome::Duplicate);
+    let e = events::follow(
+        mirror_schema::Op::Create,
+        "u1",
+        "u2",
+        mirror_schema::FollowState::Pending,
+        events::t(1),
+    );
+    assert_eq!(
+        rig.bus
+            .publish(&OutboundMessage::from_event(&e))
+            .await
+            .unwrap(),
+        PublishOutcome::Published
+    );
+    assert_eq!(
+        rig.bus
+            .publish(&OutboundMessage::from_event(&e))
+            .await
+            .unwrap(),
+        PublishOutcome::Duplicate
+    );
     let report = drain(&rig).await;
     assert_eq!((report.applied, report.duplicate), (1, 0));
 }
@@ -219,16 +285,34 @@ async fn shutdown_stops_promptly_and_loses_nothing() {
     ));
     tokio::time::sleep(Duration::from_millis(150)).await;
     tx.send(()).unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(10), running).await.expect("stops within the deadline").unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("stops within the deadline")
+        .unwrap()
+        .unwrap();
     // The rest is still in the subscription; a new writer drains it to the exact state.
     let second = drain(&rig).await;
     // Every distinct event settled exactly once across the two runs (the broker
     // already dropped repeated ids at publish).
-    let distinct = history.iter().map(|e| e.id()).collect::<std::collections::HashSet<_>>().len() as u64;
+    let distinct = history
+        .iter()
+        .map(|e| e.id())
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
     let settled = |r: &RunReport| r.applied + r.stale + r.duplicate;
-    assert_eq!(settled(&first) + settled(&second), distinct, "first {first:?}, second {second:?}");
-    assert!(settled(&first) < distinct, "shutdown came before the end: the second writer had work");
-    assert_state(&newest_only(&history), &rig.store.snapshot().await.unwrap().entities());
+    assert_eq!(
+        settled(&first) + settled(&second),
+        distinct,
+        "first {first:?}, second {second:?}"
+    );
+    assert!(
+        settled(&first) < distinct,
+        "shutdown came before the end: the second writer had work"
+    );
+    assert_state(
+        &newest_only(&history),
+        &rig.store.snapshot().await.unwrap().entities(),
+    );
 }
 
 /// A dead-lettered event replays with its event id: selected by the filters,
@@ -240,12 +324,23 @@ async fn dead_letters_replay_with_their_event_ids() {
     use sql_writer::replay::{replay, ReplayFilter};
 
     let rig = rig().await;
-    let event = events::follow(mirror_schema::Op::Create, "u1", "u2", mirror_schema::FollowState::Pending, events::t(1));
+    let event = events::follow(
+        mirror_schema::Op::Create,
+        "u1",
+        "u2",
+        mirror_schema::FollowState::Pending,
+        events::t(1),
+    );
     publish(&rig, std::slice::from_ref(&event)).await;
     {
         // Dead-letter it in both places, as the writer does when retries run out.
         let mut rx = rig.bus.subscribe("sql-writer").await.unwrap();
-        let delivery = rx.receive(1, Duration::from_secs(5)).await.unwrap().pop().expect("a delivery");
+        let delivery = rx
+            .receive(1, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .pop()
+            .expect("a delivery");
         rig.store
             .record_dead_letter(&mirror_store::DeadLetterRecord {
                 key: event.id().to_string(),
@@ -261,24 +356,67 @@ async fn dead_letters_replay_with_their_event_ids() {
             })
             .await
             .unwrap();
-        let why = DeadLetter { reason: "retries_exhausted".into(), description: "database unreachable".into(), attempts: 5 };
+        let why = DeadLetter {
+            reason: "retries_exhausted".into(),
+            description: "database unreachable".into(),
+            attempts: 5,
+        };
         delivery.dead_letter(&why).await.unwrap();
     }
-    let all = ReplayFilter { limit: 100, ..ReplayFilter::default() };
+    let all = ReplayFilter {
+        limit: 100,
+        ..ReplayFilter::default()
+    };
 
-    let other_reason = ReplayFilter { reason: Some("malformed".into()), ..all.clone() };
-    assert!(replay(&*rig.bus, &*rig.store, "sql-writer", &other_reason, false).await.unwrap().is_empty());
-    let other_type = ReplayFilter { event_type: Some("dm.message.create".into()), ..all.clone() };
-    assert!(replay(&*rig.bus, &*rig.store, "sql-writer", &other_type, false).await.unwrap().is_empty());
+    let other_reason = ReplayFilter {
+        reason: Some("malformed".into()),
+        ..all.clone()
+    };
+    assert!(
+        replay(&*rig.bus, &*rig.store, "sql-writer", &other_reason, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let other_type = ReplayFilter {
+        event_type: Some("dm.message.create".into()),
+        ..all.clone()
+    };
+    assert!(
+        replay(&*rig.bus, &*rig.store, "sql-writer", &other_type, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
-    let dry = replay(&*rig.bus, &*rig.store, "sql-writer", &all, true).await.unwrap();
+    let dry = replay(&*rig.bus, &*rig.store, "sql-writer", &all, true)
+        .await
+        .unwrap();
     assert_eq!(dry.len(), 1);
-    assert_eq!((dry[0].key.as_str(), dry[0].replay), (event.id().to_string().as_str(), 1));
-    assert_eq!(rig.bus.list_dead_letters("sql-writer", 100).await.unwrap().len(), 1, "a dry run changes nothing");
+    assert_eq!(
+        (dry[0].key.as_str(), dry[0].replay),
+        (event.id().to_string().as_str(), 1)
+    );
+    assert_eq!(
+        rig.bus
+            .list_dead_letters("sql-writer", 100)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "a dry run changes nothing"
+    );
 
-    let done = replay(&*rig.bus, &*rig.store, "sql-writer", &all, false).await.unwrap();
+    let done = replay(&*rig.bus, &*rig.store, "sql-writer", &all, false)
+        .await
+        .unwrap();
     assert_eq!(done.len(), 1);
-    assert!(rig.bus.list_dead_letters("sql-writer", 100).await.unwrap().is_empty());
+    assert!(rig
+        .bus
+        .list_dead_letters("sql-writer", 100)
+        .await
+        .unwrap()
+        .is_empty());
     let report = drain(&rig).await;
     assert_eq!((report.applied, report.dead_lettered), (1, 0), "{report:?}");
     let rows = rig.store.list_dead_letters(10).await.unwrap();

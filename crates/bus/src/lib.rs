@@ -136,10 +136,16 @@ pub trait EventBus: Send + Sync + 'static {
     fn ensure_topology(&self) -> impl Future<Output = Result<(), BusError>> + Send;
 
     /// Publish one message; resolves once the broker has stored it.
-    fn publish(&self, message: &OutboundMessage) -> impl Future<Output = Result<PublishOutcome, BusError>> + Send;
+    fn publish(
+        &self,
+        message: &OutboundMessage,
+    ) -> impl Future<Output = Result<PublishOutcome, BusError>> + Send;
 
     /// Open a competing consumer on `subscription`.
-    fn subscribe(&self, subscription: &str) -> impl Future<Output = Result<Self::Receiver, BusError>> + Send;
+    fn subscribe(
+        &self,
+        subscription: &str,
+    ) -> impl Future<Output = Result<Self::Receiver, BusError>> + Send;
 
     /// Read up to `limit` messages of `subscription`'s dead-letter queue, oldest
     /// first, without removing them.
@@ -150,7 +156,11 @@ pub trait EventBus: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<DeadLettered>, BusError>> + Send;
 
     /// Remove one dead-lettered message (after it was replayed).
-    fn remove_dead_letter(&self, subscription: &str, handle: &str) -> impl Future<Output = Result<(), BusError>> + Send;
+    fn remove_dead_letter(
+        &self,
+        subscription: &str,
+        handle: &str,
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
 }
 
 /// A competing consumer on one subscription.
@@ -159,7 +169,11 @@ pub trait Receiver: Send + 'static {
 
     /// Up to `max` messages, waiting at most `wait` for the first; an empty
     /// vector means nothing arrived in time.
-    fn receive(&mut self, max: usize, wait: Duration) -> impl Future<Output = Result<Vec<Self::Delivery>, BusError>> + Send;
+    fn receive(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Self::Delivery>, BusError>> + Send;
 
     /// What the subscription still holds, if the broker can tell.
     fn backlog(&mut self) -> impl Future<Output = Result<Option<Backlog>, BusError>> + Send;

@@ -17,7 +17,10 @@ use mirror_bus::jetstream::{JetStreamBus, JetStreamConfig};
 use mirror_bus::{EventBus, OutboundMessage};
 use mirror_schema::*;
 use mirror_store::postgres::{PgConfig, PgStore};
-use mirror_store::{ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError, StoredDeadLetter};
+use mirror_store::{
+    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError,
+    StoredDeadLetter,
+};
 use secrecy::SecretString;
 use serde::Serialize;
 use sql_writer::{Deps, WriterSettings};
@@ -34,7 +37,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub seconds: u32,
     /// PostgreSQL server (a scratch database is created and dropped on it)
-    #[arg(long, env = "BENCH_PG_URL", default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "BENCH_PG_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
+    )]
     pub pg_url: String,
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
@@ -61,10 +68,16 @@ struct Timed<S> {
 impl<S: MirrorStore> MirrorStore for Timed<S> {
     async fn apply(&self, event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
         let r = self.inner.apply(event).await;
-        self.note(std::slice::from_ref(event), r.iter().cloned().map(Ok).collect());
+        self.note(
+            std::slice::from_ref(event),
+            r.iter().cloned().map(Ok).collect(),
+        );
         r
     }
-    async fn apply_batch(&self, events: &[MirrorEvent]) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+    async fn apply_batch(
+        &self,
+        events: &[MirrorEvent],
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
         let r = self.inner.apply_batch(events).await?;
         self.note(events, r.clone());
         Ok(r)
@@ -78,7 +91,11 @@ impl<S: MirrorStore> MirrorStore for Timed<S> {
     async fn record_replay(&self, key: &str, at: chrono::DateTime<Utc>) -> Result<(), StoreError> {
         self.inner.record_replay(key, at).await
     }
-    async fn load_checkpoint(&self, module: &str, shard: &str) -> Result<Option<Checkpoint>, StoreError> {
+    async fn load_checkpoint(
+        &self,
+        module: &str,
+        shard: &str,
+    ) -> Result<Option<Checkpoint>, StoreError> {
         self.inner.load_checkpoint(module, shard).await
     }
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
@@ -155,7 +172,11 @@ impl Scratch {
     async fn new(args: &BenchArgs, label: &str) -> Result<Scratch> {
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let name = format!("rm_bench_{label}_{suffix}");
-        let base = args.pg_url.rsplit_once('/').map(|(b, _)| b.to_owned()).context("--pg-url must end in /<database>")?;
+        let base = args
+            .pg_url
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .context("--pg-url must end in /<database>")?;
         let db_url = SecretString::from(format!("{base}/{name}"));
         mirror_store::postgres::create_database_if_missing(&db_url).await?;
         Ok(Scratch {
@@ -190,12 +211,21 @@ impl Scratch {
     }
 }
 
-async fn throughput(args: &BenchArgs, label: &str, batch_size: usize, concurrency: usize) -> Result<Figures> {
+async fn throughput(
+    args: &BenchArgs,
+    label: &str,
+    batch_size: usize,
+    concurrency: usize,
+) -> Result<Figures> {
     let scratch = Scratch::new(args, label).await?;
     let (bus, store) = scratch.connect().await?;
     let base = Utc::now();
     for i in 0..args.events {
-        bus.publish(&OutboundMessage::from_event(&synthetic(i, base + chrono::Duration::microseconds(i as i64)))).await?;
+        bus.publish(&OutboundMessage::from_event(&synthetic(
+            i,
+            base + chrono::Duration::microseconds(i as i64),
+        )))
+        .await?;
     }
     let bus = Arc::new(bus);
     let settings = WriterSettings {
@@ -207,7 +237,15 @@ async fn throughput(args: &BenchArgs, label: &str, batch_size: usize, concurrenc
         ..WriterSettings::default()
     };
     let started = Instant::now();
-    let report = sql_writer::run(Deps { bus: bus.clone(), store: Arc::new(store) }, settings, std::future::pending()).await?;
+    let report = sql_writer::run(
+        Deps {
+            bus: bus.clone(),
+            store: Arc::new(store),
+        },
+        settings,
+        std::future::pending(),
+    )
+    .await?;
     let secs = started.elapsed().as_secs_f64();
     scratch.drop(&bus).await;
     let done = (report.applied + report.duplicate + report.stale) as usize;
@@ -239,16 +277,24 @@ async fn latency(args: &BenchArgs) -> Result<Figures> {
         metrics_flush_every: None,
         ..WriterSettings::default()
     };
-    let writer = tokio::spawn(sql_writer::run(Deps { bus: bus.clone(), store: Arc::new(store) }, settings, async move {
-        let _ = stop_rx.await;
-    }));
+    let writer = tokio::spawn(sql_writer::run(
+        Deps {
+            bus: bus.clone(),
+            store: Arc::new(store),
+        },
+        settings,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     let total = (args.rate * args.seconds) as usize;
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let mut tick = tokio::time::interval(interval);
     let started = Instant::now();
     for i in 0..total {
         tick.tick().await;
-        bus.publish(&OutboundMessage::from_event(&synthetic(i, Utc::now()))).await?;
+        bus.publish(&OutboundMessage::from_event(&synthetic(i, Utc::now())))
+            .await?;
     }
     // Let the tail drain.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -280,7 +326,10 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
-    eprintln!("bench: {} events per drain scenario, latency at {} ev/s for {} s", args.events, args.rate, args.seconds);
+    eprintln!(
+        "bench: {} events per drain scenario, latency at {} ev/s for {} s",
+        args.events, args.rate, args.seconds
+    );
     eprintln!("bench: [1/3] drain, one event per transaction, one worker");
     let single = throughput(&args, "single", 1, 1).await?;
     eprintln!("bench: [2/3] drain, batched transactions, four workers");
@@ -303,7 +352,9 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
     }
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    t.set_header(["scenario", "events", "seconds", "events/s", "p50 ms", "p95 ms", "p99 ms"]);
+    t.set_header([
+        "scenario", "events", "seconds", "events/s", "p50 ms", "p95 ms", "p99 ms",
+    ]);
     let f = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "–".into());
     for s in [&single, &batched, &lat] {
         t.add_row([
@@ -319,7 +370,15 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
     println!("{t}");
     println!("batched / single throughput: {ratio:.1}×");
     if let Some(p95) = lat.p95_ms {
-        println!("p95 latency / 200 ms target: {:.2} ({})", p95 / 200.0, if p95 < 200.0 { "within target" } else { "over target" });
+        println!(
+            "p95 latency / 200 ms target: {:.2} ({})",
+            p95 / 200.0,
+            if p95 < 200.0 {
+                "within target"
+            } else {
+                "over target"
+            }
+        );
     }
     if let Some(rss) = rss {
         println!("peak resident memory of this process (publisher + writer + bench): {rss:.1} MiB");

@@ -53,7 +53,11 @@ pub struct DriftReport {
     pub alert: bool,
 }
 
-fn compare_map<K: Ord + std::fmt::Debug, V: PartialEq + Serialize>(table: &str, expected: &BTreeMap<K, V>, actual: &BTreeMap<K, V>) -> TableDrift {
+fn compare_map<K: Ord + std::fmt::Debug, V: PartialEq + Serialize>(
+    table: &str,
+    expected: &BTreeMap<K, V>,
+    actual: &BTreeMap<K, V>,
+) -> TableDrift {
     let mut d = TableDrift {
         table: table.to_owned(),
         ..TableDrift::default()
@@ -89,7 +93,10 @@ fn compare_map<K: Ord + std::fmt::Debug, V: PartialEq + Serialize>(table: &str, 
 
 /// `field: expected → actual` for each differing field.
 fn field_diff<V: Serialize>(expected: &V, actual: &V) -> String {
-    let (e, a) = (serde_json::to_value(expected).unwrap_or_default(), serde_json::to_value(actual).unwrap_or_default());
+    let (e, a) = (
+        serde_json::to_value(expected).unwrap_or_default(),
+        serde_json::to_value(actual).unwrap_or_default(),
+    );
     match (e.as_object(), a.as_object()) {
         (Some(e), Some(a)) => e
             .iter()
@@ -102,10 +109,24 @@ fn field_diff<V: Serialize>(expected: &V, actual: &V) -> String {
 }
 
 /// Compare the entity tables of `expected` (from the source) and `actual` (SQL).
-pub fn compare(source: &str, expected: &MirrorState, actual: &MirrorState, threshold_pct: f64, missing_in_source_limit: usize) -> DriftReport {
+pub fn compare(
+    source: &str,
+    expected: &MirrorState,
+    actual: &MirrorState,
+    threshold_pct: f64,
+    missing_in_source_limit: usize,
+) -> DriftReport {
     let tables = vec![
-        compare_map("dm_conversation", &expected.conversations, &actual.conversations),
-        compare_map("dm_participant", &expected.participants, &actual.participants),
+        compare_map(
+            "dm_conversation",
+            &expected.conversations,
+            &actual.conversations,
+        ),
+        compare_map(
+            "dm_participant",
+            &expected.participants,
+            &actual.participants,
+        ),
         compare_map("dm_message", &expected.messages, &actual.messages),
         compare_map("dm_block", &expected.blocks, &actual.blocks),
         compare_map("follow_edge", &expected.follow_edges, &actual.follow_edges),
@@ -113,7 +134,11 @@ pub fn compare(source: &str, expected: &MirrorState, actual: &MirrorState, thres
     let checked = tables.iter().map(|t| t.checked).sum();
     let drifted = tables.iter().map(|t| t.drifted()).sum();
     let missing_in_source: usize = tables.iter().map(|t| t.missing_in_source).sum();
-    let drift_pct = if checked == 0 { 0.0 } else { 100.0 * drifted as f64 / checked as f64 };
+    let drift_pct = if checked == 0 {
+        0.0
+    } else {
+        100.0 * drifted as f64 / checked as f64
+    };
     DriftReport {
         source: source.to_owned(),
         generated_at: chrono::Utc::now(),
@@ -132,7 +157,14 @@ impl DriftReport {
     pub fn to_table(&self) -> String {
         let mut t = comfy_table::Table::new();
         t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-        t.set_header(["table", "checked", "missing in SQL", "missing in source", "mismatched", "drift %"]);
+        t.set_header([
+            "table",
+            "checked",
+            "missing in SQL",
+            "missing in source",
+            "mismatched",
+            "drift %",
+        ]);
         for d in &self.tables {
             t.add_row([
                 d.table.clone(),
@@ -143,7 +175,14 @@ impl DriftReport {
                 format!("{:.3}", d.drift_pct()),
             ]);
         }
-        t.add_row(["total".into(), self.checked.to_string(), String::new(), String::new(), String::new(), format!("{:.3}", self.drift_pct)]);
+        t.add_row([
+            "total".into(),
+            self.checked.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            format!("{:.3}", self.drift_pct),
+        ]);
         let mut out = format!("{t}\n");
         for d in &self.tables {
             for e in &d.examples {
@@ -162,10 +201,18 @@ impl DriftReport {
 
     /// A self-contained HTML page.
     pub fn to_html(&self) -> String {
-        let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
         let mut rows = String::new();
         for d in &self.tables {
-            let cls = if d.drifted() > 0 { " class=\"bad\"" } else { "" };
+            let cls = if d.drifted() > 0 {
+                " class=\"bad\""
+            } else {
+                ""
+            };
             rows.push_str(&format!(
                 "<tr{cls}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td></tr>\n",
                 esc(&d.table),
@@ -179,7 +226,11 @@ impl DriftReport {
         let mut examples = String::new();
         for d in &self.tables {
             for e in &d.examples {
-                examples.push_str(&format!("<li><code>{}</code> {}</li>\n", esc(&d.table), esc(e)));
+                examples.push_str(&format!(
+                    "<li><code>{}</code> {}</li>\n",
+                    esc(&d.table),
+                    esc(e)
+                ));
             }
         }
         format!(
@@ -208,7 +259,11 @@ td:first-child, th:first-child {{ text-align: left; }} tr.bad td {{ background: 
             checked = self.checked,
             drifted = self.drifted,
             rows = rows,
-            examples = if examples.is_empty() { "<li>none</li>".to_owned() } else { examples },
+            examples = if examples.is_empty() {
+                "<li>none</li>".to_owned()
+            } else {
+                examples
+            },
         )
     }
 }
@@ -216,8 +271,8 @@ td:first-child, th:first-child {{ text-align: left; }} tr.bad td {{ background: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mirror_store::model::Model;
     use mirror_schema::*;
+    use mirror_store::model::Model;
 
     fn follow(follower: &str, state: FollowState, secs: i64) -> MirrorEvent {
         let subject = Subject::FollowEdge {
@@ -248,16 +303,27 @@ mod tests {
             expected.apply(&follow(&format!("u{i}"), FollowState::Accepted, i));
         }
         for i in 1..10 {
-            let state = if i == 5 { FollowState::Pending } else { FollowState::Accepted };
+            let state = if i == 5 {
+                FollowState::Pending
+            } else {
+                FollowState::Accepted
+            };
             actual.apply(&follow(&format!("u{i}"), state, i));
         }
         actual.apply(&follow("extra", FollowState::Accepted, 99));
         let r = compare("test", &expected.state(), &actual.state(), 0.5, 100);
         let f = r.tables.iter().find(|t| t.table == "follow_edge").unwrap();
-        assert_eq!((f.checked, f.missing_in_sql, f.missing_in_source), (11, 1, 1));
+        assert_eq!(
+            (f.checked, f.missing_in_sql, f.missing_in_source),
+            (11, 1, 1)
+        );
         assert!(f.mismatched >= 1);
         assert!(r.alert);
-        assert!(f.examples.iter().any(|e| e.contains("state")), "{:?}", f.examples);
+        assert!(
+            f.examples.iter().any(|e| e.contains("state")),
+            "{:?}",
+            f.examples
+        );
         assert!(r.to_table().contains("ALERT"));
         assert!(r.to_html().contains("<table>"));
         let same = compare("test", &expected.state(), &expected.state(), 0.5, 100);

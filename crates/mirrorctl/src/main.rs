@@ -158,7 +158,9 @@ enum DlqCmd {
 fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -178,7 +180,9 @@ async fn run(cli: Cli) -> Result<u8> {
         Cmd::Migrate { store } => {
             let settings = store.settings()?;
             let created = match &settings {
-                sql_writer::config::StoreSettings::Postgres { url, .. } => mirror_store::postgres::create_database_if_missing(url).await?,
+                sql_writer::config::StoreSettings::Postgres { url, .. } => {
+                    mirror_store::postgres::create_database_if_missing(url).await?
+                }
                 sql_writer::config::StoreSettings::Mssql { ado, .. } => {
                     use secrecy::ExposeSecret;
                     let config = mirror_store::mssql::MssqlConfig::from_ado(ado.expose_secret())?;
@@ -193,19 +197,22 @@ async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Cmd::Seed { file, dry_run, bus } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
             let events = seed::load(&text)?;
             if dry_run {
                 print_dry_run(&events, json);
                 return Ok(0);
             }
             let settings = bus.settings()?;
-            let (published, duplicates) = with_bus!(&settings, |bus| publish_all(&bus, &events).await?);
+            let (published, duplicates) =
+                with_bus!(&settings, |bus| publish_all(&bus, &events).await?);
             report_published(json, events.len(), published, duplicates, 0);
             Ok(0)
         }
         Cmd::Publish { file, dry_run, bus } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
             let mut events = Vec::new();
             let mut rejected = 0;
             for (n, line) in text.lines().enumerate() {
@@ -224,7 +231,8 @@ async fn run(cli: Cli) -> Result<u8> {
                 print_dry_run(&events, json);
             } else {
                 let settings = bus.settings()?;
-                let (published, duplicates) = with_bus!(&settings, |bus| publish_all(&bus, &events).await?);
+                let (published, duplicates) =
+                    with_bus!(&settings, |bus| publish_all(&bus, &events).await?);
                 report_published(json, events.len(), published, duplicates, rejected);
             }
             Ok(if rejected > 0 { 2 } else { 0 })
@@ -233,7 +241,10 @@ async fn run(cli: Cli) -> Result<u8> {
             let settings = store.settings()?;
             let counts = with_store!(&settings, |store| store.table_counts().await?);
             if json {
-                let map: serde_json::Map<String, serde_json::Value> = counts.iter().map(|(t, n)| (t.clone(), (*n).into())).collect();
+                let map: serde_json::Map<String, serde_json::Value> = counts
+                    .iter()
+                    .map(|(t, n)| (t.clone(), (*n).into()))
+                    .collect();
                 println!("{}", serde_json::Value::Object(map));
             } else {
                 let mut t = comfy_table::Table::new();
@@ -253,7 +264,8 @@ async fn run(cli: Cli) -> Result<u8> {
             html,
             store,
         } => {
-            let text = std::fs::read_to_string(&expected_from).with_context(|| format!("cannot read {}", expected_from.display()))?;
+            let text = std::fs::read_to_string(&expected_from)
+                .with_context(|| format!("cannot read {}", expected_from.display()))?;
             let events = seed::load(&text)?;
             let mut model = Model::new();
             for e in &events {
@@ -261,14 +273,21 @@ async fn run(cli: Cli) -> Result<u8> {
             }
             let settings = store.settings()?;
             let actual = with_store!(&settings, |store| store.snapshot().await?);
-            let report = drift::compare(&expected_from.display().to_string(), &model.state(), &actual, threshold_pct, missing_in_source_limit);
+            let report = drift::compare(
+                &expected_from.display().to_string(),
+                &model.state(),
+                &actual,
+                threshold_pct,
+                missing_in_source_limit,
+            );
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.to_table());
             }
             if let Some(path) = html {
-                std::fs::write(&path, report.to_html()).with_context(|| format!("cannot write {}", path.display()))?;
+                std::fs::write(&path, report.to_html())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }
             Ok(if report.alert { 1 } else { 0 })
@@ -328,26 +347,39 @@ fn progress(len: usize, what: &str) -> ProgressBar {
 /// Publish every event, 64 in flight; returns (published, broker duplicates).
 async fn publish_all<B: EventBus>(bus: &B, events: &[MirrorEvent]) -> Result<(usize, usize)> {
     let bar = progress(events.len(), "publishing");
-    let outcomes: Vec<PublishOutcome> = futures::stream::iter(events.iter().map(OutboundMessage::from_event))
-        .map(|m| {
-            let bar = bar.clone();
-            async move {
-                let r = bus.publish(&m).await;
-                bar.inc(1);
-                r
-            }
-        })
-        .buffer_unordered(64)
-        .try_collect()
-        .await?;
+    let outcomes: Vec<PublishOutcome> =
+        futures::stream::iter(events.iter().map(OutboundMessage::from_event))
+            .map(|m| {
+                let bar = bar.clone();
+                async move {
+                    let r = bus.publish(&m).await;
+                    bar.inc(1);
+                    r
+                }
+            })
+            .buffer_unordered(64)
+            .try_collect()
+            .await?;
     bar.finish_and_clear();
-    let dup = outcomes.iter().filter(|o| **o == PublishOutcome::Duplicate).count();
+    let dup = outcomes
+        .iter()
+        .filter(|o| **o == PublishOutcome::Duplicate)
+        .count();
     Ok((outcomes.len() - dup, dup))
 }
 
-fn report_published(json: bool, total: usize, published: usize, duplicates: usize, rejected: usize) {
+fn report_published(
+    json: bool,
+    total: usize,
+    published: usize,
+    duplicates: usize,
+    rejected: usize,
+) {
     if json {
-        println!("{}", serde_json::json!({"events": total, "published": published, "duplicates": duplicates, "rejected": rejected}));
+        println!(
+            "{}",
+            serde_json::json!({"events": total, "published": published, "duplicates": duplicates, "rejected": rejected})
+        );
     } else {
         println!("events: {total}, published: {published}, suppressed as duplicates by the broker: {duplicates}, rejected: {rejected}");
     }
@@ -360,7 +392,13 @@ fn print_dry_run(events: &[MirrorEvent], json: bool) {
         if json {
             println!("{}", String::from_utf8_lossy(&e.to_structured_json()));
         } else {
-            println!("{} {} {} {}", e.id(), e.event_type(), e.subject(), mirror_schema::format_time(&e.time()));
+            println!(
+                "{} {} {} {}",
+                e.id(),
+                e.event_type(),
+                e.subject(),
+                mirror_schema::format_time(&e.time())
+            );
         }
     }
     if !json {
@@ -370,17 +408,30 @@ fn print_dry_run(events: &[MirrorEvent], json: bool) {
         for (ty, n) in &by_type {
             t.add_row([ty.to_string(), n.to_string()]);
         }
-        println!("{t}\n{} valid events would be published (dry run)", events.len());
+        println!(
+            "{t}\n{} valid events would be published (dry run)",
+            events.len()
+        );
     }
 }
 
 async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
     match cmd {
-        DlqCmd::List { limit, subscription, bus, store } => {
+        DlqCmd::List {
+            limit,
+            subscription,
+            bus,
+            store,
+        } => {
             let (bus, store) = (bus.settings()?, store.settings()?);
-            let rows = with_bus!(&bus, |bus| bus.list_dead_letters(&subscription, limit).await?);
+            let rows = with_bus!(&bus, |bus| bus
+                .list_dead_letters(&subscription, limit)
+                .await?);
             let sql = with_store!(&store, |store| store.list_dead_letters(10_000).await?);
-            let replays: std::collections::HashMap<String, u32> = sql.iter().map(|r| (r.record.key.clone(), r.replay_count)).collect();
+            let replays: std::collections::HashMap<String, u32> = sql
+                .iter()
+                .map(|r| (r.record.key.clone(), r.replay_count))
+                .collect();
             if json {
                 let out: Vec<_> = rows
                     .iter()
@@ -398,7 +449,16 @@ async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
             } else {
                 let mut t = comfy_table::Table::new();
                 t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-                t.set_header(["handle", "event id / key", "type", "subject", "reason", "attempts", "dead-lettered at", "replays"]);
+                t.set_header([
+                    "handle",
+                    "event id / key",
+                    "type",
+                    "subject",
+                    "reason",
+                    "attempts",
+                    "dead-lettered at",
+                    "replays",
+                ]);
                 for d in &rows {
                     let (id, ty, subject) = peek_attributes(&d.message);
                     let key = dead_letter_key(id, &d.message);
@@ -409,21 +469,35 @@ async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
                         subject.unwrap_or_default(),
                         d.reason.clone(),
                         d.attempts.to_string(),
-                        d.dead_lettered_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                        d.dead_lettered_at
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_default(),
                         replays.get(&key).copied().unwrap_or(0).to_string(),
                     ]);
                 }
-                println!("{t}\n{} dead-lettered message(s) in `{subscription}`", rows.len());
+                println!(
+                    "{t}\n{} dead-lettered message(s) in `{subscription}`",
+                    rows.len()
+                );
             }
             Ok(0)
         }
-        DlqCmd::Show { id, subscription, bus } => {
+        DlqCmd::Show {
+            id,
+            subscription,
+            bus,
+        } => {
             let bus = bus.settings()?;
-            let rows = with_bus!(&bus, |bus| bus.list_dead_letters(&subscription, 100_000).await?);
-            let Some(d) = rows.into_iter().find(|d| d.handle == id || dead_letter_key(peek_attributes(&d.message).0, &d.message) == id) else {
+            let rows = with_bus!(&bus, |bus| bus
+                .list_dead_letters(&subscription, 100_000)
+                .await?);
+            let Some(d) = rows.into_iter().find(|d| {
+                d.handle == id || dead_letter_key(peek_attributes(&d.message).0, &d.message) == id
+            }) else {
                 bail!("no dead-lettered message `{id}` in `{subscription}`");
             };
-            let body: serde_json::Value = serde_json::from_slice(&d.message.body).unwrap_or_else(|_| String::from_utf8_lossy(&d.message.body).into());
+            let body: serde_json::Value = serde_json::from_slice(&d.message.body)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&d.message.body).into());
             let out = serde_json::json!({
                 "handle": d.handle, "original_message_id": d.original_message_id, "reason": d.reason,
                 "description": d.description, "attempts": d.attempts, "dead_lettered_at": d.dead_lettered_at,
@@ -450,7 +524,14 @@ async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
                 limit,
             };
             let replayed = with_store!(&store, |store| {
-                with_bus!(&bus, |bus| sql_writer::replay::replay(&bus, &store, &subscription, &filter, dry_run).await?)
+                with_bus!(&bus, |bus| sql_writer::replay::replay(
+                    &bus,
+                    &store,
+                    &subscription,
+                    &filter,
+                    dry_run
+                )
+                .await?)
             });
             for r in &replayed {
                 if json {
@@ -468,7 +549,15 @@ async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
                 }
             }
             if !json {
-                println!("{} message(s) {}", replayed.len(), if dry_run { "would be replayed (dry run)" } else { "replayed" });
+                println!(
+                    "{} message(s) {}",
+                    replayed.len(),
+                    if dry_run {
+                        "would be replayed (dry run)"
+                    } else {
+                        "replayed"
+                    }
+                );
             }
             Ok(0)
         }

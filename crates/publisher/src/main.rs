@@ -156,7 +156,10 @@ fn backfill_options(
     let module = args
         .module
         .as_deref()
-        .map(|m| publisher::backfill::Module::parse(m).with_context(|| format!("--module: `{m}` is not dm or follow")))
+        .map(|m| {
+            publisher::backfill::Module::parse(m)
+                .with_context(|| format!("--module: `{m}` is not dm or follow"))
+        })
         .transpose()?;
     let groups = if let Some(m) = module {
         m.groups()
@@ -207,7 +210,8 @@ mod adapters {
             let bus_settings = settings.bus.clone();
             let store_settings = settings.store.clone();
             mirror_runtime::with_store!(&store_settings, |store| {
-                mirror_runtime::with_bus!(&bus_settings, |bus| execute(settings, db, bus, store).await)
+                mirror_runtime::with_bus!(&bus_settings, |bus| execute(settings, db, bus, store)
+                    .await)
             })
         })
     }

@@ -18,7 +18,9 @@
 //! repaired or skipped: the first change that is not a valid event fails the
 //! load with a [`SeedError`] naming its index, its path and what is wrong.
 
-use mirror_schema::{parse_time, DecodeError, EventFamily, EventType, MirrorEvent, Op, Payload, Subject};
+use mirror_schema::{
+    parse_time, DecodeError, EventFamily, EventType, MirrorEvent, Op, Payload, Subject,
+};
 use serde::{Deserialize, Serialize};
 
 /// A whole seed file.
@@ -62,7 +64,11 @@ pub enum SeedError {
     /// One change is not a valid contract event. `error` names the field: `path`,
     /// `op`, `updateTime`, or `fields.<name>` for the payload.
     #[error("seed change #{index} (`{path}`): {error}")]
-    Change { index: usize, path: String, error: DecodeError },
+    Change {
+        index: usize,
+        path: String,
+        error: DecodeError,
+    },
 }
 
 /// Parse a seed file and turn every change into a contract event, in file order.
@@ -81,11 +87,13 @@ impl SeedFile {
             .iter()
             .enumerate()
             .map(|(index, change)| {
-                change.to_event(&self.project).map_err(|error| SeedError::Change {
-                    index,
-                    path: change.path.clone(),
-                    error,
-                })
+                change
+                    .to_event(&self.project)
+                    .map_err(|error| SeedError::Change {
+                        index,
+                        path: change.path.clone(),
+                        error,
+                    })
             })
             .collect()
     }
@@ -99,15 +107,30 @@ impl SeedChange {
             "create" => Op::Create,
             "update" => Op::Update,
             "delete" => Op::Delete,
-            other => return Err(invalid("op", format!("`{other}` is not `create`, `update` or `delete`"))),
+            other => {
+                return Err(invalid(
+                    "op",
+                    format!("`{other}` is not `create`, `update` or `delete`"),
+                ))
+            }
         };
-        let event_type = EventType::of(family, op)
-            .ok_or_else(|| invalid("op", format!("`{}` has no `{op}` event (the contract has no such type)", self.path)))?;
-        let subject = Subject::parse(&self.path, family).map_err(|e| rename_field(e, "subject", "path"))?;
+        let event_type = EventType::of(family, op).ok_or_else(|| {
+            invalid(
+                "op",
+                format!(
+                    "`{}` has no `{op}` event (the contract has no such type)",
+                    self.path
+                ),
+            )
+        })?;
+        let subject =
+            Subject::parse(&self.path, family).map_err(|e| rename_field(e, "subject", "path"))?;
         let time = parse_time("updateTime", &self.update_time)?;
-        let payload = Payload::from_json(event_type, &self.fields).map_err(|e| rename_field(e, "data.payload", "fields"))?;
+        let payload = Payload::from_json(event_type, &self.fields)
+            .map_err(|e| rename_field(e, "data.payload", "fields"))?;
         let source = MirrorEvent::firestore_source(project, &subject);
-        MirrorEvent::new(event_type, subject, time, source, payload).map_err(|e| rename_field(e, "data.payload", "fields"))
+        MirrorEvent::new(event_type, subject, time, source, payload)
+            .map_err(|e| rename_field(e, "data.payload", "fields"))
     }
 }
 
@@ -140,10 +163,14 @@ fn invalid(field: &str, reason: impl Into<String>) -> DecodeError {
 /// event does (`data.payload.createdAt`).
 fn rename_field(e: DecodeError, from: &str, to: &str) -> DecodeError {
     match e {
-        DecodeError::Invalid { field, reason } if field == from || field.starts_with(&format!("{from}.")) => DecodeError::Invalid {
-            field: format!("{to}{}", &field[from.len()..]),
-            reason,
-        },
+        DecodeError::Invalid { field, reason }
+            if field == from || field.starts_with(&format!("{from}.")) =>
+        {
+            DecodeError::Invalid {
+                field: format!("{to}{}", &field[from.len()..]),
+                reason,
+            }
+        }
         other => other,
     }
 }
@@ -171,22 +198,36 @@ mod tests {
         let events = fixture();
         let file: SeedFile = serde_json::from_str(SEED).unwrap();
         assert_eq!(events.len(), file.changes.len());
-        assert!((400..=650).contains(&events.len()), "{} changes", events.len());
+        assert!(
+            (400..=650).contains(&events.len()),
+            "{} changes",
+            events.len()
+        );
         let mut per_type: BTreeMap<&str, usize> = BTreeMap::new();
         for e in &events {
             *per_type.entry(e.event_type().as_str()).or_default() += 1;
         }
         for t in EventType::ALL {
-            assert!(per_type.contains_key(t.as_str()), "no `{t}` in the fixture: {per_type:?}");
+            assert!(
+                per_type.contains_key(t.as_str()),
+                "no `{t}` in the fixture: {per_type:?}"
+            );
         }
         let ids: HashSet<_> = events.iter().map(|e| e.id()).collect();
         assert_eq!(ids.len(), events.len(), "event ids are not unique");
         for (e, c) in events.iter().zip(&file.changes) {
             assert_eq!(e.subject().to_string(), c.path);
-            assert_eq!(format_time(&e.time()), c.update_time, "updateTime is not canonical (6 digits, Z)");
+            assert_eq!(
+                format_time(&e.time()),
+                c.update_time,
+                "updateTime is not canonical (6 digits, Z)"
+            );
             assert_eq!(
                 e.source(),
-                format!("firestore://projects/demo/databases/(default)/documents/{}", c.path)
+                format!(
+                    "firestore://projects/demo/databases/(default)/documents/{}",
+                    c.path
+                )
             );
         }
     }
@@ -214,7 +255,9 @@ mod tests {
                 Subject::Conversation { conversation_id } => {
                     seen_conversations.insert(conversation_id.clone());
                 }
-                Subject::Message { conversation_id, .. } if !seen_conversations.contains(conversation_id) => {
+                Subject::Message {
+                    conversation_id, ..
+                } if !seen_conversations.contains(conversation_id) => {
                     late_parents.insert(conversation_id.clone());
                 }
                 _ => {}
@@ -251,17 +294,34 @@ mod tests {
     fn a_bad_change_is_named_by_index_and_field() {
         let good = json!({"path": "follows/u1/targets/u2", "op": "create", "updateTime": "2025-10-08T12:00:00.000001Z",
                           "fields": {"state": "pending", "source": "web", "createdAt": "2025-10-08T12:00:00Z"}});
-        let with = |bad: serde_json::Value| json!({"project": "demo", "changes": [good.clone(), good.clone(), bad]}).to_string();
+        let with = |bad: serde_json::Value| {
+            json!({"project": "demo", "changes": [good.clone(), good.clone(), bad]}).to_string()
+        };
         let err = |bad: serde_json::Value| load(&with(bad)).expect_err("must fail").to_string();
 
-        let e = err(json!({"path": "users/u1", "op": "create", "updateTime": "2025-10-08T12:00:00Z", "fields": {}}));
-        assert!(e.starts_with("seed change #2 (`users/u1`): invalid `path`"), "{e}");
+        let e = err(
+            json!({"path": "users/u1", "op": "create", "updateTime": "2025-10-08T12:00:00Z", "fields": {}}),
+        );
+        assert!(
+            e.starts_with("seed change #2 (`users/u1`): invalid `path`"),
+            "{e}"
+        );
 
-        let e = err(json!({"path": "follows/u1/targets/u3", "op": "upsert", "updateTime": "2025-10-08T12:00:00Z", "fields": {}}));
-        assert!(e.starts_with("seed change #2 (`follows/u1/targets/u3`): invalid `op`"), "{e}");
+        let e = err(
+            json!({"path": "follows/u1/targets/u3", "op": "upsert", "updateTime": "2025-10-08T12:00:00Z", "fields": {}}),
+        );
+        assert!(
+            e.starts_with("seed change #2 (`follows/u1/targets/u3`): invalid `op`"),
+            "{e}"
+        );
 
-        let e = err(json!({"path": "conversations/c1", "op": "delete", "updateTime": "2025-10-08T12:00:00Z"}));
-        assert!(e.starts_with("seed change #2 (`conversations/c1`): invalid `op`"), "{e}");
+        let e = err(
+            json!({"path": "conversations/c1", "op": "delete", "updateTime": "2025-10-08T12:00:00Z"}),
+        );
+        assert!(
+            e.starts_with("seed change #2 (`conversations/c1`): invalid `op`"),
+            "{e}"
+        );
 
         let e = err(
             json!({"path": "follows/u1/targets/u3", "op": "update", "updateTime": "2025-10-08T12:00:00Z",
@@ -277,14 +337,18 @@ mod tests {
                            "fields": {"bodyText": "hi", "createdAt": "2025-10-08T12:00:00Z"}}),
         );
         assert!(
-            e.starts_with("seed change #2 (`conversations/c1/messages/m1`): invalid `fields`") && e.contains("authorUserId"),
+            e.starts_with("seed change #2 (`conversations/c1/messages/m1`): invalid `fields`")
+                && e.contains("authorUserId"),
             "{e}"
         );
 
-        let e = err(json!({"path": "conversations//messages/m1", "op": "create", "updateTime": "2025-10-08T12:00:00Z", "fields": {}}));
+        let e = err(
+            json!({"path": "conversations//messages/m1", "op": "create", "updateTime": "2025-10-08T12:00:00Z", "fields": {}}),
+        );
         assert!(e.contains("invalid `path`"), "{e}");
 
-        let e = err(json!({"path": "blocks/u1/targets/u2", "op": "delete", "updateTime": "yesterday"}));
+        let e =
+            err(json!({"path": "blocks/u1/targets/u2", "op": "delete", "updateTime": "yesterday"}));
         assert!(
             e.starts_with("seed change #2 (`blocks/u1/targets/u2`): invalid `updateTime`"),
             "{e}"
@@ -300,14 +364,26 @@ mod tests {
                 path,
                 error: DecodeError::Invalid { field, .. },
             }) => {
-                assert_eq!((path.as_str(), field.as_str()), ("follows/u1/targets/u3", "fields.source"));
+                assert_eq!(
+                    (path.as_str(), field.as_str()),
+                    ("follows/u1/targets/u3", "fields.source")
+                );
             }
             other => panic!("{other:?}"),
         }
 
-        assert!(matches!(load("{\"project\": \"demo\"}"), Err(SeedError::Format(_))));
-        assert!(matches!(load("{\"project\": \"\", \"changes\": []}"), Err(SeedError::EmptyProject)));
-        assert_eq!(load("{\"project\": \"demo\", \"changes\": []}").unwrap(), vec![]);
+        assert!(matches!(
+            load("{\"project\": \"demo\"}"),
+            Err(SeedError::Format(_))
+        ));
+        assert!(matches!(
+            load("{\"project\": \"\", \"changes\": []}"),
+            Err(SeedError::EmptyProject)
+        ));
+        assert_eq!(
+            load("{\"project\": \"demo\", \"changes\": []}").unwrap(),
+            vec![]
+        );
     }
 
     #[test]
@@ -315,12 +391,17 @@ mod tests {
         let fixture: HashMap<_, _> = fixture().into_iter().map(|e| (e.id(), e)).collect();
         let mut types = HashSet::new();
         let lines: Vec<&str> = SAMPLE.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert!((15..=30).contains(&lines.len()), "{} sample events", lines.len());
+        assert!(
+            (15..=30).contains(&lines.len()),
+            "{} sample events",
+            lines.len()
+        );
         for (n, line) in lines.iter().enumerate() {
-            let e = decode_structured(line.as_bytes()).unwrap_or_else(|err| panic!("events_sample.jsonl:{}: {err}", n + 1));
-            let from_seed = fixture
-                .get(&e.id())
-                .unwrap_or_else(|| panic!("events_sample.jsonl:{}: not a change of the seed", n + 1));
+            let e = decode_structured(line.as_bytes())
+                .unwrap_or_else(|err| panic!("events_sample.jsonl:{}: {err}", n + 1));
+            let from_seed = fixture.get(&e.id()).unwrap_or_else(|| {
+                panic!("events_sample.jsonl:{}: not a change of the seed", n + 1)
+            });
             assert_eq!(&e, from_seed, "events_sample.jsonl:{}", n + 1);
             // and it is exactly what this crate would encode
             let ours: serde_json::Value = serde_json::from_slice(&e.to_structured_json()).unwrap();
@@ -328,7 +409,11 @@ mod tests {
             assert_eq!(ours, theirs, "events_sample.jsonl:{}", n + 1);
             types.insert(e.event_type());
         }
-        assert_eq!(types.len(), EventType::ALL.len(), "the sample covers every type");
+        assert_eq!(
+            types.len(),
+            EventType::ALL.len(),
+            "the sample covers every type"
+        );
     }
 
     /// The expected rejection of each line of `events_invalid.jsonl` is the
@@ -354,11 +439,16 @@ mod tests {
     fn invalid_events_fail_for_the_documented_reason() {
         let lines: Vec<&str> = INVALID.lines().collect();
         let expected = expected_rejections();
-        assert_eq!(expected.len(), lines.len(), "README documents every invalid line");
+        assert_eq!(
+            expected.len(),
+            lines.len(),
+            "README documents every invalid line"
+        );
         let mut codes = HashSet::new();
         for (line_no, code, field) in expected {
             let line = lines[line_no - 1];
-            let e = decode_structured(line.as_bytes()).expect_err(&format!("events_invalid.jsonl:{line_no} must be rejected"));
+            let e = decode_structured(line.as_bytes())
+                .expect_err(&format!("events_invalid.jsonl:{line_no} must be rejected"));
             assert_eq!(e.code(), code, "events_invalid.jsonl:{line_no}: {e}");
             if field != "–" {
                 assert!(

@@ -176,7 +176,14 @@ impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
     ) -> Result<Disposition, SinkError> {
         match mapping::route(path) {
             None => return Ok(Disposition::OutOfScope),
-            Some(f) if self.families.as_ref().is_some_and(|only| !only.contains(&f)) => return Ok(Disposition::OutOfScope),
+            Some(f)
+                if self
+                    .families
+                    .as_ref()
+                    .is_some_and(|only| !only.contains(&f)) =>
+            {
+                return Ok(Disposition::OutOfScope)
+            }
             Some(_) => {}
         }
         if !self.shard.owns_path(path) {

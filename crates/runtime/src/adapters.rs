@@ -30,9 +30,15 @@ pub async fn jetstream(url: &str, topic: &str, max_deliver: u32) -> Result<JetSt
 }
 
 /// Connect to Service Bus (its entities are created by IaC, see deploy/azure).
-pub async fn servicebus(auth: &ServiceBusAuth, topic: &str, sessions: bool) -> Result<ServiceBusBus, BusError> {
+pub async fn servicebus(
+    auth: &ServiceBusAuth,
+    topic: &str,
+    sessions: bool,
+) -> Result<ServiceBusBus, BusError> {
     let mut config = match auth {
-        ServiceBusAuth::ConnectionString(cs) => ServiceBusConfig::from_connection_string(cs.expose_secret(), topic)?,
+        ServiceBusAuth::ConnectionString(cs) => {
+            ServiceBusConfig::from_connection_string(cs.expose_secret(), topic)?
+        }
         ServiceBusAuth::Entra { namespace } => ServiceBusConfig::entra(namespace, topic),
     };
     config.sessions = sessions;
@@ -43,7 +49,12 @@ pub async fn servicebus(auth: &ServiceBusAuth, topic: &str, sessions: bool) -> R
 
 /// Connect to PostgreSQL.
 pub async fn postgres(settings: &StoreSettings) -> Result<PgStore, StoreError> {
-    let StoreSettings::Postgres { url, pool_size, command_timeout } = settings else {
+    let StoreSettings::Postgres {
+        url,
+        pool_size,
+        command_timeout,
+    } = settings
+    else {
         unreachable!("called for the postgres settings only")
     };
     PgStore::connect(&PgConfig {
@@ -56,7 +67,12 @@ pub async fn postgres(settings: &StoreSettings) -> Result<PgStore, StoreError> {
 
 /// Connect to SQL Server.
 pub async fn mssql(settings: &StoreSettings) -> Result<MssqlStore, StoreError> {
-    let StoreSettings::Mssql { ado, pool_size, command_timeout } = settings else {
+    let StoreSettings::Mssql {
+        ado,
+        pool_size,
+        command_timeout,
+    } = settings
+    else {
         unreachable!("called for the mssql settings only")
     };
     let mut config = MssqlConfig::from_ado(ado.expose_secret())?;
@@ -71,11 +87,19 @@ pub async fn mssql(settings: &StoreSettings) -> Result<MssqlStore, StoreError> {
 macro_rules! with_bus {
     ($settings:expr, |$bus:ident| $body:expr) => {{
         match $settings {
-            $crate::config::BusSettings::Nats { url, topic, max_deliver } => {
+            $crate::config::BusSettings::Nats {
+                url,
+                topic,
+                max_deliver,
+            } => {
                 let $bus = $crate::adapters::jetstream(url, topic, *max_deliver).await?;
                 $body
             }
-            $crate::config::BusSettings::ServiceBus { auth, topic, sessions } => {
+            $crate::config::BusSettings::ServiceBus {
+                auth,
+                topic,
+                sessions,
+            } => {
                 let $bus = $crate::adapters::servicebus(auth, topic, *sessions).await?;
                 $body
             }
@@ -108,7 +132,10 @@ macro_rules! with_store {
 /// nobody would dead-letter it. The watcher listens for those advisories and
 /// moves such messages to the dead-letter stream (reason `max_deliveries`).
 /// Other adapters need nothing here.
-pub async fn start_background<B: mirror_bus::EventBus>(bus: &B, subscription: &str) -> Result<(), BusError> {
+pub async fn start_background<B: mirror_bus::EventBus>(
+    bus: &B,
+    subscription: &str,
+) -> Result<(), BusError> {
     if let Some(js) = (bus as &dyn std::any::Any).downcast_ref::<JetStreamBus>() {
         let watcher = js.max_deliveries_watcher(subscription).await?;
         tokio::spawn(async move {

@@ -88,8 +88,16 @@ pub struct StoreArgs {
 pub enum BusSettings {
     /// `max_deliver` is the consumer's delivery limit; the writer sets it to its
     /// attempt limit so JetStream never gives up before the writer's own rule.
-    Nats { url: String, topic: String, max_deliver: u32 },
-    ServiceBus { auth: ServiceBusAuth, topic: String, sessions: bool },
+    Nats {
+        url: String,
+        topic: String,
+        max_deliver: u32,
+    },
+    ServiceBus {
+        auth: ServiceBusAuth,
+        topic: String,
+        sessions: bool,
+    },
 }
 
 /// How to authenticate to Service Bus.
@@ -97,14 +105,24 @@ pub enum BusSettings {
 pub enum ServiceBusAuth {
     ConnectionString(SecretString),
     /// Entra ID (managed identity, workload identity, developer login) to this namespace.
-    Entra { namespace: String },
+    Entra {
+        namespace: String,
+    },
 }
 
 /// Validated store connection settings.
 #[derive(Debug, Clone)]
 pub enum StoreSettings {
-    Postgres { url: SecretString, pool_size: usize, command_timeout: Duration },
-    Mssql { ado: SecretString, pool_size: usize, command_timeout: Duration },
+    Postgres {
+        url: SecretString,
+        pool_size: usize,
+        command_timeout: Duration,
+    },
+    Mssql {
+        ado: SecretString,
+        pool_size: usize,
+        command_timeout: Duration,
+    },
 }
 
 /// A configuration error naming the option at fault.
@@ -130,7 +148,9 @@ impl BusArgs {
             bus: self.bus.or(file.bus),
             nats_url: self.nats_url.or(file.nats_url),
             topic: self.topic.or(file.topic),
-            servicebus_connection_string: self.servicebus_connection_string.or(file.servicebus_connection_string),
+            servicebus_connection_string: self
+                .servicebus_connection_string
+                .or(file.servicebus_connection_string),
             servicebus_namespace: self.servicebus_namespace.or(file.servicebus_namespace),
             servicebus_sessions: self.servicebus_sessions.or(file.servicebus_sessions),
         }
@@ -138,19 +158,38 @@ impl BusArgs {
 
     pub fn settings(self) -> Result<BusSettings, ConfigError> {
         let topic = self.topic.unwrap_or_else(|| mirror_bus::TOPIC.to_owned());
-        if topic.is_empty() || !topic.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(bad("--topic / MIRROR_TOPIC", format!("`{topic}` must be letters, digits, `-` or `_`")));
+        if topic.is_empty()
+            || !topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad(
+                "--topic / MIRROR_TOPIC",
+                format!("`{topic}` must be letters, digits, `-` or `_`"),
+            ));
         }
         match self.bus.unwrap_or(BusKind::Nats) {
             BusKind::Nats => {
                 let url = self.nats_url.unwrap_or_else(|| DEFAULT_NATS_URL.to_owned());
                 for part in url.split(',') {
-                    let parsed = url::Url::parse(part.trim()).map_err(|e| bad("--nats-url / NATS_URL", format!("`{part}` is not a URL: {e}")))?;
+                    let parsed = url::Url::parse(part.trim()).map_err(|e| {
+                        bad(
+                            "--nats-url / NATS_URL",
+                            format!("`{part}` is not a URL: {e}"),
+                        )
+                    })?;
                     if !matches!(parsed.scheme(), "nats" | "tls" | "ws" | "wss") {
-                        return Err(bad("--nats-url / NATS_URL", format!("scheme `{}` is not nats, tls, ws or wss", parsed.scheme())));
+                        return Err(bad(
+                            "--nats-url / NATS_URL",
+                            format!("scheme `{}` is not nats, tls, ws or wss", parsed.scheme()),
+                        ));
                     }
                 }
-                Ok(BusSettings::Nats { url, topic, max_deliver: 5 })
+                Ok(BusSettings::Nats {
+                    url,
+                    topic,
+                    max_deliver: 5,
+                })
             }
             BusKind::Servicebus => {
                 let auth = match (self.servicebus_connection_string, self.servicebus_namespace) {
@@ -195,18 +234,29 @@ impl StoreArgs {
     pub fn settings(self) -> Result<StoreSettings, ConfigError> {
         let pool_size = self.pool_size.unwrap_or(8);
         if !(1..=256).contains(&pool_size) {
-            return Err(bad("--pool-size / MIRROR_POOL_SIZE", "must be between 1 and 256"));
+            return Err(bad(
+                "--pool-size / MIRROR_POOL_SIZE",
+                "must be between 1 and 256",
+            ));
         }
         let command_timeout = Duration::from_secs(self.command_timeout_secs.unwrap_or(30));
         if command_timeout.is_zero() {
-            return Err(bad("--command-timeout-secs / MIRROR_COMMAND_TIMEOUT_SECS", "must be at least 1"));
+            return Err(bad(
+                "--command-timeout-secs / MIRROR_COMMAND_TIMEOUT_SECS",
+                "must be at least 1",
+            ));
         }
         match self.store.unwrap_or(StoreKind::Postgres) {
             StoreKind::Postgres => {
-                let url = self.database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+                let url = self
+                    .database_url
+                    .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
                 let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
                 if !is_url && !url.contains('=') {
-                    return Err(bad("--database-url / DATABASE_URL", "is neither a postgres:// URL nor a key=value connection string"));
+                    return Err(bad(
+                        "--database-url / DATABASE_URL",
+                        "is neither a postgres:// URL nor a key=value connection string",
+                    ));
                 }
                 Ok(StoreSettings::Postgres {
                     url: SecretString::from(url),
@@ -215,12 +265,17 @@ impl StoreArgs {
                 })
             }
             StoreKind::Mssql => {
-                let ado = self
-                    .mssql_url
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| bad("--store mssql", "needs --mssql-url / MSSQL_URL (an ADO connection string)"))?;
+                let ado = self.mssql_url.filter(|s| !s.is_empty()).ok_or_else(|| {
+                    bad(
+                        "--store mssql",
+                        "needs --mssql-url / MSSQL_URL (an ADO connection string)",
+                    )
+                })?;
                 if !ado.to_ascii_lowercase().contains("server=") {
-                    return Err(bad("--mssql-url / MSSQL_URL", "is not an ADO connection string (no `server=`)"));
+                    return Err(bad(
+                        "--mssql-url / MSSQL_URL",
+                        "is not an ADO connection string (no `server=`)",
+                    ));
                 }
                 Ok(StoreSettings::Mssql {
                     ado: SecretString::from(ado),
@@ -237,14 +292,23 @@ impl StoreSettings {
     pub fn describe(&self) -> String {
         match self {
             StoreSettings::Postgres { url, .. } => match url::Url::parse(url.expose_secret()) {
-                Ok(u) => format!("postgres {}:{}{}", u.host_str().unwrap_or("?"), u.port().unwrap_or(5432), u.path()),
+                Ok(u) => format!(
+                    "postgres {}:{}{}",
+                    u.host_str().unwrap_or("?"),
+                    u.port().unwrap_or(5432),
+                    u.path()
+                ),
                 Err(_) => "postgres (key=value connection string)".to_owned(),
             },
             StoreSettings::Mssql { ado, .. } => {
                 let server = ado
                     .expose_secret()
                     .split(';')
-                    .find_map(|kv| kv.split_once('=').filter(|(k, _)| k.trim().eq_ignore_ascii_case("server")).map(|(_, v)| v.trim().to_owned()))
+                    .find_map(|kv| {
+                        kv.split_once('=')
+                            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("server"))
+                            .map(|(_, v)| v.trim().to_owned())
+                    })
                     .unwrap_or_else(|| "?".into());
                 format!("mssql {server}")
             }
@@ -257,10 +321,13 @@ impl BusSettings {
         match self {
             BusSettings::Nats { url, topic, .. } => format!("nats {url} topic {topic}"),
             BusSettings::ServiceBus { auth, topic, .. } => match auth {
-                ServiceBusAuth::Entra { namespace } => format!("servicebus {namespace} (Entra ID) topic {topic}"),
-                ServiceBusAuth::ConnectionString(_) => format!("servicebus (connection string) topic {topic}"),
+                ServiceBusAuth::Entra { namespace } => {
+                    format!("servicebus {namespace} (Entra ID) topic {topic}")
+                }
+                ServiceBusAuth::ConnectionString(_) => {
+                    format!("servicebus (connection string) topic {topic}")
+                }
             },
         }
     }
 }
-

@@ -35,13 +35,16 @@ use std::borrow::Borrow;
 use chrono::{DateTime, SecondsFormat, Utc};
 use cloudevents::event::SpecVersion;
 use cloudevents::message::{
-    BinaryDeserializer, BinarySerializer, Encoding, Error as MessageError, MessageAttributeValue, MessageDeserializer,
-    StructuredDeserializer, StructuredSerializer,
+    BinaryDeserializer, BinarySerializer, Encoding, Error as MessageError, MessageAttributeValue,
+    MessageDeserializer, StructuredDeserializer, StructuredSerializer,
 };
 use cloudevents::Event;
 
 use crate::types::truncate;
-use crate::{DecodeError, EventType, MirrorEvent, WireMessage, WireValue, MAX_EVENT_BYTES, STRUCTURED_CONTENT_TYPE};
+use crate::{
+    DecodeError, EventType, MirrorEvent, WireMessage, WireValue, MAX_EVENT_BYTES,
+    STRUCTURED_CONTENT_TYPE,
+};
 
 /// The property prefixes of the AMQP binding: the one written first.
 pub const PREFIXES: [&str; 2] = ["cloudEvents_", "cloudEvents:"];
@@ -107,7 +110,9 @@ fn to_attribute_value(value: &WireValue) -> MessageAttributeValue {
         WireValue::Bool(b) => MessageAttributeValue::Boolean(*b),
         WireValue::Int(i) => MessageAttributeValue::Integer(*i),
         // An AMQP timestamp is whole milliseconds; read it as the wire holds it.
-        WireValue::Timestamp(t) => MessageAttributeValue::DateTime(chrono::SubsecRound::trunc_subsecs(*t, 3)),
+        WireValue::Timestamp(t) => {
+            MessageAttributeValue::DateTime(chrono::SubsecRound::trunc_subsecs(*t, 3))
+        }
         WireValue::Uuid(u) => MessageAttributeValue::String(u.hyphenated().to_string()),
         WireValue::Binary(b) => MessageAttributeValue::Binary(b.clone()),
     }
@@ -126,7 +131,9 @@ fn to_wire_value(value: MessageAttributeValue) -> WireValue {
 }
 
 fn other(message: String) -> MessageError {
-    MessageError::Other { source: message.into() }
+    MessageError::Other {
+        source: message.into(),
+    }
 }
 
 /// A [`WireMessage`] read through the CloudEvents AMQP binding: the SDK's
@@ -148,7 +155,9 @@ impl<M: Borrow<WireMessage>> BinaryMessage<M> {
     fn attributes(&self) -> Result<Vec<(&str, &WireValue)>, String> {
         let mut out: Vec<(&str, &WireValue)> = Vec::new();
         for (key, value) in &self.message().properties {
-            let Some(name) = attribute_name(key) else { continue };
+            let Some(name) = attribute_name(key) else {
+                continue;
+            };
             if out.iter().any(|(n, _)| *n == name) {
                 return Err(format!("attribute `{}` is given twice", truncate(name, 64)));
             }
@@ -159,20 +168,29 @@ impl<M: Borrow<WireMessage>> BinaryMessage<M> {
 }
 
 impl<M: Borrow<WireMessage>> BinaryDeserializer for BinaryMessage<M> {
-    fn deserialize_binary<R: Sized, V: BinarySerializer<R>>(self, mut visitor: V) -> cloudevents::message::Result<R> {
+    fn deserialize_binary<R: Sized, V: BinarySerializer<R>>(
+        self,
+        mut visitor: V,
+    ) -> cloudevents::message::Result<R> {
         if self.encoding() != Encoding::BINARY {
             return Err(MessageError::WrongEncoding {});
         }
         let attributes = self.attributes().map_err(other)?;
         let spec_version = match attributes.iter().find(|(n, _)| *n == "specversion") {
             Some((_, WireValue::String(s))) => SpecVersion::try_from(s.as_str())?,
-            Some((_, v)) => return Err(other(format!("`specversion` is {}, not a string", amqp_type(v)))),
+            Some((_, v)) => {
+                return Err(other(format!(
+                    "`specversion` is {}, not a string",
+                    amqp_type(v)
+                )))
+            }
             None => return Err(MessageError::WrongEncoding {}),
         };
         let names = spec_version.attribute_names();
         visitor = visitor.set_spec_version(spec_version)?;
         if let Some(ct) = &self.message().content_type {
-            visitor = visitor.set_attribute("datacontenttype", MessageAttributeValue::String(ct.clone()))?;
+            visitor = visitor
+                .set_attribute("datacontenttype", MessageAttributeValue::String(ct.clone()))?;
         }
         for (name, value) in attributes {
             match name {
@@ -181,10 +199,13 @@ impl<M: Borrow<WireMessage>> BinaryDeserializer for BinaryMessage<M> {
                 // name is not part of the binding.
                 "datacontenttype" => {
                     return Err(other(
-                        "`datacontenttype` must travel as the AMQP content-type, not as a property".into(),
+                        "`datacontenttype` must travel as the AMQP content-type, not as a property"
+                            .into(),
                     ))
                 }
-                n if names.contains(&n) => visitor = visitor.set_attribute(n, to_attribute_value(value))?,
+                n if names.contains(&n) => {
+                    visitor = visitor.set_attribute(n, to_attribute_value(value))?
+                }
                 n => visitor = visitor.set_extension(n, to_attribute_value(value))?,
             }
         }
@@ -215,7 +236,11 @@ impl<M: Borrow<WireMessage>> MessageDeserializer for BinaryMessage<M> {
         let structured = m
             .content_type
             .as_deref()
-            .map(|ct| ct.trim().to_ascii_lowercase().starts_with(STRUCTURED_CONTENT_TYPE))
+            .map(|ct| {
+                ct.trim()
+                    .to_ascii_lowercase()
+                    .starts_with(STRUCTURED_CONTENT_TYPE)
+            })
             .unwrap_or(false);
         if structured {
             Encoding::STRUCTURED
@@ -246,17 +271,26 @@ impl BinaryMessageSerializer {
     }
 
     fn push(&mut self, name: &str, value: WireValue) {
-        self.message.properties.push((format!("{WRITE_PREFIX}{name}"), value));
+        self.message
+            .properties
+            .push((format!("{WRITE_PREFIX}{name}"), value));
     }
 }
 
 impl BinarySerializer<WireMessage> for BinaryMessageSerializer {
     fn set_spec_version(mut self, spec_version: SpecVersion) -> cloudevents::message::Result<Self> {
-        self.push("specversion", WireValue::String(spec_version.as_str().to_owned()));
+        self.push(
+            "specversion",
+            WireValue::String(spec_version.as_str().to_owned()),
+        );
         Ok(self)
     }
 
-    fn set_attribute(mut self, name: &str, value: MessageAttributeValue) -> cloudevents::message::Result<Self> {
+    fn set_attribute(
+        mut self,
+        name: &str,
+        value: MessageAttributeValue,
+    ) -> cloudevents::message::Result<Self> {
         if name == "datacontenttype" {
             self.message.content_type = Some(value.to_string());
         } else {
@@ -265,7 +299,11 @@ impl BinarySerializer<WireMessage> for BinaryMessageSerializer {
         Ok(self)
     }
 
-    fn set_extension(mut self, name: &str, value: MessageAttributeValue) -> cloudevents::message::Result<Self> {
+    fn set_extension(
+        mut self,
+        name: &str,
+        value: MessageAttributeValue,
+    ) -> cloudevents::message::Result<Self> {
         self.push(name, to_wire_value(value));
         Ok(self)
     }
@@ -381,7 +419,11 @@ pub fn decode_binary(message: &WireMessage) -> Result<MirrorEvent, DecodeError> 
         }
     }
     if let Some((name, _)) = attributes.iter().find(|(n, v)| {
-        SPEC_ATTRIBUTES.contains(n) && !matches!(v, WireValue::String(_) | WireValue::Uuid(_) | WireValue::Timestamp(_))
+        SPEC_ATTRIBUTES.contains(n)
+            && !matches!(
+                v,
+                WireValue::String(_) | WireValue::Uuid(_) | WireValue::Timestamp(_)
+            )
     }) {
         // dataschema (the only one left unchecked) must be a URI string.
         return Err(DecodeError::invalid(*name, "is not a string"));
@@ -416,7 +458,8 @@ mod tests {
     }
 
     fn event_at(time: DateTime<Utc>) -> MirrorEvent {
-        let subject = Subject::parse("conversations/c1/messages/m1", crate::EventFamily::Message).unwrap();
+        let subject =
+            Subject::parse("conversations/c1/messages/m1", crate::EventFamily::Message).unwrap();
         let payload = Payload::from_json(
             EventType::DmMessageCreate,
             &json!({ "authorUserId": "u1", "bodyText": "hi", "createdAt": TIME }),
@@ -446,7 +489,10 @@ mod tests {
                 (format!("{prefix}time"), s(TIME)),
                 (format!("{prefix}id"), s(&ev.id().to_string())),
                 (format!("{prefix}source"), s(ev.source())),
-                (format!("{prefix}subject"), s("conversations/c1/messages/m1")),
+                (
+                    format!("{prefix}subject"),
+                    s("conversations/c1/messages/m1"),
+                ),
                 (format!("{prefix}partitionkey"), s("c1")),
                 // an unrelated application property is left alone
                 ("Diagnostic-Id".into(), s("00-abc-def-01")),
@@ -456,7 +502,10 @@ mod tests {
     }
 
     fn with(mut m: WireMessage, name: &str, value: Option<WireValue>) -> WireMessage {
-        let pos = m.properties.iter().position(|(k, _)| attribute_name(k) == Some(name));
+        let pos = m
+            .properties
+            .iter()
+            .position(|(k, _)| attribute_name(k) == Some(name));
         match (pos, value) {
             (Some(i), Some(v)) => m.properties[i].1 = v,
             (Some(i), None) => {
@@ -471,7 +520,8 @@ mod tests {
     #[test]
     fn accepts_valid_messages() {
         let ev = contract_event();
-        let ms = Utc.with_ymd_and_hms(2025, 10, 8, 12, 34, 56).unwrap() + chrono::Duration::milliseconds(123);
+        let ms = Utc.with_ymd_and_hms(2025, 10, 8, 12, 34, 56).unwrap()
+            + chrono::Duration::milliseconds(123);
         let ms_event = event_at(ms);
         let native = WireMessage {
             content_type: Some("application/json".into()),
@@ -481,7 +531,10 @@ mod tests {
                 ("cloudEvents_time".into(), WireValue::Timestamp(ms)),
                 ("cloudEvents_id".into(), WireValue::Uuid(ms_event.id())),
                 ("cloudEvents_source".into(), s(ms_event.source())),
-                ("cloudEvents_subject".into(), s("conversations/c1/messages/m1")),
+                (
+                    "cloudEvents_subject".into(),
+                    s("conversations/c1/messages/m1"),
+                ),
                 ("cloudEvents_partitionkey".into(), s("c1")),
                 (
                     "cloudEvents_traceparent".into(),
@@ -501,7 +554,11 @@ mod tests {
             body: ev.to_structured_json(),
         };
         let mut uppercase_id = spec_binary_example("cloudEvents_");
-        uppercase_id = with(uppercase_id, "id", Some(s(&ev.id().to_string().to_uppercase())));
+        uppercase_id = with(
+            uppercase_id,
+            "id",
+            Some(s(&ev.id().to_string().to_uppercase())),
+        );
         let no_content_type = WireMessage {
             content_type: None,
             ..spec_binary_example("cloudEvents_")
@@ -574,7 +631,12 @@ mod tests {
                 "invalid_field",
                 "AMQP long",
             ),
-            ("missing id", with(base(), "id", None), "missing_field", "`id`"),
+            (
+                "missing id",
+                with(base(), "id", None),
+                "missing_field",
+                "`id`",
+            ),
             (
                 "missing source",
                 with(base(), "source", None),
@@ -652,7 +714,10 @@ mod tests {
             ),
             (
                 "empty body",
-                WireMessage { body: vec![], ..base() },
+                WireMessage {
+                    body: vec![],
+                    ..base()
+                },
                 "missing_field",
                 "`data`",
             ),
@@ -707,7 +772,8 @@ mod tests {
                 WireMessage {
                     content_type: Some(STRUCTURED_CONTENT_TYPE.into()),
                     properties: vec![],
-                    body: serde_json::to_vec(&json!({"id": "x", "type": "dm.message.create"})).unwrap(),
+                    body: serde_json::to_vec(&json!({"id": "x", "type": "dm.message.create"}))
+                        .unwrap(),
                 },
                 "missing_field",
                 "`specversion`",
@@ -717,7 +783,9 @@ mod tests {
             let direct = decode_binary(&message);
             let via_wire = decode_wire(&message);
             for (how, result) in [("decode_wire", via_wire), ("decode_binary", direct)] {
-                if how == "decode_binary" && message.content_type.as_deref() == Some(STRUCTURED_CONTENT_TYPE) {
+                if how == "decode_binary"
+                    && message.content_type.as_deref() == Some(STRUCTURED_CONTENT_TYPE)
+                {
                     continue;
                 }
                 match result {
@@ -741,13 +809,18 @@ mod tests {
         assert!(m.is_binary_mode());
         assert_eq!(m.content_type.as_deref(), Some("application/json"));
         assert!(
-            m.properties.iter().all(|(k, _)| k.starts_with("cloudEvents_")),
+            m.properties
+                .iter()
+                .all(|(k, _)| k.starts_with("cloudEvents_")),
             "{:?}",
             m.properties
         );
         assert_eq!(m.property("cloudEvents_specversion"), Some(&s("1.0")));
         assert_eq!(m.property("cloudEvents_id"), Some(&s(&ev.id().to_string())));
-        assert_eq!(m.property("cloudEvents_type"), Some(&s("dm.message.create")));
+        assert_eq!(
+            m.property("cloudEvents_type"),
+            Some(&s("dm.message.create"))
+        );
         // time keeps its microseconds: a string, not a millisecond AMQP timestamp
         assert_eq!(m.property("cloudEvents_time"), Some(&s(TIME)));
         assert_eq!(m.property("cloudEvents_partitionkey"), Some(&s("c1")));
@@ -764,15 +837,25 @@ mod tests {
             .id("0001")
             .ty("com.example.someevent")
             .source("/mycontext/subcontext")
-            .time(Utc.with_ymd_and_hms(2018, 4, 5, 3, 56, 24).unwrap() + chrono::Duration::nanoseconds(5))
+            .time(
+                Utc.with_ymd_and_hms(2018, 4, 5, 3, 56, 24).unwrap()
+                    + chrono::Duration::nanoseconds(5),
+            )
             .extension("someint", 10)
             .extension("somebool", true)
             .data("text/xml", b"<much wow=\"xml\"/>".to_vec())
             .build()
             .unwrap();
-        let wire = BinaryDeserializer::deserialize_binary(original.clone(), BinaryMessageSerializer::new()).unwrap();
+        let wire = BinaryDeserializer::deserialize_binary(
+            original.clone(),
+            BinaryMessageSerializer::new(),
+        )
+        .unwrap();
         assert_eq!(wire.content_type.as_deref(), Some("text/xml"));
-        assert_eq!(wire.property("cloudEvents_someint"), Some(&WireValue::Int(10)));
+        assert_eq!(
+            wire.property("cloudEvents_someint"),
+            Some(&WireValue::Int(10))
+        );
         assert_eq!(
             wire.property("cloudEvents_time"),
             Some(&s("2018-04-05T03:56:24.000000005Z"))
@@ -817,8 +900,9 @@ mod tests {
                 .prop_map(WireValue::String),
                 any::<bool>().prop_map(WireValue::Bool),
                 any::<i64>().prop_map(WireValue::Int),
-                (-10_000_000_000_000i64..10_000_000_000_000i64)
-                    .prop_map(|ms| WireValue::Timestamp(DateTime::from_timestamp_millis(ms).unwrap())),
+                (-10_000_000_000_000i64..10_000_000_000_000i64).prop_map(
+                    |ms| WireValue::Timestamp(DateTime::from_timestamp_millis(ms).unwrap())
+                ),
                 any::<u128>().prop_map(|u| WireValue::Uuid(uuid::Uuid::from_u128(u))),
                 proptest::collection::vec(any::<u8>(), 0..16).prop_map(WireValue::Binary),
             ]
@@ -837,7 +921,10 @@ mod tests {
                 Just("dataschema"),
                 Just("x")
             ];
-            (prop_oneof![Just("cloudEvents_"), Just("cloudEvents:"), Just("")], attrs)
+            (
+                prop_oneof![Just("cloudEvents_"), Just("cloudEvents:"), Just("")],
+                attrs,
+            )
                 .prop_map(|(p, a)| format!("{p}{a}"))
         }
 

@@ -24,7 +24,9 @@ pub enum DecodeError {
         found: String,
         expected: String,
     },
-    #[error("id `{found}` is not the deterministic id `{expected}` of this type, subject and time")]
+    #[error(
+        "id `{found}` is not the deterministic id `{expected}` of this type, subject and time"
+    )]
     WrongId { found: String, expected: String },
 }
 

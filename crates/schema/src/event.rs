@@ -14,7 +14,12 @@ pub const ID_NAMESPACE: Uuid = uuid::uuid!("a61aad53-8b85-4d33-902a-40915aaca62f
 
 /// The contract's deterministic id: UUID v5 of `type + "\n" + subject + "\n" + time`.
 pub fn deterministic_id(event_type: EventType, subject: &Subject, time: &SourceTime) -> Uuid {
-    let name = format!("{}\n{}\n{}", event_type.as_str(), subject, format_time(time));
+    let name = format!(
+        "{}\n{}\n{}",
+        event_type.as_str(),
+        subject,
+        format_time(time)
+    );
     Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
 }
 
@@ -47,7 +52,10 @@ impl MirrorEvent {
             ));
         }
         if !payload.fits(event_type) {
-            return Err(DecodeError::invalid("data.payload", format!("is not a `{event_type}` payload")));
+            return Err(DecodeError::invalid(
+                "data.payload",
+                format!("is not a `{event_type}` payload"),
+            ));
         }
         payload.validate()?;
         let time = time.trunc_subsecs_micros();
@@ -96,7 +104,12 @@ impl MirrorEvent {
     /// `source` (`firestore`, `gateway`, …), at most 32 characters.
     pub fn sync_source(&self) -> &str {
         let scheme = self.source.split_once("://").map(|(s, _)| s).unwrap_or("");
-        if scheme.is_empty() || scheme.len() > 32 || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
+        if scheme.is_empty()
+            || scheme.len() > 32
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
             "unknown"
         } else {
             scheme
@@ -165,7 +178,8 @@ pub fn decode_structured(bytes: &[u8]) -> Result<MirrorEvent, DecodeError> {
             limit: MAX_EVENT_BYTES,
         });
     }
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(format!("not JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| DecodeError::Malformed(format!("not JSON: {e}")))?;
     let obj = value
         .as_object()
         .ok_or_else(|| DecodeError::Malformed("the event is not a JSON object".into()))?;
@@ -175,7 +189,10 @@ pub fn decode_structured(bytes: &[u8]) -> Result<MirrorEvent, DecodeError> {
         None => return Err(DecodeError::Missing("specversion")),
         Some(Value::String(s)) if s == "1.0" => {}
         Some(other) => {
-            return Err(DecodeError::invalid("specversion", format!("`{}` is not `1.0`", truncate(&other.to_string(), 32))))
+            return Err(DecodeError::invalid(
+                "specversion",
+                format!("`{}` is not `1.0`", truncate(&other.to_string(), 32)),
+            ))
         }
     }
     for attr in ["id", "source", "type", "subject", "time"] {
@@ -186,7 +203,10 @@ pub fn decode_structured(bytes: &[u8]) -> Result<MirrorEvent, DecodeError> {
         }
     }
     // The type is checked before the envelope so that an unknown type is reported as such.
-    obj["type"].as_str().unwrap_or_default().parse::<EventType>()?;
+    obj["type"]
+        .as_str()
+        .unwrap_or_default()
+        .parse::<EventType>()?;
     let raw_time = obj["time"].as_str().unwrap_or_default().to_owned();
     crate::parse_time("time", &raw_time)?;
     match obj.get("datacontenttype") {
@@ -194,7 +214,8 @@ pub fn decode_structured(bytes: &[u8]) -> Result<MirrorEvent, DecodeError> {
         Some(Value::String(ct)) => check_content_type(ct)?,
         Some(_) => return Err(DecodeError::invalid("datacontenttype", "is not a string")),
     }
-    let event: Event = serde_json::from_value(value).map_err(|e| DecodeError::Malformed(format!("not a CloudEvent: {e}")))?;
+    let event: Event = serde_json::from_value(value)
+        .map_err(|e| DecodeError::Malformed(format!("not a CloudEvent: {e}")))?;
     decode_cloudevent_with_time(&event, Some(&raw_time))
 }
 
@@ -203,7 +224,10 @@ pub fn decode_cloudevent(event: &Event) -> Result<MirrorEvent, DecodeError> {
     decode_cloudevent_with_time(event, None)
 }
 
-fn decode_cloudevent_with_time(event: &Event, raw_time: Option<&str>) -> Result<MirrorEvent, DecodeError> {
+fn decode_cloudevent_with_time(
+    event: &Event,
+    raw_time: Option<&str>,
+) -> Result<MirrorEvent, DecodeError> {
     let event_type: EventType = event.ty().parse()?;
     let subject_text = event.subject().ok_or(DecodeError::Missing("subject"))?;
     let subject = Subject::parse(subject_text, event_type.family())?;
@@ -250,38 +274,80 @@ fn decode_cloudevent_with_time(event: &Event, raw_time: Option<&str>) -> Result<
     let data: Value = match event.data() {
         None => return Err(DecodeError::Missing("data")),
         Some(Data::Json(v)) => v.clone(),
-        Some(Data::String(s)) => serde_json::from_str(s).map_err(|e| DecodeError::invalid("data", format!("is not JSON: {e}")))?,
-        Some(Data::Binary(b)) => serde_json::from_slice(b).map_err(|e| DecodeError::invalid("data", format!("is not JSON: {e}")))?,
+        Some(Data::String(s)) => serde_json::from_str(s)
+            .map_err(|e| DecodeError::invalid("data", format!("is not JSON: {e}")))?,
+        Some(Data::Binary(b)) => serde_json::from_slice(b)
+            .map_err(|e| DecodeError::invalid("data", format!("is not JSON: {e}")))?,
     };
-    let data = data.as_object().ok_or_else(|| DecodeError::invalid("data", "is not a JSON object"))?;
+    let data = data
+        .as_object()
+        .ok_or_else(|| DecodeError::invalid("data", "is not a JSON object"))?;
 
     let op = data.get("op").ok_or(DecodeError::Missing("data.op"))?;
     if op.as_str() != Some(event_type.op().as_str()) {
         return Err(DecodeError::invalid(
             "data.op",
-            format!("`{}` does not match type `{event_type}`", truncate(&op.to_string(), 32)),
+            format!(
+                "`{}` does not match type `{event_type}`",
+                truncate(&op.to_string(), 32)
+            ),
         ));
     }
-    check_data_id(data, "firestoreId", "data.firestoreId", subject.document_id(), true)?;
+    check_data_id(
+        data,
+        "firestoreId",
+        "data.firestoreId",
+        subject.document_id(),
+        true,
+    )?;
     if let Some(conversation_id) = subject.conversation_id() {
-        check_data_id(data, "conversationId", "data.conversationId", conversation_id, true)?;
+        check_data_id(
+            data,
+            "conversationId",
+            "data.conversationId",
+            conversation_id,
+            true,
+        )?;
     }
     match &subject {
-        Subject::Block { user_id, target_user_id } => {
+        Subject::Block {
+            user_id,
+            target_user_id,
+        } => {
             check_data_id(data, "userId", "data.userId", user_id, false)?;
-            check_data_id(data, "targetUserId", "data.targetUserId", target_user_id, false)?;
+            check_data_id(
+                data,
+                "targetUserId",
+                "data.targetUserId",
+                target_user_id,
+                false,
+            )?;
         }
         Subject::FollowEdge {
             follower_user_id,
             target_user_id,
         } => {
-            check_data_id(data, "followerUserId", "data.followerUserId", follower_user_id, false)?;
-            check_data_id(data, "targetUserId", "data.targetUserId", target_user_id, false)?;
+            check_data_id(
+                data,
+                "followerUserId",
+                "data.followerUserId",
+                follower_user_id,
+                false,
+            )?;
+            check_data_id(
+                data,
+                "targetUserId",
+                "data.targetUserId",
+                target_user_id,
+                false,
+            )?;
         }
         _ => {}
     }
 
-    let payload_value = data.get("payload").ok_or(DecodeError::Missing("data.payload"))?;
+    let payload_value = data
+        .get("payload")
+        .ok_or(DecodeError::Missing("data.payload"))?;
     let payload = Payload::from_json(event_type, payload_value)?;
 
     Ok(MirrorEvent {
@@ -300,7 +366,10 @@ fn check_content_type(ct: &str) -> Result<(), DecodeError> {
     if base.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else {
-        Err(DecodeError::invalid("datacontenttype", format!("`{}` is not `application/json`", truncate(ct, 64))))
+        Err(DecodeError::invalid(
+            "datacontenttype",
+            format!("`{}` is not `application/json`", truncate(ct, 64)),
+        ))
     }
 }
 
@@ -391,7 +460,8 @@ mod tests {
 
     #[test]
     fn rejects_a_non_deterministic_id() {
-        let bytes = serde_json::to_vec(&contract_example("5f0c3b9e-8e0f-5c8a-9d57-1d7a0c1f2b3c")).unwrap();
+        let bytes =
+            serde_json::to_vec(&contract_example("5f0c3b9e-8e0f-5c8a-9d57-1d7a0c1f2b3c")).unwrap();
         let e = decode_structured(&bytes).unwrap_err();
         assert_eq!(e.code(), "wrong_id");
         assert!(e.to_string().contains(&example_id()), "{e}");

@@ -22,7 +22,9 @@ mod types;
 pub mod wire;
 
 pub use error::DecodeError;
-pub use event::{decode_cloudevent, decode_structured, deterministic_id, MirrorEvent, ID_NAMESPACE};
+pub use event::{
+    decode_cloudevent, decode_structured, deterministic_id, MirrorEvent, ID_NAMESPACE,
+};
 pub use payload::{
     BlockPayload, BlockSource, ConversationKind, ConversationPayload, FollowEdgePayload,
     FollowSource, FollowState, MessageDeletePayload, MessagePayload, MuteState, Participant,

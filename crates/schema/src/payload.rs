@@ -90,9 +90,17 @@ pub struct MessagePayload {
     pub external_media: Option<Vec<serde_json::Value>>,
     #[serde(with = "serde_ts")]
     pub created_at: SourceTime,
-    #[serde(default, with = "serde_ts::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "serde_ts::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub edited_at: Option<SourceTime>,
-    #[serde(default, with = "serde_ts::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "serde_ts::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub deleted_at: Option<SourceTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_message_id: Option<String>,
@@ -112,7 +120,11 @@ pub struct MessageDeletePayload {
 pub struct BlockPayload {
     #[serde(with = "serde_ts")]
     pub created_at: SourceTime,
-    #[serde(default, with = "serde_ts::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "serde_ts::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub revoked_at: Option<SourceTime>,
     pub source: BlockSource,
 }
@@ -143,7 +155,10 @@ pub enum Payload {
 
 impl Payload {
     /// Decode `value` as the payload of `event_type`, naming the field that is wrong.
-    pub fn from_json(event_type: EventType, value: &serde_json::Value) -> Result<Payload, DecodeError> {
+    pub fn from_json(
+        event_type: EventType,
+        value: &serde_json::Value,
+    ) -> Result<Payload, DecodeError> {
         if !value.is_object() {
             return Err(DecodeError::invalid("data.payload", "is not a JSON object"));
         }
@@ -177,13 +192,31 @@ impl Payload {
     pub fn fits(&self, event_type: EventType) -> bool {
         matches!(
             (self, event_type.family(), event_type.op()),
-            (Payload::Conversation(_), EventFamily::Conversation, Op::Create | Op::Update)
-                | (Payload::Message(_), EventFamily::Message, Op::Create | Op::Update)
-                | (Payload::MessageDelete(_), EventFamily::Message, Op::Delete)
-                | (Payload::Block(_), EventFamily::Block, Op::Create | Op::Update)
+            (
+                Payload::Conversation(_),
+                EventFamily::Conversation,
+                Op::Create | Op::Update
+            ) | (
+                Payload::Message(_),
+                EventFamily::Message,
+                Op::Create | Op::Update
+            ) | (Payload::MessageDelete(_), EventFamily::Message, Op::Delete)
+                | (
+                    Payload::Block(_),
+                    EventFamily::Block,
+                    Op::Create | Op::Update
+                )
                 | (Payload::BlockDelete, EventFamily::Block, Op::Delete)
-                | (Payload::FollowEdge(_), EventFamily::FollowEdge, Op::Create | Op::Update)
-                | (Payload::FollowEdgeDelete, EventFamily::FollowEdge, Op::Delete)
+                | (
+                    Payload::FollowEdge(_),
+                    EventFamily::FollowEdge,
+                    Op::Create | Op::Update
+                )
+                | (
+                    Payload::FollowEdgeDelete,
+                    EventFamily::FollowEdge,
+                    Op::Delete
+                )
         )
     }
 
@@ -196,10 +229,16 @@ impl Payload {
                     let field = format!("data.payload.participants[{i}].userId");
                     check_id(&field, &p.user_id)?;
                     if !seen.insert(p.user_id.as_str()) {
-                        return Err(DecodeError::invalid(field, format!("`{}` is listed twice", p.user_id)));
+                        return Err(DecodeError::invalid(
+                            field,
+                            format!("`{}` is listed twice", p.user_id),
+                        ));
                     }
                     if let Some(m) = &p.read_pointer_message_id {
-                        check_id(&format!("data.payload.participants[{i}].readPointerMessageId"), m)?;
+                        check_id(
+                            &format!("data.payload.participants[{i}].readPointerMessageId"),
+                            m,
+                        )?;
                     }
                 }
                 if let Some(m) = &c.last_message_id {
@@ -217,7 +256,10 @@ impl Payload {
                     check_id("data.payload.performedBy", p)?;
                 }
             }
-            Payload::Block(_) | Payload::BlockDelete | Payload::FollowEdge(_) | Payload::FollowEdgeDelete => {}
+            Payload::Block(_)
+            | Payload::BlockDelete
+            | Payload::FollowEdge(_)
+            | Payload::FollowEdgeDelete => {}
         }
         Ok(())
     }
@@ -248,13 +290,29 @@ mod tests {
             &json!({"type": "direct", "participants": [{"userId": "u1", "role": "admin", "joinedAt": "2025-01-01T00:00:00Z", "muteState": "none"}], "createdAt": "2025-01-01T00:00:00Z", "updatedAt": "2025-01-01T00:00:00Z"}),
         )
         .unwrap_err();
-        assert!(e.to_string().starts_with("invalid `data.payload.participants[0].role`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("invalid `data.payload.participants[0].role`"),
+            "{e}"
+        );
 
-        let e = Payload::from_json(EventType::DmMessageCreate, &json!({"bodyText": "hi", "createdAt": "2025-01-01T00:00:00Z"})).unwrap_err();
+        let e = Payload::from_json(
+            EventType::DmMessageCreate,
+            &json!({"bodyText": "hi", "createdAt": "2025-01-01T00:00:00Z"}),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("authorUserId"), "{e}");
 
-        let e = Payload::from_json(EventType::FollowEdgeCreate, &json!({"state": "accepted", "source": "web", "createdAt": "yesterday"})).unwrap_err();
-        assert!(e.to_string().starts_with("invalid `data.payload.createdAt`"), "{e}");
+        let e = Payload::from_json(
+            EventType::FollowEdgeCreate,
+            &json!({"state": "accepted", "source": "web", "createdAt": "yesterday"}),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid `data.payload.createdAt`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -272,7 +330,10 @@ mod tests {
 
     #[test]
     fn deletes_take_empty_objects() {
-        assert_eq!(Payload::from_json(EventType::FollowEdgeDelete, &json!({})).unwrap(), Payload::FollowEdgeDelete);
+        assert_eq!(
+            Payload::from_json(EventType::FollowEdgeDelete, &json!({})).unwrap(),
+            Payload::FollowEdgeDelete
+        );
         assert!(Payload::from_json(EventType::FollowEdgeDelete, &json!([])).is_err());
     }
 }

@@ -91,9 +91,10 @@ impl Subject {
     /// The conversation a `dm.conversation.*`/`dm.message.*` subject belongs to.
     pub fn conversation_id(&self) -> Option<&str> {
         match self {
-            Subject::Conversation { conversation_id } | Subject::Message { conversation_id, .. } => {
-                Some(conversation_id)
-            }
+            Subject::Conversation { conversation_id }
+            | Subject::Message {
+                conversation_id, ..
+            } => Some(conversation_id),
             _ => None,
         }
     }
@@ -102,9 +103,10 @@ impl Subject {
     /// messages, follower for follow edges, blocking user for blocks.
     pub fn partition_key(&self) -> &str {
         match self {
-            Subject::Conversation { conversation_id } | Subject::Message { conversation_id, .. } => {
-                conversation_id
-            }
+            Subject::Conversation { conversation_id }
+            | Subject::Message {
+                conversation_id, ..
+            } => conversation_id,
             Subject::Block { user_id, .. } => user_id,
             Subject::FollowEdge {
                 follower_user_id, ..
@@ -116,7 +118,9 @@ impl Subject {
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Subject::Conversation { conversation_id } => write!(f, "conversations/{conversation_id}"),
+            Subject::Conversation { conversation_id } => {
+                write!(f, "conversations/{conversation_id}")
+            }
             Subject::Message {
                 conversation_id,
                 message_id,
@@ -148,13 +152,19 @@ pub(crate) fn check_id(field: &str, s: &str) -> Result<(), DecodeError> {
     if s.chars().count() > MAX_ID_LEN {
         return Err(DecodeError::invalid(
             field,
-            format!("id `{}` is longer than {MAX_ID_LEN} characters", crate::types::truncate(s, 40)),
+            format!(
+                "id `{}` is longer than {MAX_ID_LEN} characters",
+                crate::types::truncate(s, 40)
+            ),
         ));
     }
     if s == "." || s == ".." || s.chars().any(|c| c.is_control() || c == '/') {
         return Err(DecodeError::invalid(
             field,
-            format!("id `{}` is not a valid document id", crate::types::truncate(s, 40)),
+            format!(
+                "id `{}` is not a valid document id",
+                crate::types::truncate(s, 40)
+            ),
         ));
     }
     Ok(())

@@ -16,12 +16,21 @@ pub type SourceTime = DateTime<Utc>;
 pub fn parse_time(field: &str, value: &str) -> Result<SourceTime, DecodeError> {
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc).trunc_subsecs(6))
-        .map_err(|e| DecodeError::invalid(field, format!("`{}` is not an RFC 3339 timestamp ({e})", crate::types::truncate(value, 64))))
+        .map_err(|e| {
+            DecodeError::invalid(
+                field,
+                format!(
+                    "`{}` is not an RFC 3339 timestamp ({e})",
+                    crate::types::truncate(value, 64)
+                ),
+            )
+        })
 }
 
 /// The contract's canonical text form: 6 fractional digits and `Z`.
 pub fn format_time(t: &SourceTime) -> String {
-    t.trunc_subsecs(6).to_rfc3339_opts(SecondsFormat::Micros, true)
+    t.trunc_subsecs(6)
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// Serde adapters for payload timestamps (canonical on output, normalised on input).
@@ -53,7 +62,9 @@ pub(crate) mod serde_ts {
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SourceTime>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SourceTime>, D::Error> {
             match Option::<String>::deserialize(d)? {
                 None => Ok(None),
                 Some(s) => parse_time("timestamp", &s).map(Some).map_err(|_| {

@@ -47,7 +47,10 @@ impl WireMessage {
     }
 
     pub fn property(&self, name: &str) -> Option<&WireValue> {
-        self.properties.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        self.properties
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
     }
 
     /// Size of the message as the limit counts it: body plus property names and values.
@@ -73,7 +76,11 @@ impl WireMessage {
         let structured = self
             .content_type
             .as_deref()
-            .map(|ct| ct.trim().to_ascii_lowercase().starts_with(STRUCTURED_CONTENT_TYPE))
+            .map(|ct| {
+                ct.trim()
+                    .to_ascii_lowercase()
+                    .starts_with(STRUCTURED_CONTENT_TYPE)
+            })
             .unwrap_or(false);
         !structured && crate::amqp::has_binary_attributes(self)
     }

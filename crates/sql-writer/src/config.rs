@@ -17,8 +17,8 @@ use clap::{Args, Parser, ValueEnum};
 use serde::Deserialize;
 
 pub use mirror_runtime::config::{
-    bad, BusArgs, BusKind, BusSettings, ConfigError, ServiceBusAuth, StoreArgs, StoreKind, StoreSettings, DEFAULT_DATABASE_URL,
-    DEFAULT_NATS_URL,
+    bad, BusArgs, BusKind, BusSettings, ConfigError, ServiceBusAuth, StoreArgs, StoreKind,
+    StoreSettings, DEFAULT_DATABASE_URL, DEFAULT_NATS_URL,
 };
 
 use crate::policy::RetryPolicy;
@@ -124,35 +124,61 @@ impl Cli {
         let file = match &self.config {
             None => FileConfig::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| bad("--config / SQL_WRITER_CONFIG", format!("cannot read {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    bad(
+                        "--config / SQL_WRITER_CONFIG",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
                 check_file_keys(&text, path)?;
-                toml::from_str(&text).map_err(|e| bad("--config / SQL_WRITER_CONFIG", format!("{}: {e}", path.display())))?
+                toml::from_str(&text).map_err(|e| {
+                    bad(
+                        "--config / SQL_WRITER_CONFIG",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?
             }
         };
         let w = self.writer;
         let f = file.writer;
         let batch_size = w.batch_size.or(f.batch_size).unwrap_or(64);
         if !(1..=1000).contains(&batch_size) {
-            return Err(bad("--batch-size / WRITER_BATCH_SIZE", "must be between 1 and 1000"));
+            return Err(bad(
+                "--batch-size / WRITER_BATCH_SIZE",
+                "must be between 1 and 1000",
+            ));
         }
         let concurrency = w.concurrency.or(f.concurrency).unwrap_or(4);
         if !(1..=64).contains(&concurrency) {
-            return Err(bad("--concurrency / WRITER_CONCURRENCY", "must be between 1 and 64"));
+            return Err(bad(
+                "--concurrency / WRITER_CONCURRENCY",
+                "must be between 1 and 64",
+            ));
         }
         let max_attempts = w.max_attempts.or(f.max_attempts).unwrap_or(5);
         if !(1..=100).contains(&max_attempts) {
-            return Err(bad("--max-attempts / WRITER_MAX_ATTEMPTS", "must be between 1 and 100"));
+            return Err(bad(
+                "--max-attempts / WRITER_MAX_ATTEMPTS",
+                "must be between 1 and 100",
+            ));
         }
         let min_delay = Duration::from_millis(w.min_backoff_ms.or(f.min_backoff_ms).unwrap_or(500));
-        let max_delay = Duration::from_millis(w.max_backoff_ms.or(f.max_backoff_ms).unwrap_or(60_000));
+        let max_delay =
+            Duration::from_millis(w.max_backoff_ms.or(f.max_backoff_ms).unwrap_or(60_000));
         if min_delay > max_delay {
             return Err(bad("--min-backoff-ms", "must not exceed --max-backoff-ms"));
         }
         let apply_timeout_secs = w.apply_timeout_secs.or(f.apply_timeout_secs).unwrap_or(60);
         if apply_timeout_secs == 0 {
-            return Err(bad("--apply-timeout-secs / WRITER_APPLY_TIMEOUT_SECS", "must be at least 1"));
+            return Err(bad(
+                "--apply-timeout-secs / WRITER_APPLY_TIMEOUT_SECS",
+                "must be at least 1",
+            ));
         }
-        let subscription = w.subscription.or(f.subscription).unwrap_or_else(|| mirror_bus::SQL_WRITER_SUBSCRIPTION.to_owned());
+        let subscription = w
+            .subscription
+            .or(f.subscription)
+            .unwrap_or_else(|| mirror_bus::SQL_WRITER_SUBSCRIPTION.to_owned());
         let mut bus = self.bus.or(file.bus).settings()?;
         if let BusSettings::Nats { max_deliver, .. } = &mut bus {
             *max_deliver = max_attempts;
@@ -171,7 +197,11 @@ impl Cli {
                     max_delay,
                     jitter: true,
                 },
-                shutdown_deadline: Duration::from_secs(w.shutdown_deadline_secs.or(f.shutdown_deadline_secs).unwrap_or(20)),
+                shutdown_deadline: Duration::from_secs(
+                    w.shutdown_deadline_secs
+                        .or(f.shutdown_deadline_secs)
+                        .unwrap_or(20),
+                ),
                 apply_timeout: Duration::from_secs(apply_timeout_secs),
                 ..WriterSettings::default()
             },
@@ -186,7 +216,12 @@ impl Cli {
 /// secrets, which belong in flags or the environment, not in a file.
 fn check_file_keys(text: &str, path: &std::path::Path) -> Result<(), ConfigError> {
     use clap::CommandFactory;
-    let table: toml::Table = toml::from_str(text).map_err(|e| bad("--config / SQL_WRITER_CONFIG", format!("{}: {e}", path.display())))?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        bad(
+            "--config / SQL_WRITER_CONFIG",
+            format!("{}: {e}", path.display()),
+        )
+    })?;
     let known: Vec<String> = Cli::command()
         .get_arguments()
         .filter_map(|a| a.get_long())
@@ -194,10 +229,19 @@ fn check_file_keys(text: &str, path: &std::path::Path) -> Result<(), ConfigError
         .collect();
     for key in table.keys() {
         if ["database_url", "mssql_url", "servicebus_connection_string"].contains(&key.as_str()) {
-            return Err(bad("--config / SQL_WRITER_CONFIG", format!("{}: `{key}` is a secret; set it in the environment instead", path.display())));
+            return Err(bad(
+                "--config / SQL_WRITER_CONFIG",
+                format!(
+                    "{}: `{key}` is a secret; set it in the environment instead",
+                    path.display()
+                ),
+            ));
         }
         if key == "config" || !known.contains(key) {
-            return Err(bad("--config / SQL_WRITER_CONFIG", format!("{}: unknown option `{key}`", path.display())));
+            return Err(bad(
+                "--config / SQL_WRITER_CONFIG",
+                format!("{}: unknown option `{key}`", path.display()),
+            ));
         }
     }
     Ok(())
@@ -217,8 +261,20 @@ mod tests {
     fn defaults_are_local() {
         // Not reading the environment in this test would need env isolation;
         // the flags below override anything a developer has set.
-        let s = parse(&["--bus", "nats", "--nats-url", DEFAULT_NATS_URL, "--store", "postgres", "--database-url", DEFAULT_DATABASE_URL]).unwrap();
-        assert!(matches!(s.bus, BusSettings::Nats { ref url, ref topic, max_deliver: 5 } if url == DEFAULT_NATS_URL && topic == "realtime-mirror"));
+        let s = parse(&[
+            "--bus",
+            "nats",
+            "--nats-url",
+            DEFAULT_NATS_URL,
+            "--store",
+            "postgres",
+            "--database-url",
+            DEFAULT_DATABASE_URL,
+        ])
+        .unwrap();
+        assert!(
+            matches!(s.bus, BusSettings::Nats { ref url, ref topic, max_deliver: 5 } if url == DEFAULT_NATS_URL && topic == "realtime-mirror")
+        );
         assert_eq!(s.writer.batch_size, 64);
         assert_eq!(s.writer.retry.max_attempts, 5);
         assert_eq!(s.store.describe(), "postgres 127.0.0.1:5432/mirror");
@@ -227,7 +283,11 @@ mod tests {
     #[test]
     fn bad_values_name_the_option() {
         let e = parse(&["--batch-size", "0"]).unwrap_err();
-        assert!(e.to_string().starts_with("--batch-size / WRITER_BATCH_SIZE"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("--batch-size / WRITER_BATCH_SIZE"),
+            "{e}"
+        );
         let e = parse(&["--bus", "nats", "--nats-url", "http://x"]).unwrap_err();
         assert!(e.to_string().contains("NATS_URL"), "{e}");
         let e = parse(&["--store", "mssql", "--mssql-url", "nonsense"]).unwrap_err();
@@ -236,9 +296,22 @@ mod tests {
 
     #[test]
     fn secrets_do_not_leak_through_debug() {
-        let s = parse(&["--store", "postgres", "--database-url", "postgres://u:hunter2@db/mirror", "--bus", "servicebus", "--servicebus-connection-string", "Endpoint=sb://x/;SharedAccessKeyName=k;SharedAccessKey=topsecret"]).unwrap();
+        let s = parse(&[
+            "--store",
+            "postgres",
+            "--database-url",
+            "postgres://u:hunter2@db/mirror",
+            "--bus",
+            "servicebus",
+            "--servicebus-connection-string",
+            "Endpoint=sb://x/;SharedAccessKeyName=k;SharedAccessKey=topsecret",
+        ])
+        .unwrap();
         let dbg = format!("{s:?}");
-        assert!(!dbg.contains("hunter2") && !dbg.contains("topsecret"), "{dbg}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("topsecret"),
+            "{dbg}"
+        );
         assert!(!s.store.describe().contains("hunter2"));
     }
 
@@ -255,7 +328,10 @@ mod tests {
         let e = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
         assert!(e.to_string().contains("unknown option `batch_sise`"), "{e}");
         std::fs::write(&path, "database_url = \"postgres://x\"\n").unwrap();
-        assert!(parse(&["--config", path.to_str().unwrap()]).unwrap_err().to_string().contains("secret"));
+        assert!(parse(&["--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string()
+            .contains("secret"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -30,8 +30,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -54,7 +57,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         with_bus!(&settings.bus, |bus| {
             sql_writer::adapters::start_background(&bus, &settings.writer.subscription).await?;
-            let deps = Deps { bus: Arc::new(bus), store: Arc::new(store) };
+            let deps = Deps {
+                bus: Arc::new(bus),
+                store: Arc::new(store),
+            };
             sql_writer::run(deps, settings.writer.clone(), shutdown_signal()).await?
         })
     });
@@ -74,7 +80,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

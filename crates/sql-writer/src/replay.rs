@@ -58,14 +58,22 @@ pub async fn replay<B: EventBus, S: MirrorStore>(
     dry_run: bool,
 ) -> Result<Vec<Replayed>, ReplayError> {
     let rows = bus.list_dead_letters(subscription, filter.limit).await?;
-    let counts: std::collections::HashMap<String, u32> =
-        store.list_dead_letters(100_000).await?.into_iter().map(|r| (r.record.key, r.replay_count)).collect();
+    let counts: std::collections::HashMap<String, u32> = store
+        .list_dead_letters(100_000)
+        .await?
+        .into_iter()
+        .map(|r| (r.record.key, r.replay_count))
+        .collect();
     let mut out = Vec::new();
     for d in rows {
         let (id, event_type, subject) = peek_attributes(&d.message);
         let reason_differs = filter.reason.as_deref().is_some_and(|r| r != d.reason);
-        let type_differs = filter.event_type.as_deref().is_some_and(|t| Some(t) != event_type.as_deref());
-        let too_old = matches!((filter.since, d.dead_lettered_at), (Some(since), Some(at)) if at < since);
+        let type_differs = filter
+            .event_type
+            .as_deref()
+            .is_some_and(|t| Some(t) != event_type.as_deref());
+        let too_old =
+            matches!((filter.since, d.dead_lettered_at), (Some(since), Some(at)) if at < since);
         if reason_differs || type_differs || too_old {
             continue;
         }

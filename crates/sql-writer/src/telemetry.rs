@@ -18,24 +18,49 @@ use mirror_schema::EventType;
 use mirror_store::ApplyOutcome;
 
 /// An event reached its final settlement.
-pub fn event_completed(event_type: EventType, outcome: ApplyOutcome, source_time: DateTime<Utc>, committed_at: DateTime<Utc>) {
-    counter!("mirror_events_total", "type" => event_type.as_str(), "outcome" => outcome.as_str()).increment(1);
+pub fn event_completed(
+    event_type: EventType,
+    outcome: ApplyOutcome,
+    source_time: DateTime<Utc>,
+    committed_at: DateTime<Utc>,
+) {
+    counter!("mirror_events_total", "type" => event_type.as_str(), "outcome" => outcome.as_str())
+        .increment(1);
     if outcome == ApplyOutcome::Applied {
-        let ms = (committed_at - source_time).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0;
+        let ms = (committed_at - source_time)
+            .num_microseconds()
+            .unwrap_or(i64::MAX) as f64
+            / 1000.0;
         histogram!("sql_mirror_latency_ms", "type" => event_type.as_str()).record(ms.max(0.0));
     }
     tracing::debug!(r#type = %event_type, outcome = outcome.as_str(), "event settled");
 }
 
 /// A delivery was released for a later attempt.
-pub fn event_retried(message_id: Option<&str>, event_type: Option<EventType>, attempt: u32, delay: Duration, reason: &str) {
+pub fn event_retried(
+    message_id: Option<&str>,
+    event_type: Option<EventType>,
+    attempt: u32,
+    delay: Duration,
+    reason: &str,
+) {
     counter!("mirror_events_total", "type" => event_type.map(|t| t.as_str()).unwrap_or("unknown"), "outcome" => "retried")
         .increment(1);
-    tracing::warn!(message_id, attempt, delay_ms = delay.as_millis() as u64, reason, "transient failure, will retry");
+    tracing::warn!(
+        message_id,
+        attempt,
+        delay_ms = delay.as_millis() as u64,
+        reason,
+        "transient failure, will retry"
+    );
 }
 
 /// A delivery was dead-lettered.
-pub fn event_dead_lettered(message_id: Option<&str>, event_type: Option<EventType>, why: &DeadLetter) {
+pub fn event_dead_lettered(
+    message_id: Option<&str>,
+    event_type: Option<EventType>,
+    why: &DeadLetter,
+) {
     counter!("mirror_events_total", "type" => event_type.map(|t| t.as_str()).unwrap_or("unknown"), "outcome" => "dead_lettered")
         .increment(1);
     tracing::error!(message_id, reason = %why.reason, attempts = why.attempts, description = %why.description, "event dead-lettered");

@@ -184,7 +184,10 @@ pub struct MetricSample {
 /// Where contract events become SQL rows (see the module docs for the contract).
 pub trait MirrorStore: Send + Sync + 'static {
     /// Apply one event in its own transaction.
-    fn apply(&self, event: &MirrorEvent) -> impl Future<Output = Result<ApplyOutcome, StoreError>> + Send;
+    fn apply(
+        &self,
+        event: &MirrorEvent,
+    ) -> impl Future<Output = Result<ApplyOutcome, StoreError>> + Send;
 
     /// Apply `events` in one transaction, each inside its own savepoint so that
     /// one rejected event does not undo the others. Returns one result per
@@ -196,18 +199,38 @@ pub trait MirrorStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError>> + Send;
 
     /// Insert or update a dead-letter row (keyed by [`DeadLetterRecord::key`]).
-    fn record_dead_letter(&self, record: &DeadLetterRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn record_dead_letter(
+        &self,
+        record: &DeadLetterRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Dead-letter rows, newest failure first.
-    fn list_dead_letters(&self, limit: usize) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send;
+    fn list_dead_letters(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send;
 
     /// Note that the dead letter `key` was replayed at `at` (count and history).
-    fn record_replay(&self, key: &str, at: DateTime<Utc>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn record_replay(
+        &self,
+        key: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    fn load_checkpoint(&self, module: &str, shard: &str) -> impl Future<Output = Result<Option<Checkpoint>, StoreError>> + Send;
-    fn save_checkpoint(&self, checkpoint: &Checkpoint) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn load_checkpoint(
+        &self,
+        module: &str,
+        shard: &str,
+    ) -> impl Future<Output = Result<Option<Checkpoint>, StoreError>> + Send;
+    fn save_checkpoint(
+        &self,
+        checkpoint: &Checkpoint,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    fn record_metrics(&self, samples: &[MetricSample]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn record_metrics(
+        &self,
+        samples: &[MetricSample],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Row counts of every mirror table, by table name, in schema order.
     fn table_counts(&self) -> impl Future<Output = Result<Vec<(String, i64)>, StoreError>> + Send;

@@ -12,8 +12,8 @@ use mirror_schema::{FollowState, MirrorEvent, Op, Payload, Subject};
 use uuid::Uuid;
 
 use crate::state::{
-    participant_hash, AuditRow, BlockRow, ConversationRow, FollowEdgeRow, FollowEventRow, MessageRow, MirrorState,
-    ParticipantRow,
+    participant_hash, AuditRow, BlockRow, ConversationRow, FollowEdgeRow, FollowEventRow,
+    MessageRow, MirrorState, ParticipantRow,
 };
 use crate::ApplyOutcome;
 
@@ -35,7 +35,10 @@ fn newer(event: &MirrorEvent, stored: Option<Version>) -> bool {
 }
 
 /// The `follow_event` type for a state transition, if it is one.
-pub fn follow_transition(prev: Option<FollowState>, next: Option<FollowState>) -> Option<&'static str> {
+pub fn follow_transition(
+    prev: Option<FollowState>,
+    next: Option<FollowState>,
+) -> Option<&'static str> {
     use FollowState::*;
     match (prev, next) {
         (a, b) if a == b => None,
@@ -79,7 +82,10 @@ impl Model {
                 conversation_id,
                 message_id,
             } => self.message(event, conversation_id, message_id),
-            Subject::Block { user_id, target_user_id } => self.block(event, user_id, target_user_id),
+            Subject::Block {
+                user_id,
+                target_user_id,
+            } => self.block(event, user_id, target_user_id),
             Subject::FollowEdge {
                 follower_user_id,
                 target_user_id,
@@ -93,7 +99,9 @@ impl Model {
     }
 
     fn conversation(&mut self, event: &MirrorEvent, cid: &str) -> bool {
-        let Payload::Conversation(p) = event.payload() else { unreachable!("schema guarantees the payload") };
+        let Payload::Conversation(p) = event.payload() else {
+            unreachable!("schema guarantees the payload")
+        };
         let stored = self
             .state
             .conversations
@@ -121,7 +129,9 @@ impl Model {
             doc_updated_at: Some(p.updated_at),
             last_message_id: None,
             last_message_at: None,
-            participant_hash: Some(participant_hash(p.participants.iter().map(|x| x.user_id.as_str()))),
+            participant_hash: Some(participant_hash(
+                p.participants.iter().map(|x| x.user_id.as_str()),
+            )),
             placeholder: false,
             source_version: Some(event.time()),
             last_event_id: Some(event.id()),
@@ -134,7 +144,11 @@ impl Model {
     fn message(&mut self, event: &MirrorEvent, cid: &str, mid: &str) -> bool {
         self.ensure_conversation(cid);
         let key = (cid.to_owned(), mid.to_owned());
-        let stored = self.state.messages.get(&key).map(|m| (m.source_version, m.last_event_id));
+        let stored = self
+            .state
+            .messages
+            .get(&key)
+            .map(|m| (m.source_version, m.last_event_id));
         if !newer(event, stored) {
             return false;
         }
@@ -154,7 +168,11 @@ impl Model {
                     last_event_id: event.id(),
                 };
                 let audit = (event.event_type().op() == Op::Update).then(|| {
-                    let action = if p.deleted_at.is_some() { "soft_delete" } else { "edit" };
+                    let action = if p.deleted_at.is_some() {
+                        "soft_delete"
+                    } else {
+                        "edit"
+                    };
                     (action, Some(p.author_user_id.clone()))
                 });
                 (row, audit)
@@ -193,18 +211,21 @@ impl Model {
     }
 
     fn ensure_conversation(&mut self, cid: &str) {
-        self.state.conversations.entry(cid.to_owned()).or_insert(ConversationRow {
-            kind: None,
-            created_at: None,
-            updated_at: None,
-            doc_updated_at: None,
-            last_message_id: None,
-            last_message_at: None,
-            participant_hash: None,
-            placeholder: true,
-            source_version: None,
-            last_event_id: None,
-        });
+        self.state
+            .conversations
+            .entry(cid.to_owned())
+            .or_insert(ConversationRow {
+                kind: None,
+                created_at: None,
+                updated_at: None,
+                doc_updated_at: None,
+                last_message_id: None,
+                last_message_at: None,
+                participant_hash: None,
+                placeholder: true,
+                source_version: None,
+                last_event_id: None,
+            });
     }
 
     /// `last_message_*` and `updated_at` from the live messages of `cid`.
@@ -216,7 +237,11 @@ impl Model {
             .filter(|((c, _), m)| c == cid && m.deleted_at.is_none())
             .filter_map(|((_, mid), m)| m.created_at.map(|t| (t, mid.clone())))
             .max();
-        let conv = self.state.conversations.get_mut(cid).expect("conversation exists");
+        let conv = self
+            .state
+            .conversations
+            .get_mut(cid)
+            .expect("conversation exists");
         conv.last_message_at = last.as_ref().map(|(t, _)| *t);
         conv.last_message_id = last.map(|(_, m)| m);
         conv.updated_at = match (conv.doc_updated_at, conv.last_message_at) {
@@ -227,7 +252,11 @@ impl Model {
 
     fn block(&mut self, event: &MirrorEvent, uid: &str, tid: &str) -> bool {
         let key = (uid.to_owned(), tid.to_owned());
-        let stored = self.state.blocks.get(&key).map(|r| (r.source_version, r.last_event_id));
+        let stored = self
+            .state
+            .blocks
+            .get(&key)
+            .map(|r| (r.source_version, r.last_event_id));
         if !newer(event, stored) {
             return false;
         }
@@ -321,11 +350,20 @@ mod tests {
     #[test]
     fn follow_transitions() {
         assert_eq!(follow_transition(None, Some(Pending)), Some("request"));
-        assert_eq!(follow_transition(Some(Pending), Some(Accepted)), Some("accept"));
+        assert_eq!(
+            follow_transition(Some(Pending), Some(Accepted)),
+            Some("accept")
+        );
         assert_eq!(follow_transition(None, Some(Accepted)), Some("accept"));
         assert_eq!(follow_transition(Some(Accepted), None), Some("remove"));
-        assert_eq!(follow_transition(Some(Accepted), Some(Blocked)), Some("block"));
-        assert_eq!(follow_transition(Some(Blocked), Some(Accepted)), Some("unblock"));
+        assert_eq!(
+            follow_transition(Some(Accepted), Some(Blocked)),
+            Some("block")
+        );
+        assert_eq!(
+            follow_transition(Some(Blocked), Some(Accepted)),
+            Some("unblock")
+        );
         assert_eq!(follow_transition(Some(Blocked), None), Some("unblock"));
         assert_eq!(follow_transition(Some(Accepted), Some(Accepted)), None);
         assert_eq!(follow_transition(None, None), None);

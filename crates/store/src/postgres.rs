@@ -160,7 +160,8 @@ fn describe(config: &tokio_postgres::Config) -> String {
 /// private CAs of AWS RDS or Cloud SQL, say).
 fn tls() -> MakeRustlsConnect {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = std::env::var_os("PGSSLROOTCERT") {
         match CertificateDer::pem_file_iter(&path) {
             Ok(certs) => {
@@ -170,14 +171,18 @@ fn tls() -> MakeRustlsConnect {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, path = %std::path::Path::new(&path).display(), "PGSSLROOTCERT: cannot read"),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %std::path::Path::new(&path).display(), "PGSSLROOTCERT: cannot read")
+            }
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     MakeRustlsConnect::new(config)
 }
 
@@ -330,7 +335,10 @@ impl PgStore {
         let mut client = connect_once(&self.pg_config).await?;
         // Schema changes may outlast the writers' statement timeout, and so may
         // waiting for another process's migration.
-        client.batch_execute("SET statement_timeout = 0").await.map_err(error::pg)?;
+        client
+            .batch_execute("SET statement_timeout = 0")
+            .await
+            .map_err(error::pg)?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await

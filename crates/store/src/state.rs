@@ -142,7 +142,12 @@ impl MirrorState {
             macro_rules! table {
                 ($name:literal, $map:expr) => {
                     for (k, v) in $map.iter() {
-                        out.push(format!("{} {:?} {}", $name, k, serde_json::to_string(v).unwrap_or_default()));
+                        out.push(format!(
+                            "{} {:?} {}",
+                            $name,
+                            k,
+                            serde_json::to_string(v).unwrap_or_default()
+                        ));
                     }
                 };
             }
@@ -152,10 +157,16 @@ impl MirrorState {
             table!("dm_block", s.blocks);
             table!("follow_edge", s.follow_edges);
             for a in &s.audit {
-                out.push(format!("dm_message_audit {}", serde_json::to_string(a).unwrap_or_default()));
+                out.push(format!(
+                    "dm_message_audit {}",
+                    serde_json::to_string(a).unwrap_or_default()
+                ));
             }
             for f in &s.follow_events {
-                out.push(format!("follow_event {}", serde_json::to_string(f).unwrap_or_default()));
+                out.push(format!(
+                    "follow_event {}",
+                    serde_json::to_string(f).unwrap_or_default()
+                ));
             }
             out
         }

@@ -42,7 +42,10 @@ impl fmt::Debug for ServiceBusAuth {
                 .debug_tuple("ConnectionString")
                 .field(&redact_connection_string(cs.expose_secret()))
                 .finish(),
-            ServiceBusAuth::Entra { namespace, credential } => f
+            ServiceBusAuth::Entra {
+                namespace,
+                credential,
+            } => f
                 .debug_struct("Entra")
                 .field("namespace", namespace)
                 .field("credential", credential)
@@ -124,14 +127,20 @@ impl ServiceBusConfig {
             max_delivery_count: 5,
             lock_renewal: None,
             duplicate_detection_window: Duration::from_secs(600),
-            verify_subscriptions: vec![SQL_WRITER_SUBSCRIPTION.to_owned(), MONITORING_SUBSCRIPTION.to_owned()],
+            verify_subscriptions: vec![
+                SQL_WRITER_SUBSCRIPTION.to_owned(),
+                MONITORING_SUBSCRIPTION.to_owned(),
+            ],
             identifier: None,
         }
     }
 
     /// SAS connection string auth; fails (naming the problem, never the key)
     /// when the string is not a Service Bus connection string.
-    pub fn from_connection_string(connection_string: &str, topic: &str) -> Result<ServiceBusConfig, BusError> {
+    pub fn from_connection_string(
+        connection_string: &str,
+        topic: &str,
+    ) -> Result<ServiceBusConfig, BusError> {
         let parsed = ConnectionString::parse(connection_string)?;
         if let Some(path) = parsed.entity_path {
             if path != topic {
@@ -166,14 +175,23 @@ impl ServiceBusConfig {
             )));
         }
         if self.max_delivery_count == 0 {
-            return Err(BusError::Config("max_delivery_count must be at least 1".into()));
+            return Err(BusError::Config(
+                "max_delivery_count must be at least 1".into(),
+            ));
         }
         if self.prefetch > 10_000 {
-            return Err(BusError::Config(format!("prefetch {} is over 10000", self.prefetch)));
+            return Err(BusError::Config(format!(
+                "prefetch {} is over 10000",
+                self.prefetch
+            )));
         }
         match &self.auth {
-            ServiceBusAuth::ConnectionString(cs) => ConnectionString::parse(cs.expose_secret()).map(|_| ()),
-            ServiceBusAuth::Entra { namespace, .. } => fully_qualified_namespace(namespace).map(|_| ()),
+            ServiceBusAuth::ConnectionString(cs) => {
+                ConnectionString::parse(cs.expose_secret()).map(|_| ())
+            }
+            ServiceBusAuth::Entra { namespace, .. } => {
+                fully_qualified_namespace(namespace).map(|_| ())
+            }
         }
     }
 
@@ -287,7 +305,10 @@ pub(crate) fn redact_connection_string(s: &str) -> String {
 
 /// `text` with the secret values of `connection_string` (and the whole string) replaced.
 pub(crate) fn scrub_secrets(text: &str, connection_string: &str) -> String {
-    let mut out = text.replace(connection_string, &redact_connection_string(connection_string));
+    let mut out = text.replace(
+        connection_string,
+        &redact_connection_string(connection_string),
+    );
     for pair in connection_string.split(';') {
         if let Some((k, v)) = pair.split_once('=') {
             let v = v.trim();
@@ -351,7 +372,10 @@ mod tests {
                 }
                 (Err(e), Err(needle)) => {
                     let text = e.to_string();
-                    assert!(text.contains(needle), "{input}: `{text}` does not mention {needle}");
+                    assert!(
+                        text.contains(needle),
+                        "{input}: `{text}` does not mention {needle}"
+                    );
                     assert!(!text.contains(KEY), "the key leaked into `{text}`");
                 }
                 (got, expected) => panic!("{input}: got {got:?}, expected {expected:?}"),
@@ -365,7 +389,10 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains(KEY), "{debug}");
         assert!(debug.contains("SharedAccessKey=<redacted>"), "{debug}");
-        assert!(debug.contains("Endpoint=sb://demo.servicebus.windows.net/"), "{debug}");
+        assert!(
+            debug.contains("Endpoint=sb://demo.servicebus.windows.net/"),
+            "{debug}"
+        );
         assert!(debug.contains("RootManageSharedAccessKey"), "{debug}");
         let pretty = format!("{config:#?}");
         assert!(!pretty.contains(KEY), "{pretty}");
@@ -377,7 +404,10 @@ mod tests {
         let error = format!("cannot connect: bad key {KEY} in {}", cs());
         let scrubbed = scrub_secrets(&error, &cs());
         assert!(!scrubbed.contains(KEY), "{scrubbed}");
-        assert!(scrubbed.contains("demo.servicebus.windows.net"), "{scrubbed}");
+        assert!(
+            scrubbed.contains("demo.servicebus.windows.net"),
+            "{scrubbed}"
+        );
     }
 
     #[test]
@@ -404,13 +434,23 @@ mod tests {
     #[test]
     fn entra_namespaces_must_be_fully_qualified() {
         for (input, expected) in [
-            ("demo.servicebus.windows.net", Some("demo.servicebus.windows.net")),
-            ("sb://demo.servicebus.windows.net/", Some("demo.servicebus.windows.net")),
+            (
+                "demo.servicebus.windows.net",
+                Some("demo.servicebus.windows.net"),
+            ),
+            (
+                "sb://demo.servicebus.windows.net/",
+                Some("demo.servicebus.windows.net"),
+            ),
             ("demo", None),
             ("", None),
             ("https://x/y", None),
         ] {
-            assert_eq!(fully_qualified_namespace(input).ok().as_deref(), expected, "{input}");
+            assert_eq!(
+                fully_qualified_namespace(input).ok().as_deref(),
+                expected,
+                "{input}"
+            );
         }
         let c = ServiceBusConfig::entra("demo", "realtime-mirror");
         let e = c.validate().unwrap_err();
@@ -426,7 +466,11 @@ mod tests {
     fn validation_names_the_setting() {
         let mut c = ServiceBusConfig::from_connection_string(&cs(), "t").unwrap();
         c.max_delivery_count = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("max_delivery_count"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_delivery_count"));
         c.max_delivery_count = 5;
         c.prefetch = 1_000_000;
         assert!(c.validate().unwrap_err().to_string().contains("prefetch"));

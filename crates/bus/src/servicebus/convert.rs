@@ -11,7 +11,9 @@ use azservicebus::receiver::DeadLetterOptions;
 use azservicebus::ServiceBusMessage;
 use chrono::{DateTime, Utc};
 use fe2o3_amqp_types::messaging::{ApplicationProperties, Body};
-use fe2o3_amqp_types::primitives::{Binary, OrderedMap, SimpleValue, Timestamp, Uuid as AmqpUuid, Value};
+use fe2o3_amqp_types::primitives::{
+    Binary, OrderedMap, SimpleValue, Timestamp, Uuid as AmqpUuid, Value,
+};
 use mirror_schema::{WireMessage, WireValue, MAX_EVENT_BYTES};
 
 use crate::{BusError, DeadLetter, DeadLettered, OutboundMessage};
@@ -37,7 +39,9 @@ pub fn to_amqp_value(value: &WireValue) -> SimpleValue {
         WireValue::String(s) => SimpleValue::String(s.clone()),
         WireValue::Bool(b) => SimpleValue::Bool(*b),
         WireValue::Int(i) => SimpleValue::Long(*i),
-        WireValue::Timestamp(t) => SimpleValue::Timestamp(Timestamp::from_milliseconds(t.timestamp_millis())),
+        WireValue::Timestamp(t) => {
+            SimpleValue::Timestamp(Timestamp::from_milliseconds(t.timestamp_millis()))
+        }
         WireValue::Uuid(u) => SimpleValue::Uuid(AmqpUuid::from(*u.as_bytes())),
         WireValue::Binary(b) => SimpleValue::Binary(Binary::from(b.clone())),
     }
@@ -70,7 +74,8 @@ pub fn from_amqp_value(value: &SimpleValue) -> Option<WireValue> {
         SimpleValue::Decimal64(v) => WireValue::String(format!("{v:?}")),
         SimpleValue::Decimal128(v) => WireValue::String(format!("{v:?}")),
         SimpleValue::Char(c) => WireValue::String(c.to_string()),
-        SimpleValue::Timestamp(t) => match DateTime::<Utc>::from_timestamp_millis(t.milliseconds()) {
+        SimpleValue::Timestamp(t) => match DateTime::<Utc>::from_timestamp_millis(t.milliseconds())
+        {
             Some(dt) => WireValue::Timestamp(dt),
             None => WireValue::String(t.milliseconds().to_string()),
         },
@@ -89,7 +94,9 @@ pub fn from_amqp_value(value: &SimpleValue) -> Option<WireValue> {
 }
 
 /// Port properties as AMQP application properties (order kept).
-pub fn to_application_properties(properties: &[(String, WireValue)]) -> Option<ApplicationProperties> {
+pub fn to_application_properties(
+    properties: &[(String, WireValue)],
+) -> Option<ApplicationProperties> {
     if properties.is_empty() {
         return None;
     }
@@ -102,7 +109,9 @@ pub fn to_application_properties(properties: &[(String, WireValue)]) -> Option<A
 }
 
 /// AMQP application properties as port properties (order kept, nulls left out).
-pub fn from_application_properties(properties: Option<&ApplicationProperties>) -> Vec<(String, WireValue)> {
+pub fn from_application_properties(
+    properties: Option<&ApplicationProperties>,
+) -> Vec<(String, WireValue)> {
     properties
         .map(|p| {
             p.0.iter()
@@ -145,7 +154,10 @@ pub fn to_wire(
 /// The Service Bus message for `outbound`: body and content type as given,
 /// application properties with native types, `MessageId` for duplicate
 /// detection and, with sessions on, `SessionId` = the partition key.
-pub fn to_service_bus_message(outbound: &OutboundMessage, sessions: bool) -> Result<ServiceBusMessage, BusError> {
+pub fn to_service_bus_message(
+    outbound: &OutboundMessage,
+    sessions: bool,
+) -> Result<ServiceBusMessage, BusError> {
     let size = outbound.message.size();
     if size > MAX_EVENT_BYTES {
         return Err(BusError::TooLarge {
@@ -163,8 +175,12 @@ pub fn to_service_bus_message(outbound: &OutboundMessage, sessions: bool) -> Res
         ));
     }
     let mut m = ServiceBusMessage::new(outbound.message.body.clone());
-    m.set_message_id(outbound.message_id.clone())
-        .map_err(|e| BusError::op("publish", format!("message id `{}`: {e}", outbound.message_id)))?;
+    m.set_message_id(outbound.message_id.clone()).map_err(|e| {
+        BusError::op(
+            "publish",
+            format!("message id `{}`: {e}", outbound.message_id),
+        )
+    })?;
     if sessions {
         let key = outbound
             .partition_key
@@ -195,7 +211,10 @@ fn truncate(s: &str, max_chars: usize) -> String {
 /// keeps them, plus the attempt count and time as application properties.
 pub fn dead_letter_options(why: &DeadLetter, now: DateTime<Utc>) -> DeadLetterOptions {
     let mut properties = OrderedMap::new();
-    properties.insert(DEAD_LETTER_ATTEMPTS.to_owned(), Value::Long(i64::from(why.attempts)));
+    properties.insert(
+        DEAD_LETTER_ATTEMPTS.to_owned(),
+        Value::Long(i64::from(why.attempts)),
+    );
     properties.insert(
         DEAD_LETTERED_AT.to_owned(),
         Value::Timestamp(Timestamp::from_milliseconds(now.timestamp_millis())),
@@ -239,7 +258,9 @@ pub fn to_dead_lettered(
     };
     let dead_lettered_at = match take(DEAD_LETTERED_AT) {
         Some(WireValue::Timestamp(t)) => Some(t),
-        Some(WireValue::String(s)) => DateTime::parse_from_rfc3339(&s).ok().map(|t| t.with_timezone(&Utc)),
+        Some(WireValue::String(s)) => DateTime::parse_from_rfc3339(&s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
         _ => None,
     };
     DeadLettered {
@@ -255,11 +276,16 @@ pub fn to_dead_lettered(
 
 /// The dead-letter handle (a sequence number) back as a number.
 pub fn parse_handle(handle: &str) -> Result<i64, BusError> {
-    handle.trim().parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-        BusError::Config(format!(
-            "dead-letter handle `{handle}` is not a Service Bus sequence number"
-        ))
-    })
+    handle
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            BusError::Config(format!(
+                "dead-letter handle `{handle}` is not a Service Bus sequence number"
+            ))
+        })
 }
 
 /// How long to wait before renewing a lock that expires in `remaining`:
@@ -338,14 +364,20 @@ mod tests {
     fn property_values_round_trip_with_native_types() {
         let u = uuid::Uuid::parse_str("5f0c3b9e-8e0f-5c8a-9d57-1d7a0c1f2b3c").unwrap();
         let cases = vec![
-            (WireValue::String("c1".into()), SimpleValue::String("c1".into())),
+            (
+                WireValue::String("c1".into()),
+                SimpleValue::String("c1".into()),
+            ),
             (WireValue::Bool(true), SimpleValue::Bool(true)),
             (WireValue::Int(-5), SimpleValue::Long(-5)),
             (
                 WireValue::Timestamp(t()),
                 SimpleValue::Timestamp(Timestamp::from_milliseconds(t().timestamp_millis())),
             ),
-            (WireValue::Uuid(u), SimpleValue::Uuid(AmqpUuid::from(*u.as_bytes()))),
+            (
+                WireValue::Uuid(u),
+                SimpleValue::Uuid(AmqpUuid::from(*u.as_bytes())),
+            ),
             (
                 WireValue::Binary(vec![0, 1, 255]),
                 SimpleValue::Binary(Binary::from(vec![0u8, 1, 255])),
@@ -353,7 +385,11 @@ mod tests {
         ];
         for (wire, amqp) in cases {
             assert_eq!(to_amqp_value(&wire), amqp, "{wire:?} → AMQP");
-            assert_eq!(from_amqp_value(&amqp), Some(wire.clone()), "{amqp:?} → wire");
+            assert_eq!(
+                from_amqp_value(&amqp),
+                Some(wire.clone()),
+                "{amqp:?} → wire"
+            );
         }
     }
 
@@ -372,7 +408,10 @@ mod tests {
             (SimpleValue::Byte(-7), Some(WireValue::Int(-7))),
             (SimpleValue::Short(-7), Some(WireValue::Int(-7))),
             (SimpleValue::Int(-7), Some(WireValue::Int(-7))),
-            (SimpleValue::Double(1.5.into()), Some(WireValue::String("1.5".into()))),
+            (
+                SimpleValue::Double(1.5.into()),
+                Some(WireValue::String("1.5".into())),
+            ),
             (SimpleValue::Char('x'), Some(WireValue::String("x".into()))),
             (
                 SimpleValue::Symbol(Symbol::from("sym")),
@@ -393,7 +432,10 @@ mod tests {
     #[test]
     fn application_properties_keep_order_and_drop_nulls() {
         let props = vec![
-            ("cloudEvents_specversion".to_owned(), WireValue::String("1.0".into())),
+            (
+                "cloudEvents_specversion".to_owned(),
+                WireValue::String("1.0".into()),
+            ),
             ("cloudEvents_time".to_owned(), WireValue::Timestamp(t())),
             ("n".to_owned(), WireValue::Int(1)),
         ];
@@ -409,10 +451,16 @@ mod tests {
     #[test]
     fn bodies() {
         let one: Body<Value> = Body::Data(vec![Data(Binary::from(b"{\"a\":1}".to_vec()))].into());
-        let two: Body<Value> =
-            Body::Data(vec![Data(Binary::from(b"ab".to_vec())), Data(Binary::from(b"cd".to_vec()))].into());
+        let two: Body<Value> = Body::Data(
+            vec![
+                Data(Binary::from(b"ab".to_vec())),
+                Data(Binary::from(b"cd".to_vec())),
+            ]
+            .into(),
+        );
         let string: Body<Value> = Body::Value(AmqpValue(Value::String("{}".into())));
-        let binary: Body<Value> = Body::Value(AmqpValue(Value::Binary(Binary::from(b"xy".to_vec()))));
+        let binary: Body<Value> =
+            Body::Value(AmqpValue(Value::Binary(Binary::from(b"xy".to_vec()))));
         let number: Body<Value> = Body::Value(AmqpValue(Value::Long(3)));
         let cases: Vec<(&str, Body<Value>, &[u8])> = vec![
             ("one data section", one, b"{\"a\":1}"),
@@ -428,15 +476,25 @@ mod tests {
     }
 
     fn event() -> MirrorEvent {
-        let subject =
-            mirror_schema::Subject::parse("conversations/c1/messages/m1", mirror_schema::EventFamily::Message).unwrap();
+        let subject = mirror_schema::Subject::parse(
+            "conversations/c1/messages/m1",
+            mirror_schema::EventFamily::Message,
+        )
+        .unwrap();
         let payload = mirror_schema::Payload::from_json(
             mirror_schema::EventType::DmMessageCreate,
             &serde_json::json!({ "authorUserId": "u1", "bodyText": "hi", "createdAt": "2025-10-08T12:34:56.123456Z" }),
         )
         .unwrap();
         let source = MirrorEvent::firestore_source("demo", &subject);
-        MirrorEvent::new(mirror_schema::EventType::DmMessageCreate, subject, t(), source, payload).unwrap()
+        MirrorEvent::new(
+            mirror_schema::EventType::DmMessageCreate,
+            subject,
+            t(),
+            source,
+            payload,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -444,7 +502,10 @@ mod tests {
         let ev = event();
         let structured = OutboundMessage::from_event(&ev);
         let m = to_service_bus_message(&structured, false).unwrap();
-        assert_eq!(m.message_id().as_deref(), Some(ev.id().to_string().as_str()));
+        assert_eq!(
+            m.message_id().as_deref(),
+            Some(ev.id().to_string().as_str())
+        );
         assert_eq!(m.session_id(), None);
         assert_eq!(m.content_type(), Some("application/cloudevents+json"));
         assert!(m.application_properties().is_none());
@@ -501,7 +562,11 @@ mod tests {
         let opts = dead_letter_options(&why, t());
         assert_eq!(opts.dead_letter_reason.as_deref(), Some("invalid_field"));
         assert_eq!(
-            opts.dead_letter_error_description.as_ref().unwrap().chars().count(),
+            opts.dead_letter_error_description
+                .as_ref()
+                .unwrap()
+                .chars()
+                .count(),
             MAX_DEAD_LETTER_TEXT
         );
         let props = opts.properties_to_modify.unwrap();
@@ -510,13 +575,16 @@ mod tests {
         // what the broker hands back from the dead-letter queue
         let original = mirror_schema::WireMessage::structured(&event());
         let mut dlq = original.clone();
-        dlq.properties
-            .push((DEAD_LETTER_REASON.into(), WireValue::String("invalid_field".into())));
+        dlq.properties.push((
+            DEAD_LETTER_REASON.into(),
+            WireValue::String("invalid_field".into()),
+        ));
         dlq.properties.push((
             DEAD_LETTER_ERROR_DESCRIPTION.into(),
             WireValue::String("invalid `time`".into()),
         ));
-        dlq.properties.push((DEAD_LETTER_ATTEMPTS.into(), WireValue::Int(3)));
+        dlq.properties
+            .push((DEAD_LETTER_ATTEMPTS.into(), WireValue::Int(3)));
         dlq.properties
             .push((DEAD_LETTERED_AT.into(), WireValue::Timestamp(t())));
         let d = to_dead_lettered(42, Some("id-1".into()), dlq, Some(4));
@@ -526,7 +594,10 @@ mod tests {
         assert_eq!(d.description, "invalid `time`");
         assert_eq!(d.attempts, 3);
         assert_eq!(d.dead_lettered_at, Some(t()));
-        assert_eq!(d.message, original, "bookkeeping properties are stripped for replay");
+        assert_eq!(
+            d.message, original,
+            "bookkeeping properties are stripped for replay"
+        );
 
         // dead-lettered by the broker itself
         let mut dlq = original.clone();
@@ -547,7 +618,10 @@ mod tests {
         assert_eq!(parse_handle("123").unwrap(), 123);
         for bad in ["", "-1", "abc", "1.5"] {
             assert!(
-                parse_handle(bad).unwrap_err().to_string().contains("sequence number"),
+                parse_handle(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("sequence number"),
                 "{bad}"
             );
         }
@@ -555,12 +629,22 @@ mod tests {
 
     #[test]
     fn lock_timing() {
-        assert_eq!(renewal_delay(Duration::from_secs(60)), Duration::from_secs(30));
-        assert_eq!(renewal_delay(Duration::from_millis(500)), Duration::from_secs(1));
+        assert_eq!(
+            renewal_delay(Duration::from_secs(60)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            renewal_delay(Duration::from_millis(500)),
+            Duration::from_secs(1)
+        );
         assert!(renew_now(Duration::from_millis(1500)));
         assert!(!renew_now(Duration::from_secs(30)));
         let now = t();
-        let in_a_minute = i128::from((now + chrono::Duration::seconds(60)).timestamp_nanos_opt().unwrap());
+        let in_a_minute = i128::from(
+            (now + chrono::Duration::seconds(60))
+                .timestamp_nanos_opt()
+                .unwrap(),
+        );
         assert_eq!(until(in_a_minute, now), Duration::from_secs(60));
         assert_eq!(until(0, now), Duration::ZERO);
         assert!(!abandon_dead_letters(4, 5));

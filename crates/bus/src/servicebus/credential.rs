@@ -7,8 +7,8 @@ use std::sync::Arc;
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::error::ErrorKind;
 use azure_identity::{
-    DefaultAzureCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
-    WorkloadIdentityCredential,
+    DefaultAzureCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
+    UserAssignedId, WorkloadIdentityCredential,
 };
 
 use super::EntraCredential;
@@ -16,7 +16,9 @@ use crate::BusError;
 
 /// Build the credential `kind` names.
 pub(crate) fn build(kind: &EntraCredential) -> Result<Arc<dyn TokenCredential>, BusError> {
-    let fail = |what: &str, e: azure_core::Error| BusError::Config(format!("Entra ID {what} credential: {e}"));
+    let fail = |what: &str, e: azure_core::Error| {
+        BusError::Config(format!("Entra ID {what} credential: {e}"))
+    };
     let managed = |client_id: Option<String>| {
         ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
             user_assigned_id: client_id.map(UserAssignedId::ClientId),
@@ -30,7 +32,9 @@ pub(crate) fn build(kind: &EntraCredential) -> Result<Arc<dyn TokenCredential>, 
         EntraCredential::WorkloadIdentity => {
             WorkloadIdentityCredential::new(None).map_err(|e| fail("workload identity", e))?
         }
-        EntraCredential::Developer => DefaultAzureCredential::new().map_err(|e| fail("developer (Azure CLI)", e))?,
+        EntraCredential::Developer => {
+            DefaultAzureCredential::new().map_err(|e| fail("developer (Azure CLI)", e))?
+        }
         EntraCredential::Auto => {
             let mut sources: Vec<(&'static str, Arc<dyn TokenCredential>)> = Vec::new();
             if std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some() {
@@ -38,7 +42,11 @@ pub(crate) fn build(kind: &EntraCredential) -> Result<Arc<dyn TokenCredential>, 
                     sources.push(("workload identity", c));
                 }
             }
-            if let Ok(c) = managed(std::env::var("AZURE_CLIENT_ID").ok().filter(|s| !s.is_empty())) {
+            if let Ok(c) = managed(
+                std::env::var("AZURE_CLIENT_ID")
+                    .ok()
+                    .filter(|s| !s.is_empty()),
+            ) {
                 sources.push(("managed identity", c));
             }
             if let Ok(c) = DefaultAzureCredential::new() {
@@ -85,8 +93,14 @@ impl TokenCredential for Chain {
                 Err(e) => errors.push(format!("{name}: {e}")),
             }
         }
-        Err(azure_core::Error::with_message(ErrorKind::Credential, || {
-            format!("no Entra ID credential returned a token ({})", errors.join("; "))
-        }))
+        Err(azure_core::Error::with_message(
+            ErrorKind::Credential,
+            || {
+                format!(
+                    "no Entra ID credential returned a token ({})",
+                    errors.join("; ")
+                )
+            },
+        ))
     }
 }

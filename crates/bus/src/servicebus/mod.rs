@@ -60,7 +60,8 @@ pub use config::{EntraCredential, ServiceBusAuth, ServiceBusConfig};
 use convert::AttachFailure;
 
 use crate::{
-    Backlog, BusError, DeadLetter, DeadLettered, Delivery, EventBus, OutboundMessage, PublishOutcome, Receiver,
+    Backlog, BusError, DeadLetter, DeadLettered, Delivery, EventBus, OutboundMessage,
+    PublishOutcome, Receiver,
 };
 
 /// Longest a receive holds its link before letting settlements through.
@@ -165,14 +166,26 @@ impl ServiceBusBus {
     /// deleted. Destructive, for tests and for operators clearing a queue.
     /// Messages locked by a consumer are invisible until their lock expires, so
     /// a `quiet` longer than the lock duration catches those too.
-    pub async fn purge(&self, subscription: &str, dead_letter_queue: bool, quiet: Duration) -> Result<usize, BusError> {
+    pub async fn purge(
+        &self,
+        subscription: &str,
+        dead_letter_queue: bool,
+        quiet: Duration,
+    ) -> Result<usize, BusError> {
         let mut receiver = self
-            .admin_receiver(subscription, dead_letter_queue, ServiceBusReceiveMode::ReceiveAndDelete)
+            .admin_receiver(
+                subscription,
+                dead_letter_queue,
+                ServiceBusReceiveMode::ReceiveAndDelete,
+            )
             .await?;
         let mut deleted = 0;
         let mut last = Instant::now();
         let result = loop {
-            match receiver.receive_messages_with_max_wait_time(64, POLL_SLICE * 2).await {
+            match receiver
+                .receive_messages_with_max_wait_time(64, POLL_SLICE * 2)
+                .await
+            {
                 Ok(batch) if batch.is_empty() => {
                     if last.elapsed() >= quiet {
                         break Ok(deleted);
@@ -234,7 +247,13 @@ async fn open_client(
             ServiceBusClient::new_from_token_credential(namespace, credential, options).await
         }
     };
-    result.map_err(|e| BusError::Connect(format!("{}: {}", config.namespace(), config.scrub(&e.to_string()))))
+    result.map_err(|e| {
+        BusError::Connect(format!(
+            "{}: {}",
+            config.namespace(),
+            config.scrub(&e.to_string())
+        ))
+    })
 }
 
 impl EventBus for ServiceBusBus {
@@ -253,7 +272,9 @@ impl EventBus for ServiceBusBus {
         let topic = self.config.topic.clone();
         let attempt = {
             let mut client = self.client.lock().await;
-            client.create_sender(&topic, ServiceBusSenderOptions::default()).await
+            client
+                .create_sender(&topic, ServiceBusSenderOptions::default())
+                .await
         };
         match attempt {
             Ok(sender) => {
@@ -314,7 +335,10 @@ impl EventBus for ServiceBusBus {
         match s.send_message(sb_message).await {
             Ok(()) => {
                 let now = Instant::now();
-                let mut recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut recent = self
+                    .recent
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
                 if recent.contains(&message.message_id, now) {
                     Ok(PublishOutcome::Duplicate)
                 } else {
@@ -367,7 +391,11 @@ impl EventBus for ServiceBusBus {
         })
     }
 
-    async fn list_dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLettered>, BusError> {
+    async fn list_dead_letters(
+        &self,
+        subscription: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLettered>, BusError> {
         let mut receiver = self
             .admin_receiver(subscription, true, ServiceBusReceiveMode::PeekLock)
             .await?;
@@ -375,7 +403,9 @@ impl EventBus for ServiceBusBus {
         let mut from = None;
         let result = async {
             while out.len() < limit {
-                let want = u32::try_from(limit - out.len()).unwrap_or(MAX_BATCH).min(MAX_BATCH);
+                let want = u32::try_from(limit - out.len())
+                    .unwrap_or(MAX_BATCH)
+                    .min(MAX_BATCH);
                 let batch = receiver
                     .peek_messages(want, from)
                     .await
@@ -475,7 +505,11 @@ enum Link {
 }
 
 impl Link {
-    async fn receive(&mut self, max: u32, wait: Duration) -> Result<Vec<ServiceBusReceivedMessage>, azure_core::Error> {
+    async fn receive(
+        &mut self,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<ServiceBusReceivedMessage>, azure_core::Error> {
         match self {
             Link::Plain(r) => r.receive_messages_with_max_wait_time(max, wait).await,
             Link::Session(r) => r.receive_messages_with_max_wait_time(max, wait).await,
@@ -568,9 +602,11 @@ impl ServiceBusConsumer {
         };
         // Service Bus holds an accept-next-session open until a session is
         // available or its own timeout; bound it by the caller's wait.
-        let accept = self
-            .client
-            .accept_next_session_for_subscription(&self.config.topic, &self.subscription, options);
+        let accept = self.client.accept_next_session_for_subscription(
+            &self.config.topic,
+            &self.subscription,
+            options,
+        );
         match tokio::time::timeout(wait.max(Duration::from_millis(100)), accept).await {
             Err(_elapsed) => Ok(None),
             Ok(Ok(session)) => {
@@ -582,7 +618,9 @@ impl ServiceBusConsumer {
             Ok(Err(e)) => {
                 let text = self.config.scrub(&e.to_string());
                 // "no session available" surfaces as a timeout error from the broker
-                if text.to_ascii_lowercase().contains("timeout") || text.to_ascii_lowercase().contains("timed out") {
+                if text.to_ascii_lowercase().contains("timeout")
+                    || text.to_ascii_lowercase().contains("timed out")
+                {
                     Ok(None)
                 } else {
                     Err(BusError::op("accept session", text))
@@ -604,7 +642,11 @@ impl ServiceBusConsumer {
         }
     }
 
-    fn delivery(&self, message: ServiceBusReceivedMessage, link: &SharedLink) -> ServiceBusDelivery {
+    fn delivery(
+        &self,
+        message: ServiceBusReceivedMessage,
+        link: &SharedLink,
+    ) -> ServiceBusDelivery {
         let wire = convert::to_wire(
             message.content_type(),
             message.application_properties(),
@@ -614,10 +656,14 @@ impl ServiceBusConsumer {
         let delivery_count = message.delivery_count().unwrap_or(1);
         let sequence_number = message.sequence_number();
         let inner = Arc::new(Mutex::new(message));
-        let renewal = self
-            .config
-            .lock_renewal
-            .map(|max| Renewal::spawn(Arc::downgrade(&inner), Arc::downgrade(link), max, sequence_number));
+        let renewal = self.config.lock_renewal.map(|max| {
+            Renewal::spawn(
+                Arc::downgrade(&inner),
+                Arc::downgrade(link),
+                max,
+                sequence_number,
+            )
+        });
         ServiceBusDelivery {
             wire,
             message_id,
@@ -634,7 +680,11 @@ impl ServiceBusConsumer {
 impl Receiver for ServiceBusConsumer {
     type Delivery = ServiceBusDelivery;
 
-    async fn receive(&mut self, max: usize, wait: Duration) -> Result<Vec<ServiceBusDelivery>, BusError> {
+    async fn receive(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<ServiceBusDelivery>, BusError> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -807,14 +857,18 @@ impl Delivery for ServiceBusDelivery {
     async fn keep_alive(&self) -> Result<(), BusError> {
         let mut m = self.inner.lock().await;
         let mut l = self.link.lock().await;
-        l.renew(&mut m).await.map_err(|e| BusError::op("renew lock", e))
+        l.renew(&mut m)
+            .await
+            .map_err(|e| BusError::op("renew lock", e))
     }
 
     async fn complete(self) -> Result<(), BusError> {
         drop(self._renewal);
         let m = self.inner.lock().await;
         let mut l = self.link.lock().await;
-        l.complete(&m).await.map_err(|e| BusError::op("complete", e))
+        l.complete(&m)
+            .await
+            .map_err(|e| BusError::op("complete", e))
     }
 
     /// Abandons at once: Service Bus cannot delay a redelivery, so `delay` is
@@ -860,7 +914,8 @@ mod tests {
         );
         let config = ServiceBusConfig::from_connection_string(&cs, "realtime-mirror").unwrap();
         assert!(config.is_emulator());
-        let result = tokio::time::timeout(Duration::from_secs(120), ServiceBusBus::connect(config)).await;
+        let result =
+            tokio::time::timeout(Duration::from_secs(120), ServiceBusBus::connect(config)).await;
         match result {
             Err(_) => panic!("connect did not give up within 120 s"),
             Ok(Ok(_)) => panic!("connected to a port nothing listens on"),

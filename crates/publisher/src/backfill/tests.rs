@@ -330,7 +330,11 @@ async fn publish_failures_surface_and_nothing_is_checkpointed_past_them() {
 
 #[tokio::test]
 async fn a_module_publishes_only_its_own_families() {
-    let (pager, bus, store) = (MemoryPager::new(corpus()), MemoryBus::new(), MemoryStore::new());
+    let (pager, bus, store) = (
+        MemoryPager::new(corpus()),
+        MemoryBus::new(),
+        MemoryStore::new(),
+    );
     let follow_only = BackfillOptions {
         groups: Module::Follow.groups(),
         families: Some(Module::Follow.families()),
@@ -339,9 +343,20 @@ async fn a_module_publishes_only_its_own_families() {
     let report = run(&follow_only, &pager, &bus, &store).await.unwrap();
     let events = bus.events();
     assert!(!events.is_empty());
-    assert!(events.iter().all(|e| e.event_type().family() == mirror_schema::EventFamily::FollowEdge), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.event_type().family() == mirror_schema::EventFamily::FollowEdge),
+        "{events:?}"
+    );
     // The block in the same `targets` group was read but not published or dead-lettered.
-    assert!(report.groups.iter().all(|(_, g)| g.tally.dead_lettered == 0), "{report:?}");
+    assert!(
+        report
+            .groups
+            .iter()
+            .all(|(_, g)| g.tally.dead_lettered == 0),
+        "{report:?}"
+    );
     assert_eq!(Module::parse("dm"), Some(Module::Dm));
     assert_eq!(Module::parse("chat"), None);
 }
