@@ -206,8 +206,7 @@ async fn sslmode_require_verifies_the_server_certificate() {
     std::env::remove_var("PGSSLROOTCERT");
     let refused = PgStore::connect(&PgConfig::from_url(url.clone()))
         .await
-        .err()
-        .expect("an unknown issuer is refused");
+        .expect_err("an unknown issuer is refused");
     assert_eq!(
         refused.kind,
         mirror_store::StoreErrorKind::Connect,

@@ -128,12 +128,12 @@ async fn fixture_dataset_end_to_end() {
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_input_is_dead_lettered_in_both_places_and_never_blocks() {
     let rig = rig().await;
-    let good = vec![
+    let good = [
         events::conversation(mirror_schema::Op::Create, "c1", &["u1", "u2"], events::t(1)),
         events::message(mirror_schema::Op::Create, "c1", "m1", "hi", events::t(2)),
     ];
     let valid = String::from_utf8(good[1].to_structured_json()).unwrap();
-    let bad: Vec<(&str, Vec<u8>)> = vec![
+    let bad: [(&str, Vec<u8>); 5] = [
         ("malformed", b"{not json".to_vec()),
         (
             "unknown_type",
