@@ -211,9 +211,9 @@ impl Workload {
                 properties: vec![],
                 body,
             };
-            let (reason, event_id) = match decode_wire(&wire) {
-                Err(e) => (e.code().to_owned(), None),
-                Ok(e) => ("rejected_by_database".to_owned(), Some(e.id())),
+            let reason = match decode_wire(&wire) {
+                Err(e) => e.code().to_owned(),
+                Ok(_) => "rejected_by_database".to_owned(),
             };
             let message_id = format!(
                 "poison-{i}-{}",
@@ -222,7 +222,7 @@ impl Workload {
             poison.push(Poison {
                 kind,
                 message_id: message_id.clone(),
-                key: sql_writer::writer::dead_letter_key(event_id, &wire),
+                key: sql_writer::writer::dead_letter_key(&wire),
                 reason,
             });
             let at = rng.random_range(0..=messages.len());

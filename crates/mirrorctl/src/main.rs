@@ -436,8 +436,8 @@ async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
                 let out: Vec<_> = rows
                     .iter()
                     .map(|d| {
-                        let (id, ty, subject) = peek_attributes(&d.message);
-                        let key = dead_letter_key(id, &d.message);
+                        let (_, ty, subject) = peek_attributes(&d.message);
+                        let key = dead_letter_key(&d.message);
                         serde_json::json!({
                             "handle": d.handle, "key": key, "type": ty, "subject": subject,
                             "reason": d.reason, "description": d.description, "attempts": d.attempts,
@@ -460,8 +460,8 @@ async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
                     "replays",
                 ]);
                 for d in &rows {
-                    let (id, ty, subject) = peek_attributes(&d.message);
-                    let key = dead_letter_key(id, &d.message);
+                    let (_, ty, subject) = peek_attributes(&d.message);
+                    let key = dead_letter_key(&d.message);
                     t.add_row([
                         d.handle.clone(),
                         key.clone(),
@@ -491,9 +491,10 @@ async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
             let rows = with_bus!(&bus, |bus| bus
                 .list_dead_letters(&subscription, 100_000)
                 .await?);
-            let Some(d) = rows.into_iter().find(|d| {
-                d.handle == id || dead_letter_key(peek_attributes(&d.message).0, &d.message) == id
-            }) else {
+            let Some(d) = rows
+                .into_iter()
+                .find(|d| d.handle == id || dead_letter_key(&d.message) == id)
+            else {
                 bail!("no dead-lettered message `{id}` in `{subscription}`");
             };
             let body: serde_json::Value = serde_json::from_slice(&d.message.body)

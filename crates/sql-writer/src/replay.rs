@@ -66,7 +66,7 @@ pub async fn replay<B: EventBus, S: MirrorStore>(
         .collect();
     let mut out = Vec::new();
     for d in rows {
-        let (id, event_type, subject) = peek_attributes(&d.message);
+        let (_, event_type, subject) = peek_attributes(&d.message);
         let reason_differs = filter.reason.as_deref().is_some_and(|r| r != d.reason);
         let type_differs = filter
             .event_type
@@ -77,7 +77,7 @@ pub async fn replay<B: EventBus, S: MirrorStore>(
         if reason_differs || type_differs || too_old {
             continue;
         }
-        let key = dead_letter_key(id, &d.message);
+        let key = dead_letter_key(&d.message);
         let replay = counts.get(&key).copied().unwrap_or(0) + 1;
         if !dry_run {
             let original = d.original_message_id.clone().unwrap_or_else(|| key.clone());

@@ -684,7 +684,7 @@ fn dead_letter_record<D: Delivery>(
         ),
         None => peek_attributes(message),
     };
-    let key = dead_letter_key(event_id, message);
+    let key = dead_letter_key(message);
     DeadLetterRecord {
         key,
         event_id,
@@ -746,14 +746,11 @@ pub fn peek_attributes(
 /// id, an id reused for every bad message, the id of a valid event whose type
 /// was mistyped), and keying by it made different poison messages — or a
 /// poison message and a real event — share one row, each overwriting the
-/// other's payload and reason. `event_id` is only a hint; the message decides.
-pub fn dead_letter_key(event_id: Option<uuid::Uuid>, message: &WireMessage) -> String {
+/// other's payload and reason.
+pub fn dead_letter_key(message: &WireMessage) -> String {
     use sha2::{Digest, Sha256};
     match decode_wire(message) {
-        Ok(event) => {
-            let _ = event_id;
-            event.id().to_string()
-        }
+        Ok(event) => event.id().to_string(),
         Err(_) => format!("sha256:{}", hex::encode(Sha256::digest(&message.body))),
     }
 }
@@ -778,10 +775,7 @@ mod tests {
         )
         .unwrap();
         let good = WireMessage::structured(&event);
-        assert_eq!(
-            dead_letter_key(Some(event.id()), &good),
-            event.id().to_string()
-        );
+        assert_eq!(dead_letter_key(&good), event.id().to_string());
         // Two different undecodable messages claiming the same id get two rows.
         let bad = |ty: &str| {
             let mut v: serde_json::Value = serde_json::from_slice(&good.body).unwrap();
@@ -792,10 +786,7 @@ mod tests {
             }
         };
         let (a, b) = (bad("x.one"), bad("x.two"));
-        let (ka, kb) = (
-            dead_letter_key(peek_attributes(&a).0, &a),
-            dead_letter_key(peek_attributes(&b).0, &b),
-        );
+        let (ka, kb) = (dead_letter_key(&a), dead_letter_key(&b));
         assert!(
             ka.starts_with("sha256:") && kb.starts_with("sha256:"),
             "{ka} {kb}"
