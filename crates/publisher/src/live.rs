@@ -148,6 +148,51 @@ pub enum LiveError {
     Rejected(TransportError),
 }
 
+/// The live documents the mirror holds, per listen target, as path → source
+/// version: conversations (not placeholders), messages (not tombstoned),
+/// blocks and follow edges (not deleted).
+pub fn mirrored_membership(
+    state: &mirror_store::MirrorState,
+) -> Vec<(
+    TargetId,
+    std::collections::HashMap<String, crate::value::Timestamp>,
+)> {
+    let conversations = state
+        .conversations
+        .iter()
+        .filter_map(|(c, row)| {
+            row.source_version
+                .map(|v| (format!("conversations/{c}"), v))
+        })
+        .collect();
+    let messages = state
+        .messages
+        .iter()
+        .filter(|(_, row)| !row.tombstone)
+        .map(|((c, m), row)| {
+            (
+                format!("conversations/{c}/messages/{m}"),
+                row.source_version,
+            )
+        })
+        .collect();
+    let blocks = state
+        .blocks
+        .iter()
+        .filter(|(_, row)| row.deleted_at.is_none())
+        .map(|((u, t), row)| (format!("blocks/{u}/targets/{t}"), row.source_version));
+    let follows = state
+        .follow_edges
+        .iter()
+        .filter(|(_, row)| row.deleted_at.is_none())
+        .map(|((f, t), row)| (format!("follows/{f}/targets/{t}"), row.source_version));
+    vec![
+        (TARGETS[0].id, conversations),
+        (TARGETS[1].id, messages),
+        (TARGETS[2].id, blocks.chain(follows).collect()),
+    ]
+}
+
 /// Run the live publisher until `shutdown` resolves (returns the report) or a
 /// failure no retry can fix (returns the error; restart from the checkpoint).
 pub async fn run<T, B, S>(
@@ -184,7 +229,22 @@ where
             None => ResumeState::default(),
         }),
     };
+    let restarted = resume.is_some();
     let mut core = ListenCore::new(TARGETS.iter().map(|t| t.id), resume);
+    if restarted {
+        // What an earlier run published, as the mirror holds it, so that a
+        // reset after this restart can still tell which documents went away.
+        match store.snapshot().await {
+            Ok(state) => {
+                for (target, members) in mirrored_membership(&state) {
+                    core.seed_membership(target, members);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the mirror's membership; deletions seen only through a reset will be reported, not emitted")
+            }
+        }
+    }
     let mut shutdown = pin!(shutdown.fuse());
     let mut delay = config.retry_delay;
     let mut rejected_in_a_row = 0u32;

@@ -19,6 +19,9 @@ struct TargetState {
     resetting: bool,
     /// Whether `committed` is known to be the target's complete membership.
     known: bool,
+    /// `committed` was seeded from the mirror after a restart: a reset's
+    /// deletions are computed against it, though it may be incomplete.
+    seeded: bool,
     /// Membership at the last consistent point: path → update time.
     committed: HashMap<String, Timestamp>,
     /// Working membership since then, as a delta over `committed` (or, while
@@ -140,6 +143,23 @@ impl ListenCore {
             targets,
             dirty: HashMap::new(),
             read_time: resume.read_time,
+        }
+    }
+
+    /// Give a target whose membership is unknown (a restart with a resume
+    /// token) the membership an earlier run published, as the mirror holds it:
+    /// path → update time. A later reset then yields real deletions for the
+    /// documents Firestore no longer sends, instead of only a
+    /// [`Notice::DeletionsMayBeIncomplete`]. Has no effect on a target whose
+    /// membership is already known. Extra paths are harmless (a delete of a
+    /// deleted document is stale in the mirror); a missing path can still hide
+    /// a deletion, which the notice keeps reporting as before.
+    pub fn seed_membership(&mut self, target_id: TargetId, members: HashMap<String, Timestamp>) {
+        if let Some(t) = self.targets.get_mut(&target_id) {
+            if !t.known {
+                t.committed = members;
+                t.seeded = true;
+            }
         }
     }
 
@@ -436,7 +456,7 @@ impl ListenCore {
                             missing.push((*id, p.clone()));
                         }
                     }
-                    if !t.known {
+                    if !t.known && !t.seeded {
                         out.push(Output::Notice(Notice::DeletionsMayBeIncomplete {
                             target_id: *id,
                         }));

@@ -45,12 +45,14 @@
 //!   `read_time` (or the consistent point's if it has none). Every target of the
 //!   publisher is an unfiltered collection (group) query, so leaving a target
 //!   means the document no longer exists.
-//! - **Unknown membership.** After a restart from a checkpoint the core does not
-//!   know which documents each target held before, so a deletion that the
-//!   server only reveals through a reset or a filter cannot be computed for
-//!   those documents; the core says so with [`Notice::DeletionsMayBeIncomplete`]
-//!   (run the drift check) and from the next completed reset on knows the
-//!   membership exactly.
+//! - **Membership after a restart.** After a restart from a checkpoint the
+//!   core does not know which documents each target held before. The live
+//!   loop seeds it ([`ListenCore::seed_membership`]) with the live documents
+//!   the mirror holds, so a deletion the server only reveals through a reset or
+//!   a filter is still emitted. Without a seed (the mirror unreadable) such
+//!   deletions cannot be computed; the core says so with
+//!   [`Notice::DeletionsMayBeIncomplete`] (run the drift check). From the next
+//!   completed reset on it knows the membership exactly.
 
 mod core;
 mod resume;

@@ -665,3 +665,56 @@ fn tokens_only_advance_for_current_targets_and_resume_state_is_monotonic() {
     assert_eq!(snap.resume.read_time, Some(ts(12)));
     assert_eq!(core.resume_state(), snap.resume);
 }
+
+/// After a restart, membership seeded from the mirror turns a re-sync's
+/// missing documents into real deletions (instead of only a notice).
+#[test]
+fn restart_seeded_from_the_mirror_emits_deletions_a_reset_reveals() {
+    let state = ResumeState {
+        read_time: Some(ts(10)),
+        tokens: [(A, b"g10".to_vec()), (B, b"g10".to_vec())].into(),
+    };
+    let mut core = ListenCore::new([A, B], Some(state));
+    core.seed_membership(
+        A,
+        [("c/5".to_owned(), ts(5)), ("c/6".to_owned(), ts(6))].into(),
+    );
+    core.start_stream();
+    feed(
+        &mut core,
+        [add(&[A, B]), current(&[A, B], "x"), global("g12", 12)],
+    );
+    // The token was too old to enumerate what changed: a filter forces a re-sync.
+    feed(
+        &mut core,
+        [ListenResponse::Filter {
+            target_id: A,
+            count: 1,
+        }],
+    );
+    let out = feed(
+        &mut core,
+        [
+            tc(TargetChangeKind::Remove, &[A], "", None),
+            add(&[A]),
+            change(doc("c/6", 1, 6), A),
+            current(&[A], "y"),
+            global("g13", 13),
+        ],
+    );
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Notice(Notice::DeletionsMayBeIncomplete { .. }))),
+        "a seeded membership is not reported as unknown: {out:?}"
+    );
+    assert!(
+        summary(&out).contains(&s("delete", "c/5", 13)),
+        "{:?}",
+        summary(&out)
+    );
+    assert!(core.membership_known(A));
+    // Seeding has no effect once the membership is known.
+    core.seed_membership(A, [("c/9".to_owned(), ts(9))].into());
+    let out = feed(&mut core, [global("g14", 14)]);
+    assert!(summary(&out).is_empty());
+}

@@ -353,3 +353,52 @@ async fn filter_mismatch_sends_remove_and_add_on_the_open_stream() {
     );
     assert!(matches!(report.notices[0], Notice::FilterMismatch { .. }));
 }
+
+/// The membership seeded after a restart: what the mirror holds live, per target.
+#[test]
+fn mirrored_membership_lists_live_documents_per_target() {
+    use mirror_schema::{
+        EventType, FollowEdgePayload, FollowSource, FollowState, MessageDeletePayload, MirrorEvent,
+        Payload, Subject,
+    };
+    let time = |s: i64| chrono::DateTime::from_timestamp(1_760_000_000 + s, 0).unwrap();
+    let event = |ty, subject: Subject, t, payload| {
+        let source = MirrorEvent::firestore_source("demo", &subject);
+        MirrorEvent::new(ty, subject, time(t), source, payload).unwrap()
+    };
+    let mut model = mirror_store::model::Model::new();
+    // A hard-deleted message leaves a placeholder conversation and a tombstone.
+    model.apply(&event(
+        EventType::DmMessageDelete,
+        Subject::Message {
+            conversation_id: "c1".into(),
+            message_id: "m1".into(),
+        },
+        1,
+        Payload::MessageDelete(MessageDeletePayload::default()),
+    ));
+    model.apply(&event(
+        EventType::FollowEdgeCreate,
+        Subject::FollowEdge {
+            follower_user_id: "u1".into(),
+            target_user_id: "u2".into(),
+        },
+        2,
+        Payload::FollowEdge(FollowEdgePayload {
+            state: FollowState::Accepted,
+            source: FollowSource::Web,
+            created_at: time(2),
+        }),
+    ));
+    let members = crate::live::mirrored_membership(&model.state());
+    let by_target: std::collections::HashMap<_, _> = members.into_iter().collect();
+    assert!(
+        by_target[&1].is_empty(),
+        "a placeholder is not a Firestore document"
+    );
+    assert!(
+        by_target[&2].is_empty(),
+        "a tombstone is not a live document"
+    );
+    assert_eq!(by_target[&3].get("follows/u1/targets/u2"), Some(&time(2)));
+}
