@@ -135,10 +135,16 @@ async fn max_deliveries_watcher_dead_letters_what_jetstream_gave_up_on() {
         .await
         .expect("connect");
     bus.ensure_topology().await.expect("topology");
+    let handed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook: mirror_bus::DeadLetterHook = {
+        let handed = handed.clone();
+        std::sync::Arc::new(move |message, why| handed.lock().unwrap().push((message, why)))
+    };
     let watcher = bus
         .max_deliveries_watcher(SQL_WRITER_SUBSCRIPTION)
         .await
-        .expect("watcher");
+        .expect("watcher")
+        .on_dead_letter(hook);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(watcher.run(async move {
         let _ = stopped.await;
@@ -193,6 +199,14 @@ async fn max_deliveries_watcher_dead_letters_what_jetstream_gave_up_on() {
     assert_eq!(entry.message.body, sent.message.body);
     assert_eq!(entry.message.content_type, sent.message.content_type);
     assert_eq!(entry.message.properties, sent.message.properties);
+    // The hook got the same message, so the writer can record its SQL row.
+    let handed = handed.lock().unwrap().clone();
+    assert_eq!(handed.len(), 1);
+    assert_eq!(handed[0].0.body, sent.message.body);
+    assert_eq!(
+        (handed[0].1.reason.as_str(), handed[0].1.attempts),
+        (MAX_DELIVERIES_REASON, 2)
+    );
     assert!(rx
         .receive(1, Duration::from_millis(1500))
         .await

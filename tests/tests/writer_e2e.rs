@@ -426,3 +426,32 @@ async fn dead_letters_replay_with_their_event_ids() {
     let state = rig.store.snapshot().await.unwrap();
     assert_eq!(state.follow_edges.len(), 1);
 }
+
+/// A message the bus adapter dead-letters on its own (JetStream's
+/// max-deliveries watcher) gets its SQL dead-letter row through the writer's hook.
+#[tokio::test(flavor = "multi_thread")]
+async fn adapter_dead_letters_reach_sql_too() {
+    let rig = rig().await;
+    let event = events::block(mirror_schema::Op::Create, "u1", "u2", events::t(1));
+    let (hook, recorder) =
+        sql_writer::writer::record_adapter_dead_letters(rig.store.clone(), "sql-writer".into());
+    let why = mirror_bus::DeadLetter {
+        reason: "max_deliveries".into(),
+        description: "JetStream stopped redelivering".into(),
+        attempts: 5,
+    };
+    hook(WireMessage::structured(&event), why);
+    drop(hook);
+    recorder.await.unwrap();
+    let rows = rig.store.list_dead_letters(10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].record.key, event.id().to_string());
+    assert_eq!(
+        (rows[0].record.reason.as_str(), rows[0].record.attempts),
+        ("max_deliveries", 5)
+    );
+    assert_eq!(
+        rows[0].record.event_type.as_deref(),
+        Some("dm.block.create")
+    );
+}

@@ -80,6 +80,11 @@ pub struct DeadLetter {
     pub attempts: u32,
 }
 
+/// Called with each message an adapter dead-letters on its own (JetStream's
+/// max-deliveries watcher), so the caller can record it elsewhere too — the
+/// writer's SQL dead-letter row.
+pub type DeadLetterHook = std::sync::Arc<dyn Fn(WireMessage, DeadLetter) + Send + Sync>;
+
 /// A message in a subscription's dead-letter queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLettered {

@@ -129,15 +129,20 @@ macro_rules! with_store {
 ///
 /// JetStream stops redelivering a message after `max_deliver` attempts and
 /// only says so in an advisory; if the writer crashed during the last attempt,
-/// nobody would dead-letter it. The watcher listens for those advisories and
-/// moves such messages to the dead-letter stream (reason `max_deliveries`).
+/// nobody would dead-letter it. The watcher listens for those advisories,
+/// moves such messages to the dead-letter stream (reason `max_deliveries`) and
+/// hands each to `on_dead_letter` (the writer records its SQL row there).
 /// Other adapters need nothing here.
 pub async fn start_background<B: mirror_bus::EventBus>(
     bus: &B,
     subscription: &str,
+    on_dead_letter: mirror_bus::DeadLetterHook,
 ) -> Result<(), BusError> {
     if let Some(js) = (bus as &dyn std::any::Any).downcast_ref::<JetStreamBus>() {
-        let watcher = js.max_deliveries_watcher(subscription).await?;
+        let watcher = js
+            .max_deliveries_watcher(subscription)
+            .await?
+            .on_dead_letter(on_dead_letter);
         tokio::spawn(async move {
             if let Err(e) = watcher.run(std::future::pending()).await {
                 tracing::error!(error = %e, "max-deliveries watcher stopped");

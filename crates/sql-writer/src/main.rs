@@ -55,11 +55,18 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             let report = store.migrate().await.context("migrations failed")?;
             tracing::info!(applied = report, "migrations applied");
         }
+        let store = Arc::new(store);
+        // Messages the bus adapter dead-letters on its own get their SQL row too.
+        let (hook, _recorder) = sql_writer::writer::record_adapter_dead_letters(
+            store.clone(),
+            settings.writer.subscription.clone(),
+        );
         with_bus!(&settings.bus, |bus| {
-            sql_writer::adapters::start_background(&bus, &settings.writer.subscription).await?;
+            sql_writer::adapters::start_background(&bus, &settings.writer.subscription, hook)
+                .await?;
             let deps = Deps {
                 bus: Arc::new(bus),
-                store: Arc::new(store),
+                store,
             };
             sql_writer::run(deps, settings.writer.clone(), shutdown_signal()).await?
         })

@@ -509,8 +509,12 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                     }
                 }
                 Disposition::DeadLetter(why) => {
-                    let record =
-                        dead_letter_record(&delivery, event, &why, &self.settings.subscription);
+                    let record = dead_letter_record(
+                        delivery.message(),
+                        event,
+                        &why,
+                        &self.settings.subscription,
+                    );
                     let last_attempt =
                         delivery.delivery_count() >= self.settings.retry.max_attempts;
                     match self
@@ -667,15 +671,43 @@ async fn flush_dead_letters<S: MirrorStore>(store: &S, shared: &Shared, limit: D
     telemetry::dead_letter_rows_pending(guard.len());
 }
 
+/// A hook for messages the bus adapter dead-letters on its own, and the task
+/// that writes their SQL dead-letter rows, retrying until the database takes
+/// each one (nothing else holds these messages for us). The task ends when
+/// the hook is dropped.
+pub fn record_adapter_dead_letters<S: MirrorStore>(
+    store: Arc<S>,
+    subscription: String,
+) -> (mirror_bus::DeadLetterHook, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) =
+        tokio::sync::mpsc::unbounded_channel::<(WireMessage, mirror_bus::DeadLetter)>();
+    let hook: mirror_bus::DeadLetterHook = Arc::new(move |message, why| {
+        let _ = tx.send((message, why));
+    });
+    let task = tokio::spawn(async move {
+        while let Some((message, why)) = rx.recv().await {
+            let event = decode_wire(&message).ok();
+            let record = dead_letter_record(&message, event.as_ref(), &why, &subscription);
+            let mut delay = Duration::from_secs(1);
+            while let Err(e) = store.record_dead_letter(&record).await {
+                tracing::warn!(key = %record.key, error = %e, "dead-letter row not written yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+            telemetry::event_dead_lettered(None, event.map(|e| e.event_type()), &why);
+        }
+    });
+    (hook, task)
+}
+
 /// The SQL dead-letter row for a delivery; for an event that did not decode,
 /// the attributes are read best-effort from the raw message.
-fn dead_letter_record<D: Delivery>(
-    delivery: &D,
+pub fn dead_letter_record(
+    message: &WireMessage,
     event: Option<&MirrorEvent>,
     why: &mirror_bus::DeadLetter,
     subscription: &str,
 ) -> DeadLetterRecord {
-    let message = delivery.message();
     let (event_id, event_type, subject) = match event {
         Some(e) => (
             Some(e.id()),

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::{is_valid_name, wire, JetStreamBus};
-use crate::{BusError, DeadLetter, DeadLettered};
+use crate::{BusError, DeadLetter, DeadLetterHook, DeadLettered};
 
 /// The message being dead-lettered, as it was stored in the topic stream.
 pub(super) struct Original<'a> {
@@ -278,6 +278,7 @@ pub struct MaxDeliveriesWatcher {
     bus: JetStreamBus,
     subscription: String,
     subscriber: async_nats::Subscriber,
+    on_dead_letter: Option<DeadLetterHook>,
 }
 
 impl std::fmt::Debug for MaxDeliveriesWatcher {
@@ -320,7 +321,14 @@ impl MaxDeliveriesWatcher {
             bus,
             subscription: subscription.to_owned(),
             subscriber,
+            on_dead_letter: None,
         })
+    }
+
+    /// Also hand every message this watcher dead-letters to `hook`.
+    pub fn on_dead_letter(mut self, hook: DeadLetterHook) -> MaxDeliveriesWatcher {
+        self.on_dead_letter = Some(hook);
+        self
     }
 
     /// Handle advisories until `shutdown` resolves. Failures on one message are
@@ -407,6 +415,11 @@ impl MaxDeliveriesWatcher {
             },
             &why,
         )
-        .await
+        .await?;
+        if let Some(hook) = &self.on_dead_letter {
+            let (message, _) = wire::inbound(Some(&m.headers), &m.payload, false);
+            hook(message, why);
+        }
+        Ok(())
     }
 }
