@@ -6,6 +6,7 @@
 //! parent), or yields a [`MappingError`] that names the path and the field, for
 //! the caller to dead-letter. Nothing here panics on any input.
 
+use base64::Engine as _;
 use std::collections::BTreeMap;
 
 use chrono::{SecondsFormat, SubsecRound};
@@ -489,7 +490,7 @@ pub fn to_json(v: &Value) -> Result<serde_json::Value, (String, String)> {
             .trunc_subsecs(6)
             .to_rfc3339_opts(SecondsFormat::Micros, true)),
         Value::String(s) => json!(s),
-        Value::Bytes(b) => json!(base64(b)),
+        Value::Bytes(b) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
         Value::Reference(r) => json!(reference_id(r)),
         Value::GeoPoint {
             latitude,
@@ -537,27 +538,6 @@ pub fn document_json(doc: &Document) -> serde_json::Value {
         "updateTime": doc.update_time.to_rfc3339_opts(SecondsFormat::Nanos, true),
         "fields": fields,
     })
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn clip(s: &str) -> String {

@@ -8,6 +8,7 @@
 //! comes back as a [`WireValue::String`] property, sorted by name (NATS does
 //! not keep header order).
 
+use base64::Engine as _;
 use std::str::FromStr;
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
@@ -172,7 +173,7 @@ pub(super) fn render(value: &WireValue) -> String {
         WireValue::Int(i) => i.to_string(),
         WireValue::Timestamp(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         WireValue::Uuid(u) => u.hyphenated().to_string(),
-        WireValue::Binary(b) => base64(b),
+        WireValue::Binary(b) => base64::engine::general_purpose::STANDARD.encode(b),
     }
 }
 
@@ -193,27 +194,6 @@ pub(super) fn single_line(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &line[..end])
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
