@@ -13,6 +13,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 use mirror_bus::EventBus;
 use mirror_store::{Checkpoint, MirrorStore, StoreError};
@@ -20,10 +21,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::listen::{
-    ListenCore, ListenRequest, ListenResponse, Notice, Output, ResumeState, StreamEnd, TargetId,
+    Backoff, Change, ListenCore, ListenRequest, ListenResponse, Notice, Output, ResumeState,
+    StreamEnd, TargetFailure, TargetId, UpsertOp,
 };
 use crate::mapping::SourceInfo;
-use crate::sink::{Shard, Sink, SinkError, Tally};
+use crate::sink::{Disposition, Shard, Sink, SinkError, Tally};
+use crate::value::{Document, Timestamp};
 
 /// The checkpoint module of the live path.
 pub const CHECKPOINT_MODULE: &str = "publisher";
@@ -35,6 +38,19 @@ pub struct TargetSpec {
     pub id: TargetId,
     pub collection_id: &'static str,
     pub all_descendants: bool,
+}
+
+impl TargetSpec {
+    /// A stable hash of the query this target listens to, stored with its
+    /// resume token: a token is only used for the query it was issued for.
+    pub fn query_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let canonical = format!(
+            "v1|from={}|all_descendants={}",
+            self.collection_id, self.all_descendants
+        );
+        hex::encode(&Sha256::digest(canonical.as_bytes())[..8])
+    }
 }
 
 /// The publisher's targets. The `targets` group covers both `follows/*/targets`
@@ -85,6 +101,24 @@ pub trait ListenTransport: Send + Sync {
         &self,
         requests: mpsc::UnboundedReceiver<ListenRequest>,
     ) -> impl Future<Output = Result<Self::Stream, TransportError>> + Send;
+
+    /// `projects/{p}/databases/{d}/documents/`, which existence filters'
+    /// bloom filters hash with each path. Empty: bloom filters are not used.
+    fn name_prefix(&self) -> String {
+        String::new()
+    }
+
+    /// The current version of each document (`None`: it does not exist), in
+    /// order; one billed read each. Confirms the deletes the server did not
+    /// state ([`crate::listen::DeleteCause::needs_confirmation`]). The default
+    /// (for fakes without documents) answers that none exists.
+    fn get_documents(
+        &self,
+        paths: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<Document>>, TransportError>> + Send {
+        let n = paths.len();
+        async move { Ok(vec![None; n]) }
+    }
 }
 
 /// Settings of the live path.
@@ -97,6 +131,13 @@ pub struct LiveConfig {
     pub max_retry_delay: Duration,
     /// A snapshot without changes still saves its (newer) token at most this often.
     pub idle_checkpoint_interval: Duration,
+    /// Upserts published concurrently (awaited before any checkpoint).
+    pub publish_window: usize,
+    /// Targets holding more documents are not persisted with the checkpoint.
+    pub max_persisted_members: usize,
+    /// Add targets without a token at this read time (after a backfill
+    /// pinned to it, or a recovery backfill) instead of from scratch.
+    pub start_read_time: Option<Timestamp>,
 }
 
 impl LiveConfig {
@@ -107,6 +148,9 @@ impl LiveConfig {
             retry_delay: Duration::from_secs(1),
             max_retry_delay: Duration::from_secs(60),
             idle_checkpoint_interval: Duration::from_secs(10),
+            publish_window: 64,
+            max_persisted_members: crate::listen::DEFAULT_MAX_PERSISTED_MEMBERS,
+            start_read_time: None,
         }
     }
 }
@@ -126,6 +170,10 @@ pub struct LiveReport {
     pub snapshots: u64,
     pub checkpoints: u64,
     pub tally: Tally,
+    /// Document gets that confirmed deletes the server did not state (billed reads).
+    pub confirm_reads: u64,
+    /// Of those, documents that still existed (published as upserts instead).
+    pub deletes_refuted: u64,
     /// How many notices the core raised.
     pub notice_count: u64,
     /// The first [`MAX_KEPT_NOTICES`] of them (all are logged).
@@ -146,6 +194,32 @@ pub enum LiveError {
     Transport(TransportError),
     #[error("the listen request was rejected even without resume tokens: {0}")]
     Rejected(TransportError),
+    #[error(transparent)]
+    Target(TargetFailure),
+}
+
+/// Checkpoint age above which an operator should be alerted: a resume token
+/// older than about 30 minutes is billed as a new query (a full re-read).
+pub const CHECKPOINT_AGE_ALERT: Duration = Duration::from_secs(25 * 60);
+
+/// How old the live checkpoint is at `now` (by its `last_processed_at`, the
+/// read time of the last consistent point published). `None`: no checkpoint.
+pub fn checkpoint_age(checkpoint: &Checkpoint, now: Timestamp) -> Option<Duration> {
+    let at = checkpoint.last_processed_at?;
+    Some((now - at).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// [`checkpoint_age`] of this shard's live checkpoint, read from the store
+/// (for a gauge or an alert at [`CHECKPOINT_AGE_ALERT`]).
+pub async fn live_checkpoint_age<S: MirrorStore>(
+    store: &S,
+    shard: &Shard,
+    now: Timestamp,
+) -> Result<Option<Duration>, StoreError> {
+    Ok(store
+        .load_checkpoint(CHECKPOINT_MODULE, &shard.id())
+        .await?
+        .and_then(|cp| checkpoint_age(&cp, now)))
 }
 
 /// The live documents the mirror holds, per listen target, as path → source
@@ -230,13 +304,33 @@ where
         }),
     };
     let restarted = resume.is_some();
-    let mut core = ListenCore::new(TARGETS.iter().map(|t| t.id), resume);
+    let checkpoint_read_time = resume.as_ref().and_then(|r| r.read_time);
+    let specs: Vec<(TargetId, String)> = TARGETS.iter().map(|t| (t.id, t.query_hash())).collect();
+    let (mut core, notices) = ListenCore::for_targets(&specs, resume);
+    for notice in notices {
+        note(&mut report, notice);
+    }
+    core.set_name_prefix(transport.name_prefix());
+    core.set_max_persisted_members(config.max_persisted_members);
+    if let Some(t) = config.start_read_time {
+        core.start_at(t);
+    }
     if restarted {
-        // What an earlier run published, as the mirror holds it, so that a
-        // reset after this restart can still tell which documents went away.
+        // What an earlier run published, as the mirror holds it: a fallback
+        // membership for targets the checkpoint did not persist, and the
+        // documents published beyond the checkpoint (upserts go out before
+        // their consistent point), which the server must confirm.
         match store.snapshot().await {
             Ok(state) => {
                 for (target, members) in mirrored_membership(&state) {
+                    if let Some(since) = checkpoint_read_time {
+                        core.add_limbo(
+                            members
+                                .iter()
+                                .filter(|(_, v)| **v > since)
+                                .map(|(p, _)| p.clone()),
+                        );
+                    }
                     core.seed_membership(target, members);
                 }
             }
@@ -249,6 +343,7 @@ where
     let mut delay = config.retry_delay;
     let mut rejected_in_a_row = 0u32;
     let mut last_save = Instant::now();
+    let window = config.publish_window.max(1);
 
     loop {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -259,10 +354,12 @@ where
             _ = shutdown.as_mut() => return Ok(report),
             r = transport.open(rx).fuse() => r,
         };
+        let mut backoff = Backoff::Normal;
         let end = match opened {
             Err(e) => classify(e, &mut rejected_in_a_row)?,
             Ok(mut stream) => {
                 report.streams += 1;
+                let mut inflight = FuturesUnordered::new();
                 loop {
                     let item = futures::select_biased! {
                         _ = shutdown.as_mut() => return Ok(report),
@@ -279,22 +376,39 @@ where
                             Output::Send(request) => {
                                 let _ = tx.send(request);
                             }
-                            Output::Reconnect => reconnect = true,
-                            Output::Notice(notice) => {
-                                tracing::warn!(?notice, "listen stream notice");
-                                report.notice_count += 1;
-                                if report.notices.len() < MAX_KEPT_NOTICES {
-                                    report.notices.push(notice);
+                            Output::Reconnect(b) => {
+                                reconnect = true;
+                                if b == Backoff::Max {
+                                    backoff = Backoff::Max;
                                 }
+                            }
+                            Output::Notice(notice) => note(&mut report, notice),
+                            Output::Fail(failure) => {
+                                drain(&mut inflight, &mut report.tally).await?;
+                                return Err(LiveError::Target(failure));
+                            }
+                            Output::Upsert(change) => {
+                                if inflight.len() >= window {
+                                    if let Some(r) = inflight.next().await {
+                                        report.tally.add(r?);
+                                    }
+                                }
+                                inflight.push(publish_owned(&sink, change));
                             }
                             Output::Emit(snapshot) => {
                                 report.snapshots += 1;
                                 rejected_in_a_row = 0;
                                 delay = config.retry_delay;
-                                for change in &snapshot.changes {
+                                let upserts = !inflight.is_empty();
+                                drain(&mut inflight, &mut report.tally).await?;
+                                let changes =
+                                    confirm_deletes(&transport, snapshot.changes, &mut report)
+                                        .await?;
+                                for change in &changes {
                                     report.tally.add(sink.change(change).await?);
                                 }
-                                if !snapshot.changes.is_empty()
+                                if upserts
+                                    || !changes.is_empty()
                                     || last_save.elapsed() >= config.idle_checkpoint_interval
                                 {
                                     store
@@ -319,6 +433,9 @@ where
             }
         };
         core.on_stream_end(end);
+        if backoff == Backoff::Max {
+            delay = config.max_retry_delay;
+        }
         tracing::info!(?end, ?delay, "listen stream ended; reconnecting");
         futures::select! {
             _ = shutdown.as_mut() => return Ok(report),
@@ -326,6 +443,80 @@ where
         }
         delay = (delay * 2).min(config.max_retry_delay);
     }
+}
+
+fn note(report: &mut LiveReport, notice: Notice) {
+    tracing::warn!(?notice, "listen stream notice");
+    report.notice_count += 1;
+    if report.notices.len() < MAX_KEPT_NOTICES {
+        report.notices.push(notice);
+    }
+}
+
+/// One upsert's publication, owning its change (so many can be in flight).
+fn publish_owned<'s, B: EventBus, S: MirrorStore>(
+    sink: &'s Sink<'s, B, S>,
+    change: Change,
+) -> impl Future<Output = Result<Disposition, SinkError>> + 's {
+    async move { sink.change(&change).await }
+}
+
+/// Await every publication in flight.
+async fn drain<F: Future<Output = Result<Disposition, SinkError>>>(
+    inflight: &mut FuturesUnordered<F>,
+    tally: &mut Tally,
+) -> Result<(), SinkError> {
+    while let Some(r) = inflight.next().await {
+        tally.add(r?);
+    }
+    Ok(())
+}
+
+/// Deletes the server did not state are confirmed with a document get (one
+/// read each): a document that still exists is published as an upsert of its
+/// current version instead.
+async fn confirm_deletes<T: ListenTransport>(
+    transport: &T,
+    changes: Vec<Change>,
+    report: &mut LiveReport,
+) -> Result<Vec<Change>, LiveError> {
+    let doubtful: Vec<String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Delete { path, cause, .. } if cause.needs_confirmation() => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    if doubtful.is_empty() {
+        return Ok(changes);
+    }
+    let mut found = std::collections::HashMap::new();
+    for chunk in doubtful.chunks(100) {
+        let docs = transport
+            .get_documents(chunk)
+            .await
+            .map_err(LiveError::Transport)?;
+        report.confirm_reads += chunk.len() as u64;
+        for doc in docs.into_iter().flatten() {
+            found.insert(doc.path.clone(), doc);
+        }
+    }
+    Ok(changes
+        .into_iter()
+        .map(|c| match c {
+            Change::Delete { ref path, cause, .. } if cause.needs_confirmation() => {
+                match found.remove(path) {
+                    Some(doc) => {
+                        report.deletes_refuted += 1;
+                        let op = UpsertOp::of(&doc);
+                        Change::Upsert { doc, op }
+                    }
+                    None => c,
+                }
+            }
+            c => c,
+        })
+        .collect())
 }
 
 fn classify(e: TransportError, rejected_in_a_row: &mut u32) -> Result<StreamEnd, LiveError> {

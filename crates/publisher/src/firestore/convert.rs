@@ -131,6 +131,11 @@ pub(crate) fn listen_response(
         Some(R::Filter(f)) => ListenResponse::Filter {
             target_id: f.target_id,
             count: f.count,
+            // An unusable bloom filter is treated as absent (the SDKs do the same).
+            unchanged_names: f.unchanged_names.and_then(|b| {
+                let bits = b.bits?;
+                crate::listen::BloomFilter::new(bits.bitmap, bits.padding, b.hash_count).ok()
+            }),
         },
     }))
 }
@@ -140,8 +145,10 @@ pub(crate) fn status(s: &tonic::Status) -> TransportError {
     use tonic::Code as C;
     let kind = match s.code() {
         C::InvalidArgument => TransportErrorKind::InvalidArgument,
+        // An access token expiring around a reconnect is normal: the client
+        // fetches a new one on the next call (every official client retries).
+        C::Unauthenticated => TransportErrorKind::Transient,
         C::PermissionDenied
-        | C::Unauthenticated
         | C::NotFound
         | C::Unimplemented
         | C::FailedPrecondition => TransportErrorKind::Fatal,
@@ -243,6 +250,10 @@ mod tests {
         assert_eq!(
             status(&tonic::Status::permission_denied("x")).kind,
             TransportErrorKind::Fatal
+        );
+        assert_eq!(
+            status(&tonic::Status::unauthenticated("token expired")).kind,
+            TransportErrorKind::Transient
         );
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::convert;
 use crate::listen::{ListenRequest, ListenResponse};
 use crate::live::{ListenTransport, TargetSpec, TransportError, TARGETS};
+use crate::value::Document;
 
 /// Opens `Listen` streams on one database for [`TARGETS`].
 #[derive(Clone)]
@@ -39,12 +40,21 @@ impl Requests {
             ListenRequest::Add {
                 target_id,
                 resume_token,
+                read_time,
+                expected_count,
             } => {
                 let spec: &TargetSpec = TARGETS.iter().find(|t| t.id == target_id)?;
+                let resume_type = match (resume_token, read_time) {
+                    (Some(token), _) => Some(pb::target::ResumeType::ResumeToken(token)),
+                    (None, Some(t)) => Some(pb::target::ResumeType::ReadTime(
+                        convert::to_proto_timestamp(&t),
+                    )),
+                    (None, None) => None,
+                };
                 TC::AddTarget(pb::Target {
                     target_id,
                     once: false,
-                    expected_count: None,
+                    expected_count,
                     target_type: Some(pb::target::TargetType::Query(pb::target::QueryTarget {
                         parent: self.documents.clone(),
                         query_type: Some(pb::target::query_target::QueryType::StructuredQuery(
@@ -57,7 +67,7 @@ impl Requests {
                             },
                         )),
                     })),
-                    resume_type: resume_token.map(pb::target::ResumeType::ResumeToken),
+                    resume_type,
                 })
             }
             ListenRequest::Remove { target_id } => TC::RemoveTarget(target_id),
@@ -73,6 +83,39 @@ impl Requests {
 
 impl ListenTransport for FirestoreTransport {
     type Stream = BoxStream<'static, Result<ListenResponse, TransportError>>;
+
+    fn name_prefix(&self) -> String {
+        format!("{}/", self.db.get_documents_path())
+    }
+
+    /// `BatchGetDocuments`: one billed read per document.
+    async fn get_documents(&self, paths: &[String]) -> Result<Vec<Option<Document>>, TransportError> {
+        let documents = self.db.get_documents_path().clone();
+        let names: Vec<String> = paths.iter().map(|p| format!("{documents}/{p}")).collect();
+        let mut stream = self
+            .db
+            .client()
+            .get()
+            .batch_get_documents(pb::BatchGetDocumentsRequest {
+                database: self.db.get_database_path().clone(),
+                documents: names,
+                mask: None,
+                request_options: None,
+                consistency_selector: None,
+            })
+            .await
+            .map_err(|s| convert::status(&s))?
+            .into_inner();
+        let mut found = std::collections::HashMap::new();
+        while let Some(item) = stream.next().await {
+            let item = item.map_err(|s| convert::status(&s))?;
+            if let Some(pb::batch_get_documents_response::Result::Found(d)) = item.result {
+                let doc = convert::document(&d)?;
+                found.insert(doc.path.clone(), doc);
+            }
+        }
+        Ok(paths.iter().map(|p| found.remove(p)).collect())
+    }
 
     async fn open(
         &self,
@@ -125,12 +168,15 @@ mod tests {
             .to_proto(ListenRequest::Add {
                 target_id: 2,
                 resume_token: Some(vec![1]),
+                read_time: None,
+                expected_count: Some(7),
             })
             .unwrap();
         let Some(pb::listen_request::TargetChange::AddTarget(t)) = req.target_change else {
             panic!()
         };
         assert_eq!(t.target_id, 2);
+        assert_eq!(t.expected_count, Some(7));
         assert_eq!(
             t.resume_type,
             Some(pb::target::ResumeType::ResumeToken(vec![1]))
@@ -146,9 +192,28 @@ mod tests {
         assert!(b
             .to_proto(ListenRequest::Add {
                 target_id: 99,
-                resume_token: None
+                resume_token: None,
+                read_time: None,
+                expected_count: None,
             })
             .is_none());
+        let req = b
+            .to_proto(ListenRequest::Add {
+                target_id: 1,
+                resume_token: None,
+                read_time: Some(chrono::DateTime::from_timestamp(60, 0).unwrap()),
+                expected_count: None,
+            })
+            .unwrap();
+        let Some(pb::listen_request::TargetChange::AddTarget(t)) = req.target_change else {
+            panic!()
+        };
+        assert_eq!(
+            t.resume_type,
+            Some(pb::target::ResumeType::ReadTime(
+                firestore::gcloud_sdk::prost_types::Timestamp { seconds: 60, nanos: 0 }
+            ))
+        );
         let req = b.to_proto(ListenRequest::Remove { target_id: 1 }).unwrap();
         assert_eq!(
             req.target_change,

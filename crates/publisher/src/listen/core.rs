@@ -3,10 +3,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{
-    Change, DeleteCause, ListenRequest, ListenResponse, Notice, Output, ResumeState, Snapshot,
-    StreamEnd, TargetChange, TargetChangeKind, TargetId, UpsertOp,
+    code, Backoff, BloomFilter, Change, DeleteCause, ListenRequest, ListenResponse, Notice, Output,
+    ResumeState, Snapshot, StreamEnd, TargetChange, TargetChangeKind, TargetFailure, TargetId,
+    UpsertOp,
 };
-use crate::value::{Document, Timestamp};
+use crate::value::Timestamp;
 
 /// Per-target protocol state.
 #[derive(Debug, Default)]
@@ -32,6 +33,13 @@ struct TargetState {
     candidate: Option<Vec<u8>>,
     /// Listen without a token at the next stream start.
     force_fresh: bool,
+    /// Hash of the target's query (see [`ResumeState::queries`]).
+    query: String,
+    /// The saved token was for another query: never seed this target's membership.
+    query_changed: bool,
+    /// Without a token, add the target at this read time (a start after a
+    /// backfill up to it, or after a recovery); cleared once it has a token.
+    start_read_time: Option<Timestamp>,
 }
 
 impl TargetState {
@@ -101,7 +109,8 @@ impl TargetState {
 /// The latest uncommitted effect on one document path.
 #[derive(Debug, Clone)]
 enum Dirty {
-    Upsert(Document),
+    /// This version was handed out as an [`Output::Upsert`] (or was a duplicate).
+    Upsert(Timestamp),
     Delete {
         read_time: Option<Timestamp>,
         cause: DeleteCause,
@@ -115,35 +124,114 @@ enum Dirty {
 pub struct ListenCore {
     targets: BTreeMap<TargetId, TargetState>,
     dirty: HashMap<String, Dirty>,
+    /// Paths whose upsert went out eagerly but whose window never reached a
+    /// consistent point (the stream broke, or the process restarted): if the
+    /// server does not send them again by the next consistent point at which
+    /// every target is current, they are gone and are emitted as deletes
+    /// ([`DeleteCause::Unconfirmed`], for the driver to confirm).
+    limbo: HashSet<String>,
     read_time: Option<Timestamp>,
+    /// `projects/{p}/databases/{d}/documents/`: bloom filters hold full names.
+    name_prefix: String,
+    /// Membership larger than this is not put into [`ResumeState::members`].
+    max_persisted_members: usize,
 }
+
+/// Default of [`ListenCore::set_max_persisted_members`].
+pub const DEFAULT_MAX_PERSISTED_MEMBERS: usize = 200_000;
 
 impl ListenCore {
     /// `resume` is the persisted state of an earlier run, if any. Without one
     /// (first run) the membership of every target is known to be empty; with
-    /// one it is unknown until the target's next reset completes.
+    /// one it is what the checkpoint persisted, or unknown. Every target's
+    /// query hash is the empty string (see [`ListenCore::for_targets`]).
     pub fn new(
         target_ids: impl IntoIterator<Item = TargetId>,
         resume: Option<ResumeState>,
     ) -> ListenCore {
+        let targets: Vec<(TargetId, String)> =
+            target_ids.into_iter().map(|id| (id, String::new())).collect();
+        ListenCore::for_targets(&targets, resume).0
+    }
+
+    /// Like [`ListenCore::new`], with each target's query hash: a saved token
+    /// (and membership) for another query is not used. Also returns the
+    /// notices of that decision.
+    pub fn for_targets(
+        targets: &[(TargetId, String)],
+        resume: Option<ResumeState>,
+    ) -> (ListenCore, Vec<Notice>) {
         let first_run = resume.is_none();
-        let resume = resume.unwrap_or_default();
-        let targets = target_ids
-            .into_iter()
-            .map(|id| {
+        let mut resume = resume.unwrap_or_default();
+        let mut notices = Vec::new();
+        let targets = targets
+            .iter()
+            .map(|(id, query)| {
+                let saved_query = resume.queries.get(id).cloned().unwrap_or_default();
+                let had_token = resume.tokens.contains_key(id);
+                let same = saved_query == *query;
+                if !same && had_token {
+                    notices.push(Notice::QueryChanged { target_id: *id });
+                }
+                let members = if same { resume.members.remove(id) } else { None };
                 let state = TargetState {
-                    known: first_run,
-                    safe_token: resume.tokens.get(&id).cloned(),
+                    known: first_run || members.is_some(),
+                    committed: members.map(|m| m.into_iter().collect()).unwrap_or_default(),
+                    safe_token: if same { resume.tokens.get(id).cloned() } else { None },
+                    query: query.clone(),
+                    query_changed: !same,
                     ..TargetState::default()
                 };
-                (id, state)
+                (*id, state)
             })
             .collect();
-        ListenCore {
-            targets,
-            dirty: HashMap::new(),
-            read_time: resume.read_time,
+        (
+            ListenCore {
+                targets,
+                dirty: HashMap::new(),
+                limbo: HashSet::new(),
+                read_time: resume.read_time,
+                name_prefix: String::new(),
+                max_persisted_members: DEFAULT_MAX_PERSISTED_MEMBERS,
+            },
+            notices,
+        )
+    }
+
+    /// The full resource name prefix of documents,
+    /// `projects/{project}/databases/{database}/documents/`, which the bloom
+    /// filters of existence filters hash. Without it no bloom filter matches
+    /// and a mismatch re-syncs the target as before.
+    pub fn set_name_prefix(&mut self, prefix: impl Into<String>) {
+        self.name_prefix = prefix.into();
+    }
+
+    /// Targets with more documents than this are not persisted with the
+    /// checkpoint (their membership is unknown after a restart).
+    pub fn set_max_persisted_members(&mut self, n: usize) {
+        self.max_persisted_members = n;
+    }
+
+    /// Every target without a token is added at `read_time` (`Target.read_time`)
+    /// instead of from scratch: the caller already published the state at that
+    /// time (a backfill pinned to it). Such a target's membership is unknown.
+    pub fn start_at(&mut self, read_time: Timestamp) {
+        for t in self.targets.values_mut() {
+            if t.safe_token.is_none() {
+                t.start_read_time = Some(read_time);
+                t.known = false;
+                t.committed.clear();
+            }
         }
+    }
+
+    /// Paths an earlier run may have published beyond its checkpoint (the
+    /// mirror's documents with a version newer than the checkpoint's read
+    /// time): unless the server sends them again by the first consistent point
+    /// at which every target is current, they are emitted as
+    /// [`DeleteCause::Unconfirmed`] deletes for the driver to confirm.
+    pub fn add_limbo(&mut self, paths: impl IntoIterator<Item = String>) {
+        self.limbo.extend(paths);
     }
 
     /// Give a target whose membership is unknown (a restart with a resume
@@ -156,7 +244,7 @@ impl ListenCore {
     /// a deletion, which the notice keeps reporting as before.
     pub fn seed_membership(&mut self, target_id: TargetId, members: HashMap<String, Timestamp>) {
         if let Some(t) = self.targets.get_mut(&target_id) {
-            if !t.known {
+            if !t.known && !t.query_changed && t.start_read_time.is_none() {
                 t.committed = members;
                 t.seeded = true;
             }
@@ -165,12 +253,27 @@ impl ListenCore {
 
     /// The resume state safe to persist once every emitted snapshot is published.
     pub fn resume_state(&self) -> ResumeState {
+        let with_token = || {
+            self.targets
+                .iter()
+                .filter_map(|(id, t)| t.safe_token.as_ref().map(|tok| (*id, t, tok)))
+        };
         ResumeState {
             read_time: self.read_time,
-            tokens: self
-                .targets
-                .iter()
-                .filter_map(|(id, t)| t.safe_token.clone().map(|tok| (*id, tok)))
+            tokens: with_token().map(|(id, _, tok)| (id, tok.clone())).collect(),
+            queries: with_token()
+                .map(|(id, t, _)| (id, t.query.clone()))
+                .collect(),
+            members: with_token()
+                .filter(|(_, t, _)| {
+                    t.known && !t.resetting && t.committed.len() <= self.max_persisted_members
+                })
+                .map(|(id, t, _)| {
+                    (
+                        id,
+                        t.committed.iter().map(|(p, v)| (p.clone(), *v)).collect(),
+                    )
+                })
                 .collect(),
         }
     }
@@ -191,7 +294,12 @@ impl ListenCore {
     /// where a safe token exists. Anything received since the last consistent
     /// point is discarded; the server sends it again.
     pub fn start_stream(&mut self) -> Vec<ListenRequest> {
-        self.dirty.clear();
+        // Upserts handed out since the last consistent point are unconfirmed.
+        for (path, d) in self.dirty.drain() {
+            if matches!(d, Dirty::Upsert(_)) {
+                self.limbo.insert(path);
+            }
+        }
         let mut requests = Vec::new();
         for (id, t) in &mut self.targets {
             t.discard_uncommitted();
@@ -202,12 +310,22 @@ impl ListenCore {
                 t.safe_token.clone()
             };
             t.force_fresh = false;
-            if token.is_none() {
+            let read_time = if token.is_none() {
+                t.start_read_time
+            } else {
+                None
+            };
+            if token.is_none() && read_time.is_none() {
                 t.begin_reset();
             }
+            let expected_count = (token.is_some() && t.known)
+                .then(|| i32::try_from(t.committed.len()).ok())
+                .flatten();
             requests.push(ListenRequest::Add {
                 target_id: *id,
                 resume_token: token,
+                read_time,
+                expected_count,
             });
         }
         requests
@@ -245,12 +363,16 @@ impl ListenCore {
                     self.target(*id).remove(&doc.path);
                 }
                 if !added.is_empty() {
-                    let newer = match self.dirty.get(&doc.path) {
-                        Some(Dirty::Upsert(existing)) => existing.update_time <= doc.update_time,
-                        _ => true,
+                    self.limbo.remove(&doc.path);
+                    let seen = match self.dirty.get(&doc.path) {
+                        Some(Dirty::Upsert(v)) => *v == doc.update_time,
+                        _ => self.committed_version(&doc.path) == Some(doc.update_time),
                     };
-                    if newer {
-                        self.dirty.insert(doc.path.clone(), Dirty::Upsert(doc));
+                    self.dirty
+                        .insert(doc.path.clone(), Dirty::Upsert(doc.update_time));
+                    if !seen {
+                        let op = UpsertOp::of(&doc);
+                        out.push(Output::Upsert(Change::Upsert { doc, op }));
                     }
                 } else if !self.in_any_target(&doc.path) {
                     self.dirty.insert(
@@ -272,7 +394,12 @@ impl ListenCore {
                 removed_target_ids,
                 read_time,
             } => self.on_gone(path, read_time, &removed_target_ids, DeleteCause::Removed),
-            ListenResponse::Filter { target_id, count } => {
+            ListenResponse::Filter {
+                target_id,
+                count,
+                unchanged_names,
+            } => {
+                let prefix = self.name_prefix.clone();
                 let Some(t) = self.targets.get_mut(&target_id) else {
                     return out;
                 };
@@ -282,6 +409,40 @@ impl ListenCore {
                 let held = t.len();
                 let expected = usize::try_from(count).unwrap_or(0);
                 if held != expected {
+                    if !t.known && !t.seeded {
+                        // Nothing to reconcile against: a re-sync would re-read
+                        // the whole target and still not know what went away.
+                        out.push(Output::Notice(Notice::FilterMismatchUnknownMembership {
+                            target_id,
+                            expected: count,
+                            held,
+                        }));
+                        return out;
+                    }
+                    if let Some(bloom) = &unchanged_names {
+                        if let Some(gone) = bloom_removals(t, bloom, &prefix, expected) {
+                            for p in &gone {
+                                t.remove(p);
+                            }
+                            out.push(Output::Notice(Notice::BloomFilterApplied {
+                                target_id,
+                                removed: gone.len(),
+                            }));
+                            for p in gone {
+                                if !self.in_any_target(&p) {
+                                    self.dirty.insert(
+                                        p,
+                                        Dirty::Delete {
+                                            read_time: None,
+                                            cause: DeleteCause::NotInExistenceFilter,
+                                        },
+                                    );
+                                }
+                            }
+                            return out;
+                        }
+                    }
+                    let t = self.target(target_id);
                     out.push(Output::Notice(Notice::FilterMismatch {
                         target_id,
                         expected: count,
@@ -294,6 +455,8 @@ impl ListenCore {
                     out.push(Output::Send(ListenRequest::Add {
                         target_id,
                         resume_token: None,
+                        read_time: None,
+                        expected_count: None,
                     }));
                 }
             }
@@ -323,6 +486,7 @@ impl ListenCore {
         for id in ids {
             self.target(id).remove(&path);
         }
+        self.limbo.remove(&path);
         if cause == DeleteCause::Deleted || !self.in_any_target(&path) {
             self.dirty.insert(path, Dirty::Delete { read_time, cause });
         }
@@ -351,28 +515,36 @@ impl ListenCore {
                 }
             }
             TargetChangeKind::Remove => {
-                if all {
-                    return;
-                }
-                for id in ids {
-                    let t = self.target(id);
-                    match &change.cause {
-                        None => t.pending = t.pending.saturating_sub(1),
-                        Some(cause) => {
-                            // The server ended the target: its token may be the reason.
-                            t.pending = 0;
-                            t.safe_token = None;
-                            t.force_fresh = true;
-                            t.current = false;
-                            out.push(Output::Notice(Notice::TargetRemoved {
-                                target_id: id,
-                                cause: cause.clone(),
-                            }));
+                match &change.cause {
+                    // A REMOVE with a cause and no ids concerns every target.
+                    Some(cause) => {
+                        self.on_target_error(&ids, cause, out);
+                        return;
+                    }
+                    None if all => return,
+                    None => {
+                        let mut unasked = false;
+                        for id in ids {
+                            let t = self.target(id);
+                            if t.pending > 0 {
+                                t.pending -= 1;
+                            } else {
+                                // Not ours: the target is dead on this stream.
+                                // Drop what it received since the last
+                                // consistent point (its token never moved past
+                                // it) and resume from the safe token.
+                                t.discard_uncommitted();
+                                out.push(Output::Notice(Notice::TargetRemovedUnasked {
+                                    target_id: id,
+                                }));
+                                unasked = true;
+                            }
+                        }
+                        if unasked {
+                            out.push(Output::Reconnect(Backoff::Normal));
+                            return;
                         }
                     }
-                }
-                if change.cause.is_some() {
-                    out.push(Output::Reconnect);
                 }
             }
             TargetChangeKind::Current => {
@@ -402,11 +574,53 @@ impl ListenCore {
                         t.candidate = token.clone();
                     }
                 }
-                if all {
-                    if let Some(read_time) = change.read_time {
-                        self.consistent_point(read_time, out);
+            }
+        }
+        // As the Firebase SDKs: any target change without target ids and with
+        // a read time is a global consistent point, whatever its kind.
+        if all {
+            if let Some(read_time) = change.read_time {
+                self.consistent_point(read_time, out);
+            }
+        }
+    }
+
+    /// A target REMOVE with a cause (`ids` are every target when it named none).
+    fn on_target_error(&mut self, ids: &[TargetId], cause: &super::Cause, out: &mut Vec<Output>) {
+        match cause.code {
+            code::PERMISSION_DENIED
+            | code::NOT_FOUND
+            | code::FAILED_PRECONDITION
+            | code::UNIMPLEMENTED => {
+                out.push(Output::Fail(TargetFailure {
+                    target_id: ids.first().copied().unwrap_or_default(),
+                    code: cause.code,
+                    code_name: code::name(cause.code),
+                    message: cause.message.clone(),
+                }));
+            }
+            c => {
+                let drop_token = c == code::INVALID_ARGUMENT;
+                for id in ids {
+                    let t = self.target(*id);
+                    t.pending = 0;
+                    t.current = false;
+                    if drop_token {
+                        // The only cause a token can be: listen from scratch.
+                        t.safe_token = None;
+                        t.start_read_time = None;
+                        t.force_fresh = true;
                     }
+                    out.push(Output::Notice(Notice::TargetRemoved {
+                        target_id: *id,
+                        cause: cause.clone(),
+                    }));
                 }
+                out.push(Output::Reconnect(if drop_token {
+                    Backoff::Normal
+                } else {
+                    Backoff::Max
+                }));
             }
         }
     }
@@ -419,14 +633,8 @@ impl ListenCore {
         let mut deleted_paths: Vec<String> = Vec::new();
         for (path, d) in dirty {
             match d {
-                Dirty::Upsert(doc) => {
-                    if self.committed_version(&path) != Some(doc.update_time)
-                        && self.in_any_target(&path)
-                    {
-                        let op = UpsertOp::of(&doc);
-                        changes.push(Change::Upsert { doc, op });
-                    }
-                }
+                // Handed out as an `Output::Upsert` when it arrived.
+                Dirty::Upsert(_) => {}
                 Dirty::Delete {
                     read_time: rt,
                     cause,
@@ -483,11 +691,37 @@ impl ListenCore {
         }
         for (_, path) in missing {
             if !self.in_any_target(&path) && !self.committed_anywhere(&path) {
+                self.limbo.remove(&path);
                 changes.push(Change::Delete {
                     path,
                     time: read_time,
                     cause: DeleteCause::MissingAfterReset,
                 });
+            }
+        }
+        // Unconfirmed upserts of a broken window: once every target is current
+        // here, the server has resent everything newer than the tokens.
+        if !self.limbo.is_empty()
+            && self
+                .targets
+                .values()
+                .all(|t| t.current && t.accepts() && !t.resetting)
+        {
+            let mut limbo: Vec<String> = self.limbo.drain().collect();
+            limbo.sort();
+            for path in limbo {
+                if !self.committed_anywhere(&path) {
+                    changes.push(Change::Delete {
+                        path,
+                        time: read_time,
+                        cause: DeleteCause::Unconfirmed,
+                    });
+                }
+            }
+        }
+        for t in self.targets.values_mut() {
+            if t.safe_token.is_some() {
+                t.start_read_time = None;
             }
         }
 
@@ -529,4 +763,26 @@ impl ListenCore {
             .get_mut(&id)
             .expect("only known target ids are looked up")
     }
+}
+
+/// The documents a bloom filter shows to have left the target, if removing
+/// them makes its count agree with the server's (else a false positive hides
+/// one and the caller re-syncs, as the Firebase SDKs do).
+fn bloom_removals(
+    t: &TargetState,
+    bloom: &BloomFilter,
+    prefix: &str,
+    expected: usize,
+) -> Option<Vec<String>> {
+    let members = t
+        .committed
+        .keys()
+        .filter(|p| !t.removed.contains(*p))
+        .chain(t.added.keys().filter(|p| !t.committed.contains_key(*p)));
+    let mut gone: Vec<String> = members
+        .filter(|p| !bloom.might_contain(&format!("{prefix}{p}")))
+        .cloned()
+        .collect();
+    gone.sort();
+    (t.len().checked_sub(gone.len()) == Some(expected)).then_some(gone)
 }

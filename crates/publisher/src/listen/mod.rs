@@ -54,6 +54,7 @@
 //!   [`Notice::DeletionsMayBeIncomplete`] (run the drift check). From the next
 //!   completed reset on it knows the membership exactly.
 
+mod bloom;
 mod core;
 mod resume;
 #[cfg(test)]
@@ -61,7 +62,8 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-pub use self::core::ListenCore;
+pub use self::bloom::{BloomFilter, BloomFilterError};
+pub use self::core::{ListenCore, DEFAULT_MAX_PERSISTED_MEMBERS};
 pub use self::resume::{ResumeState, ResumeStateError};
 
 use crate::value::{Document, Timestamp};
@@ -120,20 +122,86 @@ pub enum ListenResponse {
     Filter {
         target_id: TargetId,
         count: i32,
+        /// `ExistenceFilter.unchanged_names`, when the server sent one.
+        unchanged_names: Option<BloomFilter>,
     },
 }
 
 /// A request the driver must send on the open stream, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenRequest {
-    /// Add the target; with a token it resumes, without one the server sends the full state.
+    /// Add the target; with a token it resumes, with a read time it starts
+    /// after that time, with neither the server sends the full state.
     Add {
         target_id: TargetId,
         resume_token: Option<Vec<u8>>,
+        /// `Target.read_time` (only without a token).
+        read_time: Option<Timestamp>,
+        /// `Target.expected_count`: the documents the target held at the
+        /// token, when known; asks the server for a bloom filter with any
+        /// existence filter.
+        expected_count: Option<i32>,
     },
     Remove {
         target_id: TargetId,
     },
+}
+
+/// How soon to reconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// The driver's current (growing) delay.
+    Normal,
+    /// Straight to the maximum delay: the server is overloaded or failing.
+    Max,
+}
+
+/// Why the run cannot go on: the server ended a target with an error no
+/// retry fixes (as the official clients treat a target error as final).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Firestore removed listen target {target_id}: {code_name} ({code}): {message}")]
+pub struct TargetFailure {
+    pub target_id: TargetId,
+    pub code: i32,
+    pub code_name: &'static str,
+    pub message: String,
+}
+
+/// gRPC status codes the core distinguishes (`google.rpc.Code`).
+pub mod code {
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const NOT_FOUND: i32 = 5;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
+    pub const FAILED_PRECONDITION: i32 = 9;
+    pub const UNIMPLEMENTED: i32 = 12;
+    pub const INTERNAL: i32 = 13;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+
+    /// The name of a code, for messages.
+    pub fn name(code: i32) -> &'static str {
+        match code {
+            0 => "OK",
+            1 => "CANCELLED",
+            2 => "UNKNOWN",
+            INVALID_ARGUMENT => "INVALID_ARGUMENT",
+            4 => "DEADLINE_EXCEEDED",
+            NOT_FOUND => "NOT_FOUND",
+            6 => "ALREADY_EXISTS",
+            PERMISSION_DENIED => "PERMISSION_DENIED",
+            RESOURCE_EXHAUSTED => "RESOURCE_EXHAUSTED",
+            FAILED_PRECONDITION => "FAILED_PRECONDITION",
+            10 => "ABORTED",
+            11 => "OUT_OF_RANGE",
+            UNIMPLEMENTED => "UNIMPLEMENTED",
+            INTERNAL => "INTERNAL",
+            UNAVAILABLE => "UNAVAILABLE",
+            15 => "DATA_LOSS",
+            UNAUTHENTICATED => "UNAUTHENTICATED",
+            _ => "UNRECOGNISED",
+        }
+    }
 }
 
 /// How the stream ended, as far as the core cares.
@@ -174,6 +242,21 @@ pub enum DeleteCause {
     Removed,
     /// Not resent after a reset (or re-sync) of its target.
     MissingAfterReset,
+    /// Not in the bloom filter of an existence filter that disagreed with
+    /// the target's count (a document name never leaves an unfiltered target
+    /// otherwise).
+    NotInExistenceFilter,
+    /// Its upsert went out before a consistent point that never came (a
+    /// broken stream, a restart) and the server did not send it again.
+    Unconfirmed,
+}
+
+impl DeleteCause {
+    /// Whether the driver should confirm the delete with a document get
+    /// before publishing it: the server did not say the document was deleted.
+    pub fn needs_confirmation(self) -> bool {
+        matches!(self, DeleteCause::Removed | DeleteCause::Unconfirmed)
+    }
 }
 
 /// One change to publish.
@@ -228,8 +311,29 @@ pub enum Notice {
         expected: i32,
         held: usize,
     },
-    /// The server removed a target with a cause; it will be listened to again from scratch.
+    /// The server removed a target with a retryable cause (resource
+    /// exhausted, unavailable, internal, …): the stream reconnects at the
+    /// maximum delay, resuming from the safe token. With `INVALID_ARGUMENT`
+    /// the token is dropped and the target is listened to from scratch.
     TargetRemoved { target_id: TargetId, cause: Cause },
+    /// The server removed a target without a cause and without being asked
+    /// to: its uncommitted state is dropped and the stream reconnects,
+    /// resuming from the safe token (which never moved past an undelivered change).
+    TargetRemovedUnasked { target_id: TargetId },
+    /// An existence filter disagreed with a target whose membership is not
+    /// known (a start from a read time, a changed query): deletions the
+    /// server only reveals that way are not emitted; run the consistency check.
+    FilterMismatchUnknownMembership {
+        target_id: TargetId,
+        expected: i32,
+        held: usize,
+    },
+    /// An existence filter's bloom filter showed which documents left the
+    /// target; they are emitted as deletes without re-reading it.
+    BloomFilterApplied { target_id: TargetId, removed: usize },
+    /// A target's saved token was for another query (the target's definition
+    /// or this instance's ranges changed): it starts without it.
+    QueryChanged { target_id: TargetId },
     /// The server reset a target; its state is being resent.
     TargetReset { target_id: TargetId },
 }
@@ -239,7 +343,15 @@ pub enum Notice {
 pub enum Output {
     Send(ListenRequest),
     /// Close the stream and open a new one (after a delay) with [`ListenCore::start_stream`].
-    Reconnect,
+    Reconnect(Backoff),
+    /// Publish this upsert now (it is a real version with a deterministic
+    /// id): upserts are not held back for consistent points, so a large
+    /// initial load is not buffered whole. The next [`Output::Emit`]'s resume
+    /// state is valid only once this was published too.
+    Upsert(Change),
+    /// A consistent point: its deletions (upserts went out as [`Output::Upsert`]).
     Emit(Snapshot),
     Notice(Notice),
+    /// End the run with this error (a target error no retry fixes).
+    Fail(TargetFailure),
 }
