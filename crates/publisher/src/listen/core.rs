@@ -130,6 +130,8 @@ pub struct ListenCore {
     /// every target is current, they are gone and are emitted as deletes
     /// ([`DeleteCause::Unconfirmed`], for the driver to confirm).
     limbo: HashSet<String>,
+    /// Paths handed out as upserts since the last consistent point.
+    window_upserts: HashSet<String>,
     read_time: Option<Timestamp>,
     /// `projects/{p}/databases/{d}/documents/`: bloom filters hold full names.
     name_prefix: String,
@@ -190,6 +192,7 @@ impl ListenCore {
                 targets,
                 dirty: HashMap::new(),
                 limbo: HashSet::new(),
+                window_upserts: HashSet::new(),
                 read_time: resume.read_time,
                 name_prefix: String::new(),
                 max_persisted_members: DEFAULT_MAX_PERSISTED_MEMBERS,
@@ -295,11 +298,8 @@ impl ListenCore {
     /// point is discarded; the server sends it again.
     pub fn start_stream(&mut self) -> Vec<ListenRequest> {
         // Upserts handed out since the last consistent point are unconfirmed.
-        for (path, d) in self.dirty.drain() {
-            if matches!(d, Dirty::Upsert(_)) {
-                self.limbo.insert(path);
-            }
-        }
+        self.dirty.clear();
+        self.limbo.extend(self.window_upserts.drain());
         let mut requests = Vec::new();
         for (id, t) in &mut self.targets {
             t.discard_uncommitted();
@@ -363,7 +363,6 @@ impl ListenCore {
                     self.target(*id).remove(&doc.path);
                 }
                 if !added.is_empty() {
-                    self.limbo.remove(&doc.path);
                     let seen = match self.dirty.get(&doc.path) {
                         Some(Dirty::Upsert(v)) => *v == doc.update_time,
                         _ => self.committed_version(&doc.path) == Some(doc.update_time),
@@ -371,6 +370,7 @@ impl ListenCore {
                     self.dirty
                         .insert(doc.path.clone(), Dirty::Upsert(doc.update_time));
                     if !seen {
+                        self.window_upserts.insert(doc.path.clone());
                         let op = UpsertOp::of(&doc);
                         out.push(Output::Upsert(Change::Upsert { doc, op }));
                     }
@@ -486,7 +486,6 @@ impl ListenCore {
         for id in ids {
             self.target(id).remove(&path);
         }
-        self.limbo.remove(&path);
         if cause == DeleteCause::Deleted || !self.in_any_target(&path) {
             self.dirty.insert(path, Dirty::Delete { read_time, cause });
         }
@@ -691,7 +690,6 @@ impl ListenCore {
         }
         for (_, path) in missing {
             if !self.in_any_target(&path) && !self.committed_anywhere(&path) {
-                self.limbo.remove(&path);
                 changes.push(Change::Delete {
                     path,
                     time: read_time,
@@ -699,23 +697,31 @@ impl ListenCore {
                 });
             }
         }
-        // Unconfirmed upserts of a broken window: once every target is current
-        // here, the server has resent everything newer than the tokens.
-        if !self.limbo.is_empty()
-            && self
+        // Unconfirmed upserts of a broken window: confirmed by being held
+        // (or deleted) now; once every target is current here the server has
+        // resent everything newer than the tokens, so the rest are gone.
+        self.window_upserts.clear();
+        if !self.limbo.is_empty() {
+            let all_current = self
                 .targets
                 .values()
-                .all(|t| t.current && t.accepts() && !t.resetting)
-        {
+                .all(|t| t.current && t.accepts() && !t.resetting);
             let mut limbo: Vec<String> = self.limbo.drain().collect();
             limbo.sort();
             for path in limbo {
-                if !self.committed_anywhere(&path) {
+                if self.committed_anywhere(&path)
+                    || changes.iter().any(|c: &Change| c.path() == path)
+                {
+                    continue;
+                }
+                if all_current {
                     changes.push(Change::Delete {
                         path,
                         time: read_time,
                         cause: DeleteCause::Unconfirmed,
                     });
+                } else {
+                    self.limbo.insert(path);
                 }
             }
         }

@@ -47,6 +47,24 @@ struct Server {
 }
 
 impl Server {
+    /// The live loop's confirmation of a delete the server did not state.
+    fn confirm(&self, c: &Change) -> Change {
+        match c {
+            Change::Delete { path, cause, .. } if cause.needs_confirmation() => {
+                match self.docs.get(path) {
+                    Some(v) => {
+                        let doc = Server::doc(path, *v);
+                        Change::Upsert {
+                            op: UpsertOp::of(&doc),
+                            doc,
+                        }
+                    }
+                    None => c.clone(),
+                }
+            }
+            _ => c.clone(),
+        }
+    }
     fn tick(&mut self) -> i64 {
         self.clock += 1;
         self.clock
@@ -130,6 +148,7 @@ impl Server {
             ListenRequest::Add {
                 target_id,
                 resume_token,
+                ..
             } => {
                 let t = *target_id;
                 q.push_back(Server::tc(TargetChangeKind::Add, vec![t], None, None));
@@ -172,6 +191,7 @@ impl Server {
                                     q.push_back(ListenResponse::Filter {
                                         target_id: t,
                                         count: count as i32,
+                                        unchanged_names: None,
                                     });
                                 }
                                 q.push_back(Server::tc(
@@ -245,14 +265,16 @@ fn simulate(seed: u64, allow_restarts: bool) {
                             server.global(q);
                         }
                     }
+                    Output::Upsert(c) => mirror.apply(&c),
                     Output::Emit(snap) => {
                         for c in &snap.changes {
-                            mirror.apply(c);
+                            mirror.apply(&server.confirm(c));
                         }
                         *persisted = Some(snap.resume.clone());
                     }
-                    Output::Reconnect => return false,
+                    Output::Reconnect(_) => return false,
                     Output::Notice(_) => {}
+                    Output::Fail(f) => panic!("{f}"),
                 }
             }
             let _ = rng;

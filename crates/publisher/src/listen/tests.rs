@@ -71,30 +71,43 @@ fn snapshots(out: &[Output]) -> Vec<&Snapshot> {
         .collect()
 }
 
-/// `(op, path, time-offset)` of every change emitted, in order.
+/// `(op, path, time-offset)` of every change emitted: the eager upserts and
+/// the deletes of each consistent point, sorted by `(time, path)` per point
+/// (the order within a point does not matter to the mirror).
 fn summary(out: &[Output]) -> Vec<(String, String, i64)> {
-    snapshots(out)
-        .iter()
-        .flat_map(|s| s.changes.iter())
-        .map(|c| {
-            let op = match c {
-                Change::Upsert {
-                    op: UpsertOp::Create,
-                    ..
-                } => "create",
-                Change::Upsert {
-                    op: UpsertOp::Update,
-                    ..
-                } => "update",
-                Change::Delete { .. } => "delete",
-            };
-            (
-                op.to_owned(),
-                c.path().to_owned(),
-                c.time().timestamp() - 1_760_000_000,
-            )
-        })
-        .collect()
+    let key = |c: &Change| {
+        let op = match c {
+            Change::Upsert {
+                op: UpsertOp::Create,
+                ..
+            } => "create",
+            Change::Upsert {
+                op: UpsertOp::Update,
+                ..
+            } => "update",
+            Change::Delete { .. } => "delete",
+        };
+        (
+            op.to_owned(),
+            c.path().to_owned(),
+            c.time().timestamp() - 1_760_000_000,
+        )
+    };
+    let mut all = Vec::new();
+    let mut window: Vec<&Change> = Vec::new();
+    for o in out {
+        match o {
+            Output::Upsert(c) => window.push(c),
+            Output::Emit(snap) => {
+                window.extend(snap.changes.iter());
+                window.sort_by(|a, b| (a.time(), a.path()).cmp(&(b.time(), b.path())));
+                all.extend(window.drain(..).map(key));
+            }
+            _ => {}
+        }
+    }
+    all.extend(window.drain(..).map(key));
+    all
 }
 
 fn s(op: &str, path: &str, t: i64) -> (String, String, i64) {
@@ -117,11 +130,15 @@ fn running(initial_a: &[Document], initial_b: &[Document]) -> ListenCore {
         vec![
             ListenRequest::Add {
                 target_id: A,
-                resume_token: None
+                resume_token: None,
+                read_time: None,
+                expected_count: None,
             },
             ListenRequest::Add {
                 target_id: B,
-                resume_token: None
+                resume_token: None,
+                read_time: None,
+                expected_count: None,
             },
         ]
     );
@@ -218,11 +235,15 @@ fn a_target_that_is_not_current_gets_no_safe_token() {
         vec![
             ListenRequest::Add {
                 target_id: A,
-                resume_token: Some(b"g1".to_vec())
+                resume_token: Some(b"g1".to_vec()),
+                read_time: None,
+                expected_count: None,
             },
             ListenRequest::Add {
                 target_id: B,
-                resume_token: None
+                resume_token: None,
+                read_time: None,
+                expected_count: None,
             },
         ]
     );
@@ -397,7 +418,8 @@ fn existence_filter_mismatch_resyncs_the_target_without_a_token() {
         &mut core,
         [ListenResponse::Filter {
             target_id: A,
-            count: 2
+            count: 2,
+            unchanged_names: None,
         }]
     )
     .is_empty());
@@ -406,6 +428,7 @@ fn existence_filter_mismatch_resyncs_the_target_without_a_token() {
         [ListenResponse::Filter {
             target_id: A,
             count: 1,
+            unchanged_names: None,
         }],
     );
     assert_eq!(
@@ -419,7 +442,9 @@ fn existence_filter_mismatch_resyncs_the_target_without_a_token() {
             Output::Send(ListenRequest::Remove { target_id: A }),
             Output::Send(ListenRequest::Add {
                 target_id: A,
-                resume_token: None
+                resume_token: None,
+                read_time: None,
+                expected_count: None,
             }),
         ]
     );
@@ -431,6 +456,7 @@ fn existence_filter_mismatch_resyncs_the_target_without_a_token() {
             ListenResponse::Filter {
                 target_id: A,
                 count: 7,
+                unchanged_names: None,
             },
             tc(TargetChangeKind::Remove, &[A], "", None),
             change(doc("c/8", 11, 11), A),
@@ -455,7 +481,9 @@ fn stale_token_rejected_resyncs_everything_without_losing_changes() {
         reqs[0],
         ListenRequest::Add {
             target_id: A,
-            resume_token: Some(b"g10".to_vec())
+            resume_token: Some(b"g10".to_vec()),
+            read_time: None,
+            expected_count: None,
         }
     );
     // The server rejects the tokens.
@@ -467,11 +495,15 @@ fn stale_token_rejected_resyncs_everything_without_losing_changes() {
         vec![
             ListenRequest::Add {
                 target_id: A,
-                resume_token: None
+                resume_token: None,
+                read_time: None,
+                expected_count: None,
             },
             ListenRequest::Add {
                 target_id: B,
-                resume_token: None
+                resume_token: None,
+                read_time: None,
+                expected_count: None,
             },
         ]
     );
@@ -516,21 +548,25 @@ fn server_removing_a_target_with_a_cause_reconnects_it_from_scratch() {
             }),
         })],
     );
-    assert!(out.contains(&Output::Reconnect));
+    assert!(out.iter().any(|o| matches!(o, Output::Reconnect(_))));
     core.on_stream_end(StreamEnd::Transient);
     let reqs = core.start_stream();
     assert_eq!(
         reqs[0],
         ListenRequest::Add {
             target_id: A,
-            resume_token: None
+            resume_token: None,
+            read_time: None,
+            expected_count: None,
         }
     );
     assert_eq!(
         reqs[1],
         ListenRequest::Add {
             target_id: B,
-            resume_token: Some(b"g10".to_vec())
+            resume_token: Some(b"g10".to_vec()),
+            read_time: None,
+            expected_count: None,
         }
     );
     let out = feed(
@@ -567,6 +603,7 @@ fn restart_from_a_checkpoint_has_unknown_membership_and_says_so() {
     let state = ResumeState {
         read_time: Some(ts(10)),
         tokens: [(A, b"g10".to_vec()), (B, b"g10".to_vec())].into(),
+        ..ResumeState::default()
     };
     let mut core = ListenCore::new([A, B], Some(state));
     core.start_stream();
@@ -587,11 +624,14 @@ fn restart_from_a_checkpoint_has_unknown_membership_and_says_so() {
         [ListenResponse::Filter {
             target_id: A,
             count: 3,
+            unchanged_names: None,
         }],
     );
     assert!(out.contains(&Output::Send(ListenRequest::Add {
         target_id: A,
-        resume_token: None
+        resume_token: None,
+        read_time: None,
+        expected_count: None,
     })));
     let out = feed(
         &mut core,
@@ -673,6 +713,7 @@ fn restart_seeded_from_the_mirror_emits_deletions_a_reset_reveals() {
     let state = ResumeState {
         read_time: Some(ts(10)),
         tokens: [(A, b"g10".to_vec()), (B, b"g10".to_vec())].into(),
+        ..ResumeState::default()
     };
     let mut core = ListenCore::new([A, B], Some(state));
     core.seed_membership(
@@ -690,6 +731,7 @@ fn restart_seeded_from_the_mirror_emits_deletions_a_reset_reveals() {
         [ListenResponse::Filter {
             target_id: A,
             count: 1,
+            unchanged_names: None,
         }],
     );
     let out = feed(

@@ -198,7 +198,9 @@ async fn publishes_at_consistent_points_resumes_after_errors_and_restarts_from_t
             .iter()
             .map(|t| ListenRequest::Add {
                 target_id: t.id,
-                resume_token: None
+                resume_token: None,
+                read_time: None,
+                expected_count: None,
             })
             .collect::<Vec<_>>()
     );
@@ -208,7 +210,9 @@ async fn publishes_at_consistent_points_resumes_after_errors_and_restarts_from_t
             .iter()
             .map(|t| ListenRequest::Add {
                 target_id: t.id,
-                resume_token: Some(b"g10".to_vec())
+                resume_token: Some(b"g10".to_vec()),
+                read_time: None,
+                expected_count: None,
             })
             .collect::<Vec<_>>(),
         "the second stream resumes from the first consistent point"
@@ -259,7 +263,9 @@ async fn publishes_at_consistent_points_resumes_after_errors_and_restarts_from_t
         transport.sent(0)[0],
         ListenRequest::Add {
             target_id: 1,
-            resume_token: Some(b"g12".to_vec())
+            resume_token: Some(b"g12".to_vec()),
+            read_time: None,
+            expected_count: None,
         }
     );
     // A conversation delete has no contract type: dead-lettered, not dropped.
@@ -288,6 +294,8 @@ async fn a_rejected_token_relistens_from_scratch_once_then_fails() {
     let state = ResumeState {
         read_time: Some(t(5)),
         tokens: [(1, b"old".to_vec())].into(),
+        queries: [(1, TARGETS[0].query_hash())].into(),
+        ..ResumeState::default()
     };
     let store = MemoryStore::new();
     store
@@ -312,14 +320,18 @@ async fn a_rejected_token_relistens_from_scratch_once_then_fails() {
         transport.sent(0)[0],
         ListenRequest::Add {
             target_id: 1,
-            resume_token: Some(b"old".to_vec())
+            resume_token: Some(b"old".to_vec()),
+            read_time: None,
+            expected_count: None,
         }
     );
     assert_eq!(
         transport.sent(1)[0],
         ListenRequest::Add {
             target_id: 1,
-            resume_token: None
+            resume_token: None,
+            read_time: None,
+            expected_count: None,
         }
     );
     assert_eq!(
@@ -335,6 +347,7 @@ async fn filter_mismatch_sends_remove_and_add_on_the_open_stream() {
     script.push(Step::Msg(ListenResponse::Filter {
         target_id: 1,
         count: 1,
+        unchanged_names: None,
     }));
     script.push(Step::Hang);
     let transport = Scripted::new(vec![script]);
@@ -347,7 +360,9 @@ async fn filter_mismatch_sends_remove_and_add_on_the_open_stream() {
             ListenRequest::Remove { target_id: 1 },
             ListenRequest::Add {
                 target_id: 1,
-                resume_token: None
+                resume_token: None,
+                read_time: None,
+                expected_count: None,
             }
         ]
     );
