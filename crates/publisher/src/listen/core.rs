@@ -363,12 +363,17 @@ impl ListenCore {
                     self.target(*id).remove(&doc.path);
                 }
                 if !added.is_empty() {
+                    // This version, or a newer one, already went out.
                     let seen = match self.dirty.get(&doc.path) {
-                        Some(Dirty::Upsert(v)) => *v == doc.update_time,
-                        _ => self.committed_version(&doc.path) == Some(doc.update_time),
+                        Some(Dirty::Upsert(v)) => *v >= doc.update_time,
+                        _ => self
+                            .committed_version(&doc.path)
+                            .is_some_and(|v| v >= doc.update_time),
                     };
-                    self.dirty
-                        .insert(doc.path.clone(), Dirty::Upsert(doc.update_time));
+                    if !seen {
+                        self.dirty
+                            .insert(doc.path.clone(), Dirty::Upsert(doc.update_time));
+                    }
                     if !seen {
                         self.window_upserts.insert(doc.path.clone());
                         let op = UpsertOp::of(&doc);

@@ -159,7 +159,7 @@ fn running(initial_a: &[Document], initial_b: &[Document]) -> ListenCore {
 fn initial_state_is_emitted_only_at_the_global_consistent_point() {
     let mut core = ListenCore::new([A, B], None);
     core.start_stream();
-    let out = feed(
+    let mut early = feed(
         &mut core,
         [
             add(&[A, B]),
@@ -169,7 +169,7 @@ fn initial_state_is_emitted_only_at_the_global_consistent_point() {
         ],
     );
     assert!(
-        snapshots(&out).is_empty(),
+        snapshots(&early).is_empty(),
         "per-target CURRENT must not emit"
     );
     // A NO_CHANGE for one target with a read time is not global either.
@@ -178,14 +178,16 @@ fn initial_state_is_emitted_only_at_the_global_consistent_point() {
         [tc(TargetChangeKind::NoChange, &[A], "a2", Some(3))],
     );
     assert!(snapshots(&out).is_empty());
-    let out = feed(
+    early.extend(out);
+    let mut out = early;
+    out.extend(feed(
         &mut core,
         [
             change(doc("m/1", 2, 2), B),
             current(&[B], "b1"),
             global("g1", 6),
         ],
-    );
+    ));
     assert_eq!(
         summary(&out),
         vec![
@@ -237,7 +239,7 @@ fn a_target_that_is_not_current_gets_no_safe_token() {
                 target_id: A,
                 resume_token: Some(b"g1".to_vec()),
                 read_time: None,
-                expected_count: None,
+                expected_count: Some(1),
             },
             ListenRequest::Add {
                 target_id: B,
@@ -250,9 +252,9 @@ fn a_target_that_is_not_current_gets_no_safe_token() {
 }
 
 #[test]
-fn later_changes_are_batched_per_consistent_point_and_duplicates_collapse() {
+fn upserts_go_out_eagerly_and_duplicates_or_older_versions_do_not() {
     let mut core = running(&[doc("c/1", 1, 1)], &[]);
-    let out = feed(
+    let mut out = feed(
         &mut core,
         [
             change(doc("c/1", 1, 11), A),
@@ -263,10 +265,14 @@ fn later_changes_are_batched_per_consistent_point_and_duplicates_collapse() {
         ],
     );
     assert!(snapshots(&out).is_empty());
-    let out = feed(&mut core, [global("g14", 14)]);
+    out.extend(feed(&mut core, [global("g14", 14)]));
     assert_eq!(
         summary(&out),
-        vec![s("create", "c/2", 12), s("update", "c/1", 13)]
+        vec![
+            s("update", "c/1", 11),
+            s("create", "c/2", 12),
+            s("update", "c/1", 13)
+        ]
     );
     // The same version again (e.g. after a resume) is not emitted twice.
     let out = feed(&mut core, [change(doc("c/1", 1, 13), A), global("g15", 15)]);
@@ -343,7 +349,12 @@ fn delete_then_recreate_in_one_window_is_a_create() {
             global("g16", 16),
         ],
     );
-    assert_eq!(summary(&out), vec![s("delete", "c/1", 15)]);
+    // The upsert went out when it arrived (a real version); the delete at
+    // the consistent point is newer and wins in the mirror.
+    assert_eq!(
+        summary(&out),
+        vec![s("update", "c/1", 14), s("delete", "c/1", 15)]
+    );
 }
 
 #[test]
@@ -483,7 +494,7 @@ fn stale_token_rejected_resyncs_everything_without_losing_changes() {
             target_id: A,
             resume_token: Some(b"g10".to_vec()),
             read_time: None,
-            expected_count: None,
+            expected_count: Some(2),
         }
     );
     // The server rejects the tokens.
@@ -566,7 +577,7 @@ fn server_removing_a_target_with_a_cause_reconnects_it_from_scratch() {
             target_id: B,
             resume_token: Some(b"g10".to_vec()),
             read_time: None,
-            expected_count: None,
+            expected_count: Some(0),
         }
     );
     let out = feed(
@@ -579,23 +590,52 @@ fn server_removing_a_target_with_a_cause_reconnects_it_from_scratch() {
 #[test]
 fn reconnect_discards_uncommitted_changes_which_the_server_resends() {
     let mut core = running(&[doc("c/1", 1, 1)], &[]);
+    let out = feed(&mut core, [change(doc("c/2", 11, 11), A)]);
+    assert_eq!(summary(&out), vec![s("create", "c/2", 11)], "upserts go out eagerly");
+    core.on_stream_end(StreamEnd::Transient);
+    core.start_stream();
+    // The server resends what is newer than the token: c/2 is confirmed.
+    let out = feed(
+        &mut core,
+        [
+            add(&[A, B]),
+            change(doc("c/2", 11, 11), A),
+            current(&[A, B], "x"),
+            global("g12", 12),
+        ],
+    );
+    assert_eq!(summary(&out), vec![s("create", "c/2", 11)]);
+    assert_eq!(snapshots(&out)[0].changes, vec![]);
+}
+
+#[test]
+fn an_eager_upsert_the_resumed_stream_does_not_confirm_becomes_a_delete_to_confirm() {
+    let mut core = running(&[doc("c/1", 1, 1)], &[]);
     feed(&mut core, [change(doc("c/2", 11, 11), A)]);
     core.on_stream_end(StreamEnd::Transient);
     core.start_stream();
-    let out = feed(
-        &mut core,
-        [add(&[A, B]), current(&[A, B], "x"), global("g12", 12)],
-    );
+    // c/2 was created and deleted while the stream was down: the server
+    // knows the client never had it (the token predates it) and says nothing.
+    let out = feed(&mut core, [add(&[A, B]), current(&[A], "x"), global("g12", 12)]);
+    assert_eq!(summary(&out), vec![], "B is not current yet: keep waiting");
+    let out = feed(&mut core, [current(&[B], "y"), global("g13", 13)]);
+    let snap = snapshots(&out)[0];
     assert_eq!(
-        summary(&out),
-        vec![],
-        "nothing from the dead stream is emitted"
+        snap.changes,
+        vec![Change::Delete {
+            path: "c/2".into(),
+            time: ts(13),
+            cause: DeleteCause::Unconfirmed
+        }]
     );
-    let out = feed(
-        &mut core,
-        [change(doc("c/2", 11, 11), A), global("g13", 13)],
-    );
-    assert_eq!(summary(&out), vec![s("create", "c/2", 11)]);
+    assert!(DeleteCause::Unconfirmed.needs_confirmation());
+    // The same after a process restart, from the mirror's newer documents.
+    let state = snap.resume.clone();
+    let mut core = ListenCore::new([A, B], Some(state));
+    core.add_limbo(["c/9".to_owned()]);
+    core.start_stream();
+    let out = feed(&mut core, [add(&[A, B]), current(&[A, B], "z"), global("g14", 14)]);
+    assert_eq!(summary(&out), vec![s("delete", "c/9", 14)]);
 }
 
 #[test]
@@ -618,7 +658,9 @@ fn restart_from_a_checkpoint_has_unknown_membership_and_says_so() {
     );
     assert_eq!(summary(&out), vec![s("create", "c/5", 11)]);
     assert!(!core.membership_known(A));
-    // The server cannot enumerate what it lost: it sends a filter; we re-sync.
+    // The server cannot enumerate what it lost: it sends a filter. With no
+    // membership to reconcile against, a re-sync would re-read the whole
+    // target and still not know what went away: report it instead.
     let out = feed(
         &mut core,
         [ListenResponse::Filter {
@@ -627,17 +669,19 @@ fn restart_from_a_checkpoint_has_unknown_membership_and_says_so() {
             unchanged_names: None,
         }],
     );
-    assert!(out.contains(&Output::Send(ListenRequest::Add {
-        target_id: A,
-        resume_token: None,
-        read_time: None,
-        expected_count: None,
-    })));
+    assert_eq!(
+        out,
+        vec![Output::Notice(Notice::FilterMismatchUnknownMembership {
+            target_id: A,
+            expected: 3,
+            held: 1
+        })]
+    );
+    // A server RESET still teaches it the membership.
     let out = feed(
         &mut core,
         [
-            tc(TargetChangeKind::Remove, &[A], "", None),
-            add(&[A]),
+            reset(&[A]),
             change(doc("c/6", 1, 1), A),
             change(doc("c/7", 1, 1), A),
             current(&[A], "y"),
@@ -759,4 +803,236 @@ fn restart_seeded_from_the_mirror_emits_deletions_a_reset_reveals() {
     core.seed_membership(A, [("c/9".to_owned(), ts(9))].into());
     let out = feed(&mut core, [global("g14", 14)]);
     assert!(summary(&out).is_empty());
+}
+
+fn removed_with(ids: &[TargetId], code: i32) -> ListenResponse {
+    ListenResponse::TargetChange(TargetChange {
+        kind: TargetChangeKind::Remove,
+        target_ids: ids.to_vec(),
+        resume_token: vec![],
+        read_time: None,
+        cause: Some(Cause {
+            code,
+            message: "m".into(),
+        }),
+    })
+}
+
+#[test]
+fn target_errors_no_retry_fixes_end_the_run() {
+    for c in [
+        code::PERMISSION_DENIED,
+        code::NOT_FOUND,
+        code::FAILED_PRECONDITION,
+        code::UNIMPLEMENTED,
+    ] {
+        let mut core = running(&[doc("c/1", 1, 1)], &[]);
+        let out = feed(&mut core, [removed_with(&[B], c)]);
+        let [Output::Fail(f)] = out.as_slice() else {
+            panic!("{c}: {out:?}")
+        };
+        assert_eq!((f.target_id, f.code), (B, c));
+        assert!(f.to_string().contains(code::name(c)), "{f}");
+    }
+}
+
+#[test]
+fn retryable_target_errors_reconnect_at_max_backoff_keeping_the_safe_token() {
+    for c in [code::RESOURCE_EXHAUSTED, code::UNAVAILABLE, code::INTERNAL] {
+        let mut core = running(&[doc("c/1", 1, 1)], &[]);
+        // Uncommitted work is dropped, not published.
+        feed(&mut core, [change(doc("c/1", 1, 11), A)]);
+        let out = feed(&mut core, [removed_with(&[A], c)]);
+        assert!(out.contains(&Output::Reconnect(Backoff::Max)), "{c}: {out:?}");
+        core.on_stream_end(StreamEnd::Transient);
+        let reqs = core.start_stream();
+        assert!(reqs.iter().all(|r| matches!(
+            r,
+            ListenRequest::Add { resume_token: Some(t), .. } if t == b"g10"
+        )));
+    }
+}
+
+#[test]
+fn only_invalid_argument_drops_the_token_and_no_ids_means_every_target() {
+    let mut core = running(&[doc("c/1", 1, 1)], &[doc("m/1", 1, 1)]);
+    let out = feed(&mut core, [removed_with(&[], code::INVALID_ARGUMENT)]);
+    assert!(out.contains(&Output::Reconnect(Backoff::Normal)));
+    let reqs = core.start_stream();
+    assert!(
+        reqs.iter()
+            .all(|r| matches!(r, ListenRequest::Add { resume_token: None, .. })),
+        "{reqs:?}"
+    );
+    // A cause without ids that no retry fixes also ends the run.
+    let mut core = running(&[], &[]);
+    let out = feed(&mut core, [removed_with(&[], code::PERMISSION_DENIED)]);
+    assert!(matches!(out.as_slice(), [Output::Fail(_)]));
+}
+
+#[test]
+fn an_unasked_remove_drops_the_target_state_and_resumes_from_the_safe_token() {
+    let mut core = running(&[doc("c/1", 1, 1)], &[]);
+    // A change the dead target will never confirm, then the server drops it.
+    let out = feed(
+        &mut core,
+        [
+            ListenResponse::DocumentDelete {
+                path: "c/1".into(),
+                read_time: Some(ts(11)),
+                removed_target_ids: vec![A],
+            },
+            tc(TargetChangeKind::Remove, &[A], "", None),
+        ],
+    );
+    assert!(out.contains(&Output::Notice(Notice::TargetRemovedUnasked { target_id: A })));
+    assert!(out.contains(&Output::Reconnect(Backoff::Normal)));
+    // Had the stream gone on, A's token must not have advanced past the delete.
+    assert_eq!(tok(&core.resume_state(), A), Some("g10"));
+    core.on_stream_end(StreamEnd::Transient);
+    let reqs = core.start_stream();
+    assert!(matches!(&reqs[0], ListenRequest::Add { target_id: A, resume_token: Some(t), .. } if t == b"g10"));
+    // The resumed stream states the delete again; it is emitted.
+    let out = feed(
+        &mut core,
+        [
+            add(&[A, B]),
+            ListenResponse::DocumentDelete {
+                path: "c/1".into(),
+                read_time: Some(ts(11)),
+                removed_target_ids: vec![A],
+            },
+            current(&[A, B], "x"),
+            global("g12", 12),
+        ],
+    );
+    assert_eq!(summary(&out), vec![s("delete", "c/1", 11)]);
+}
+
+#[test]
+fn any_target_change_without_ids_and_with_a_read_time_is_a_consistent_point() {
+    let mut core = running(&[doc("c/1", 1, 1)], &[]);
+    let out = feed(
+        &mut core,
+        [
+            ListenResponse::DocumentDelete {
+                path: "c/1".into(),
+                read_time: Some(ts(11)),
+                removed_target_ids: vec![A],
+            },
+            tc(TargetChangeKind::Current, &[], "g12", Some(12)),
+        ],
+    );
+    assert_eq!(summary(&out), vec![s("delete", "c/1", 11)]);
+    assert_eq!(tok(&snapshots(&out)[0].resume, A), Some("g12"));
+}
+
+#[test]
+fn membership_and_query_hashes_are_persisted_and_a_changed_query_starts_fresh() {
+    let specs = [(A, "qa".to_owned()), (B, "qb".to_owned())];
+    let (mut core, notices) = ListenCore::for_targets(&specs, None);
+    assert!(notices.is_empty());
+    core.start_stream();
+    let out = feed(
+        &mut core,
+        [
+            add(&[A, B]),
+            change(doc("c/1", 1, 1), A),
+            change(doc("c/2", 1, 2), A),
+            current(&[A, B], "g3"),
+            global("g3", 3),
+        ],
+    );
+    let state = snapshots(&out)[0].resume.clone();
+    assert_eq!(state.queries[&A], "qa");
+    assert_eq!(state.members[&A].len(), 2);
+    let state = ResumeState::decode(&state.encode()).unwrap();
+
+    // Same queries: exact membership, expected_count sent, deletions exact.
+    let (mut core, _) = ListenCore::for_targets(&specs, Some(state.clone()));
+    assert!(core.membership_known(A));
+    let reqs = core.start_stream();
+    assert_eq!(
+        reqs[0],
+        ListenRequest::Add {
+            target_id: A,
+            resume_token: Some(b"g3".to_vec()),
+            read_time: None,
+            expected_count: Some(2)
+        }
+    );
+    // The server compacted a delete into a filter with a bloom filter of the
+    // names that still match: c/2 is gone, no re-read.
+    core.set_name_prefix("projects/p/databases/(default)/documents/");
+    let bloom = BloomFilter::of(["projects/p/databases/(default)/documents/c/1"], 64, 3);
+    let out = feed(
+        &mut core,
+        [
+            add(&[A, B]),
+            ListenResponse::Filter {
+                target_id: A,
+                count: 1,
+                unchanged_names: Some(bloom),
+            },
+            current(&[A, B], "g5"),
+            global("g5", 5),
+        ],
+    );
+    assert!(out.contains(&Output::Notice(Notice::BloomFilterApplied {
+        target_id: A,
+        removed: 1
+    })));
+    assert!(!out.iter().any(|o| matches!(o, Output::Send(_))), "no re-sync");
+    assert_eq!(summary(&out), vec![s("delete", "c/2", 5)]);
+
+    // A changed query: the token and membership are not used.
+    let changed = [(A, "qa-ranges".to_owned()), (B, "qb".to_owned())];
+    let (mut core, notices) = ListenCore::for_targets(&changed, Some(state));
+    assert_eq!(notices, vec![Notice::QueryChanged { target_id: A }]);
+    assert!(!core.membership_known(A));
+    core.seed_membership(A, [("c/1".to_owned(), ts(1))].into_iter().collect());
+    assert_eq!(core.committed_len(A), 0, "no seed for another query's target");
+    let reqs = core.start_stream();
+    assert!(matches!(&reqs[0], ListenRequest::Add { resume_token: None, .. }));
+    assert!(matches!(&reqs[1], ListenRequest::Add { resume_token: Some(_), .. }));
+}
+
+#[test]
+fn a_start_from_a_read_time_resumes_after_it_and_then_uses_tokens() {
+    let mut core = ListenCore::new([A, B], None);
+    core.start_at(ts(100));
+    let reqs = core.start_stream();
+    assert!(reqs.iter().all(|r| matches!(
+        r,
+        ListenRequest::Add { resume_token: None, read_time: Some(t), expected_count: None, .. } if *t == ts(100)
+    )));
+    let out = feed(
+        &mut core,
+        [
+            add(&[A, B]),
+            change(doc("c/1", 1, 101), A),
+            current(&[A, B], "g102"),
+            global("g102", 102),
+        ],
+    );
+    assert_eq!(summary(&out), vec![s("update", "c/1", 101)]);
+    // A filter cannot be reconciled (the backfill's membership is not kept).
+    let out = feed(
+        &mut core,
+        [ListenResponse::Filter {
+            target_id: A,
+            count: 50,
+            unchanged_names: None,
+        }],
+    );
+    assert!(matches!(
+        out.as_slice(),
+        [Output::Notice(Notice::FilterMismatchUnknownMembership { .. })]
+    ));
+    core.on_stream_end(StreamEnd::Transient);
+    let reqs = core.start_stream();
+    assert!(reqs.iter().all(|r| matches!(
+        r,
+        ListenRequest::Add { resume_token: Some(_), read_time: None, .. }
+    )));
 }
