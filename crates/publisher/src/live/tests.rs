@@ -212,7 +212,8 @@ async fn publishes_at_consistent_points_resumes_after_errors_and_restarts_from_t
                 target_id: t.id,
                 resume_token: Some(b"g10".to_vec()),
                 read_time: None,
-                expected_count: None,
+                // c1 and c2 in the conversations target, nothing elsewhere.
+                expected_count: Some(if t.id == 1 { 2 } else { 0 }),
             })
             .collect::<Vec<_>>(),
         "the second stream resumes from the first consistent point"
@@ -265,7 +266,8 @@ async fn publishes_at_consistent_points_resumes_after_errors_and_restarts_from_t
             target_id: 1,
             resume_token: Some(b"g12".to_vec()),
             read_time: None,
-            expected_count: None,
+            // The restarted core's own membership, persisted with the token.
+            expected_count: Some(3),
         }
     );
     // A conversation delete has no contract type: dead-lettered, not dropped.
