@@ -323,6 +323,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
         source: SourceInfo::new(&project, "(default)"),
         fresh: false,
         families: None,
+        read_time: None,
     };
     let pager = publisher::firestore::FirestorePager::new(db.clone());
     let report = publisher::backfill::backfill(
@@ -364,6 +365,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
         dry_run: true,
         fresh: true,
         families: None,
+        read_time: None,
         ..opts
     };
     let report = publisher::backfill::backfill(

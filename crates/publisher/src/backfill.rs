@@ -1,10 +1,24 @@
-//! Backfill: page every mirrored collection (group) in `(updatedAt, __name__)`
-//! order with cursors — never offsets — and publish the same deterministic
-//! events as the live path, so overlapping with it is harmless.
+//! Backfill: page every mirrored collection (group) with cursors — never
+//! offsets — and publish the same deterministic events as the live path, so
+//! overlapping with it is harmless.
 //!
-//! - `--since T` reads only documents with `updatedAt >= T`. A document
-//!   *without* an `updatedAt` field is not returned by an ordered Firestore
-//!   query at all; such documents are only mirrored by the live path.
+//! - Order. Firestore leaves documents *without* the ordered field out of an
+//!   ordered query, and the contract gives `updatedAt` only to conversations:
+//!   `conversations` is paged in `(updatedAt, __name__)` order, the groups
+//!   without such a field (`messages`, `targets` = blocks and follows) in
+//!   `__name__` order, which every document has ([`Group::order_field`]).
+//! - `--since T`: for `conversations`, only documents with `updatedAt >= T`;
+//!   for the `__name__`-ordered groups it cannot filter (there is no field to
+//!   filter on): they are read whole, and the report says so
+//!   ([`GroupReport::since_ignored`]).
+//! - A filter that matches nothing while the group is not empty is an error
+//!   ([`BackfillError::FilterMatchesNothing`]), not a successful run of 0
+//!   documents: without `--since` the only filter is the order field's
+//!   presence, so 0 means the documents lack it.
+//! - `read_time` pins every page (and count) to one snapshot of the database
+//!   (`RunQuery.read_time`): a walk sees each document once, in one version.
+//!   Firestore serves reads up to 1 hour old (7 days at whole minutes with
+//!   point-in-time recovery); a longer walk must not pin.
 //! - A read budget stops the run cleanly (after a checkpoint) once spent.
 //!   Firestore bills one read per document returned and one per query that
 //!   returns none.
@@ -67,14 +81,27 @@ impl Group {
     }
 }
 
-/// The field the backfill orders and filters by.
+/// The field `conversations` is ordered and filtered by.
 pub const ORDER_FIELD: &str = "updatedAt";
 
-/// A position in `(updatedAt, __name__)` order: the last document of a page.
+impl Group {
+    /// The field the group is ordered and `--since`-filtered by; `None`:
+    /// ordered by `__name__` only and read whole (its documents have no
+    /// update-time field in the contract).
+    pub fn order_field(self) -> Option<&'static str> {
+        match self {
+            Group::Conversations => Some(ORDER_FIELD),
+            Group::Messages | Group::Targets => None,
+        }
+    }
+}
+
+/// A position in the group's order: the last document of a page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
-    #[serde(rename = "updatedAt")]
-    pub updated_at: Timestamp,
+    /// The order field's value (`None` for `__name__`-ordered groups).
+    #[serde(rename = "updatedAt", default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Timestamp>,
     /// Document path relative to `documents/`.
     pub path: String,
 }
@@ -83,7 +110,10 @@ pub struct Cursor {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PageRequest {
     pub group: Group,
+    /// Ignored by groups without an [`Group::order_field`].
     pub since: Option<Timestamp>,
+    /// Read at this time (one snapshot for the whole walk), or now.
+    pub read_time: Option<Timestamp>,
     /// Start strictly after this document.
     pub after: Option<Cursor>,
     pub limit: u32,
@@ -117,8 +147,10 @@ pub struct PagerError {
 
 /// The port the backfill reads through: ordered, cursor-paged reads of a
 /// collection group. Implementations must return documents in ascending
-/// `(updatedAt, __name__)` order, only those with `updatedAt >= since`, and
-/// only those strictly after `after`; a page shorter than `limit` means the end.
+/// `(order field, __name__)` order ([`Group::order_field`]; `__name__` alone
+/// without one), for groups with an order field only those with
+/// `field >= since`, and only those strictly after `after`; a page shorter
+/// than `limit` means the end.
 pub trait DocumentPager: Send + Sync {
     fn page(&self, request: PageRequest) -> impl Future<Output = Result<Page, PagerError>> + Send;
     /// How many documents a page walk from `after` would return.
@@ -128,6 +160,8 @@ pub trait DocumentPager: Send + Sync {
         since: Option<Timestamp>,
         after: Option<Cursor>,
     ) -> impl Future<Output = Result<Count, PagerError>> + Send;
+    /// How many documents the group holds, with no filter and no order.
+    fn count_all(&self, group: Group) -> impl Future<Output = Result<Count, PagerError>> + Send;
 }
 
 /// What to backfill.
@@ -145,6 +179,8 @@ pub struct BackfillOptions {
     pub fresh: bool,
     /// Only documents of these families (see [`Module`]); `None`: all.
     pub families: Option<Vec<mirror_schema::EventFamily>>,
+    /// Pin every page to this read time (see the module docs).
+    pub read_time: Option<Timestamp>,
 }
 
 /// The plan's modules: what `mirrorctl backfill --module` selects.
@@ -212,6 +248,11 @@ pub struct GroupReport {
     /// The group was finished by an earlier run.
     pub already_done: bool,
     pub done: bool,
+    /// `--since` was given but the group has no field to filter by: read whole.
+    pub since_ignored: bool,
+    /// Dry run: the documents the group holds with no filter (and the reads
+    /// that count cost are in `reads`).
+    pub unfiltered: Option<u64>,
 }
 
 /// The outcome of [`backfill`].
@@ -239,6 +280,15 @@ pub enum BackfillError {
     },
     #[error("invalid options: {0}")]
     Options(String),
+    #[error(
+        "{group:?}: the backfill query matches no document but the group holds {unfiltered}: \
+         its documents lack the `{field}` field it orders by; nothing was published"
+    )]
+    FilterMatchesNothing {
+        group: Group,
+        field: &'static str,
+        unfiltered: u64,
+    },
 }
 
 /// The saved cursor of a group.
@@ -302,13 +352,22 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
         }
         let mut after = saved.and_then(|s| s.after);
 
+        g.since_ignored = opts.since.is_some() && group.order_field().is_none();
         if opts.dry_run {
             let count = pager.count(group, opts.since, after.clone()).await?;
             g.docs = count.docs;
             g.reads = count.reads;
+            // One read per document, and one for the last (short or empty) page.
             let page = u64::from(opts.page_size);
             g.estimated_reads = Some(count.docs + u64::from(count.docs % page == 0));
             report.reads += count.reads;
+            if count.docs == 0 && after.is_none() {
+                let all = pager.count_all(group).await?;
+                g.unfiltered = Some(all.docs);
+                g.reads += all.reads;
+                report.reads += all.reads;
+                check_filter(group, opts.since, 0, all.docs)?;
+            }
             progress(&Progress {
                 group,
                 docs: count.docs,
@@ -342,10 +401,18 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
                 .page(PageRequest {
                     group,
                     since: opts.since,
+                    read_time: opts.read_time,
                     after: after.clone(),
                     limit,
                 })
                 .await?;
+            if page.docs.is_empty() && after.is_none() {
+                // Before saving `done` over an empty walk: is the group empty?
+                let all = pager.count_all(group).await?;
+                g.reads += all.reads;
+                report.reads += all.reads;
+                check_filter(group, opts.since, 0, all.docs)?;
+            }
             for doc in &page.docs {
                 g.tally.add(sink.document(doc).await?);
             }
@@ -366,7 +433,7 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
                 .save_checkpoint(&Checkpoint {
                     module: module.clone(),
                     shard: shard.clone(),
-                    last_processed_at: after.as_ref().map(|c| c.updated_at),
+                    last_processed_at: after.as_ref().and_then(|c| c.updated_at),
                     cursor_token: Some(serde_json::to_vec(&saved).expect("plain data serializes")),
                 })
                 .await
@@ -389,6 +456,31 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
         report.groups.push((group, g));
     }
     Ok(report)
+}
+
+/// A walk found nothing: an error when the group is not empty and only the
+/// order field's presence filtered (no `--since`); with `--since`, an empty
+/// result can be right (nothing changed), so it is only logged.
+fn check_filter(
+    group: Group,
+    since: Option<Timestamp>,
+    filtered: u64,
+    unfiltered: u64,
+) -> Result<(), BackfillError> {
+    let Some(field) = group.order_field() else {
+        return Ok(());
+    };
+    if filtered == 0 && unfiltered > 0 {
+        if since.is_none() {
+            return Err(BackfillError::FilterMatchesNothing {
+                group,
+                field,
+                unfiltered,
+            });
+        }
+        tracing::warn!(?group, unfiltered, "no document changed since --since");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -188,6 +188,7 @@ fn backfill_options(
         source,
         fresh: args.fresh,
         families: module.map(|m| m.families()),
+        read_time: None,
     })
 }
 

@@ -245,38 +245,51 @@ impl MemoryPager {
         *self.fail_after.lock().unwrap() = Some(n);
     }
 
+    fn in_group(group: crate::backfill::Group, d: &crate::value::Document) -> bool {
+        use crate::backfill::Group;
+        let segs: Vec<&str> = d.path.split('/').collect();
+        let collection = segs.len().checked_sub(2).map(|i| segs[i]);
+        match group {
+            Group::Conversations => segs.len() == 2 && segs[0] == "conversations",
+            _ => collection == Some(group.collection_id()),
+        }
+    }
+
+    /// Like Firestore: a group with an order field returns only documents
+    /// that have it (as a timestamp), in `(field, __name__)` order; the
+    /// others every document in `__name__` order.
     fn matching(
         &self,
         group: crate::backfill::Group,
         since: Option<DateTime<Utc>>,
         after: Option<&crate::backfill::Cursor>,
     ) -> Vec<(crate::backfill::Cursor, crate::value::Document)> {
-        use crate::backfill::{Cursor, Group, ORDER_FIELD};
+        use crate::backfill::Cursor;
         use crate::value::Value;
+        let field = group.order_field();
         let mut out: Vec<(Cursor, crate::value::Document)> = self
             .docs
             .lock()
             .unwrap()
             .iter()
-            .filter(|d| {
-                let segs: Vec<&str> = d.path.split('/').collect();
-                let collection = segs.len().checked_sub(2).map(|i| segs[i]);
-                match group {
-                    Group::Conversations => segs.len() == 2 && segs[0] == "conversations",
-                    _ => collection == Some(group.collection_id()),
-                }
-            })
-            .filter_map(|d| match d.fields.get(ORDER_FIELD) {
-                Some(Value::Timestamp(t)) => Some((
+            .filter(|d| Self::in_group(group, d))
+            .filter_map(|d| {
+                let updated_at = match field {
+                    None => None,
+                    Some(f) => match d.fields.get(f) {
+                        Some(Value::Timestamp(t)) => Some(*t),
+                        _ => return None,
+                    },
+                };
+                Some((
                     Cursor {
-                        updated_at: *t,
+                        updated_at,
                         path: d.path.clone(),
                     },
                     d.clone(),
-                )),
-                _ => None,
+                ))
             })
-            .filter(|(c, _)| since.is_none_or(|s| c.updated_at >= s))
+            .filter(|(c, _)| field.is_none() || since.is_none_or(|s| c.updated_at >= Some(s)))
             .filter(|(c, _)| {
                 after.is_none_or(|a| {
                     (&c.updated_at, segments(&c.path)) > (&a.updated_at, segments(&a.path))
@@ -333,6 +346,23 @@ impl crate::backfill::DocumentPager for MemoryPager {
         after: Option<crate::backfill::Cursor>,
     ) -> Result<crate::backfill::Count, crate::backfill::PagerError> {
         let n = self.matching(group, since, after.as_ref()).len() as u64;
+        Ok(crate::backfill::Count {
+            docs: n,
+            reads: n.div_ceil(1000).max(1),
+        })
+    }
+
+    async fn count_all(
+        &self,
+        group: crate::backfill::Group,
+    ) -> Result<crate::backfill::Count, crate::backfill::PagerError> {
+        let n = self
+            .docs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| Self::in_group(group, d))
+            .count() as u64;
         Ok(crate::backfill::Count {
             docs: n,
             reads: n.div_ceil(1000).max(1),

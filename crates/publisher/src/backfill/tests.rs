@@ -74,6 +74,7 @@ fn opts() -> BackfillOptions {
         source: SourceInfo::new("demo", "(default)"),
         fresh: false,
         families: None,
+        read_time: None,
     }
 }
 
@@ -108,20 +109,22 @@ async fn pages_every_group_with_cursors_and_publishes_what_the_live_path_would()
     assert_eq!(by[&Group::Messages].docs, 8);
     assert_eq!(by[&Group::Messages].tally.published, 7);
     assert_eq!(by[&Group::Messages].tally.out_of_scope, 1);
-    assert_eq!(by[&Group::Targets].tally.published, 1);
+    // follows/u9 has no updatedAt: an ordered query would skip it; `__name__` order does not.
+    assert_eq!(by[&Group::Targets].tally.published, 2);
     assert_eq!(by[&Group::Targets].tally.dead_lettered, 1);
     assert!(by.values().all(|g| g.done));
-    // Messages: pages of 3, 3, 2; conversations: one empty page.
-    assert_eq!(report.reads, 3 + 3 + 2 + 1 + 2);
-    assert_eq!(bus.events().len(), 8);
+    // Messages: pages of 3, 3, 2; conversations: one empty page and the
+    // unfiltered count that shows the group is empty; targets: 3 then an empty page.
+    assert_eq!(report.reads, 3 + 3 + 2 + 1 + 1 + 3 + 1);
+    assert_eq!(bus.events().len(), 9);
     // Never offsets: every request after the first of a group carries the previous page's last doc.
     let reqs = pager.requests.lock().unwrap().clone();
     let msgs: Vec<_> = reqs.iter().filter(|r| r.group == Group::Messages).collect();
     assert_eq!(msgs[0].after, None);
     assert_eq!(
         msgs[1].after.as_ref().unwrap().path,
-        "conversations/c1/messages/m1",
-        "x@5, m0@10, m1@10"
+        "conversations/c0/messages/m6",
+        "__name__ order: c0/m0, c0/m3, c0/m6"
     );
     // The dead letter names the path and the field.
     let dl = store.dead_letters();
@@ -178,7 +181,7 @@ async fn budget_stops_cleanly_and_a_restart_continues_from_the_checkpoint() {
     assert_eq!(report.reads, 4, "3 then a page limited to the 1 read left");
     assert_eq!(
         bus.events().len(),
-        3,
+        4,
         "one of the first page is outside the mirror"
     );
     let cp = store.checkpoint("backfill-messages", "0-of-1").unwrap();
@@ -210,7 +213,7 @@ async fn a_crash_mid_run_republishes_at_most_one_page_and_skips_nothing() {
         run(&o, &pager, &bus, &store).await,
         Err(BackfillError::Pager(_))
     ));
-    assert_eq!(bus.events().len(), 5);
+    assert_eq!(bus.events().len(), 6);
     let pager2 = MemoryPager::new(corpus());
     let report = run(&o, &pager2, &bus, &store).await.unwrap();
     assert_eq!(report.groups[0].1.docs, 2);
@@ -218,26 +221,57 @@ async fn a_crash_mid_run_republishes_at_most_one_page_and_skips_nothing() {
 }
 
 #[tokio::test]
-async fn since_filters_and_a_changed_since_starts_over() {
-    let (pager, bus, store) = (
-        MemoryPager::new(corpus()),
-        MemoryBus::new(),
-        MemoryStore::new(),
-    );
+async fn since_filters_conversations_and_is_ignored_by_name_ordered_groups() {
+    let conv = |id: &str, updated: i64| {
+        let mut d = message(&format!("conversations/{id}"), updated);
+        d.fields.insert("type".into(), Value::String("group".into()));
+        d
+    };
+    let mut docs = corpus();
+    docs.extend([conv("a", 5), conv("b", 12), conv("c", 13)]);
+    let (pager, bus, store) = (MemoryPager::new(docs), MemoryBus::new(), MemoryStore::new());
     let o = BackfillOptions {
-        groups: vec![Group::Messages],
+        groups: vec![Group::Conversations, Group::Messages],
         since: Some(t(12)),
         ..opts()
     };
     let report = run(&o, &pager, &bus, &store).await.unwrap();
-    assert_eq!(report.groups[0].1.docs, 3, "updatedAt 12, 12, 13");
+    assert_eq!(report.groups[0].1.docs, 2, "updatedAt 12, 13");
+    assert!(!report.groups[0].1.since_ignored);
+    assert_eq!(report.groups[1].1.docs, 8, "messages have no field to filter by: read whole");
+    assert!(report.groups[1].1.since_ignored);
     let o = BackfillOptions {
-        since: Some(t(11)),
+        since: Some(t(1)),
         ..o
     };
     let report = run(&o, &pager, &bus, &store).await.unwrap();
-    assert!(!report.groups[0].1.already_done);
-    assert_eq!(report.groups[0].1.docs, 5);
+    assert!(!report.groups[0].1.already_done, "another --since starts over");
+    assert_eq!(report.groups[0].1.docs, 3);
+}
+
+#[tokio::test]
+async fn a_filter_that_matches_nothing_in_a_non_empty_group_fails_loudly() {
+    let mut bare = message("conversations/x", 5);
+    bare.fields.remove("updatedAt");
+    let (pager, bus, store) = (
+        MemoryPager::new(vec![bare]),
+        MemoryBus::new(),
+        MemoryStore::new(),
+    );
+    for dry_run in [true, false] {
+        let o = BackfillOptions {
+            groups: vec![Group::Conversations],
+            dry_run,
+            ..opts()
+        };
+        let e = run(&o, &pager, &bus, &store).await.unwrap_err();
+        assert!(
+            matches!(e, BackfillError::FilterMatchesNothing { unfiltered: 1, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("updatedAt"), "{e}");
+    }
+    assert!(store.checkpoint("backfill-conversations", "0-of-1").is_none(), "not saved as done");
 }
 
 #[tokio::test]
@@ -260,7 +294,7 @@ async fn dry_run_counts_without_publishing_or_checkpointing() {
         Some(1),
         "an empty query still costs a read"
     );
-    assert_eq!(by[&Group::Targets].docs, 2);
+    assert_eq!(by[&Group::Targets].docs, 3);
     assert!(bus.published().is_empty());
     assert_eq!(store.saves(), 0);
     assert!(
@@ -302,7 +336,7 @@ async fn shards_split_documents_by_partition_key() {
             .checkpoint("backfill-messages", &format!("{i}-of-3"))
             .is_some());
     }
-    assert_eq!(total, 8);
+    assert_eq!(total, 9);
 }
 
 #[tokio::test]

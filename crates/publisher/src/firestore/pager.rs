@@ -1,12 +1,13 @@
 //! [`FirestorePager`]: the backfill's ordered, cursor-paged reads.
 //!
-//! Query: `from <group>` (collection group for `messages`/`targets`),
-//! `where updatedAt >= since` (the Unix epoch when no `--since` is given, which
-//! also restricts results to documents whose `updatedAt` is a timestamp),
-//! `order by updatedAt, __name__`, `start after (updatedAt, name)` of the last
-//! page, `limit n`. The collection group queries need Firestore's automatic
-//! single-field index exemptions to be on for `updatedAt` at collection group
-//! scope (or a composite index `updatedAt ASC, __name__ ASC`).
+//! `conversations`: `where updatedAt >= since` (the Unix epoch when no
+//! `--since` is given, which also restricts results to documents whose
+//! `updatedAt` is a timestamp), `order by updatedAt, __name__`, `start after
+//! (updatedAt, name)`, `limit n` (served by the automatic single-field index).
+//! `messages` and `targets` (collection groups, no update-time field in the
+//! contract): `order by __name__`, `start after name`, `limit n`, no filter
+//! (served by the built-in `__name__` index at collection group scope).
+//! Every page and count may be pinned to one `read_time`.
 
 use firestore::gcloud_sdk::google::firestore::v1 as pb;
 use firestore::FirestoreDb;
@@ -55,12 +56,34 @@ pub(crate) fn query(
     use pb::structured_query::{
         field_filter, filter, CollectionSelector, Direction, FieldFilter, Filter, Order,
     };
+    let from = vec![CollectionSelector {
+        collection_id: group.collection_id().to_owned(),
+        all_descendants: group.all_descendants(),
+    }];
+    let reference = |path: &str| pb::Value {
+        value_type: Some(pb::value::ValueType::ReferenceValue(format!(
+            "{documents}/{path}"
+        ))),
+    };
+    let limit = limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX));
+    if group.order_field().is_none() {
+        return pb::StructuredQuery {
+            from,
+            order_by: vec![Order {
+                field: field("__name__"),
+                direction: Direction::Ascending as i32,
+            }],
+            start_at: after.map(|c| pb::Cursor {
+                values: vec![reference(&c.path)],
+                before: false,
+            }),
+            limit,
+            ..Default::default()
+        };
+    }
     let since = since.unwrap_or(chrono::DateTime::UNIX_EPOCH);
     pb::StructuredQuery {
-        from: vec![CollectionSelector {
-            collection_id: group.collection_id().to_owned(),
-            all_descendants: group.all_descendants(),
-        }],
+        from,
         r#where: Some(Filter {
             filter_type: Some(filter::FilterType::FieldFilter(FieldFilter {
                 field: field(ORDER_FIELD),
@@ -80,18 +103,24 @@ pub(crate) fn query(
         ],
         start_at: after.map(|c| pb::Cursor {
             values: vec![
-                ts_value(&c.updated_at),
-                pb::Value {
-                    value_type: Some(pb::value::ValueType::ReferenceValue(format!(
-                        "{documents}/{}",
-                        c.path
-                    ))),
-                },
+                ts_value(&c.updated_at.unwrap_or(chrono::DateTime::UNIX_EPOCH)),
+                reference(&c.path),
             ],
             // `before: false` starts *after* the cursor document.
             before: false,
         }),
-        limit: limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX)),
+        limit,
+        ..Default::default()
+    }
+}
+
+/// `from <group>` with no filter and no order: the unfiltered count.
+pub(crate) fn all_query(group: Group) -> pb::StructuredQuery {
+    pb::StructuredQuery {
+        from: vec![pb::structured_query::CollectionSelector {
+            collection_id: group.collection_id().to_owned(),
+            all_descendants: group.all_descendants(),
+        }],
         ..Default::default()
     }
 }
@@ -119,7 +148,11 @@ impl DocumentPager for FirestorePager {
                 explain_options: None,
                 request_options: None,
                 query_type: Some(pb::run_query_request::QueryType::StructuredQuery(q)),
-                consistency_selector: None,
+                consistency_selector: request.read_time.map(|t| {
+                    pb::run_query_request::ConsistencySelector::ReadTime(
+                        convert::to_proto_timestamp(&t),
+                    )
+                }),
             })
             .await
             .map_err(|s| err(format!("{:?}: {}", s.code(), s.message())))?
@@ -130,14 +163,20 @@ impl DocumentPager for FirestorePager {
             let item = item.map_err(|s| err(format!("{:?}: {}", s.code(), s.message())))?;
             if let Some(d) = item.document {
                 let doc = convert::document(&d).map_err(|e| err(e.message))?;
-                let Some(Value::Timestamp(at)) = doc.fields.get(ORDER_FIELD) else {
-                    return Err(err(format!(
-                        "`{}` has no timestamp `{ORDER_FIELD}` but matched the query",
-                        doc.path
-                    )));
+                let updated_at = match request.group.order_field() {
+                    None => None,
+                    Some(f) => match doc.fields.get(f) {
+                        Some(Value::Timestamp(at)) => Some(*at),
+                        _ => {
+                            return Err(err(format!(
+                                "`{}` has no timestamp `{f}` but matched the query",
+                                doc.path
+                            )))
+                        }
+                    },
                 };
                 next = Some(Cursor {
-                    updated_at: *at,
+                    updated_at,
                     path: doc.path.clone(),
                 });
                 docs.push(doc);
@@ -156,10 +195,21 @@ impl DocumentPager for FirestorePager {
         since: Option<Timestamp>,
         after: Option<Cursor>,
     ) -> Result<Count, PagerError> {
+        let documents = self.db.get_documents_path().clone();
+        let q = query(&documents, group, since, after.as_ref(), None);
+        self.aggregate(group, q).await
+    }
+
+    async fn count_all(&self, group: Group) -> Result<Count, PagerError> {
+        self.aggregate(group, all_query(group)).await
+    }
+}
+
+impl FirestorePager {
+    async fn aggregate(&self, group: Group, q: pb::StructuredQuery) -> Result<Count, PagerError> {
         use pb::structured_aggregation_query::{aggregation, Aggregation};
         let err = |message: String| PagerError { group, message };
         let documents = self.db.get_documents_path().clone();
-        let q = query(&documents, group, since, after.as_ref(), None);
         let mut stream = self
             .db
             .client()
@@ -215,29 +265,44 @@ mod tests {
     #[test]
     fn pages_start_after_the_cursor_in_updated_at_then_name_order() {
         let c = Cursor {
-            updated_at: chrono::DateTime::from_timestamp(5, 0).unwrap(),
-            path: "conversations/c1/messages/m1".into(),
+            updated_at: Some(chrono::DateTime::from_timestamp(5, 0).unwrap()),
+            path: "conversations/c1".into(),
         };
         let q = query(
             "projects/p/databases/(default)/documents",
-            Group::Messages,
+            Group::Conversations,
             None,
             Some(&c),
             Some(50),
         );
         assert_eq!(q.limit, Some(50));
         assert_eq!(q.offset, 0, "never offsets");
-        assert!(q.from[0].all_descendants);
         assert_eq!(q.order_by.len(), 2);
         assert_eq!(q.order_by[1].field.as_ref().unwrap().field_path, "__name__");
+        assert!(q.r#where.is_some());
         let start = q.start_at.unwrap();
         assert!(!start.before);
         assert_eq!(
             start.values[1].value_type,
             Some(pb::value::ValueType::ReferenceValue(
-                "projects/p/databases/(default)/documents/conversations/c1/messages/m1".into()
+                "projects/p/databases/(default)/documents/conversations/c1".into()
             ))
         );
+        // Groups without an update-time field: `__name__` order, no filter.
+        let c = Cursor {
+            updated_at: None,
+            path: "conversations/c1/messages/m1".into(),
+        };
+        let q = query("d", Group::Messages, Some(c.updated_at.unwrap_or_default()), Some(&c), Some(50));
+        assert!(q.from[0].all_descendants);
+        assert!(q.r#where.is_none(), "no filter drops documents without a field");
+        assert_eq!(q.order_by.len(), 1);
+        assert_eq!(q.order_by[0].field.as_ref().unwrap().field_path, "__name__");
+        assert_eq!(
+            q.start_at.unwrap().values[0].value_type,
+            Some(pb::value::ValueType::ReferenceValue("d/conversations/c1/messages/m1".into()))
+        );
+        assert!(all_query(Group::Targets).order_by.is_empty());
         let q = query("d", Group::Conversations, None, None, None);
         assert!(!q.from[0].all_descendants);
         assert!(q.start_at.is_none() && q.limit.is_none());
