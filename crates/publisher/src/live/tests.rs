@@ -27,6 +27,8 @@ struct Scripted {
     scripts: Arc<Mutex<VecDeque<Vec<Step>>>>,
     requests: Arc<Mutex<Vec<SharedRequests>>>,
     hung: Arc<Notify>,
+    /// What a document get finds (everything else does not exist).
+    existing: Arc<Mutex<Vec<Document>>>,
 }
 
 impl Scripted {
@@ -50,6 +52,14 @@ impl Scripted {
 
 impl ListenTransport for Scripted {
     type Stream = BoxStream<'static, Result<ListenResponse, TransportError>>;
+
+    async fn get_documents(&self, paths: &[String]) -> Result<Vec<Option<Document>>, TransportError> {
+        let existing = self.existing.lock().unwrap();
+        Ok(paths
+            .iter()
+            .map(|p| existing.iter().find(|d| &d.path == p).cloned())
+            .collect())
+    }
 
     async fn open(
         &self,
@@ -418,4 +428,99 @@ fn mirrored_membership_lists_live_documents_per_target() {
         "a tombstone is not a live document"
     );
     assert_eq!(by_target[&3].get("follows/u1/targets/u2"), Some(&time(2)));
+}
+
+fn follow_edge(path: &str, created: i64, updated: i64) -> Document {
+    let fields: BTreeMap<String, Value> = [
+        ("state", Value::String("accepted".into())),
+        ("source", Value::String("web".into())),
+        ("createdAt", Value::Timestamp(t(created))),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    Document {
+        path: path.into(),
+        fields,
+        create_time: t(created),
+        update_time: t(updated),
+    }
+}
+
+#[tokio::test]
+async fn a_target_error_no_retry_fixes_ends_the_run_with_a_clear_error() {
+    let mut script = initial(vec![conv("c1", 1, 1)], "g10", 10);
+    script.push(Step::Msg(ListenResponse::TargetChange(TargetChange {
+        kind: TargetChangeKind::Remove,
+        target_ids: vec![2],
+        resume_token: vec![],
+        read_time: None,
+        cause: Some(crate::listen::Cause {
+            code: crate::listen::code::PERMISSION_DENIED,
+            message: "Missing or insufficient permissions.".into(),
+        }),
+    })));
+    let transport = Scripted::new(vec![script]);
+    let (bus, store) = (MemoryBus::new(), MemoryStore::new());
+    let e = run_until_hung(&transport, &bus, &store).await.unwrap_err();
+    assert!(matches!(e, LiveError::Target(_)), "{e}");
+    assert!(e.to_string().contains("PERMISSION_DENIED"), "{e}");
+    assert_eq!(transport.requests.lock().unwrap().len(), 1, "no reconnect loop");
+}
+
+#[tokio::test]
+async fn upserts_go_out_before_the_consistent_point_but_the_checkpoint_waits_for_it() {
+    let mut script = vec![tc(TargetChangeKind::Add, &[1, 2, 3], "", None)];
+    script.extend((0..200).map(|i| msg(conv(&format!("c{i:03}"), 1, 1), 1)));
+    script.push(Step::Hang);
+    let transport = Scripted::new(vec![script]);
+    let (bus, store) = (MemoryBus::new(), MemoryStore::new());
+    let report = run_until_hung(&transport, &bus, &store).await.unwrap();
+    // At the hang at most one publish window may still be in flight.
+    assert!(
+        bus.events().len() >= 200 - config().publish_window,
+        "{}",
+        bus.events().len()
+    );
+    assert_eq!(report.snapshots, 0);
+    assert!(store.checkpoint(CHECKPOINT_MODULE, "0-of-1").is_none());
+}
+
+#[tokio::test]
+async fn removes_are_confirmed_with_a_get_before_a_delete_is_published() {
+    let gone = follow_edge("follows/u1/targets/u2", 1, 1);
+    let still = follow_edge("follows/u1/targets/u3", 1, 1);
+    let mut script = vec![tc(TargetChangeKind::Add, &[1, 2, 3], "", None)];
+    script.push(msg(gone.clone(), 3));
+    script.push(msg(still.clone(), 3));
+    script.push(tc(TargetChangeKind::Current, &[1, 2, 3], "g10", None));
+    script.push(tc(TargetChangeKind::NoChange, &[], "g10", Some(10)));
+    for d in [&gone, &still] {
+        script.push(Step::Msg(ListenResponse::DocumentRemove {
+            path: d.path.clone(),
+            removed_target_ids: vec![3],
+            read_time: Some(t(11)),
+        }));
+    }
+    script.push(tc(TargetChangeKind::NoChange, &[], "g12", Some(12)));
+    script.push(Step::Hang);
+    let transport = Scripted::new(vec![script]);
+    // u3 still exists (the server could not send its new value): a newer version.
+    transport
+        .existing
+        .lock()
+        .unwrap()
+        .push(follow_edge("follows/u1/targets/u3", 1, 11));
+    let (bus, store) = (MemoryBus::new(), MemoryStore::new());
+    let report = run_until_hung(&transport, &bus, &store).await.unwrap();
+    assert_eq!(report.confirm_reads, 2);
+    assert_eq!(report.deletes_refuted, 1);
+    let events: Vec<String> = bus
+        .events()
+        .iter()
+        .map(|e| format!("{} {}", e.event_type(), e.subject()))
+        .collect();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(events[2].contains("delete") && events[2].ends_with("u2"), "{events:?}");
+    assert!(events[3].contains("update") && events[3].ends_with("u3"), "{events:?}");
 }
