@@ -324,6 +324,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
         fresh: false,
         families: None,
         read_time: None,
+        recovery: false,
     };
     let pager = publisher::firestore::FirestorePager::new(db.clone());
     let report = publisher::backfill::backfill(
@@ -366,6 +367,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
         fresh: true,
         families: None,
         read_time: None,
+        recovery: false,
         ..opts
     };
     let report = publisher::backfill::backfill(

@@ -94,6 +94,19 @@ impl Group {
             Group::Messages | Group::Targets => None,
         }
     }
+
+    /// The time fields a recovery walks (one walk each, `field >= since`):
+    /// every change of the group's documents sets one of them. Empty: no
+    /// field bounds the group's changes (a follow's `state` change sets no
+    /// time, a block's revocation only `revokedAt` on some), so a recovery
+    /// reads it whole by `__name__`.
+    pub fn recovery_fields(self) -> &'static [&'static str] {
+        match self {
+            Group::Conversations => &[ORDER_FIELD],
+            Group::Messages => &["createdAt", "editedAt", "deletedAt"],
+            Group::Targets => &[],
+        }
+    }
 }
 
 /// A position in the group's order: the last document of a page.
@@ -110,6 +123,8 @@ pub struct Cursor {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PageRequest {
     pub group: Group,
+    /// The field to order and `since`-filter by (`None`: `__name__` only, no filter).
+    pub field: Option<&'static str>,
     /// Ignored by groups without an [`Group::order_field`].
     pub since: Option<Timestamp>,
     /// Read at this time (one snapshot for the whole walk), or now.
@@ -147,16 +162,16 @@ pub struct PagerError {
 
 /// The port the backfill reads through: ordered, cursor-paged reads of a
 /// collection group. Implementations must return documents in ascending
-/// `(order field, __name__)` order ([`Group::order_field`]; `__name__` alone
-/// without one), for groups with an order field only those with
-/// `field >= since`, and only those strictly after `after`; a page shorter
-/// than `limit` means the end.
+/// `(field, __name__)` order (`__name__` alone without a field), with a field
+/// only those that have it as a timestamp `>= since`, and only those strictly
+/// after `after`; a page shorter than `limit` means the end.
 pub trait DocumentPager: Send + Sync {
     fn page(&self, request: PageRequest) -> impl Future<Output = Result<Page, PagerError>> + Send;
     /// How many documents a page walk from `after` would return.
     fn count(
         &self,
         group: Group,
+        field: Option<&'static str>,
         since: Option<Timestamp>,
         after: Option<Cursor>,
     ) -> impl Future<Output = Result<Count, PagerError>> + Send;
@@ -181,6 +196,10 @@ pub struct BackfillOptions {
     pub families: Option<Vec<mirror_schema::EventFamily>>,
     /// Pin every page to this read time (see the module docs).
     pub read_time: Option<Timestamp>,
+    /// A recovery after an outage longer than a resume token lives: walk each
+    /// group's [`Group::recovery_fields`] from `since` (the checkpoint minus
+    /// an overlap) instead of its order field; checkpoints `recover-<group>-<field>`.
+    pub recovery: bool,
 }
 
 /// The plan's modules: what `mirrorctl backfill --module` selects.
@@ -250,6 +269,8 @@ pub struct GroupReport {
     pub done: bool,
     /// `--since` was given but the group has no field to filter by: read whole.
     pub since_ignored: bool,
+    /// The field this walk ordered and filtered by (`None`: `__name__`).
+    pub field: Option<&'static str>,
     /// Dry run: the documents the group holds with no filter (and the reads
     /// that count cost are in `reads`).
     pub unfiltered: Option<u64>,
@@ -324,9 +345,32 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
     let shard = opts.shard.id();
     let mut report = BackfillReport::default();
 
-    'groups: for &group in &opts.groups {
-        let module = group.module();
-        let mut g = GroupReport::default();
+    let walks: Vec<(Group, Option<&'static str>)> = opts
+        .groups
+        .iter()
+        .flat_map(|&group| {
+            if opts.recovery {
+                let fields = group.recovery_fields();
+                if fields.is_empty() {
+                    vec![(group, None)]
+                } else {
+                    fields.iter().map(|f| (group, Some(*f))).collect()
+                }
+            } else {
+                vec![(group, group.order_field())]
+            }
+        })
+        .collect();
+    'groups: for (group, field) in walks {
+        let module = if opts.recovery {
+            format!("recover-{}-{}", group.collection_id(), field.unwrap_or("all"))
+        } else {
+            group.module()
+        };
+        let mut g = GroupReport {
+            field,
+            ..GroupReport::default()
+        };
         let saved = if opts.fresh {
             None
         } else {
@@ -352,9 +396,9 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
         }
         let mut after = saved.and_then(|s| s.after);
 
-        g.since_ignored = opts.since.is_some() && group.order_field().is_none();
+        g.since_ignored = opts.since.is_some() && field.is_none();
         if opts.dry_run {
-            let count = pager.count(group, opts.since, after.clone()).await?;
+            let count = pager.count(group, field, opts.since, after.clone()).await?;
             g.docs = count.docs;
             g.reads = count.reads;
             // One read per document, and one for the last (short or empty) page.
@@ -366,7 +410,7 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
                 g.unfiltered = Some(all.docs);
                 g.reads += all.reads;
                 report.reads += all.reads;
-                check_filter(group, opts.since, 0, all.docs)?;
+                check_filter(group, field, opts.since, 0, all.docs)?;
             }
             progress(&Progress {
                 group,
@@ -400,6 +444,7 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
             let page = pager
                 .page(PageRequest {
                     group,
+                    field,
                     since: opts.since,
                     read_time: opts.read_time,
                     after: after.clone(),
@@ -411,7 +456,7 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
                 let all = pager.count_all(group).await?;
                 g.reads += all.reads;
                 report.reads += all.reads;
-                check_filter(group, opts.since, 0, all.docs)?;
+                check_filter(group, field, opts.since, 0, all.docs)?;
             }
             for doc in &page.docs {
                 g.tally.add(sink.document(doc).await?);
@@ -463,11 +508,12 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
 /// result can be right (nothing changed), so it is only logged.
 fn check_filter(
     group: Group,
+    field: Option<&'static str>,
     since: Option<Timestamp>,
     filtered: u64,
     unfiltered: u64,
 ) -> Result<(), BackfillError> {
-    let Some(field) = group.order_field() else {
+    let Some(field) = field else {
         return Ok(());
     };
     if filtered == 0 && unfiltered > 0 {

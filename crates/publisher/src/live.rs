@@ -198,6 +198,10 @@ pub enum LiveError {
     Target(TargetFailure),
 }
 
+/// How long a resume token keeps a resume cheap: Firestore bills a listen
+/// resumed after about 30 minutes as a new query.
+pub const TOKEN_LIFE: Duration = Duration::from_secs(30 * 60);
+
 /// Checkpoint age above which an operator should be alerted: a resume token
 /// older than about 30 minutes is billed as a new query (a full re-read).
 pub const CHECKPOINT_AGE_ALERT: Duration = Duration::from_secs(25 * 60);
@@ -312,10 +316,26 @@ where
     }
     core.set_name_prefix(transport.name_prefix());
     core.set_max_persisted_members(config.max_persisted_members);
-    if let Some(t) = config.start_read_time {
+    // A start read time newer than the checkpoint (or without one) replaces
+    // the tokens; an older one was already used and is ignored on restarts.
+    let start_at = config
+        .start_read_time
+        .filter(|t| checkpoint_read_time.is_none_or(|cp| cp < *t));
+    if let Some(t) = start_at {
+        tracing::info!(read_time = %t, "listening from a read time");
         core.start_at(t);
+    } else if let Some(age) = checkpoint_read_time
+        .and_then(|cp| (chrono::Utc::now() - cp).to_std().ok())
+        .filter(|age| *age > TOKEN_LIFE)
+    {
+        tracing::warn!(
+            ?age,
+            "the checkpoint is older than a resume token lives: resuming is billed as a full \
+             re-read of every target; `publisher backfill --recover --dry-run` shows the cost of a \
+             bounded recovery, then `publisher run --start-read-time <T>`"
+        );
     }
-    if restarted {
+    if restarted && start_at.is_none() {
         // What an earlier run published, as the mirror holds it: a fallback
         // membership for targets the checkpoint did not persist, and the
         // documents published beyond the checkpoint (upserts go out before

@@ -38,16 +38,37 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Listen to Firestore and publish changes until stopped (the default).
-    Run,
+    Run(RunArgs),
     /// Page existing documents and publish them (same events as the live path).
     Backfill(BackfillArgs),
 }
 
+#[derive(Debug, Default, clap::Args)]
+struct RunArgs {
+    /// Listen from this RFC 3339 read time instead of the saved tokens (after
+    /// a backfill pinned to it or a recovery up to it). Ignored once the
+    /// checkpoint is newer. Must be within Firestore's version retention
+    /// (1 hour; 7 days at whole minutes with point-in-time recovery).
+    #[arg(long, env = "PUBLISHER_START_READ_TIME")]
+    start_read_time: Option<String>,
+}
+
 #[derive(Debug, clap::Args)]
 struct BackfillArgs {
-    /// Only documents with `updatedAt` at or after this RFC 3339 time.
-    #[arg(long)]
+    /// `conversations`: only documents with `updatedAt` at or after this RFC
+    /// 3339 time. `messages` and `targets` have no such field: read whole.
+    #[arg(long, conflicts_with = "recover")]
     since: Option<String>,
+    /// Read every page at this RFC 3339 time (one snapshot; within 1 hour, or
+    /// 7 days at whole minutes with point-in-time recovery).
+    #[arg(long)]
+    read_time: Option<String>,
+    /// Recover after an outage longer than a resume token lives: walk each
+    /// group's time fields from the live checkpoint minus `--overlap-secs`.
+    #[arg(long)]
+    recover: bool,
+    #[arg(long, default_value_t = 300)]
+    overlap_secs: u64,
     /// Stop cleanly (with a checkpoint) after this many billed reads.
     #[arg(long)]
     budget_reads: Option<u64>,
@@ -91,7 +112,7 @@ impl Cli {
             shard,
             bus,
             store,
-            command: self.command.unwrap_or(Command::Run),
+            command: self.command.unwrap_or(Command::Run(RunArgs::default())),
         })
     }
 }
@@ -188,7 +209,15 @@ fn backfill_options(
         source,
         fresh: args.fresh,
         families: module.map(|m| m.families()),
-        read_time: None,
+        read_time: args
+            .read_time
+            .as_deref()
+            .map(|s| {
+                mirror_schema::parse_time("--read-time", s)
+                    .map_err(|e| anyhow::anyhow!("--read-time: {e}"))
+            })
+            .transpose()?,
+        recovery: args.recover,
     })
 }
 
@@ -224,20 +253,40 @@ mod adapters {
         store: S,
     ) -> anyhow::Result<()> {
         match settings.command {
-            Command::Run => {
+            Command::Run(args) => {
                 tracing::info!(project = %settings.source.project, database = %settings.source.database, shard = %settings.shard.id(), "live publisher starting");
+                let mut config = publisher::live::LiveConfig::new(settings.source, settings.shard);
+                config.start_read_time = args
+                    .start_read_time
+                    .as_deref()
+                    .map(|s| {
+                        mirror_schema::parse_time("--start-read-time", s)
+                            .map_err(|e| anyhow::anyhow!("--start-read-time: {e}"))
+                    })
+                    .transpose()?;
                 let deps = publisher::live::LiveDeps {
                     transport: FirestoreTransport::new(db),
                     bus,
                     store,
-                    config: publisher::live::LiveConfig::new(settings.source, settings.shard),
+                    config,
                 };
                 let report = publisher::run(deps, shutdown_signal()).await?;
                 tracing::info!(?report, "live publisher stopped");
                 Ok(())
             }
             Command::Backfill(args) => {
-                let opts = backfill_options(&args, settings.source, settings.shard)?;
+                let mut opts = backfill_options(&args, settings.source, settings.shard)?;
+                if opts.recovery {
+                    let cp = store
+                        .load_checkpoint(publisher::live::CHECKPOINT_MODULE, &settings.shard.id())
+                        .await
+                        .context("loading the live checkpoint")?
+                        .and_then(|c| c.last_processed_at)
+                        .context("--recover: no live checkpoint for this shard; run a full backfill instead")?;
+                    let since = cp - chrono::Duration::seconds(i64::try_from(args.overlap_secs).unwrap_or(i64::MAX));
+                    println!("recovering changes since {since} (checkpoint {cp} minus {}s); deletions in the gap are found only by `mirrorctl check`", args.overlap_secs);
+                    opts.since = Some(since);
+                }
                 let bar = indicatif::ProgressBar::new_spinner();
                 bar.enable_steady_tick(Duration::from_millis(200));
                 bar.set_style(
@@ -264,6 +313,9 @@ mod adapters {
                 .await?;
                 bar.finish_and_clear();
                 for (group, g) in &report.groups {
+                    if g.since_ignored {
+                        println!("{:<14} has no time field: --since does not apply, read whole", group.collection_id());
+                    }
                     println!(
                         "{:<14} docs {:>10}  reads {:>10}{}  published {}  duplicates {}  other-shard {}  out-of-scope {}  dead-lettered {}{}",
                         group.collection_id(),
@@ -324,7 +376,7 @@ mod tests {
     fn validates_flags_naming_them() {
         let s = settings(&["--shard-index", "1", "--shard-count", "3"]).unwrap();
         assert_eq!(s.shard.id(), "1-of-3");
-        assert!(matches!(s.command, Command::Run));
+        assert!(matches!(s.command, Command::Run(_)));
         let e = settings(&["--shard-index", "3", "--shard-count", "3"])
             .err()
             .unwrap();

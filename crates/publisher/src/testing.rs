@@ -261,12 +261,12 @@ impl MemoryPager {
     fn matching(
         &self,
         group: crate::backfill::Group,
+        field: Option<&'static str>,
         since: Option<DateTime<Utc>>,
         after: Option<&crate::backfill::Cursor>,
     ) -> Vec<(crate::backfill::Cursor, crate::value::Document)> {
         use crate::backfill::Cursor;
         use crate::value::Value;
-        let field = group.order_field();
         let mut out: Vec<(Cursor, crate::value::Document)> = self
             .docs
             .lock()
@@ -326,7 +326,7 @@ impl crate::backfill::DocumentPager for MemoryPager {
             reqs.push(request.clone());
         }
         let rows: Vec<_> = self
-            .matching(request.group, request.since, request.after.as_ref())
+            .matching(request.group, request.field, request.since, request.after.as_ref())
             .into_iter()
             .take(request.limit as usize)
             .collect();
@@ -342,10 +342,11 @@ impl crate::backfill::DocumentPager for MemoryPager {
     async fn count(
         &self,
         group: crate::backfill::Group,
+        field: Option<&'static str>,
         since: Option<DateTime<Utc>>,
         after: Option<crate::backfill::Cursor>,
     ) -> Result<crate::backfill::Count, crate::backfill::PagerError> {
-        let n = self.matching(group, since, after.as_ref()).len() as u64;
+        let n = self.matching(group, field, since, after.as_ref()).len() as u64;
         Ok(crate::backfill::Count {
             docs: n,
             reads: n.div_ceil(1000).max(1),

@@ -75,6 +75,7 @@ fn opts() -> BackfillOptions {
         fresh: false,
         families: None,
         read_time: None,
+        recovery: false,
     }
 }
 
@@ -393,4 +394,46 @@ async fn a_module_publishes_only_its_own_families() {
     );
     assert_eq!(Module::parse("dm"), Some(Module::Dm));
     assert_eq!(Module::parse("chat"), None);
+}
+
+#[tokio::test]
+async fn a_recovery_walks_each_time_field_from_since_and_reads_groups_without_one_whole() {
+    let mut docs = Vec::new();
+    let mut m = |id: &str, created: i64, edited: Option<i64>, deleted: Option<i64>| {
+        let mut d = message(&format!("conversations/c1/messages/{id}"), created);
+        d.fields.remove("updatedAt");
+        if let Some(e) = edited {
+            d.fields.insert("editedAt".into(), Value::Timestamp(t(e)));
+        }
+        if let Some(x) = deleted {
+            d.fields.insert("deletedAt".into(), Value::Timestamp(t(x)));
+        }
+        docs.push(d);
+    };
+    m("old", 1, None, None); // untouched since: not read
+    m("new", 50, None, None); // created in the gap
+    m("edited", 1, Some(50), None); // edited in the gap
+    m("soft", 1, None, Some(50)); // soft-deleted in the gap
+    docs.push(follow("follows/u1/targets/u2", 1));
+    let (pager, bus, store) = (MemoryPager::new(docs), MemoryBus::new(), MemoryStore::new());
+    let o = BackfillOptions {
+        groups: vec![Group::Messages, Group::Targets],
+        since: Some(t(40)),
+        recovery: true,
+        ..opts()
+    };
+    let report = run(&o, &pager, &bus, &store).await.unwrap();
+    let walks: Vec<(Option<&str>, u64)> = report.groups.iter().map(|(_, g)| (g.field, g.docs)).collect();
+    assert_eq!(
+        walks,
+        vec![
+            (Some("createdAt"), 1),
+            (Some("editedAt"), 1),
+            (Some("deletedAt"), 1),
+            (None, 1)
+        ]
+    );
+    assert_eq!(bus.events().len(), 4, "old is not re-read");
+    assert!(store.checkpoint("recover-messages-editedAt", "0-of-1").is_some());
+    assert!(store.checkpoint("recover-targets-all", "0-of-1").is_some());
 }

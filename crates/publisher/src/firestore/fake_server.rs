@@ -327,6 +327,7 @@ async fn live_and_backfill_over_grpc_against_a_fake_firestore() {
     let page = super::FirestorePager::new(db.clone())
         .page(PageRequest {
             group: Group::Messages,
+            field: None,
             since: None,
             read_time: None,
             after: None,

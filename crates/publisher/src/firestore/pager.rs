@@ -15,7 +15,7 @@ use futures::StreamExt;
 
 use super::convert;
 use crate::backfill::{
-    Count, Cursor, DocumentPager, Group, Page, PageRequest, PagerError, ORDER_FIELD,
+    Count, Cursor, DocumentPager, Group, Page, PageRequest, PagerError,
 };
 use crate::value::{Timestamp, Value};
 
@@ -49,6 +49,7 @@ fn ts_value(t: &Timestamp) -> pb::Value {
 pub(crate) fn query(
     documents: &str,
     group: Group,
+    order: Option<&'static str>,
     since: Option<Timestamp>,
     after: Option<&Cursor>,
     limit: Option<u32>,
@@ -66,7 +67,7 @@ pub(crate) fn query(
         ))),
     };
     let limit = limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX));
-    if group.order_field().is_none() {
+    let Some(order) = order else {
         return pb::StructuredQuery {
             from,
             order_by: vec![Order {
@@ -80,20 +81,20 @@ pub(crate) fn query(
             limit,
             ..Default::default()
         };
-    }
+    };
     let since = since.unwrap_or(chrono::DateTime::UNIX_EPOCH);
     pb::StructuredQuery {
         from,
         r#where: Some(Filter {
             filter_type: Some(filter::FilterType::FieldFilter(FieldFilter {
-                field: field(ORDER_FIELD),
+                field: field(order),
                 op: field_filter::Operator::GreaterThanOrEqual as i32,
                 value: Some(ts_value(&since)),
             })),
         }),
         order_by: vec![
             Order {
-                field: field(ORDER_FIELD),
+                field: field(order),
                 direction: Direction::Ascending as i32,
             },
             Order {
@@ -135,6 +136,7 @@ impl DocumentPager for FirestorePager {
         let q = query(
             &documents,
             request.group,
+            request.field,
             request.since,
             request.after.as_ref(),
             Some(request.limit),
@@ -163,7 +165,7 @@ impl DocumentPager for FirestorePager {
             let item = item.map_err(|s| err(format!("{:?}: {}", s.code(), s.message())))?;
             if let Some(d) = item.document {
                 let doc = convert::document(&d).map_err(|e| err(e.message))?;
-                let updated_at = match request.group.order_field() {
+                let updated_at = match request.field {
                     None => None,
                     Some(f) => match doc.fields.get(f) {
                         Some(Value::Timestamp(at)) => Some(*at),
@@ -192,11 +194,12 @@ impl DocumentPager for FirestorePager {
     async fn count(
         &self,
         group: Group,
+        field: Option<&'static str>,
         since: Option<Timestamp>,
         after: Option<Cursor>,
     ) -> Result<Count, PagerError> {
         let documents = self.db.get_documents_path().clone();
-        let q = query(&documents, group, since, after.as_ref(), None);
+        let q = query(&documents, group, field, since, after.as_ref(), None);
         self.aggregate(group, q).await
     }
 
@@ -271,6 +274,7 @@ mod tests {
         let q = query(
             "projects/p/databases/(default)/documents",
             Group::Conversations,
+            Group::Conversations.order_field(),
             None,
             Some(&c),
             Some(50),
@@ -293,7 +297,7 @@ mod tests {
             updated_at: None,
             path: "conversations/c1/messages/m1".into(),
         };
-        let q = query("d", Group::Messages, Some(c.updated_at.unwrap_or_default()), Some(&c), Some(50));
+        let q = query("d", Group::Messages, None, Some(c.updated_at.unwrap_or_default()), Some(&c), Some(50));
         assert!(q.from[0].all_descendants);
         assert!(q.r#where.is_none(), "no filter drops documents without a field");
         assert_eq!(q.order_by.len(), 1);
@@ -303,7 +307,7 @@ mod tests {
             Some(pb::value::ValueType::ReferenceValue("d/conversations/c1/messages/m1".into()))
         );
         assert!(all_query(Group::Targets).order_by.is_empty());
-        let q = query("d", Group::Conversations, None, None, None);
+        let q = query("d", Group::Conversations, Some("updatedAt"), None, None, None);
         assert!(!q.from[0].all_descendants);
         assert!(q.start_at.is_none() && q.limit.is_none());
     }

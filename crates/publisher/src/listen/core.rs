@@ -215,16 +215,18 @@ impl ListenCore {
         self.max_persisted_members = n;
     }
 
-    /// Every target without a token is added at `read_time` (`Target.read_time`)
-    /// instead of from scratch: the caller already published the state at that
-    /// time (a backfill pinned to it). Such a target's membership is unknown.
+    /// Every target is added at `read_time` (`Target.read_time`) instead of
+    /// from its saved token or from scratch: the caller already published the
+    /// state at that time (a backfill pinned to it, or a recovery backfill up
+    /// to it). Membership becomes unknown. Once a target has a token again,
+    /// later streams resume from it.
     pub fn start_at(&mut self, read_time: Timestamp) {
         for t in self.targets.values_mut() {
-            if t.safe_token.is_none() {
-                t.start_read_time = Some(read_time);
-                t.known = false;
-                t.committed.clear();
-            }
+            t.safe_token = None;
+            t.start_read_time = Some(read_time);
+            t.known = false;
+            t.seeded = false;
+            t.committed.clear();
         }
     }
 
