@@ -524,3 +524,78 @@ async fn removes_are_confirmed_with_a_get_before_a_delete_is_published() {
     assert!(events[2].contains("delete") && events[2].ends_with("u2"), "{events:?}");
     assert!(events[3].contains("update") && events[3].ends_with("u3"), "{events:?}");
 }
+
+#[tokio::test]
+async fn a_start_read_time_newer_than_the_checkpoint_replaces_its_tokens_once() {
+    let store = MemoryStore::new();
+    let old = ResumeState {
+        read_time: Some(t(5)),
+        tokens: [(1, b"old".to_vec())].into(),
+        queries: [(1, TARGETS[0].query_hash())].into(),
+        ..ResumeState::default()
+    };
+    store
+        .save_checkpoint(&Checkpoint {
+            module: CHECKPOINT_MODULE.into(),
+            shard: "0-of-1".into(),
+            last_processed_at: Some(t(5)),
+            cursor_token: Some(old.encode()),
+        })
+        .await
+        .unwrap();
+    let bus = MemoryBus::new();
+    let first = vec![
+        tc(TargetChangeKind::Add, &[1, 2, 3], "", None),
+        msg(conv("c1", 1, 150), 1),
+        tc(TargetChangeKind::Current, &[1, 2, 3], "g200", None),
+        tc(TargetChangeKind::NoChange, &[], "g200", Some(200)),
+        Step::Hang,
+    ];
+    let transport = Scripted::new(vec![first]);
+    let run_with = |transport: &Scripted| {
+        let hung = transport.hung.clone();
+        let deps = LiveDeps {
+            transport: transport.clone(),
+            bus: bus.clone(),
+            store: store.clone(),
+            config: LiveConfig {
+                start_read_time: Some(t(100)),
+                ..config()
+            },
+        };
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                run(deps, async move { hung.notified().await }),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    run_with(&transport).await.unwrap();
+    assert!(transport.sent(0).iter().all(|r| matches!(
+        r,
+        ListenRequest::Add { resume_token: None, read_time: Some(at), .. } if *at == t(100)
+    )));
+    assert_eq!(bus.events().len(), 1);
+    // Restarted with the same setting: the checkpoint (200) is newer, so its tokens are used.
+    let transport = Scripted::new(vec![vec![Step::Hang]]);
+    run_with(&transport).await.unwrap();
+    assert!(transport.sent(0).iter().all(|r| matches!(
+        r,
+        ListenRequest::Add { resume_token: Some(tok), read_time: None, .. } if tok == b"g200"
+    )));
+}
+
+#[test]
+fn checkpoint_age_is_measured_from_the_last_consistent_point() {
+    let cp = Checkpoint {
+        module: CHECKPOINT_MODULE.into(),
+        shard: "0-of-1".into(),
+        last_processed_at: Some(t(0)),
+        cursor_token: None,
+    };
+    assert_eq!(checkpoint_age(&cp, t(26 * 60)), Some(Duration::from_secs(26 * 60)));
+    assert!(checkpoint_age(&cp, t(26 * 60)).unwrap() > CHECKPOINT_AGE_ALERT);
+    assert_eq!(checkpoint_age(&cp, t(-5)), Some(Duration::ZERO));
+}
