@@ -25,52 +25,82 @@ use crate::listen::{
     StreamEnd, TargetFailure, TargetId, UpsertOp,
 };
 use crate::mapping::SourceInfo;
-use crate::sink::{Disposition, Shard, Sink, SinkError, Tally};
+use crate::sink::{Disposition, KeyRange, Shard, Sink, SinkError, Tally};
 use crate::value::{Document, Timestamp};
 
 /// The checkpoint module of the live path.
 pub const CHECKPOINT_MODULE: &str = "publisher";
 
-/// One listen target: a collection, or a collection group, under the database root.
+/// One listen target: a collection, or a collection group, restricted to
+/// documents under `{scope}/{key}` for the keys of this instance's
+/// [`KeyRange`] (every key when not sharded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TargetSpec {
     /// Stable across releases: resume tokens are stored under it.
     pub id: TargetId,
     pub collection_id: &'static str,
     pub all_descendants: bool,
+    /// The top-level collection whose document ids are the partition keys:
+    /// the `__name__` bounds are `{scope}/{lo}` and `{scope}/{hi}`, which
+    /// also keep out subcollections of the same name elsewhere.
+    pub scope: &'static str,
 }
 
+/// Lowest and highest document ids used as open bounds (see
+/// `docs/firestore-mapping.md`: ids outside them are not listened to).
+pub const MIN_ID: &str = "\u{1}";
+pub const MAX_ID: &str = "\u{10FFFF}";
+
 impl TargetSpec {
-    /// A stable hash of the query this target listens to, stored with its
-    /// resume token: a token is only used for the query it was issued for.
-    pub fn query_hash(&self) -> String {
+    /// The `__name__` bounds (relative paths): `lower <= name < upper`.
+    pub fn bounds(&self, range: &KeyRange) -> (String, String) {
+        (
+            format!("{}/{}", self.scope, range.lo.as_deref().unwrap_or(MIN_ID)),
+            format!("{}/{}", self.scope, range.hi.as_deref().unwrap_or(MAX_ID)),
+        )
+    }
+
+    /// A stable hash of the query this target listens to (with its range),
+    /// stored with its resume token: a token is only used for the query it
+    /// was issued for, so a resharding starts the changed ranges fresh.
+    pub fn query_hash(&self, range: &KeyRange) -> String {
         use sha2::{Digest, Sha256};
+        let (lo, hi) = self.bounds(range);
         let canonical = format!(
-            "v1|from={}|all_descendants={}",
+            "v2|from={}|all_descendants={}|name>={lo}|name<{hi}",
             self.collection_id, self.all_descendants
         );
         hex::encode(&Sha256::digest(canonical.as_bytes())[..8])
     }
 }
 
-/// The publisher's targets. The `targets` group covers both `follows/*/targets`
-/// and `blocks/*/targets`; other parents are filtered out by path
-/// ([`crate::mapping::route`]), as are `messages` outside `conversations/*`.
-pub const TARGETS: [TargetSpec; 3] = [
+/// The publisher's targets. Collection group `targets` is listened to twice,
+/// under `follows/` and under `blocks/` (id 3, the unrestricted group of
+/// earlier releases, is retired: its token is not used).
+pub const TARGETS: [TargetSpec; 4] = [
     TargetSpec {
         id: 1,
         collection_id: "conversations",
         all_descendants: false,
+        scope: "conversations",
     },
     TargetSpec {
         id: 2,
         collection_id: "messages",
         all_descendants: true,
+        scope: "conversations",
     },
     TargetSpec {
-        id: 3,
+        id: 4,
         collection_id: "targets",
         all_descendants: true,
+        scope: "follows",
+    },
+    TargetSpec {
+        id: 5,
+        collection_id: "targets",
+        all_descendants: true,
+        scope: "blocks",
     },
 ];
 
@@ -138,6 +168,9 @@ pub struct LiveConfig {
     /// Add targets without a token at this read time (after a backfill
     /// pinned to it, or a recovery backfill) instead of from scratch.
     pub start_read_time: Option<Timestamp>,
+    /// This instance's keys: its listen targets are restricted to them and
+    /// it publishes everything they deliver (see [`KeyRange::of_shard`]).
+    pub range: KeyRange,
 }
 
 impl LiveConfig {
@@ -151,6 +184,7 @@ impl LiveConfig {
             publish_window: 64,
             max_persisted_members: crate::listen::DEFAULT_MAX_PERSISTED_MEMBERS,
             start_read_time: None,
+            range: KeyRange::ALL,
         }
     }
 }
@@ -267,7 +301,8 @@ pub fn mirrored_membership(
     vec![
         (TARGETS[0].id, conversations),
         (TARGETS[1].id, messages),
-        (TARGETS[2].id, blocks.chain(follows).collect()),
+        (TARGETS[2].id, follows.collect()),
+        (TARGETS[3].id, blocks.collect()),
     ]
 }
 
@@ -289,7 +324,8 @@ where
         config,
     } = deps;
     let shard_id = config.shard.id();
-    let sink = Sink::new(&bus, &store, &config.source, config.shard);
+    let mut sink = Sink::new(&bus, &store, &config.source, config.shard);
+    sink.range = Some(config.range.clone());
     let mut report = LiveReport::default();
 
     let resume = match store
@@ -309,7 +345,10 @@ where
     };
     let restarted = resume.is_some();
     let checkpoint_read_time = resume.as_ref().and_then(|r| r.read_time);
-    let specs: Vec<(TargetId, String)> = TARGETS.iter().map(|t| (t.id, t.query_hash())).collect();
+    let specs: Vec<(TargetId, String)> = TARGETS
+        .iter()
+        .map(|t| (t.id, t.query_hash(&config.range)))
+        .collect();
     let (mut core, notices) = ListenCore::for_targets(&specs, resume);
     for notice in notices {
         note(&mut report, notice);
@@ -342,7 +381,10 @@ where
         // their consistent point), which the server must confirm.
         match store.snapshot().await {
             Ok(state) => {
-                for (target, members) in mirrored_membership(&state) {
+                for (target, mut members) in mirrored_membership(&state) {
+                    // Only this instance's keys (a resharded range learns its
+                    // deletions against what the mirror holds for it).
+                    members.retain(|p, _| config.range.contains_path(p));
                     if let Some(since) = checkpoint_read_time {
                         core.add_limbo(
                             members

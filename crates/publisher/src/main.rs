@@ -51,6 +51,10 @@ struct RunArgs {
     /// (1 hour; 7 days at whole minutes with point-in-time recovery).
     #[arg(long, env = "PUBLISHER_START_READ_TIME")]
     start_read_time: Option<String>,
+    /// Partition-key split points of the listen ranges (shard count − 1,
+    /// ascending); by default even over the first character of random ids.
+    #[arg(long, env = "PUBLISHER_LISTEN_SPLIT_POINTS", value_delimiter = ',')]
+    listen_split_points: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -256,6 +260,10 @@ mod adapters {
             Command::Run(args) => {
                 tracing::info!(project = %settings.source.project, database = %settings.source.database, shard = %settings.shard.id(), "live publisher starting");
                 let mut config = publisher::live::LiveConfig::new(settings.source, settings.shard);
+                let points = (!args.listen_split_points.is_empty()).then_some(args.listen_split_points.as_slice());
+                config.range = publisher::sink::KeyRange::of_shard(settings.shard, points)
+                    .map_err(|e| anyhow::anyhow!("--shard-count / --listen-split-points: {e}"))?;
+                tracing::info!(range = ?config.range, "listening to this shard's key range");
                 config.start_read_time = args
                     .start_read_time
                     .as_deref()
@@ -265,7 +273,7 @@ mod adapters {
                     })
                     .transpose()?;
                 let deps = publisher::live::LiveDeps {
-                    transport: FirestoreTransport::new(db),
+                    transport: FirestoreTransport::new(db).with_range(config.range.clone()),
                     bus,
                     store,
                     config,

@@ -57,6 +57,72 @@ impl Shard {
     }
 }
 
+/// A contiguous range of partition keys (the second path segment):
+/// `lo <= key < hi`, unbounded where `None`. The live path shards by ranges
+/// rather than by hash, because a range is what a listen target can select
+/// (`__name__` bounds), so each instance reads only its share.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyRange {
+    pub lo: Option<String>,
+    pub hi: Option<String>,
+}
+
+/// Default split alphabet: the characters of Firestore auto-ids and Firebase
+/// Auth uids, in byte order (keys of other shapes need explicit split points).
+const ID_ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+impl KeyRange {
+    /// Every key.
+    pub const ALL: KeyRange = KeyRange { lo: None, hi: None };
+
+    /// Shard `index` of `count` ranges split at `split_points` (`count - 1`
+    /// ascending keys) or, without them, evenly over [`ID_ALPHABET`]'s first
+    /// character. The ranges of one `count` cover every key exactly once.
+    pub fn of_shard(shard: Shard, split_points: Option<&[String]>) -> Result<KeyRange, String> {
+        let n = shard.count as usize;
+        let points: Vec<String> = match split_points {
+            Some(p) => {
+                if p.len() + 1 != n {
+                    return Err(format!(
+                        "{} split points for {n} shards (need {})",
+                        p.len(),
+                        n - 1
+                    ));
+                }
+                if p.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err("split points must be strictly ascending".into());
+                }
+                p.to_vec()
+            }
+            None => {
+                if n > ID_ALPHABET.len() {
+                    return Err(format!(
+                        "at most {} shards without explicit split points",
+                        ID_ALPHABET.len()
+                    ));
+                }
+                (1..n)
+                    .map(|k| (ID_ALPHABET[k * ID_ALPHABET.len() / n] as char).to_string())
+                    .collect()
+            }
+        };
+        let i = shard.index as usize;
+        Ok(KeyRange {
+            lo: (i > 0).then(|| points[i - 1].clone()),
+            hi: (i + 1 < n).then(|| points[i].clone()),
+        })
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.lo.as_deref().is_none_or(|lo| key >= lo) && self.hi.as_deref().is_none_or(|hi| key < hi)
+    }
+
+    /// Whether the document at `path` is in range (by its partition key).
+    pub fn contains_path(&self, path: &str) -> bool {
+        self.contains(path.split('/').nth(1).unwrap_or(path))
+    }
+}
+
 /// FNV-1a, 64 bit: stable across Rust versions and platforms (unlike `DefaultHasher`).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -133,6 +199,9 @@ pub struct Sink<'a, B, S> {
     pub attempts: u32,
     /// Only these event families (a backfill `--module`); `None`: all.
     pub families: Option<Vec<mirror_schema::EventFamily>>,
+    /// Own documents by key range instead of by hash (the live path's
+    /// listen sharding: it publishes everything its range targets deliver).
+    pub range: Option<KeyRange>,
 }
 
 impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
@@ -145,6 +214,7 @@ impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
             dry_run: false,
             attempts: 5,
             families: None,
+            range: None,
         }
     }
 
@@ -186,7 +256,11 @@ impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
             }
             Some(_) => {}
         }
-        if !self.shard.owns_path(path) {
+        let owned = match &self.range {
+            Some(r) => r.contains_path(path),
+            None => self.shard.owns_path(path),
+        };
+        if !owned {
             return Ok(Disposition::NotOwned);
         }
         match mapped {
@@ -296,5 +370,24 @@ mod tests {
         assert!(Shard::new(2, 2).is_err());
         assert!(Shard::SINGLE.owns_key("anything"));
         assert_eq!(Shard::new(1, 3).unwrap().id(), "1-of-3");
+    }
+
+    #[test]
+    fn key_ranges_cover_every_key_once_for_any_count() {
+        let keys = ["", "-x", "0", "9zz", "A", "Zq", "_u", "a", "u_caio", "zzz", "é", "~"];
+        for n in [1u32, 2, 3, 7, 62] {
+            let ranges: Vec<KeyRange> = (0..n)
+                .map(|i| KeyRange::of_shard(Shard::new(i, n).unwrap(), None).unwrap())
+                .collect();
+            for k in keys {
+                assert_eq!(ranges.iter().filter(|r| r.contains(k)).count(), 1, "{n} {k}");
+            }
+        }
+        assert!(KeyRange::of_shard(Shard::new(0, 63).unwrap(), None).is_err());
+        let points = ["m".to_owned()];
+        let r = KeyRange::of_shard(Shard::new(1, 2).unwrap(), Some(&points)).unwrap();
+        assert!(r.contains_path("conversations/u_caio/messages/m1") && !r.contains("dm_x"));
+        assert!(KeyRange::of_shard(Shard::new(0, 3).unwrap(), Some(&points)).is_err());
+        assert_eq!(KeyRange::of_shard(Shard::SINGLE, None).unwrap(), KeyRange::ALL);
     }
 }

@@ -139,7 +139,7 @@ impl tonic::server::StreamingService<pb::ListenRequest> for Listen {
                             token.clone(),
                         ));
                         added.push(t.target_id);
-                        if added.len() == 3 {
+                        if added.len() == 4 {
                             let resumed = token.is_some();
                             let _ = tx.send(target_change(1, added.clone(), b"", None));
                             if !resumed {
@@ -162,7 +162,7 @@ impl tonic::server::StreamingService<pb::ListenRequest> for Listen {
                                         pb::listen_response::ResponseType::DocumentDelete(
                                             pb::DocumentDelete {
                                                 document: format!("{DOCS}/blocks/u1/targets/u2"),
-                                                removed_target_ids: vec![3],
+                                                removed_target_ids: vec![5],
                                                 read_time: ts(300),
                                             },
                                         ),
@@ -170,7 +170,7 @@ impl tonic::server::StreamingService<pb::ListenRequest> for Listen {
                                 });
                             }
                             let token: &[u8] = if resumed { b"t2" } else { b"t1" };
-                            let _ = tx.send(target_change(3, vec![1, 2, 3], token, None));
+                            let _ = tx.send(target_change(3, vec![1, 2, 4, 5], token, None));
                             let _ = tx.send(target_change(
                                 0,
                                 vec![],
@@ -303,7 +303,8 @@ async fn live_and_backfill_over_grpc_against_a_fake_firestore() {
         vec![
             (1, "conversations".into(), None),
             (2, "messages".into(), None),
-            (3, "targets".into(), None)
+            (4, "targets".into(), None),
+            (5, "targets".into(), None)
         ]
     );
 

@@ -12,17 +12,29 @@ use tokio::sync::mpsc;
 use super::convert;
 use crate::listen::{ListenRequest, ListenResponse};
 use crate::live::{ListenTransport, TargetSpec, TransportError, TARGETS};
+use crate::sink::KeyRange;
 use crate::value::Document;
 
 /// Opens `Listen` streams on one database for [`TARGETS`].
 #[derive(Clone)]
 pub struct FirestoreTransport {
     db: FirestoreDb,
+    range: KeyRange,
 }
 
 impl FirestoreTransport {
     pub fn new(db: FirestoreDb) -> FirestoreTransport {
-        FirestoreTransport { db }
+        FirestoreTransport {
+            db,
+            range: KeyRange::ALL,
+        }
+    }
+
+    /// Restrict every target to these partition keys (must equal
+    /// [`crate::live::LiveConfig::range`]).
+    pub fn with_range(mut self, range: KeyRange) -> FirestoreTransport {
+        self.range = range;
+        self
     }
 }
 
@@ -31,6 +43,38 @@ impl FirestoreTransport {
 struct Requests {
     database: String,
     documents: String,
+    range: KeyRange,
+}
+
+impl Requests {
+    /// `__name__ >= {docs}/{scope}/{lo} AND __name__ < {docs}/{scope}/{hi}`.
+    fn name_range(&self, spec: &TargetSpec) -> pb::structured_query::Filter {
+        use pb::structured_query::{composite_filter, field_filter, filter, CompositeFilter, FieldFilter, FieldReference, Filter};
+        let (lo, hi) = spec.bounds(&self.range);
+        let bound = |op: field_filter::Operator, path: String| Filter {
+            filter_type: Some(filter::FilterType::FieldFilter(FieldFilter {
+                field: Some(FieldReference {
+                    field_path: "__name__".into(),
+                }),
+                op: op as i32,
+                value: Some(pb::Value {
+                    value_type: Some(pb::value::ValueType::ReferenceValue(format!(
+                        "{}/{path}",
+                        self.documents
+                    ))),
+                }),
+            })),
+        };
+        Filter {
+            filter_type: Some(filter::FilterType::CompositeFilter(CompositeFilter {
+                op: composite_filter::Operator::And as i32,
+                filters: vec![
+                    bound(field_filter::Operator::GreaterThanOrEqual, lo),
+                    bound(field_filter::Operator::LessThan, hi),
+                ],
+            })),
+        }
+    }
 }
 
 impl Requests {
@@ -63,6 +107,7 @@ impl Requests {
                                     collection_id: spec.collection_id.to_owned(),
                                     all_descendants: spec.all_descendants,
                                 }],
+                                r#where: Some(self.name_range(spec)),
                                 ..Default::default()
                             },
                         )),
@@ -124,6 +169,7 @@ impl ListenTransport for FirestoreTransport {
         let builder = Requests {
             database: self.db.get_database_path().clone(),
             documents: self.db.get_documents_path().clone(),
+            range: self.range.clone(),
         };
         // The request half stays open for as long as the driver holds its sender.
         let outgoing =
@@ -163,6 +209,10 @@ mod tests {
         let b = Requests {
             database: "projects/p/databases/(default)".into(),
             documents: "projects/p/databases/(default)/documents".into(),
+            range: KeyRange {
+                lo: Some("A".into()),
+                hi: Some("V".into()),
+            },
         };
         let req = b
             .to_proto(ListenRequest::Add {
@@ -189,6 +239,32 @@ mod tests {
         };
         assert_eq!(sq.from[0].collection_id, "messages");
         assert!(sq.from[0].all_descendants);
+        // Restricted to this instance's keys under `conversations/`.
+        let Some(pb::structured_query::filter::FilterType::CompositeFilter(and)) =
+            sq.r#where.and_then(|w| w.filter_type)
+        else {
+            panic!()
+        };
+        let refs: Vec<_> = and
+            .filters
+            .iter()
+            .map(|f| match &f.filter_type {
+                Some(pb::structured_query::filter::FilterType::FieldFilter(ff)) => {
+                    match &ff.value.as_ref().unwrap().value_type {
+                        Some(pb::value::ValueType::ReferenceValue(r)) => r.clone(),
+                        _ => panic!(),
+                    }
+                }
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(
+            refs,
+            vec![
+                "projects/p/databases/(default)/documents/conversations/A",
+                "projects/p/databases/(default)/documents/conversations/V"
+            ]
+        );
         assert!(b
             .to_proto(ListenRequest::Add {
                 target_id: 99,

@@ -35,8 +35,6 @@ struct TargetState {
     force_fresh: bool,
     /// Hash of the target's query (see [`ResumeState::queries`]).
     query: String,
-    /// The saved token was for another query: never seed this target's membership.
-    query_changed: bool,
     /// Without a token, add the target at this read time (a start after a
     /// backfill up to it, or after a recovery); cleared once it has a token.
     start_read_time: Option<Timestamp>,
@@ -181,7 +179,6 @@ impl ListenCore {
                     committed: members.map(|m| m.into_iter().collect()).unwrap_or_default(),
                     safe_token: if same { resume.tokens.get(id).cloned() } else { None },
                     query: query.clone(),
-                    query_changed: !same,
                     ..TargetState::default()
                 };
                 (*id, state)
@@ -249,7 +246,7 @@ impl ListenCore {
     /// a deletion, which the notice keeps reporting as before.
     pub fn seed_membership(&mut self, target_id: TargetId, members: HashMap<String, Timestamp>) {
         if let Some(t) = self.targets.get_mut(&target_id) {
-            if !t.known && !t.query_changed && t.start_read_time.is_none() {
+            if !t.known && t.start_read_time.is_none() {
                 t.committed = members;
                 t.seeded = true;
             }

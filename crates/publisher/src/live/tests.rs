@@ -139,9 +139,9 @@ fn tc(kind: TargetChangeKind, ids: &[TargetId], token: &str, at: Option<i64>) ->
     }))
 }
 fn initial(docs: Vec<Document>, token: &str, at: i64) -> Vec<Step> {
-    let mut s = vec![tc(TargetChangeKind::Add, &[1, 2, 3], "", None)];
+    let mut s = vec![tc(TargetChangeKind::Add, &[1, 2, 4, 5], "", None)];
     s.extend(docs.into_iter().map(|d| msg(d, 1)));
-    s.push(tc(TargetChangeKind::Current, &[1, 2, 3], token, None));
+    s.push(tc(TargetChangeKind::Current, &[1, 2, 4, 5], token, None));
     s.push(tc(TargetChangeKind::NoChange, &[], token, Some(at)));
     s
 }
@@ -192,9 +192,9 @@ async fn publishes_at_consistent_points_resumes_after_errors_and_restarts_from_t
     first.push(msg(conv("c2", 11, 11), 1)); // not committed before the error
     first.push(Step::Fail(TransportErrorKind::Transient));
     let second = vec![
-        tc(TargetChangeKind::Add, &[1, 2, 3], "", None),
+        tc(TargetChangeKind::Add, &[1, 2, 4, 5], "", None),
         msg(conv("c2", 11, 11), 1),
-        tc(TargetChangeKind::Current, &[1, 2, 3], "g12", None),
+        tc(TargetChangeKind::Current, &[1, 2, 4, 5], "g12", None),
         tc(TargetChangeKind::NoChange, &[], "g12", Some(12)),
         Step::Hang,
     ];
@@ -253,7 +253,7 @@ async fn publishes_at_consistent_points_resumes_after_errors_and_restarts_from_t
 
     // Restart: resumes from the checkpoint, sees a delete, publishes it at its read time.
     let third = vec![
-        tc(TargetChangeKind::Add, &[1, 2, 3], "", None),
+        tc(TargetChangeKind::Add, &[1, 2, 4, 5], "", None),
         Step::Msg(ListenResponse::DocumentDelete {
             path: "conversations/c2".into(),
             read_time: Some(t(13)),
@@ -262,9 +262,9 @@ async fn publishes_at_consistent_points_resumes_after_errors_and_restarts_from_t
         Step::Msg(ListenResponse::DocumentDelete {
             path: "follows/u1/targets/u2".into(),
             read_time: Some(t(13)),
-            removed_target_ids: vec![3],
+            removed_target_ids: vec![4],
         }),
-        tc(TargetChangeKind::Current, &[1, 2, 3], "g14", None),
+        tc(TargetChangeKind::Current, &[1, 2, 4, 5], "g14", None),
         tc(TargetChangeKind::NoChange, &[], "g14", Some(14)),
         Step::Hang,
     ];
@@ -306,7 +306,7 @@ async fn a_rejected_token_relistens_from_scratch_once_then_fails() {
     let state = ResumeState {
         read_time: Some(t(5)),
         tokens: [(1, b"old".to_vec())].into(),
-        queries: [(1, TARGETS[0].query_hash())].into(),
+        queries: [(1, TARGETS[0].query_hash(&KeyRange::ALL))].into(),
         ..ResumeState::default()
     };
     let store = MemoryStore::new();
@@ -367,7 +367,7 @@ async fn filter_mismatch_sends_remove_and_add_on_the_open_stream() {
     let report = run_until_hung(&transport, &bus, &store).await.unwrap();
     let sent = transport.sent(0);
     assert_eq!(
-        &sent[3..],
+        &sent[4..],
         &[
             ListenRequest::Remove { target_id: 1 },
             ListenRequest::Add {
@@ -427,7 +427,7 @@ fn mirrored_membership_lists_live_documents_per_target() {
         by_target[&2].is_empty(),
         "a tombstone is not a live document"
     );
-    assert_eq!(by_target[&3].get("follows/u1/targets/u2"), Some(&time(2)));
+    assert_eq!(by_target[&4].get("follows/u1/targets/u2"), Some(&time(2)));
 }
 
 fn follow_edge(path: &str, created: i64, updated: i64) -> Document {
@@ -470,7 +470,7 @@ async fn a_target_error_no_retry_fixes_ends_the_run_with_a_clear_error() {
 
 #[tokio::test]
 async fn upserts_go_out_before_the_consistent_point_but_the_checkpoint_waits_for_it() {
-    let mut script = vec![tc(TargetChangeKind::Add, &[1, 2, 3], "", None)];
+    let mut script = vec![tc(TargetChangeKind::Add, &[1, 2, 4, 5], "", None)];
     script.extend((0..200).map(|i| msg(conv(&format!("c{i:03}"), 1, 1), 1)));
     script.push(Step::Hang);
     let transport = Scripted::new(vec![script]);
@@ -490,15 +490,15 @@ async fn upserts_go_out_before_the_consistent_point_but_the_checkpoint_waits_for
 async fn removes_are_confirmed_with_a_get_before_a_delete_is_published() {
     let gone = follow_edge("follows/u1/targets/u2", 1, 1);
     let still = follow_edge("follows/u1/targets/u3", 1, 1);
-    let mut script = vec![tc(TargetChangeKind::Add, &[1, 2, 3], "", None)];
-    script.push(msg(gone.clone(), 3));
-    script.push(msg(still.clone(), 3));
-    script.push(tc(TargetChangeKind::Current, &[1, 2, 3], "g10", None));
+    let mut script = vec![tc(TargetChangeKind::Add, &[1, 2, 4, 5], "", None)];
+    script.push(msg(gone.clone(), 4));
+    script.push(msg(still.clone(), 4));
+    script.push(tc(TargetChangeKind::Current, &[1, 2, 4, 5], "g10", None));
     script.push(tc(TargetChangeKind::NoChange, &[], "g10", Some(10)));
     for d in [&gone, &still] {
         script.push(Step::Msg(ListenResponse::DocumentRemove {
             path: d.path.clone(),
-            removed_target_ids: vec![3],
+            removed_target_ids: vec![4],
             read_time: Some(t(11)),
         }));
     }
@@ -531,7 +531,7 @@ async fn a_start_read_time_newer_than_the_checkpoint_replaces_its_tokens_once() 
     let old = ResumeState {
         read_time: Some(t(5)),
         tokens: [(1, b"old".to_vec())].into(),
-        queries: [(1, TARGETS[0].query_hash())].into(),
+        queries: [(1, TARGETS[0].query_hash(&KeyRange::ALL))].into(),
         ..ResumeState::default()
     };
     store
@@ -545,9 +545,9 @@ async fn a_start_read_time_newer_than_the_checkpoint_replaces_its_tokens_once() 
         .unwrap();
     let bus = MemoryBus::new();
     let first = vec![
-        tc(TargetChangeKind::Add, &[1, 2, 3], "", None),
+        tc(TargetChangeKind::Add, &[1, 2, 4, 5], "", None),
         msg(conv("c1", 1, 150), 1),
-        tc(TargetChangeKind::Current, &[1, 2, 3], "g200", None),
+        tc(TargetChangeKind::Current, &[1, 2, 4, 5], "g200", None),
         tc(TargetChangeKind::NoChange, &[], "g200", Some(200)),
         Step::Hang,
     ];
