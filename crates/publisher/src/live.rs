@@ -333,7 +333,10 @@ where
         .await
         .map_err(LiveError::Checkpoint)?
     {
-        None => None,
+        // No checkpoint for this shard: a first start, or a new share after a
+        // resharding. Either way the membership is what the mirror holds in
+        // this range (seeded below), so a handover loses no deletion.
+        None => Some(ResumeState::default()),
         Some(cp) => Some(match cp.cursor_token.as_deref().map(ResumeState::decode) {
             Some(Ok(state)) => state,
             Some(Err(e)) => {
@@ -343,7 +346,6 @@ where
             None => ResumeState::default(),
         }),
     };
-    let restarted = resume.is_some();
     let checkpoint_read_time = resume.as_ref().and_then(|r| r.read_time);
     let specs: Vec<(TargetId, String)> = TARGETS
         .iter()
@@ -374,7 +376,7 @@ where
              bounded recovery, then `publisher run --start-read-time <T>`"
         );
     }
-    if restarted && start_at.is_none() {
+    if start_at.is_none() {
         // What an earlier run published, as the mirror holds it: a fallback
         // membership for targets the checkpoint did not persist, and the
         // documents published beyond the checkpoint (upserts go out before
