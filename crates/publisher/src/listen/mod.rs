@@ -56,6 +56,7 @@
 
 mod bloom;
 mod core;
+pub mod model;
 mod resume;
 #[cfg(test)]
 mod sim;
