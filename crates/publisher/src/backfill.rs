@@ -363,7 +363,11 @@ pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
         .collect();
     'groups: for (group, field) in walks {
         let module = if opts.recovery {
-            format!("recover-{}-{}", group.collection_id(), field.unwrap_or("all"))
+            format!(
+                "recover-{}-{}",
+                group.collection_id(),
+                field.unwrap_or("all")
+            )
         } else {
             group.module()
         };

@@ -518,11 +518,11 @@ fn note(report: &mut LiveReport, notice: Notice) {
 }
 
 /// One upsert's publication, owning its change (so many can be in flight).
-fn publish_owned<'s, B: EventBus, S: MirrorStore>(
-    sink: &'s Sink<'s, B, S>,
+async fn publish_owned<B: EventBus, S: MirrorStore>(
+    sink: &Sink<'_, B, S>,
     change: Change,
-) -> impl Future<Output = Result<Disposition, SinkError>> + 's {
-    async move { sink.change(&change).await }
+) -> Result<Disposition, SinkError> {
+    sink.change(&change).await
 }
 
 /// Await every publication in flight.
@@ -568,16 +568,16 @@ async fn confirm_deletes<T: ListenTransport>(
     Ok(changes
         .into_iter()
         .map(|c| match c {
-            Change::Delete { ref path, cause, .. } if cause.needs_confirmation() => {
-                match found.remove(path) {
-                    Some(doc) => {
-                        report.deletes_refuted += 1;
-                        let op = UpsertOp::of(&doc);
-                        Change::Upsert { doc, op }
-                    }
-                    None => c,
+            Change::Delete {
+                ref path, cause, ..
+            } if cause.needs_confirmation() => match found.remove(path) {
+                Some(doc) => {
+                    report.deletes_refuted += 1;
+                    let op = UpsertOp::of(&doc);
+                    Change::Upsert { doc, op }
                 }
-            }
+                None => c,
+            },
             c => c,
         })
         .collect())

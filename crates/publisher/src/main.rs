@@ -260,7 +260,8 @@ mod adapters {
             Command::Run(args) => {
                 tracing::info!(project = %settings.source.project, database = %settings.source.database, shard = %settings.shard.id(), "live publisher starting");
                 let mut config = publisher::live::LiveConfig::new(settings.source, settings.shard);
-                let points = (!args.listen_split_points.is_empty()).then_some(args.listen_split_points.as_slice());
+                let points = (!args.listen_split_points.is_empty())
+                    .then_some(args.listen_split_points.as_slice());
                 config.range = publisher::sink::KeyRange::of_shard(settings.shard, points)
                     .map_err(|e| anyhow::anyhow!("--shard-count / --listen-split-points: {e}"))?;
                 tracing::info!(range = ?config.range, "listening to this shard's key range");
@@ -291,7 +292,10 @@ mod adapters {
                         .context("loading the live checkpoint")?
                         .and_then(|c| c.last_processed_at)
                         .context("--recover: no live checkpoint for this shard; run a full backfill instead")?;
-                    let since = cp - chrono::Duration::seconds(i64::try_from(args.overlap_secs).unwrap_or(i64::MAX));
+                    let since = cp
+                        - chrono::Duration::seconds(
+                            i64::try_from(args.overlap_secs).unwrap_or(i64::MAX),
+                        );
                     println!("recovering changes since {since} (checkpoint {cp} minus {}s); deletions in the gap are found only by `mirrorctl check`", args.overlap_secs);
                     opts.since = Some(since);
                 }
@@ -322,7 +326,10 @@ mod adapters {
                 bar.finish_and_clear();
                 for (group, g) in &report.groups {
                     if g.since_ignored {
-                        println!("{:<14} has no time field: --since does not apply, read whole", group.collection_id());
+                        println!(
+                            "{:<14} has no time field: --since does not apply, read whole",
+                            group.collection_id()
+                        );
                     }
                     println!(
                         "{:<14} docs {:>10}  reads {:>10}{}  published {}  duplicates {}  other-shard {}  out-of-scope {}  dead-lettered {}{}",

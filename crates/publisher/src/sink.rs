@@ -114,7 +114,8 @@ impl KeyRange {
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.lo.as_deref().is_none_or(|lo| key >= lo) && self.hi.as_deref().is_none_or(|hi| key < hi)
+        self.lo.as_deref().is_none_or(|lo| key >= lo)
+            && self.hi.as_deref().is_none_or(|hi| key < hi)
     }
 
     /// Whether the document at `path` is in range (by its partition key).
@@ -374,13 +375,19 @@ mod tests {
 
     #[test]
     fn key_ranges_cover_every_key_once_for_any_count() {
-        let keys = ["", "-x", "0", "9zz", "A", "Zq", "_u", "a", "u_caio", "zzz", "é", "~"];
+        let keys = [
+            "", "-x", "0", "9zz", "A", "Zq", "_u", "a", "u_caio", "zzz", "é", "~",
+        ];
         for n in [1u32, 2, 3, 7, 62] {
             let ranges: Vec<KeyRange> = (0..n)
                 .map(|i| KeyRange::of_shard(Shard::new(i, n).unwrap(), None).unwrap())
                 .collect();
             for k in keys {
-                assert_eq!(ranges.iter().filter(|r| r.contains(k)).count(), 1, "{n} {k}");
+                assert_eq!(
+                    ranges.iter().filter(|r| r.contains(k)).count(),
+                    1,
+                    "{n} {k}"
+                );
             }
         }
         assert!(KeyRange::of_shard(Shard::new(0, 63).unwrap(), None).is_err());
@@ -388,6 +395,9 @@ mod tests {
         let r = KeyRange::of_shard(Shard::new(1, 2).unwrap(), Some(&points)).unwrap();
         assert!(r.contains_path("conversations/u_caio/messages/m1") && !r.contains("dm_x"));
         assert!(KeyRange::of_shard(Shard::new(0, 3).unwrap(), Some(&points)).is_err());
-        assert_eq!(KeyRange::of_shard(Shard::SINGLE, None).unwrap(), KeyRange::ALL);
+        assert_eq!(
+            KeyRange::of_shard(Shard::SINGLE, None).unwrap(),
+            KeyRange::ALL
+        );
     }
 }

@@ -326,7 +326,12 @@ impl crate::backfill::DocumentPager for MemoryPager {
             reqs.push(request.clone());
         }
         let rows: Vec<_> = self
-            .matching(request.group, request.field, request.since, request.after.as_ref())
+            .matching(
+                request.group,
+                request.field,
+                request.since,
+                request.after.as_ref(),
+            )
             .into_iter()
             .take(request.limit as usize)
             .collect();

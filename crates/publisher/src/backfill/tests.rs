@@ -225,7 +225,8 @@ async fn a_crash_mid_run_republishes_at_most_one_page_and_skips_nothing() {
 async fn since_filters_conversations_and_is_ignored_by_name_ordered_groups() {
     let conv = |id: &str, updated: i64| {
         let mut d = message(&format!("conversations/{id}"), updated);
-        d.fields.insert("type".into(), Value::String("group".into()));
+        d.fields
+            .insert("type".into(), Value::String("group".into()));
         d
     };
     let mut docs = corpus();
@@ -239,14 +240,20 @@ async fn since_filters_conversations_and_is_ignored_by_name_ordered_groups() {
     let report = run(&o, &pager, &bus, &store).await.unwrap();
     assert_eq!(report.groups[0].1.docs, 2, "updatedAt 12, 13");
     assert!(!report.groups[0].1.since_ignored);
-    assert_eq!(report.groups[1].1.docs, 8, "messages have no field to filter by: read whole");
+    assert_eq!(
+        report.groups[1].1.docs, 8,
+        "messages have no field to filter by: read whole"
+    );
     assert!(report.groups[1].1.since_ignored);
     let o = BackfillOptions {
         since: Some(t(1)),
         ..o
     };
     let report = run(&o, &pager, &bus, &store).await.unwrap();
-    assert!(!report.groups[0].1.already_done, "another --since starts over");
+    assert!(
+        !report.groups[0].1.already_done,
+        "another --since starts over"
+    );
     assert_eq!(report.groups[0].1.docs, 3);
 }
 
@@ -272,7 +279,12 @@ async fn a_filter_that_matches_nothing_in_a_non_empty_group_fails_loudly() {
         );
         assert!(e.to_string().contains("updatedAt"), "{e}");
     }
-    assert!(store.checkpoint("backfill-conversations", "0-of-1").is_none(), "not saved as done");
+    assert!(
+        store
+            .checkpoint("backfill-conversations", "0-of-1")
+            .is_none(),
+        "not saved as done"
+    );
 }
 
 #[tokio::test]
@@ -423,7 +435,11 @@ async fn a_recovery_walks_each_time_field_from_since_and_reads_groups_without_on
         ..opts()
     };
     let report = run(&o, &pager, &bus, &store).await.unwrap();
-    let walks: Vec<(Option<&str>, u64)> = report.groups.iter().map(|(_, g)| (g.field, g.docs)).collect();
+    let walks: Vec<(Option<&str>, u64)> = report
+        .groups
+        .iter()
+        .map(|(_, g)| (g.field, g.docs))
+        .collect();
     assert_eq!(
         walks,
         vec![
@@ -434,6 +450,8 @@ async fn a_recovery_walks_each_time_field_from_since_and_reads_groups_without_on
         ]
     );
     assert_eq!(bus.events().len(), 4, "old is not re-read");
-    assert!(store.checkpoint("recover-messages-editedAt", "0-of-1").is_some());
+    assert!(store
+        .checkpoint("recover-messages-editedAt", "0-of-1")
+        .is_some());
     assert!(store.checkpoint("recover-targets-all", "0-of-1").is_some());
 }

@@ -148,10 +148,9 @@ pub(crate) fn status(s: &tonic::Status) -> TransportError {
         // An access token expiring around a reconnect is normal: the client
         // fetches a new one on the next call (every official client retries).
         C::Unauthenticated => TransportErrorKind::Transient,
-        C::PermissionDenied
-        | C::NotFound
-        | C::Unimplemented
-        | C::FailedPrecondition => TransportErrorKind::Fatal,
+        C::PermissionDenied | C::NotFound | C::Unimplemented | C::FailedPrecondition => {
+            TransportErrorKind::Fatal
+        }
         _ => TransportErrorKind::Transient,
     };
     TransportError {

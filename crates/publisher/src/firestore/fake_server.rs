@@ -341,5 +341,8 @@ async fn live_and_backfill_over_grpc_against_a_fake_firestore() {
     let q = fake.0.lock().unwrap().queries[0].clone();
     assert!(q.from[0].all_descendants);
     assert_eq!(q.limit, Some(10));
-    assert!(q.r#where.is_none(), "messages are paged by __name__, unfiltered");
+    assert!(
+        q.r#where.is_none(),
+        "messages are paged by __name__, unfiltered"
+    );
 }

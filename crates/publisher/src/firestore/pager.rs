@@ -14,9 +14,7 @@ use firestore::FirestoreDb;
 use futures::StreamExt;
 
 use super::convert;
-use crate::backfill::{
-    Count, Cursor, DocumentPager, Group, Page, PageRequest, PagerError,
-};
+use crate::backfill::{Count, Cursor, DocumentPager, Group, Page, PageRequest, PagerError};
 use crate::value::{Timestamp, Value};
 
 /// Reads a database's documents for the backfill.
@@ -297,17 +295,36 @@ mod tests {
             updated_at: None,
             path: "conversations/c1/messages/m1".into(),
         };
-        let q = query("d", Group::Messages, None, Some(c.updated_at.unwrap_or_default()), Some(&c), Some(50));
+        let q = query(
+            "d",
+            Group::Messages,
+            None,
+            Some(c.updated_at.unwrap_or_default()),
+            Some(&c),
+            Some(50),
+        );
         assert!(q.from[0].all_descendants);
-        assert!(q.r#where.is_none(), "no filter drops documents without a field");
+        assert!(
+            q.r#where.is_none(),
+            "no filter drops documents without a field"
+        );
         assert_eq!(q.order_by.len(), 1);
         assert_eq!(q.order_by[0].field.as_ref().unwrap().field_path, "__name__");
         assert_eq!(
             q.start_at.unwrap().values[0].value_type,
-            Some(pb::value::ValueType::ReferenceValue("d/conversations/c1/messages/m1".into()))
+            Some(pb::value::ValueType::ReferenceValue(
+                "d/conversations/c1/messages/m1".into()
+            ))
         );
         assert!(all_query(Group::Targets).order_by.is_empty());
-        let q = query("d", Group::Conversations, Some("updatedAt"), None, None, None);
+        let q = query(
+            "d",
+            Group::Conversations,
+            Some("updatedAt"),
+            None,
+            None,
+            None,
+        );
         assert!(!q.from[0].all_descendants);
         assert!(q.start_at.is_none() && q.limit.is_none());
     }

@@ -49,7 +49,10 @@ struct Requests {
 impl Requests {
     /// `__name__ >= {docs}/{scope}/{lo} AND __name__ < {docs}/{scope}/{hi}`.
     fn name_range(&self, spec: &TargetSpec) -> pb::structured_query::Filter {
-        use pb::structured_query::{composite_filter, field_filter, filter, CompositeFilter, FieldFilter, FieldReference, Filter};
+        use pb::structured_query::{
+            composite_filter, field_filter, filter, CompositeFilter, FieldFilter, FieldReference,
+            Filter,
+        };
         let (lo, hi) = spec.bounds(&self.range);
         let bound = |op: field_filter::Operator, path: String| Filter {
             filter_type: Some(filter::FilterType::FieldFilter(FieldFilter {
@@ -134,7 +137,10 @@ impl ListenTransport for FirestoreTransport {
     }
 
     /// `BatchGetDocuments`: one billed read per document.
-    async fn get_documents(&self, paths: &[String]) -> Result<Vec<Option<Document>>, TransportError> {
+    async fn get_documents(
+        &self,
+        paths: &[String],
+    ) -> Result<Vec<Option<Document>>, TransportError> {
         let documents = self.db.get_documents_path().clone();
         let names: Vec<String> = paths.iter().map(|p| format!("{documents}/{p}")).collect();
         let mut stream = self
@@ -287,7 +293,10 @@ mod tests {
         assert_eq!(
             t.resume_type,
             Some(pb::target::ResumeType::ReadTime(
-                firestore::gcloud_sdk::prost_types::Timestamp { seconds: 60, nanos: 0 }
+                firestore::gcloud_sdk::prost_types::Timestamp {
+                    seconds: 60,
+                    nanos: 0
+                }
             ))
         );
         let req = b.to_proto(ListenRequest::Remove { target_id: 1 }).unwrap();

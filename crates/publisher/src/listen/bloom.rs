@@ -81,7 +81,9 @@ mod tests {
 
     #[test]
     fn members_are_found_and_most_others_are_not() {
-        let names: Vec<String> = (0..100).map(|i| format!("projects/p/databases/(default)/documents/c/{i}")).collect();
+        let names: Vec<String> = (0..100)
+            .map(|i| format!("projects/p/databases/(default)/documents/c/{i}"))
+            .collect();
         let f = BloomFilter::of(names.iter().map(String::as_str), 1000, 7);
         assert!(names.iter().all(|n| f.might_contain(n)));
         let false_positives = (100..1100)
@@ -100,7 +102,10 @@ mod tests {
     fn bit_layout_is_least_significant_first() {
         let f = BloomFilter::new(vec![0b0000_0001, 0], 0, 1).unwrap();
         assert_eq!(f.bit_count, 16);
-        let any = (0..200).map(|i| format!("n{i}")).find(|n| f.might_contain(n)).unwrap();
+        let any = (0..200)
+            .map(|i| format!("n{i}"))
+            .find(|n| f.might_contain(n))
+            .unwrap();
         let d = Md5::digest(any.as_bytes());
         let h1 = u64::from_le_bytes(d[..8].try_into().unwrap());
         assert_eq!(h1 % 16, 0);

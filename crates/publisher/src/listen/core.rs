@@ -149,8 +149,10 @@ impl ListenCore {
         target_ids: impl IntoIterator<Item = TargetId>,
         resume: Option<ResumeState>,
     ) -> ListenCore {
-        let targets: Vec<(TargetId, String)> =
-            target_ids.into_iter().map(|id| (id, String::new())).collect();
+        let targets: Vec<(TargetId, String)> = target_ids
+            .into_iter()
+            .map(|id| (id, String::new()))
+            .collect();
         ListenCore::for_targets(&targets, resume).0
     }
 
@@ -173,11 +175,19 @@ impl ListenCore {
                 if !same && had_token {
                     notices.push(Notice::QueryChanged { target_id: *id });
                 }
-                let members = if same { resume.members.remove(id) } else { None };
+                let members = if same {
+                    resume.members.remove(id)
+                } else {
+                    None
+                };
                 let state = TargetState {
                     known: first_run || members.is_some(),
                     committed: members.map(|m| m.into_iter().collect()).unwrap_or_default(),
-                    safe_token: if same { resume.tokens.get(id).cloned() } else { None },
+                    safe_token: if same {
+                        resume.tokens.get(id).cloned()
+                    } else {
+                        None
+                    },
                     query: query.clone(),
                     ..TargetState::default()
                 };

@@ -88,12 +88,40 @@ pub fn bench_scenarios() -> Vec<(&'static str, CostReport)> {
     };
     let runs = [
         ("steady, 1 shard", base.clone()),
-        ("steady, 4 shards", Scenario { shards: 4, ..base.clone() }),
-        ("outages < token life", Scenario { outage_percent: 3, max_outage_secs: 1_500, ..base.clone() }),
-        ("outages > token life", Scenario { outage_percent: 3, max_outage_secs: 3_500, ..base.clone() }),
-        ("reshardings", Scenario { reshard_percent: 2, ..base }),
+        (
+            "steady, 4 shards",
+            Scenario {
+                shards: 4,
+                ..base.clone()
+            },
+        ),
+        (
+            "outages < token life",
+            Scenario {
+                outage_percent: 3,
+                max_outage_secs: 1_500,
+                ..base.clone()
+            },
+        ),
+        (
+            "outages > token life",
+            Scenario {
+                outage_percent: 3,
+                max_outage_secs: 3_500,
+                ..base.clone()
+            },
+        ),
+        (
+            "reshardings",
+            Scenario {
+                reshard_percent: 2,
+                ..base
+            },
+        ),
     ];
-    runs.into_iter().map(|(n, s)| (n, run_scenario(&s))).collect()
+    runs.into_iter()
+        .map(|(n, s)| (n, run_scenario(&s)))
+        .collect()
 }
 
 struct Rng(u64);
@@ -112,7 +140,9 @@ impl Rng {
     }
     fn key(&mut self) -> String {
         const A: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        (0..8).map(|_| A[self.below(A.len() as u64) as usize] as char).collect()
+        (0..8)
+            .map(|_| A[self.below(A.len() as u64) as usize] as char)
+            .collect()
     }
 }
 
@@ -143,7 +173,10 @@ impl Source {
             update_time: ts(u),
         }
     }
-    fn in_range<'a>(&'a self, r: &'a KeyRange) -> impl Iterator<Item = (&'a String, &'a (i64, i64))> {
+    fn in_range<'a>(
+        &'a self,
+        r: &'a KeyRange,
+    ) -> impl Iterator<Item = (&'a String, &'a (i64, i64))> {
         self.docs.iter().filter(move |(p, _)| r.contains_path(p))
     }
 }
@@ -188,14 +221,27 @@ pub fn run_scenario(s: &Scenario) -> CostReport {
         report.versions_written += 1;
     }
     src.clock = 1;
-    let mut instances = start_all(s.shards, &mut src, &mut mirror, &mut checkpoints, &mut report);
+    let mut instances = start_all(
+        s.shards,
+        &mut src,
+        &mut mirror,
+        &mut checkpoints,
+        &mut report,
+    );
     for _ in 0..s.rounds {
         let since = src.clock;
         src.clock += 1 + rng.below(120) as i64;
         writes(&mut src, &mut rng, &mut report);
         // Live delivery: each instance sees the round's changes in its range.
         for inst in &mut instances {
-            deliver_changes(inst, &src, since, &mut mirror, &mut checkpoints, &mut report);
+            deliver_changes(
+                inst,
+                &src,
+                since,
+                &mut mirror,
+                &mut checkpoints,
+                &mut report,
+            );
         }
         if rng.chance(s.outage_percent) {
             report.outages += 1;
@@ -205,7 +251,13 @@ pub fn run_scenario(s: &Scenario) -> CostReport {
                 src.clock = end.min(src.clock + 1 + rng.below(120) as i64);
                 writes(&mut src, &mut rng, &mut report);
             }
-            instances = start_all(instances[0].shard.count, &mut src, &mut mirror, &mut checkpoints, &mut report);
+            instances = start_all(
+                instances[0].shard.count,
+                &mut src,
+                &mut mirror,
+                &mut checkpoints,
+                &mut report,
+            );
         }
         if rng.chance(s.reshard_percent) {
             report.reshards += 1;
@@ -284,7 +336,11 @@ fn start_all(
                     }
                     report.backfill_reads += read.max(1);
                     // What only the consistency check can close.
-                    let gone: Vec<String> = seed.keys().filter(|p| !src.docs.contains_key(*p)).cloned().collect();
+                    let gone: Vec<String> = seed
+                        .keys()
+                        .filter(|p| !src.docs.contains_key(*p))
+                        .cloned()
+                        .collect();
                     report.deletions_left_to_check += gone.len() as u64;
                     for p in gone {
                         mirror.put(&p, src.clock, None);
@@ -325,7 +381,13 @@ fn change(path: &str, v: (i64, i64)) -> ListenResponse {
 }
 
 /// The server's answer to one request, appended to `q`.
-fn answer(r: &ListenRequest, range: &KeyRange, src: &Source, q: &mut Vec<ListenResponse>, report: &mut CostReport) {
+fn answer(
+    r: &ListenRequest,
+    range: &KeyRange,
+    src: &Source,
+    q: &mut Vec<ListenResponse>,
+    report: &mut CostReport,
+) {
     let ListenRequest::Add {
         resume_token,
         read_time,
@@ -338,14 +400,18 @@ fn answer(r: &ListenRequest, range: &KeyRange, src: &Source, q: &mut Vec<ListenR
         ListenResponse::TargetChange(TargetChange {
             kind,
             target_ids: vec![TARGET],
-            resume_token: token.map(|t| t.to_string().into_bytes()).unwrap_or_default(),
+            resume_token: token
+                .map(|t| t.to_string().into_bytes())
+                .unwrap_or_default(),
             read_time: None,
             cause: None,
         })
     };
     q.push(tc(TargetChangeKind::Add, None));
     let since = match (resume_token, read_time) {
-        (Some(t), _) => std::str::from_utf8(t).ok().and_then(|t| t.parse::<i64>().ok()),
+        (Some(t), _) => std::str::from_utf8(t)
+            .ok()
+            .and_then(|t| t.parse::<i64>().ok()),
         (None, Some(t)) => Some(secs(*t)),
         (None, None) => None,
     };
@@ -506,19 +572,38 @@ mod tests {
             reshard_percent: 0,
         };
         let one = run_scenario(&base);
-        let four = run_scenario(&Scenario { shards: 4, ..base.clone() });
+        let four = run_scenario(&Scenario {
+            shards: 4,
+            ..base.clone()
+        });
         assert!(one.converged && four.converged);
         assert!(one.reads_per_document() < 1.1, "{one:?}");
         assert!(four.reads() <= one.reads() + 4, "{one:?} vs {four:?}");
         // Short outages resume from tokens; long ones cost a bounded recovery
         // rather than a full re-read of the whole database each time.
-        let short = run_scenario(&Scenario { outage_percent: 5, max_outage_secs: 600, ..base.clone() });
-        let long = run_scenario(&Scenario { outage_percent: 5, max_outage_secs: 3_000, ..base.clone() });
+        let short = run_scenario(&Scenario {
+            outage_percent: 5,
+            max_outage_secs: 600,
+            ..base.clone()
+        });
+        let long = run_scenario(&Scenario {
+            outage_percent: 5,
+            max_outage_secs: 3_000,
+            ..base.clone()
+        });
         assert!(short.converged && long.converged);
-        for (name, r) in [("1 shard", &one), ("4 shards", &four), ("short outages", &short), ("long outages", &long)] {
+        for (name, r) in [
+            ("1 shard", &one),
+            ("4 shards", &four),
+            ("short outages", &short),
+            ("long outages", &long),
+        ] {
             eprintln!("{name}: {:.3} reads/document {r:?}", r.reads_per_document());
         }
         assert!(short.reads_per_document() < 1.2, "{short:?}");
-        assert!(long.backfill_reads > 0 && long.reads_per_document() < 2.0, "{long:?}");
+        assert!(
+            long.backfill_reads > 0 && long.reads_per_document() < 2.0,
+            "{long:?}"
+        );
     }
 }

@@ -132,9 +132,12 @@ mod tests {
             read_time: Some(t),
             tokens: [(1, vec![0, 1, 255]), (3, vec![7])].into_iter().collect(),
             queries: [(1, "q1".to_owned())].into_iter().collect(),
-            members: [(1, [("conversations/c1".to_owned(), t)].into_iter().collect())]
-                .into_iter()
-                .collect(),
+            members: [(
+                1,
+                [("conversations/c1".to_owned(), t)].into_iter().collect(),
+            )]
+            .into_iter()
+            .collect(),
         };
         assert_eq!(ResumeState::decode(&s.encode()).unwrap(), s);
         assert!(ResumeState::decode(b"{\"v\":3,\"targets\":{}}").is_err());

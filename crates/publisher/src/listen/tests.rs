@@ -591,7 +591,11 @@ fn server_removing_a_target_with_a_cause_reconnects_it_from_scratch() {
 fn reconnect_discards_uncommitted_changes_which_the_server_resends() {
     let mut core = running(&[doc("c/1", 1, 1)], &[]);
     let out = feed(&mut core, [change(doc("c/2", 11, 11), A)]);
-    assert_eq!(summary(&out), vec![s("create", "c/2", 11)], "upserts go out eagerly");
+    assert_eq!(
+        summary(&out),
+        vec![s("create", "c/2", 11)],
+        "upserts go out eagerly"
+    );
     core.on_stream_end(StreamEnd::Transient);
     core.start_stream();
     // The server resends what is newer than the token: c/2 is confirmed.
@@ -616,7 +620,10 @@ fn an_eager_upsert_the_resumed_stream_does_not_confirm_becomes_a_delete_to_confi
     core.start_stream();
     // c/2 was created and deleted while the stream was down: the server
     // knows the client never had it (the token predates it) and says nothing.
-    let out = feed(&mut core, [add(&[A, B]), current(&[A], "x"), global("g12", 12)]);
+    let out = feed(
+        &mut core,
+        [add(&[A, B]), current(&[A], "x"), global("g12", 12)],
+    );
     assert_eq!(summary(&out), vec![], "B is not current yet: keep waiting");
     let out = feed(&mut core, [current(&[B], "y"), global("g13", 13)]);
     let snap = snapshots(&out)[0];
@@ -634,7 +641,10 @@ fn an_eager_upsert_the_resumed_stream_does_not_confirm_becomes_a_delete_to_confi
     let mut core = ListenCore::new([A, B], Some(state));
     core.add_limbo(["c/9".to_owned()]);
     core.start_stream();
-    let out = feed(&mut core, [add(&[A, B]), current(&[A, B], "z"), global("g14", 14)]);
+    let out = feed(
+        &mut core,
+        [add(&[A, B]), current(&[A, B], "z"), global("g14", 14)],
+    );
     assert_eq!(summary(&out), vec![s("delete", "c/9", 14)]);
 }
 
@@ -843,7 +853,10 @@ fn retryable_target_errors_reconnect_at_max_backoff_keeping_the_safe_token() {
         // Uncommitted work is dropped, not published.
         feed(&mut core, [change(doc("c/1", 1, 11), A)]);
         let out = feed(&mut core, [removed_with(&[A], c)]);
-        assert!(out.contains(&Output::Reconnect(Backoff::Max)), "{c}: {out:?}");
+        assert!(
+            out.contains(&Output::Reconnect(Backoff::Max)),
+            "{c}: {out:?}"
+        );
         core.on_stream_end(StreamEnd::Transient);
         let reqs = core.start_stream();
         assert!(reqs.iter().all(|r| matches!(
@@ -860,8 +873,13 @@ fn only_invalid_argument_drops_the_token_and_no_ids_means_every_target() {
     assert!(out.contains(&Output::Reconnect(Backoff::Normal)));
     let reqs = core.start_stream();
     assert!(
-        reqs.iter()
-            .all(|r| matches!(r, ListenRequest::Add { resume_token: None, .. })),
+        reqs.iter().all(|r| matches!(
+            r,
+            ListenRequest::Add {
+                resume_token: None,
+                ..
+            }
+        )),
         "{reqs:?}"
     );
     // A cause without ids that no retry fixes also ends the run.
@@ -885,13 +903,17 @@ fn an_unasked_remove_drops_the_target_state_and_resumes_from_the_safe_token() {
             tc(TargetChangeKind::Remove, &[A], "", None),
         ],
     );
-    assert!(out.contains(&Output::Notice(Notice::TargetRemovedUnasked { target_id: A })));
+    assert!(out.contains(&Output::Notice(Notice::TargetRemovedUnasked {
+        target_id: A
+    })));
     assert!(out.contains(&Output::Reconnect(Backoff::Normal)));
     // Had the stream gone on, A's token must not have advanced past the delete.
     assert_eq!(tok(&core.resume_state(), A), Some("g10"));
     core.on_stream_end(StreamEnd::Transient);
     let reqs = core.start_stream();
-    assert!(matches!(&reqs[0], ListenRequest::Add { target_id: A, resume_token: Some(t), .. } if t == b"g10"));
+    assert!(
+        matches!(&reqs[0], ListenRequest::Add { target_id: A, resume_token: Some(t), .. } if t == b"g10")
+    );
     // The resumed stream states the delete again; it is emitted.
     let out = feed(
         &mut core,
@@ -982,7 +1004,10 @@ fn membership_and_query_hashes_are_persisted_and_a_changed_query_starts_fresh() 
         target_id: A,
         removed: 1
     })));
-    assert!(!out.iter().any(|o| matches!(o, Output::Send(_))), "no re-sync");
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Send(_))),
+        "no re-sync"
+    );
     assert_eq!(summary(&out), vec![s("delete", "c/2", 5)]);
 
     // A changed query: the token and membership are not used.
@@ -995,8 +1020,20 @@ fn membership_and_query_hashes_are_persisted_and_a_changed_query_starts_fresh() 
     core.seed_membership(A, [("c/1".to_owned(), ts(1))].into_iter().collect());
     assert_eq!(core.committed_len(A), 1);
     let reqs = core.start_stream();
-    assert!(matches!(&reqs[0], ListenRequest::Add { resume_token: None, .. }));
-    assert!(matches!(&reqs[1], ListenRequest::Add { resume_token: Some(_), .. }));
+    assert!(matches!(
+        &reqs[0],
+        ListenRequest::Add {
+            resume_token: None,
+            ..
+        }
+    ));
+    assert!(matches!(
+        &reqs[1],
+        ListenRequest::Add {
+            resume_token: Some(_),
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -1029,12 +1066,18 @@ fn a_start_from_a_read_time_resumes_after_it_and_then_uses_tokens() {
     );
     assert!(matches!(
         out.as_slice(),
-        [Output::Notice(Notice::FilterMismatchUnknownMembership { .. })]
+        [Output::Notice(
+            Notice::FilterMismatchUnknownMembership { .. }
+        )]
     ));
     core.on_stream_end(StreamEnd::Transient);
     let reqs = core.start_stream();
     assert!(reqs.iter().all(|r| matches!(
         r,
-        ListenRequest::Add { resume_token: Some(_), read_time: None, .. }
+        ListenRequest::Add {
+            resume_token: Some(_),
+            read_time: None,
+            ..
+        }
     )));
 }

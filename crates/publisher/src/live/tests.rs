@@ -53,7 +53,10 @@ impl Scripted {
 impl ListenTransport for Scripted {
     type Stream = BoxStream<'static, Result<ListenResponse, TransportError>>;
 
-    async fn get_documents(&self, paths: &[String]) -> Result<Vec<Option<Document>>, TransportError> {
+    async fn get_documents(
+        &self,
+        paths: &[String],
+    ) -> Result<Vec<Option<Document>>, TransportError> {
         let existing = self.existing.lock().unwrap();
         Ok(paths
             .iter()
@@ -465,7 +468,11 @@ async fn a_target_error_no_retry_fixes_ends_the_run_with_a_clear_error() {
     let e = run_until_hung(&transport, &bus, &store).await.unwrap_err();
     assert!(matches!(e, LiveError::Target(_)), "{e}");
     assert!(e.to_string().contains("PERMISSION_DENIED"), "{e}");
-    assert_eq!(transport.requests.lock().unwrap().len(), 1, "no reconnect loop");
+    assert_eq!(
+        transport.requests.lock().unwrap().len(),
+        1,
+        "no reconnect loop"
+    );
 }
 
 #[tokio::test]
@@ -521,8 +528,14 @@ async fn removes_are_confirmed_with_a_get_before_a_delete_is_published() {
         .map(|e| format!("{} {}", e.event_type(), e.subject()))
         .collect();
     assert_eq!(events.len(), 4, "{events:?}");
-    assert!(events[2].contains("delete") && events[2].ends_with("u2"), "{events:?}");
-    assert!(events[3].contains("update") && events[3].ends_with("u3"), "{events:?}");
+    assert!(
+        events[2].contains("delete") && events[2].ends_with("u2"),
+        "{events:?}"
+    );
+    assert!(
+        events[3].contains("update") && events[3].ends_with("u3"),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -595,7 +608,10 @@ fn checkpoint_age_is_measured_from_the_last_consistent_point() {
         last_processed_at: Some(t(0)),
         cursor_token: None,
     };
-    assert_eq!(checkpoint_age(&cp, t(26 * 60)), Some(Duration::from_secs(26 * 60)));
+    assert_eq!(
+        checkpoint_age(&cp, t(26 * 60)),
+        Some(Duration::from_secs(26 * 60))
+    );
     assert!(checkpoint_age(&cp, t(26 * 60)).unwrap() > CHECKPOINT_AGE_ALERT);
     assert_eq!(checkpoint_age(&cp, t(-5)), Some(Duration::ZERO));
 }
