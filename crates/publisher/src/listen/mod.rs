@@ -9,50 +9,45 @@
 //!
 //! # Rules (see also `docs/firestore-mapping.md`)
 //!
-//! - **Consistent points.** Changes are buffered and emitted only when a
-//!   `NO_CHANGE` target change with *no* target ids and a `read_time` arrives:
-//!   the server's promise that the whole stream (every target) is consistent at
-//!   that read time. Per-target `CURRENT`s alone never emit.
-//! - **Tokens.** A target's token becomes *safe* (is included in
-//!   [`ResumeState`]) only at a consistent point at which the target is
-//!   `CURRENT`, has no request in flight and is not being reset; the token is the
-//!   newest one the target received while current (from `CURRENT` or a
-//!   `NO_CHANGE`). A target that is not current keeps its previous safe token,
-//!   or has none and is listened to from scratch next time. The caller persists
-//!   the [`Snapshot::resume`] of a snapshot only after publishing every change of
-//!   it (and of every snapshot before it).
-//! - **Resets.** `RESET`, a target removed by the server with a cause, an
-//!   existence-filter mismatch, a rejected resume token and a target added
-//!   without a token all start a *reset*: the target's last consistent
-//!   membership is kept, the server resends the full state, documents whose
-//!   version did not change are not emitted again, and once the target is
-//!   `CURRENT` at a consistent point every document of the old membership that
-//!   was not resent is emitted as a delete at that point's read time.
-//! - **Existence filters.** A `Filter` whose count differs from the number of
-//!   documents the target holds starts a re-sync: the target is removed and
-//!   added again without a resume token (as the Firebase SDKs do). Filters for a
-//!   target that is being reset or has requests in flight are ignored.
-//! - **Create or update.** `create` iff the document's `create_time` equals its
-//!   `update_time` (the first version of that document incarnation), `update`
-//!   otherwise. Whether the core had seen the document before is deliberately
-//!   *not* used: the contract's id hashes the type, and the backfill, the live
-//!   path and other producers must derive the same type for the same version.
-//! - **Duplicates.** A document version equal to the one last emitted for that
-//!   path is not emitted again; several versions of one document between two
-//!   consistent points collapse to the newest.
-//! - **Deletes.** `DocumentDelete`, and `DocumentRemove` or a change that drops
-//!   the document from its last target, emit a delete at the message's
-//!   `read_time` (or the consistent point's if it has none). Every target of the
-//!   publisher is an unfiltered collection (group) query, so leaving a target
-//!   means the document no longer exists.
-//! - **Membership after a restart.** After a restart from a checkpoint the
-//!   core does not know which documents each target held before. The live
-//!   loop seeds it ([`ListenCore::seed_membership`]) with the live documents
-//!   the mirror holds, so a deletion the server only reveals through a reset or
-//!   a filter is still emitted. Without a seed (the mirror unreadable) such
-//!   deletions cannot be computed; the core says so with
-//!   [`Notice::DeletionsMayBeIncomplete`] (run the drift check). From the next
-//!   completed reset on it knows the membership exactly.
+//! - **Upserts go out at once** ([`Output::Upsert`]): a document version is
+//!   real and its event id deterministic, so it need not wait; a version equal
+//!   to or older than the last one handed out for the path is not repeated.
+//! - **Consistent points.** Deletions are buffered and emitted, with the
+//!   resume state, when a target change with *no* target ids and a
+//!   `read_time` arrives (any kind, as the Firebase SDKs): the server's
+//!   promise that every target is consistent at that read time.
+//! - **Tokens.** A target's token becomes *safe* (part of [`ResumeState`]) only
+//!   at a consistent point at which the target is `CURRENT`, has no request in
+//!   flight and is not being reset. The caller persists a snapshot's resume
+//!   state only after publishing every upsert and change before it.
+//!   [`ResumeState`] also holds each token's query hash (a token is used only
+//!   for the same query) and the membership behind it (up to a cap).
+//! - **Target errors.** A REMOVE with a cause (no ids: every target) ends the
+//!   run for `PERMISSION_DENIED`, `NOT_FOUND`, `FAILED_PRECONDITION` and
+//!   `UNIMPLEMENTED` ([`Output::Fail`]); drops the token for
+//!   `INVALID_ARGUMENT`; otherwise reconnects at the maximum backoff keeping
+//!   the safe tokens. An unasked REMOVE without a cause drops the target's
+//!   uncommitted state and reconnects from its safe token.
+//! - **Resets.** `RESET`, an existence-filter mismatch without a usable bloom
+//!   filter, a rejected token and a target added without a token start a
+//!   *reset*: the server resends the full state and, once the target is
+//!   `CURRENT` at a consistent point, every document of the old membership
+//!   that was not resent is emitted as a delete at that point's read time.
+//! - **Existence filters.** With a known membership, `expected_count` is sent;
+//!   on a mismatch a bloom filter removes what it proves gone, else the
+//!   target re-syncs (remove + add without a token). With an unknown
+//!   membership (a read-time start) the mismatch is only reported.
+//! - **Create or update.** `create` iff `create_time == update_time`, for
+//!   every producer alike (the contract's id hashes the type).
+//! - **Deletes.** `DocumentDelete`, `DocumentRemove` or a change that drops
+//!   the document from its last target emit a delete at the message's
+//!   `read_time` (or the consistent point's); those the server did not state
+//!   ([`DeleteCause::needs_confirmation`]) are confirmed by the driver.
+//! - **Limbo.** Upserts handed out in a window that never reached its
+//!   consistent point (and, after a restart, the mirror's documents newer
+//!   than the checkpoint) must be resent by the next consistent point at
+//!   which every target is current, or they are emitted as
+//!   [`DeleteCause::Unconfirmed`] deletes.
 
 mod bloom;
 mod core;
