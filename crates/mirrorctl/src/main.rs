@@ -92,7 +92,8 @@ enum Cmd {
         /// `dm` (conversations, messages, blocks) or `follow` (follow edges)
         #[arg(long)]
         module: String,
-        /// Only documents with `updatedAt` at or after this time (RFC 3339)
+        /// Conversations with `updatedAt` at or after this time (RFC 3339);
+        /// messages, blocks and follows have no such field and are read whole
         #[arg(long)]
         since: Option<String>,
         /// Stop cleanly, with a checkpoint, after this many billed reads
@@ -101,7 +102,8 @@ enum Cmd {
         /// Count documents and the reads a real run would cost; publish nothing
         #[arg(long)]
         dry_run: bool,
-        /// Further `publisher` options (e.g. --bus, --store, --page-size, --fresh)
+        /// Further `publisher` options (e.g. --bus, --store, --page-size, --fresh,
+        /// --read-time T, --recover, --overlap-secs N)
         #[arg(last = true)]
         rest: Vec<String>,
     },
