@@ -351,6 +351,24 @@ fn simulate(seed: u64, allow_restarts: bool) {
                 let split = rng.chance(40).then(|| rng.below(4) as usize);
                 server.full_state(t, &mut q, split);
             }
+            if rng.chance(5) {
+                // The server drops a target: unasked without a cause, or
+                // with a retryable cause. Either way the stream is abandoned
+                // and resumed from the safe tokens.
+                let t = if rng.chance(50) { 1 } else { 2 };
+                let cause = rng.chance(50).then(|| Cause {
+                    code: [code::UNAVAILABLE, code::RESOURCE_EXHAUSTED, code::INTERNAL]
+                        [rng.below(3) as usize],
+                    message: "sim".into(),
+                });
+                q.push_back(ListenResponse::TargetChange(TargetChange {
+                    kind: TargetChangeKind::Remove,
+                    target_ids: vec![t],
+                    resume_token: vec![],
+                    read_time: None,
+                    cause,
+                }));
+            }
             server.global(&mut q);
             let broken_at = rng
                 .chance(15)
