@@ -448,6 +448,9 @@ where
                             }
                             Output::Notice(notice) => note(&mut report, notice),
                             Output::Fail(failure) => {
+                                if failure.code == crate::listen::code::FAILED_PRECONDITION {
+                                    tracing::error!(%failure, "a read time older than Firestore's version retention (recover with `publisher backfill --recover`) or a missing index (the message links it)");
+                                }
                                 drain(&mut inflight, &mut report.tally).await?;
                                 return Err(LiveError::Target(failure));
                             }

@@ -438,6 +438,26 @@ mod tests {
         };
         let e = backfill_options(args, s.source.clone(), s.shard).unwrap_err();
         assert!(e.to_string().contains("--groups"), "{e}");
+        let s = settings(&[
+            "backfill",
+            "--recover",
+            "--read-time",
+            "2025-10-01T00:00:00Z",
+        ])
+        .unwrap();
+        let Command::Backfill(args) = &s.command else {
+            panic!()
+        };
+        let o = backfill_options(args, s.source.clone(), s.shard).unwrap();
+        assert!(o.recovery);
+        assert_eq!(
+            o.read_time.unwrap().to_rfc3339(),
+            "2025-10-01T00:00:00+00:00"
+        );
+        assert_eq!(args.overlap_secs, 300);
+        assert!(settings(&["backfill", "--recover", "--since", "2025-10-01T00:00:00Z"]).is_err());
+        let s = settings(&["run", "--start-read-time", "2025-10-01T00:00:00Z"]).unwrap();
+        assert!(matches!(&s.command, Command::Run(r) if r.start_read_time.is_some()));
         let s = settings(&["backfill", "--since", "yesterday"]).unwrap();
         let Command::Backfill(args) = &s.command else {
             panic!()
