@@ -1,7 +1,9 @@
-//! The live publisher: one listen stream over every mirrored collection,
-//! driven through the pure [`ListenCore`], publishing at consistent points and
-//! checkpointing resume tokens only after the bus confirmed every event before
-//! them.
+//! The live publisher: one listen stream over this instance's key range of
+//! every mirrored collection, driven through the pure [`ListenCore`]:
+//! upserts are published as they arrive (pipelined), deletions at consistent
+//! points (confirmed by a document get where the server did not state them),
+//! and resume tokens are checkpointed only after the bus confirmed every event
+//! before them.
 //!
 //! The stream itself is a port, [`ListenTransport`], implemented over gRPC by
 //! the `firestore` adapter and by scripted fakes in the tests. Crash safety: a
