@@ -186,7 +186,9 @@ impl LiveConfig {
             publish_window: 64,
             max_persisted_members: crate::listen::DEFAULT_MAX_PERSISTED_MEMBERS,
             start_read_time: None,
-            range: KeyRange::ALL,
+            // The shard's default range; a transport listening to more is
+            // only costlier, never wrong (the sink publishes just this range).
+            range: KeyRange::of_shard(shard, None).unwrap_or(KeyRange::ALL),
         }
     }
 }
