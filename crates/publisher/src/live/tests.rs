@@ -615,3 +615,45 @@ fn checkpoint_age_is_measured_from_the_last_consistent_point() {
     assert!(checkpoint_age(&cp, t(26 * 60)).unwrap() > CHECKPOINT_AGE_ALERT);
     assert_eq!(checkpoint_age(&cp, t(-5)), Some(Duration::ZERO));
 }
+
+#[tokio::test]
+async fn a_sharded_instance_publishes_exactly_its_key_range() {
+    let docs = vec![conv("A1", 1, 1), conv("a1", 1, 1), conv("z9", 1, 1), conv("01", 1, 1)];
+    let mut published = Vec::new();
+    for i in 0..2 {
+        let shard = Shard::new(i, 2).unwrap();
+        let transport = Scripted::new(vec![initial(docs.clone(), "g10", 10)]);
+        let (bus, store) = (MemoryBus::new(), MemoryStore::new());
+        let hung = transport.hung.clone();
+        let deps = LiveDeps {
+            transport: transport.clone(),
+            bus: bus.clone(),
+            store: store.clone(),
+            config: LiveConfig {
+                retry_delay: Duration::from_millis(1),
+                ..LiveConfig::new(SourceInfo::new("demo", "(default)"), shard)
+            },
+        };
+        let report = tokio::time::timeout(
+            Duration::from_secs(10),
+            run(deps, async move { hung.notified().await }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(report.tally.published + report.tally.not_owned, 4);
+        assert!(store.checkpoint(CHECKPOINT_MODULE, &shard.id()).is_some());
+        published.extend(bus.events().iter().map(|e| e.subject().to_string()));
+    }
+    published.sort();
+    assert_eq!(
+        published,
+        vec![
+            "conversations/01",
+            "conversations/A1",
+            "conversations/a1",
+            "conversations/z9"
+        ],
+        "every document exactly once across the shards"
+    );
+}
