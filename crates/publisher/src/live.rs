@@ -165,6 +165,9 @@ pub struct LiveConfig {
     pub idle_checkpoint_interval: Duration,
     /// Upserts published concurrently (awaited before any checkpoint).
     pub publish_window: usize,
+    /// With more than [`LARGE_MEMBERSHIP`] documents, checkpoints (which
+    /// carry the membership) are saved at most this often.
+    pub large_checkpoint_interval: Duration,
     /// Targets holding more documents are not persisted with the checkpoint.
     pub max_persisted_members: usize,
     /// Add targets without a token at this read time (after a backfill
@@ -184,6 +187,7 @@ impl LiveConfig {
             max_retry_delay: Duration::from_secs(60),
             idle_checkpoint_interval: Duration::from_secs(10),
             publish_window: 64,
+            large_checkpoint_interval: Duration::from_secs(30),
             max_persisted_members: crate::listen::DEFAULT_MAX_PERSISTED_MEMBERS,
             start_read_time: None,
             // The shard's default range; a transport listening to more is
@@ -239,6 +243,9 @@ pub enum LiveError {
 /// How long a resume token keeps a resume cheap: Firestore bills a listen
 /// resumed after about 30 minutes as a new query.
 pub const TOKEN_LIFE: Duration = Duration::from_secs(30 * 60);
+
+/// Above this many documents held, checkpoints are rate-limited.
+pub const LARGE_MEMBERSHIP: usize = 10_000;
 
 /// Checkpoint age above which an operator should be alerted: a resume token
 /// older than about 30 minutes is billed as a new query (a full re-read).
@@ -478,16 +485,24 @@ where
                                 for change in &changes {
                                     report.tally.add(sink.change(change).await?);
                                 }
-                                if upserts
-                                    || !changes.is_empty()
-                                    || last_save.elapsed() >= config.idle_checkpoint_interval
-                                {
+                                // A large membership makes a checkpoint big: save
+                                // it at most every `large_checkpoint_interval`
+                                // (skipping one is safe: a restart re-publishes
+                                // a little more, with the same ids).
+                                let due = if core.member_count() > LARGE_MEMBERSHIP {
+                                    last_save.elapsed() >= config.large_checkpoint_interval
+                                } else {
+                                    upserts || !changes.is_empty()
+                                };
+                                if due || last_save.elapsed() >= config.idle_checkpoint_interval {
                                     store
                                         .save_checkpoint(&Checkpoint {
                                             module: CHECKPOINT_MODULE.to_owned(),
                                             shard: shard_id.clone(),
                                             last_processed_at: Some(snapshot.read_time),
-                                            cursor_token: Some(snapshot.resume.encode()),
+                                            cursor_token: Some(
+                                                core.resume_state_with_members().encode(),
+                                            ),
                                         })
                                         .await
                                         .map_err(LiveError::Checkpoint)?;

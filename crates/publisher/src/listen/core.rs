@@ -263,7 +263,10 @@ impl ListenCore {
         }
     }
 
-    /// The resume state safe to persist once every emitted snapshot is published.
+    /// The resume state safe to persist once every emitted snapshot is
+    /// published: tokens, their query hashes and the read time, without the
+    /// membership (see [`ListenCore::resume_state_with_members`]), so that a
+    /// consistent point does not copy every path.
     pub fn resume_state(&self) -> ResumeState {
         let with_token = || {
             self.targets
@@ -276,18 +279,38 @@ impl ListenCore {
             queries: with_token()
                 .map(|(id, t, _)| (id, t.query.clone()))
                 .collect(),
-            members: with_token()
-                .filter(|(_, t, _)| {
-                    t.known && !t.resetting && t.committed.len() <= self.max_persisted_members
-                })
-                .map(|(id, t, _)| {
-                    (
-                        id,
-                        t.committed.iter().map(|(p, v)| (p.clone(), *v)).collect(),
-                    )
-                })
-                .collect(),
+            members: BTreeMap::new(),
         }
+    }
+
+    /// [`ListenCore::resume_state`] with the membership of every target that
+    /// has a token, a known membership and at most the configured number of
+    /// documents. Call it right after the [`Output::Emit`] it belongs to (before
+    /// feeding the next message).
+    pub fn resume_state_with_members(&self) -> ResumeState {
+        let mut state = self.resume_state();
+        state.members = self
+            .targets
+            .iter()
+            .filter(|(_, t)| {
+                t.safe_token.is_some()
+                    && t.known
+                    && !t.resetting
+                    && t.committed.len() <= self.max_persisted_members
+            })
+            .map(|(id, t)| {
+                (
+                    *id,
+                    t.committed.iter().map(|(p, v)| (p.clone(), *v)).collect(),
+                )
+            })
+            .collect();
+        state
+    }
+
+    /// Documents held by all targets at the last consistent point.
+    pub fn member_count(&self) -> usize {
+        self.targets.values().map(|t| t.committed.len()).sum()
     }
 
     /// Whether the target's membership is known exactly (test and metrics aid).

@@ -507,7 +507,7 @@ fn feed(
                             mirror.put(path, secs(*time), None);
                         }
                     }
-                    checkpoints.insert(inst.shard.id(), snap.resume.clone());
+                    checkpoints.insert(inst.shard.id(), inst.core.resume_state_with_members());
                 }
                 _ => {}
             }

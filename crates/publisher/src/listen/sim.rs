@@ -270,7 +270,7 @@ fn simulate(seed: u64, allow_restarts: bool) {
                         for c in &snap.changes {
                             mirror.apply(&server.confirm(c));
                         }
-                        *persisted = Some(snap.resume.clone());
+                        *persisted = Some(core.resume_state_with_members());
                     }
                     Output::Reconnect(_) => return false,
                     Output::Notice(_) => {}

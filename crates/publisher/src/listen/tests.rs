@@ -231,7 +231,7 @@ fn a_target_that_is_not_current_gets_no_safe_token() {
         "B's initial state is incomplete"
     );
     // A restart now resumes A and re-lists B from scratch.
-    let mut restarted = ListenCore::new([A, B], Some(snap.resume.clone()));
+    let mut restarted = ListenCore::new([A, B], Some(core.resume_state_with_members()));
     assert_eq!(
         restarted.start_stream(),
         vec![
@@ -965,7 +965,12 @@ fn membership_and_query_hashes_are_persisted_and_a_changed_query_starts_fresh() 
             global("g3", 3),
         ],
     );
-    let state = snapshots(&out)[0].resume.clone();
+    assert!(
+        snapshots(&out)[0].resume.members.is_empty(),
+        "not copied per point"
+    );
+    let state = core.resume_state_with_members();
+    assert_eq!(state.tokens, snapshots(&out)[0].resume.tokens);
     assert_eq!(state.queries[&A], "qa");
     assert_eq!(state.members[&A].len(), 2);
     let state = ResumeState::decode(&state.encode()).unwrap();

@@ -618,7 +618,12 @@ fn checkpoint_age_is_measured_from_the_last_consistent_point() {
 
 #[tokio::test]
 async fn a_sharded_instance_publishes_exactly_its_key_range() {
-    let docs = vec![conv("A1", 1, 1), conv("a1", 1, 1), conv("z9", 1, 1), conv("01", 1, 1)];
+    let docs = vec![
+        conv("A1", 1, 1),
+        conv("a1", 1, 1),
+        conv("z9", 1, 1),
+        conv("01", 1, 1),
+    ];
     let mut published = Vec::new();
     for i in 0..2 {
         let shard = Shard::new(i, 2).unwrap();
