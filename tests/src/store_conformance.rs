@@ -39,7 +39,9 @@ macro_rules! cases {
     ($($name:ident),* $(,)?) => {
         /// Every case of the suite, in a stable order.
         pub fn cases<S: MirrorStore>() -> Vec<Case<S>> {
-            vec![$(Case { name: stringify!($name), run: |store| Box::pin($name(store)) }),*]
+            let mut all = vec![$(Case { name: stringify!($name), run: |store| Box::pin($name(store)) }),*];
+            all.extend(crate::conformance_ids::cases());
+            all
         }
     };
 }
@@ -161,7 +163,7 @@ fn describe(e: &MirrorEvent) -> String {
 }
 
 /// Apply `events` one by one to the store and the model; outcomes must agree.
-async fn apply_all<S: MirrorStore>(
+pub(crate) async fn apply_all<S: MirrorStore>(
     store: &S,
     model: &mut Model,
     events: &[MirrorEvent],
@@ -180,7 +182,7 @@ async fn apply_all<S: MirrorStore>(
 }
 
 /// The store's snapshot must equal the model's state.
-async fn assert_matches_model<S: MirrorStore>(
+pub(crate) async fn assert_matches_model<S: MirrorStore>(
     store: &S,
     model: &Model,
     context: &str,

@@ -387,6 +387,7 @@ impl MirrorStore for MssqlStore {
                     BEGIN TRANSACTION;
                     -- Same semantics as the PostgreSQL store: the first failure time is
                     -- kept, attempts add up, the latest text wins, ids are never erased.
+                    -- The key is matched as exact bytes (= ignores trailing spaces).
                     UPDATE dbo.RealtimeMirrorDeadLetter WITH (UPDLOCK, SERIALIZABLE)
                     SET EventId = COALESCE(@P2, EventId),
                         EventType = COALESCE(@P3, EventType),
@@ -396,11 +397,12 @@ impl MirrorStore for MssqlStore {
                                              ELSE CAST(Attempts AS BIGINT) + @P8 END AS INT),
                         Subscription = @P9,
                         LastFailedAt = CASE WHEN LastFailedAt > @P10 THEN LastFailedAt ELSE @P10 END
-                    WHERE DeadLetterKey = @P1;
+                    WHERE DeadLetterKeyBytes = CAST(@P1 AS VARBINARY(400));
                     IF @@ROWCOUNT = 0
                         INSERT INTO dbo.RealtimeMirrorDeadLetter
-                            (DeadLetterKey, EventId, EventType, Subject, Payload, Reason, Error, Attempts, Subscription, FirstFailedAt, LastFailedAt)
-                        VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P10);
+                            (DeadLetterKey, DeadLetterKeyBytes, EventId, EventType, Subject, Payload, Reason, Error, Attempts,
+                             Subscription, FirstFailedAt, LastFailedAt)
+                        VALUES (@P1, CAST(@P1 AS VARBINARY(400)), @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P10);
                     COMMIT TRANSACTION;";
                 let attempts = i32::try_from(r.attempts).unwrap_or(i32::MAX);
                 let failed_at = ts(r.failed_at);
@@ -434,14 +436,21 @@ impl MirrorStore for MssqlStore {
         let key = key.to_owned();
         self.run(move |c| {
             Box::pin(async move {
-                let when = mirror_schema::format_time(&at);
+                // One JSON string appended to the array by text: Babelfish has no
+                // JSON_MODIFY(.., 'append $', ..) on a root array. The history is
+                // only ever written here, so it is `[..]` with no trailing space.
+                let when = serde_json::Value::String(mirror_schema::format_time(&at)).to_string();
                 let at = ts(at);
                 c.execute(
                     "UPDATE dbo.RealtimeMirrorDeadLetter
                      SET ReplayCount = ReplayCount + 1,
                          LastReplayedAt = CASE WHEN LastReplayedAt > @P2 THEN LastReplayedAt ELSE @P2 END,
-                         ReplayHistoryJson = JSON_MODIFY(ISNULL(ReplayHistoryJson, N'[]'), 'append $', @P3)
-                     WHERE DeadLetterKey = @P1",
+                         ReplayHistoryJson = CASE
+                             WHEN ReplayHistoryJson IS NULL OR LEN(ReplayHistoryJson) < 2 THEN CONCAT(N'[', @P3, N']')
+                             WHEN ReplayHistoryJson = N'[]' THEN CONCAT(N'[', @P3, N']')
+                             ELSE CONCAT(LEFT(ReplayHistoryJson, LEN(ReplayHistoryJson) - 1), N',', @P3, N']')
+                         END
+                     WHERE DeadLetterKeyBytes = CAST(@P1 AS VARBINARY(400))",
                     &[&key, &at, &when],
                 )
                 .await

@@ -399,7 +399,23 @@ fn no_construct_babelfish_lacks_in_any_sql_file() {
             }
         }
     }
-    assert!(scanned >= MIGRATIONS.len() + 1, "scanned {scanned} files");
+    // The statements the Rust side sends (bookkeeping, database setup).
+    for file in [
+        "crates/store/src/mssql.rs",
+        "crates/store/src/mssql/connection.rs",
+        "crates/store/src/mssql/call.rs",
+        "crates/store/src/mssql/snapshot.rs",
+    ] {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        let code: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        violations.extend(babelfish_violations(file, &code));
+        scanned += 1;
+    }
+    assert!(scanned >= MIGRATIONS.len() + 5, "scanned {scanned} files");
     assert!(violations.is_empty(), "{}", violations.join("\n"));
 }
 
