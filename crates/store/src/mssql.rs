@@ -125,28 +125,40 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../sql/mssql/V12__sp_upsert_dm_conversation.sql"),
     ),
     (
-        "V13__sp_upsert_dm_message",
-        include_str!("../../../sql/mssql/V13__sp_upsert_dm_message.sql"),
+        "V13__sp_write_dm_message",
+        include_str!("../../../sql/mssql/V13__sp_write_dm_message.sql"),
     ),
     (
-        "V14__sp_delete_dm_message",
-        include_str!("../../../sql/mssql/V14__sp_delete_dm_message.sql"),
+        "V14__sp_upsert_dm_message",
+        include_str!("../../../sql/mssql/V14__sp_upsert_dm_message.sql"),
     ),
     (
-        "V15__sp_upsert_dm_block",
-        include_str!("../../../sql/mssql/V15__sp_upsert_dm_block.sql"),
+        "V15__sp_delete_dm_message",
+        include_str!("../../../sql/mssql/V15__sp_delete_dm_message.sql"),
     ),
     (
-        "V16__sp_delete_dm_block",
-        include_str!("../../../sql/mssql/V16__sp_delete_dm_block.sql"),
+        "V16__sp_write_dm_block",
+        include_str!("../../../sql/mssql/V16__sp_write_dm_block.sql"),
     ),
     (
-        "V17__sp_upsert_follow_edge",
-        include_str!("../../../sql/mssql/V17__sp_upsert_follow_edge.sql"),
+        "V17__sp_upsert_dm_block",
+        include_str!("../../../sql/mssql/V17__sp_upsert_dm_block.sql"),
     ),
     (
-        "V18__sp_delete_follow_edge",
-        include_str!("../../../sql/mssql/V18__sp_delete_follow_edge.sql"),
+        "V18__sp_delete_dm_block",
+        include_str!("../../../sql/mssql/V18__sp_delete_dm_block.sql"),
+    ),
+    (
+        "V19__sp_write_follow_edge",
+        include_str!("../../../sql/mssql/V19__sp_write_follow_edge.sql"),
+    ),
+    (
+        "V20__sp_upsert_follow_edge",
+        include_str!("../../../sql/mssql/V20__sp_upsert_follow_edge.sql"),
+    ),
+    (
+        "V21__sp_delete_follow_edge",
+        include_str!("../../../sql/mssql/V21__sp_delete_follow_edge.sql"),
     ),
 ];
 

@@ -1,22 +1,26 @@
--- dbo.sp_StoreMirror_UpsertDmMessage: dm.message.create / .update
--- (model::Model::message with a message payload).
+-- dbo.sp_StoreMirror_WriteDmMessage: the decision and the writes of
+-- dm.message.create / .update / .delete (model::Model::message), shared by
+-- dbo.sp_StoreMirror_UpsertDmMessage and dbo.sp_StoreMirror_DeleteDmMessage,
+-- which check their arguments first. Internal.
 --
 -- Returns one row, one column: Outcome = 'applied' | 'duplicate' | 'stale'.
--- THROWs (before any change): 50001, 50002, 50004, 50005 (via
--- dbo.sp_StoreMirror_CheckEvent), 50003, 50020, 50021; 51205 (transient) if
--- an entity lock is not granted. Every parameter defaults to NULL (bind only
--- the values present; @AttachmentJson, @ExternalMediaJson, @EditedAt,
--- @DeletedAt and @ClientMessageId are optional).
---
 -- A message whose conversation has not arrived creates a placeholder
--- conversation (IsPlaceholder = 1). A newer create/update clears a tombstone.
--- Every dm.message.update event id writes one DmMessageAudit row, applied or
--- stale (contract v1.1): 'soft_delete' when its payload has deletedAt, else
--- 'edit'; PerformedBy = its author; PayloadJson = its own payload.
+-- conversation (IsPlaceholder = 1). @Deleted = 1 (a hard delete): the row is
+-- kept as a tombstone, every content column NULL, DeletedAt = the event time,
+-- Tombstone = 1, so an older create/update arriving later is stale; a delete
+-- of a message never seen still writes the tombstone. Otherwise a newer
+-- create/update clears a tombstone.
+--
+-- History (contract v1.1): every dm.message.update and dm.message.delete
+-- event id writes one DmMessageAudit row, applied or stale: 'delete' with
+-- PerformedBy = the payload's performedBy, or for an update 'soft_delete' when
+-- its payload has deletedAt, else 'edit', with PerformedBy = its author;
+-- PayloadJson = the event's own payload.
 --
 -- Locking: conversation key, then message key (dbo.sp_StoreMirror_Lock), then
--- the ledger and entity rows; see "Locking" in V1__tables.sql.
-CREATE PROCEDURE dbo.sp_StoreMirror_UpsertDmMessage (
+-- the ledger and entity rows; see "Locking" in V1__tables.sql. THROWs 51205
+-- (transient) if an entity lock is not granted.
+CREATE PROCEDURE dbo.sp_StoreMirror_WriteDmMessage (
     @EventId UNIQUEIDENTIFIER = NULL,
     @EventType NVARCHAR(64) = NULL,
     @SourceVersion DATETIMEOFFSET(6) = NULL,
@@ -31,30 +35,20 @@ CREATE PROCEDURE dbo.sp_StoreMirror_UpsertDmMessage (
     @EditedAt DATETIMEOFFSET(6) = NULL,
     @DeletedAt DATETIMEOFFSET(6) = NULL,
     @ClientMessageId NVARCHAR(400) = NULL,
-    @PayloadJson NVARCHAR(MAX) = NULL
+    @PerformedBy NVARCHAR(400) = NULL,
+    @PayloadJson NVARCHAR(MAX) = NULL,
+    @Deleted BIT = NULL
 )
 AS
 BEGIN
     SET XACT_ABORT ON;
     SET NOCOUNT ON;
 
-    EXEC dbo.sp_StoreMirror_CheckEvent @EventId = @EventId, @SourceVersion = @SourceVersion, @EventType = @EventType,
-        @PayloadJson = @PayloadJson, @ExpectedType = N'dm.message.create', @OtherExpectedType = N'dm.message.update';
-    IF dbo.fn_StoreMirror_IsValidId(@ConversationFirestoreId) = 0
-        THROW 50003, N'conversation id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
-    IF dbo.fn_StoreMirror_IsValidId(@MessageFirestoreId) = 0
-        THROW 50003, N'message id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
-    IF dbo.fn_StoreMirror_IsValidId(@AuthorUserId) = 0 OR @BodyText IS NULL OR @CreatedAt IS NULL
-       OR (@ClientMessageId IS NOT NULL AND dbo.fn_StoreMirror_IsValidId(@ClientMessageId) = 0)
-        THROW 50020, N'message authorUserId, bodyText or createdAt is missing, or authorUserId/clientMessageId is not a valid id', 1;
-    IF (@AttachmentJson IS NOT NULL AND (ISJSON(@AttachmentJson) = 0 OR LEFT(LTRIM(@AttachmentJson), 1) <> N'['))
-       OR (@ExternalMediaJson IS NOT NULL AND (ISJSON(@ExternalMediaJson) = 0 OR LEFT(LTRIM(@ExternalMediaJson), 1) <> N'['))
-        THROW 50021, N'attachments or externalMedia is not a JSON array', 1;
-
     DECLARE @ConversationKey VARBINARY(512) = CAST(@ConversationFirestoreId AS VARBINARY(512));
     DECLARE @MessageKey VARBINARY(512) = CAST(@MessageFirestoreId AS VARBINARY(512));
     DECLARE @Subject NVARCHAR(600) = CONCAT(N'conversations/', @ConversationFirestoreId, N'/messages/', @MessageFirestoreId);
     DECLARE @SubjectKey VARBINARY(1200) = CAST(@Subject AS VARBINARY(1200));
+    DECLARE @RowDeletedAt DATETIMEOFFSET(6) = CASE WHEN @Deleted = 1 THEN @SourceVersion ELSE @DeletedAt END;
     DECLARE @ConversationId BIGINT;
     DECLARE @MessageId BIGINT;
     DECLARE @StoredVersion DATETIMEOFFSET(6);
@@ -98,7 +92,7 @@ BEGIN
         INSERT INTO dbo.DmMessage (ConversationId, FirestoreId, FirestoreIdKey, AuthorUserId, BodyText, AttachmentJson, ExternalMediaJson,
                                    CreatedAt, EditedAt, DeletedAt, ClientMessageId, Tombstone, SourceVersion, EventId, SyncSource)
         VALUES (@ConversationId, @MessageFirestoreId, @MessageKey, @AuthorUserId, @BodyText, @AttachmentJson, @ExternalMediaJson,
-                @CreatedAt, @EditedAt, @DeletedAt, @ClientMessageId, 0, @SourceVersion, @EventId, @SyncSource);
+                @CreatedAt, @EditedAt, @RowDeletedAt, @ClientMessageId, @Deleted, @SourceVersion, @EventId, @SyncSource);
         SET @MessageId = CAST(SCOPE_IDENTITY() AS BIGINT);
     END
     ELSE IF @Outcome = N'applied'
@@ -110,21 +104,23 @@ BEGIN
             ExternalMediaJson = @ExternalMediaJson,
             CreatedAt = @CreatedAt,
             EditedAt = @EditedAt,
-            DeletedAt = @DeletedAt,
+            DeletedAt = @RowDeletedAt,
             ClientMessageId = @ClientMessageId,
-            Tombstone = 0,
+            Tombstone = @Deleted,
             SourceVersion = @SourceVersion,
             EventId = @EventId,
             SyncSource = @SyncSource
         WHERE MessageId = @MessageId;
     END;
 
-    -- History (v1.1): every update event id, applied or stale, with its own payload.
-    IF @EventType = N'dm.message.update'
+    -- History (v1.1): every update and delete event id, applied or stale, with its own payload.
+    IF @Deleted = 1 OR @EventType = N'dm.message.update'
     BEGIN
         INSERT INTO dbo.DmMessageAudit (EventId, MessageId, Action, PerformedBy, PayloadJson, CreatedAt)
-        VALUES (@EventId, @MessageId, CASE WHEN @DeletedAt IS NULL THEN N'edit' ELSE N'soft_delete' END,
-                @AuthorUserId, @PayloadJson, @SourceVersion);
+        VALUES (@EventId, @MessageId,
+                CASE WHEN @Deleted = 1 THEN N'delete' WHEN @DeletedAt IS NULL THEN N'edit' ELSE N'soft_delete' END,
+                CASE WHEN @Deleted = 1 THEN @PerformedBy ELSE @AuthorUserId END,
+                @PayloadJson, @SourceVersion);
     END;
 
     IF @Outcome = N'applied'

@@ -1,12 +1,14 @@
--- dbo.sp_StoreMirror_UpsertDmBlock: dm.block.create / .update
--- (model::Model::block with a block payload).
+-- dbo.sp_StoreMirror_WriteDmBlock: the decision and the writes of
+-- dm.block.create / .update / .delete (model::Model::block), shared by
+-- dbo.sp_StoreMirror_UpsertDmBlock and dbo.sp_StoreMirror_DeleteDmBlock, which
+-- check their arguments first. Internal.
 --
 -- Returns one row, one column: Outcome = 'applied' | 'duplicate' | 'stale'.
--- THROWs (before any change): 50001, 50002, 50004 (via
--- dbo.sp_StoreMirror_CheckEvent), 50003, 50030; 51205 (transient) if the block
--- lock is not granted. Every parameter defaults to NULL (@RevokedAt is
--- optional). A newer create/update clears a tombstone (DeletedAt = NULL).
-CREATE PROCEDURE dbo.sp_StoreMirror_UpsertDmBlock (
+-- @Deleted = 1: a delete; the row is kept as a tombstone (content NULL,
+-- DeletedAt = the event time). Otherwise a newer create/update clears a
+-- tombstone (DeletedAt = NULL). THROWs 51205 (transient) if the block lock is
+-- not granted.
+CREATE PROCEDURE dbo.sp_StoreMirror_WriteDmBlock (
     @EventId UNIQUEIDENTIFIER = NULL,
     @EventType NVARCHAR(64) = NULL,
     @SourceVersion DATETIMEOFFSET(6) = NULL,
@@ -15,24 +17,19 @@ CREATE PROCEDURE dbo.sp_StoreMirror_UpsertDmBlock (
     @TargetUserId NVARCHAR(400) = NULL,
     @CreatedAt DATETIMEOFFSET(6) = NULL,
     @RevokedAt DATETIMEOFFSET(6) = NULL,
-    @Source NVARCHAR(64) = NULL
+    @Source NVARCHAR(64) = NULL,
+    @Deleted BIT = NULL
 )
 AS
 BEGIN
     SET XACT_ABORT ON;
     SET NOCOUNT ON;
 
-    EXEC dbo.sp_StoreMirror_CheckEvent @EventId = @EventId, @SourceVersion = @SourceVersion, @EventType = @EventType,
-        @PayloadJson = NULL, @ExpectedType = N'dm.block.create', @OtherExpectedType = N'dm.block.update';
-    IF dbo.fn_StoreMirror_IsValidId(@UserId) = 0 OR dbo.fn_StoreMirror_IsValidId(@TargetUserId) = 0
-        THROW 50003, N'user id or target user id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
-    IF @Source IS NULL OR @Source NOT IN (N'client', N'admin') OR @CreatedAt IS NULL
-        THROW 50030, N'block source is not client or admin, or createdAt is missing', 1;
-
     DECLARE @UserKey VARBINARY(512) = CAST(@UserId AS VARBINARY(512));
     DECLARE @TargetKey VARBINARY(512) = CAST(@TargetUserId AS VARBINARY(512));
     DECLARE @Subject NVARCHAR(600) = CONCAT(N'blocks/', @UserId, N'/targets/', @TargetUserId);
     DECLARE @SubjectKey VARBINARY(1200) = CAST(@Subject AS VARBINARY(1200));
+    DECLARE @DeletedAt DATETIMEOFFSET(6) = CASE WHEN @Deleted = 1 THEN @SourceVersion END;
     DECLARE @Exists BIT = 0;
     DECLARE @StoredVersion DATETIMEOFFSET(6);
     DECLARE @StoredEventId UNIQUEIDENTIFIER;
@@ -62,7 +59,7 @@ BEGIN
     BEGIN
         INSERT INTO dbo.DmBlock (UserId, UserIdKey, TargetUserId, TargetUserIdKey, CreatedAt, RevokedAt, Source, DeletedAt,
                                  SourceVersion, EventId, SyncSource)
-        VALUES (@UserId, @UserKey, @TargetUserId, @TargetKey, @CreatedAt, @RevokedAt, @Source, NULL,
+        VALUES (@UserId, @UserKey, @TargetUserId, @TargetKey, @CreatedAt, @RevokedAt, @Source, @DeletedAt,
                 @SourceVersion, @EventId, @SyncSource);
     END
     ELSE IF @Outcome = N'applied'
@@ -71,7 +68,7 @@ BEGIN
         SET CreatedAt = @CreatedAt,
             RevokedAt = @RevokedAt,
             Source = @Source,
-            DeletedAt = NULL,
+            DeletedAt = @DeletedAt,
             SourceVersion = @SourceVersion,
             EventId = @EventId,
             SyncSource = @SyncSource
