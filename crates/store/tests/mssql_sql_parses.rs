@@ -15,6 +15,7 @@
 //!   2. it has no procedure parameter defaults: every parameter line of a
 //!      `CREATE PROCEDURE` header must end in ` = NULL` (checked), and that
 //!      suffix is removed.
+//!
 //!   Nothing else is rewritten. The THROW numbers are checked against the
 //!   documented list by the unit tests of `mssql::error`.
 //! - `EXEC @rc = proc` is not supported by sqlparser 0.59; the procedures
