@@ -175,7 +175,8 @@ CREATE TABLE dbo.DmBlock (
     SourceVersion DATETIMEOFFSET(6) NOT NULL,
     EventId UNIQUEIDENTIFIER NOT NULL,
     SyncSource NVARCHAR(32) NOT NULL,
-    CONSTRAINT PK_DmBlock PRIMARY KEY (UserIdKey, TargetUserIdKey),
+    -- NONCLUSTERED: two 512-byte keys exceed the 900-byte limit of a clustered key (1,700 here).
+    CONSTRAINT PK_DmBlock PRIMARY KEY NONCLUSTERED (UserIdKey, TargetUserIdKey),
     CONSTRAINT CK_DmBlock_UserIdKey CHECK (UserIdKey = CAST(UserId AS VARBINARY(512))),
     CONSTRAINT CK_DmBlock_TargetUserIdKey CHECK (TargetUserIdKey = CAST(TargetUserId AS VARBINARY(512)))
 );
@@ -194,7 +195,8 @@ CREATE TABLE dbo.FollowEdge (
     SyncSource NVARCHAR(32) NOT NULL,
     -- reserved for replay tooling; the procedures never change it
     RetryCount INT NOT NULL CONSTRAINT DF_FollowEdge_RetryCount DEFAULT (0),
-    CONSTRAINT PK_FollowEdge PRIMARY KEY (FollowerUserIdKey, TargetUserIdKey),
+    -- NONCLUSTERED: see PK_DmBlock.
+    CONSTRAINT PK_FollowEdge PRIMARY KEY NONCLUSTERED (FollowerUserIdKey, TargetUserIdKey),
     CONSTRAINT CK_FollowEdge_FollowerUserIdKey CHECK (FollowerUserIdKey = CAST(FollowerUserId AS VARBINARY(512))),
     CONSTRAINT CK_FollowEdge_TargetUserIdKey CHECK (TargetUserIdKey = CAST(TargetUserId AS VARBINARY(512)))
 );

@@ -226,6 +226,9 @@ async fn longest_ids_with_characters_outside_the_bmp_are_stored<S: MirrorStore>(
     let mixed = longest_mixed_id('a');
     let mixed_b = longest_mixed_id('b');
     let emoji = longest_emoji_id();
+    // Two of the widest ids in one key: 1,024 bytes of UTF-16 (over SQL
+    // Server's 900-byte clustered-key limit).
+    let other_emoji = "🙂".repeat(MAX_ID_LEN);
     // Two-byte UTF-8 characters too, and an id that sorts after the emoji in
     // UTF-16 code-unit order but before it in UTF-8 (U+FF5E vs U+1F600).
     let accented: String = "é".repeat(128);
@@ -257,6 +260,7 @@ async fn longest_ids_with_characters_outside_the_bmp_are_stored<S: MirrorStore>(
         block(Op::Create, &mixed, &emoji, t(8)),
         block(Op::Create, &emoji, &mixed, t(8)),
         block(Op::Delete, &fullwidth, &accented, t(9)),
+        block(Op::Create, &emoji, &other_emoji, t(8)),
         follow(Op::Create, &mixed, &emoji, FollowState::Pending, t(8)),
         follow(Op::Update, &mixed, &emoji, FollowState::Accepted, t(9)),
         follow(

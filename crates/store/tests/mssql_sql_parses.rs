@@ -488,7 +488,12 @@ fn every_object_parses_with_the_two_rewrites_only() {
                     );
                 }
                 if sql.contains("BEGIN TRANSACTION") {
-                    for outcome in ["N'applied'", "N'duplicate' AS Outcome", "N'stale'", "SELECT @Outcome AS Outcome"] {
+                    for outcome in [
+                        "N'applied'",
+                        "N'duplicate' AS Outcome",
+                        "N'stale'",
+                        "SELECT @Outcome AS Outcome",
+                    ] {
                         assert!(sql.contains(outcome), "{name}: returns {outcome}");
                     }
                     assert!(
@@ -609,8 +614,8 @@ fn keys_are_compared_as_exact_bytes() {
         "UQ_DmConversation_FirestoreIdKey UNIQUE",
         "PRIMARY KEY (ConversationId, UserIdKey)",
         "UNIQUE (ConversationId, FirestoreIdKey)",
-        "PRIMARY KEY (UserIdKey, TargetUserIdKey)",
-        "PRIMARY KEY (FollowerUserIdKey, TargetUserIdKey)",
+        "PRIMARY KEY NONCLUSTERED (UserIdKey, TargetUserIdKey)",
+        "PRIMARY KEY NONCLUSTERED (FollowerUserIdKey, TargetUserIdKey)",
         "UQ_RealtimeMirrorDeadLetter_KeyBytes UNIQUE",
     ] {
         assert!(tables.contains(constraint), "V1 lacks {constraint}");
@@ -644,6 +649,109 @@ fn keys_are_compared_as_exact_bytes() {
                 "{name}: `{text_lookup}` compares text"
             );
         }
+    }
+}
+
+/// The most bytes a value of a V1 column type takes in an index key (None:
+/// not a type this check knows, or `MAX`).
+fn key_bytes(sql_type: &str) -> Option<usize> {
+    let t = sql_type.to_uppercase();
+    let n = || -> Option<usize> { t[t.find('(')? + 1..t.find(')')?].trim().parse().ok() };
+    match t.split('(').next()? {
+        "VARBINARY" | "CHAR" | "VARCHAR" => n(),
+        "NVARCHAR" | "NCHAR" => n().map(|n| 2 * n),
+        "BIGINT" => Some(8),
+        "INT" => Some(4),
+        "BIT" => Some(1),
+        "UNIQUEIDENTIFIER" => Some(16),
+        "DATETIMEOFFSET" => Some(10),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_index_key_fits_sql_servers_limit() {
+    // A clustered key may take 900 bytes, a nonclustered one 1,700. Two
+    // VARBINARY(512) ids (128 emoji each) are 1,024 bytes, so the two-user
+    // primary keys are NONCLUSTERED; otherwise a valid event would fail.
+    let (_, sql) = &migration_files()[0];
+    let mut columns: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut table = String::new();
+    let mut keys: Vec<(String, Vec<String>, bool)> = Vec::new();
+    for line in sql.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("CREATE TABLE dbo.") {
+            table = rest.split_whitespace().next().unwrap().to_owned();
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("CREATE INDEX ") {
+            let on = rest.split(" ON dbo.").nth(1).unwrap();
+            let (t, cols) = on.split_once(' ').unwrap();
+            let cols = cols.trim_matches(|c| c == '(' || c == ')' || c == ';');
+            keys.push((
+                t.to_owned(),
+                cols.split(", ").map(str::to_owned).collect(),
+                false,
+            ));
+            continue;
+        }
+        if line.starts_with("--") || line.is_empty() || line.starts_with(')') {
+            continue;
+        }
+        if line.starts_with("CONSTRAINT ") {
+            for (kind, clustered) in [
+                ("PRIMARY KEY NONCLUSTERED (", false),
+                ("PRIMARY KEY (", true),
+                ("UNIQUE (", false),
+            ] {
+                if let Some(at) = line.find(kind) {
+                    let cols = &line[at + kind.len()..line[at..].find(')').unwrap() + at];
+                    keys.push((
+                        table.clone(),
+                        cols.split(", ").map(str::to_owned).collect(),
+                        clustered,
+                    ));
+                }
+            }
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(ty)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if ty.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && !table.is_empty()
+            && name != "INSERT"
+        {
+            if let Some(width) = key_bytes(ty.trim_end_matches(',')) {
+                columns.insert((table.clone(), name.to_owned()), width);
+            }
+            if line.contains(" PRIMARY KEY") {
+                keys.push((
+                    table.clone(),
+                    vec![name.to_owned()],
+                    !line.contains("NONCLUSTERED"),
+                ));
+            } else if line.contains(" UNIQUE") {
+                keys.push((table.clone(), vec![name.to_owned()], false));
+            }
+        }
+    }
+    assert!(keys.len() >= 20, "{keys:?}");
+    for (table, cols, clustered) in keys {
+        let bytes: usize = cols
+            .iter()
+            .map(|c| {
+                columns
+                    .get(&(table.clone(), c.clone()))
+                    .unwrap_or_else(|| panic!("{table}.{c}: no width"))
+            })
+            .sum();
+        let limit = if clustered { 900 } else { 1700 };
+        assert!(
+            bytes <= limit,
+            "{table} ({}) is {bytes} bytes, over {limit}",
+            cols.join(", ")
+        );
     }
 }
 
