@@ -92,6 +92,10 @@ async fn a_peer_that_is_not_sql_server_is_reported_at_once_naming_server_and_cau
         "names the server: {text}"
     );
     assert!(text.contains("could not connect to SQL Server"), "{text}");
+    assert!(
+        text.contains("did not answer like a SQL Server"),
+        "names the likely cause: {text}"
+    );
     assert!(!text.contains(PASSWORD) && !format!("{err:?}").contains(PASSWORD));
 }
 

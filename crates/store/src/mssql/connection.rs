@@ -142,7 +142,28 @@ pub(crate) async fn open(
 /// A failure while connecting or logging in to `addr`, as a [`StoreError`]
 /// that names the server and the cause.
 fn connect_error(addr: &str, database: Option<&str>, e: tiberius::error::Error) -> StoreError {
+    use std::io::ErrorKind;
+    use tiberius::error::Error;
     let database = database.unwrap_or("(default)");
+    // What the socket says itself (refused, unreachable, timed out) or TLS
+    // needs no hint; anything else before the login means the peer did not
+    // speak TDS, which a wrong host or port explains more often than a bug.
+    let hint = match &e {
+        Error::Server(_) | Error::Tls(_) | Error::Routing { .. } => "",
+        Error::Io { kind, .. }
+            if matches!(
+                kind,
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::TimedOut
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            ) =>
+        {
+            ""
+        }
+        _ => " (the peer did not answer like a SQL Server: check the host and port)",
+    };
     let mut err = map_error(e);
     match err.kind {
         // The server answered: login failed (18456), database not there (4060), ...
@@ -155,7 +176,7 @@ fn connect_error(addr: &str, database: Option<&str>, e: tiberius::error::Error) 
         _ => {
             err.kind = StoreErrorKind::Connect;
             err.message = format!(
-                "could not connect to SQL Server at {addr} (database {database}): {}",
+                "could not connect to SQL Server at {addr} (database {database}): {}{hint}",
                 err.message
             );
         }
