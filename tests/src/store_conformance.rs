@@ -289,12 +289,15 @@ fn block_with(
         .expect("valid block event")
 }
 
-/// Errors a concurrent writer is expected to retry (deadlock / serialization).
+/// Errors a concurrent writer is expected to retry: database errors the
+/// writer's one table of errors (`sql_writer::db_errors`) calls transient
+/// (deadlock, serialization, lock timeout, a concurrent first insert).
 fn is_retryable(e: &StoreError) -> bool {
+    use sql_writer::policy::Class;
     match &e.code {
-        Some(DbCode::Sqlstate(s)) => s == "40P01" || s == "40001" || s == "55P03",
-        Some(DbCode::Mssql(n)) => *n == 1205 || *n == 1222,
-        _ => false,
+        Some(DbCode::Sqlstate(s)) => sql_writer::db_errors::postgres_class(s) == Class::Transient,
+        Some(DbCode::Mssql(n)) => sql_writer::db_errors::mssql_class(*n) == Class::Transient,
+        None => false,
     }
 }
 
