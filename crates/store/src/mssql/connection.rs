@@ -150,18 +150,15 @@ fn connect_error(addr: &str, database: Option<&str>, e: tiberius::error::Error) 
     // speak TDS, which a wrong host or port explains more often than a bug.
     let hint = match &e {
         Error::Server(_) | Error::Tls(_) | Error::Routing { .. } => "",
-        Error::Io { kind, .. }
-            if matches!(
-                kind,
+        Error::Io {
+            kind:
                 ErrorKind::ConnectionRefused
-                    | ErrorKind::TimedOut
-                    | ErrorKind::HostUnreachable
-                    | ErrorKind::NetworkUnreachable
-                    | ErrorKind::AddrNotAvailable
-            ) =>
-        {
-            ""
-        }
+                | ErrorKind::TimedOut
+                | ErrorKind::HostUnreachable
+                | ErrorKind::NetworkUnreachable
+                | ErrorKind::AddrNotAvailable,
+            ..
+        } => "",
         _ => " (the peer did not answer like a SQL Server: check the host and port)",
     };
     let mut err = map_error(e);
