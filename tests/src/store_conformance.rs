@@ -39,7 +39,9 @@ macro_rules! cases {
     ($($name:ident),* $(,)?) => {
         /// Every case of the suite, in a stable order.
         pub fn cases<S: MirrorStore>() -> Vec<Case<S>> {
-            vec![$(Case { name: stringify!($name), run: |store| Box::pin($name(store)) }),*]
+            let mut all = vec![$(Case { name: stringify!($name), run: |store| Box::pin($name(store)) }),*];
+            all.extend(crate::conformance_ids::cases());
+            all
         }
     };
 }
@@ -161,7 +163,7 @@ fn describe(e: &MirrorEvent) -> String {
 }
 
 /// Apply `events` one by one to the store and the model; outcomes must agree.
-async fn apply_all<S: MirrorStore>(
+pub(crate) async fn apply_all<S: MirrorStore>(
     store: &S,
     model: &mut Model,
     events: &[MirrorEvent],
@@ -180,7 +182,7 @@ async fn apply_all<S: MirrorStore>(
 }
 
 /// The store's snapshot must equal the model's state.
-async fn assert_matches_model<S: MirrorStore>(
+pub(crate) async fn assert_matches_model<S: MirrorStore>(
     store: &S,
     model: &Model,
     context: &str,
@@ -287,12 +289,15 @@ fn block_with(
         .expect("valid block event")
 }
 
-/// Errors a concurrent writer is expected to retry (deadlock / serialization).
+/// Errors a concurrent writer is expected to retry: database errors the
+/// writer's one table of errors (`sql_writer::db_errors`) calls transient
+/// (deadlock, serialization, lock timeout, a concurrent first insert).
 fn is_retryable(e: &StoreError) -> bool {
+    use sql_writer::policy::Class;
     match &e.code {
-        Some(DbCode::Sqlstate(s)) => s == "40P01" || s == "40001" || s == "55P03",
-        Some(DbCode::Mssql(n)) => *n == 1205 || *n == 1222,
-        _ => false,
+        Some(DbCode::Sqlstate(s)) => sql_writer::db_errors::postgres_class(s) == Class::Transient,
+        Some(DbCode::Mssql(n)) => sql_writer::db_errors::mssql_class(*n) == Class::Transient,
+        None => false,
     }
 }
 

@@ -4,7 +4,11 @@ use std::fmt;
 
 use crate::{DecodeError, EventFamily};
 
-/// Longest document id the mirror accepts (SQL keys are `NVARCHAR(128)`/`varchar(128)`).
+/// Longest document id the mirror accepts, in characters (Unicode scalar
+/// values), not bytes or UTF-16 code units: PostgreSQL keys are
+/// `varchar(128)` (characters); SQL Server keys are `NVARCHAR(256)` because a
+/// character outside the BMP takes two UTF-16 code units, and its procedures
+/// count characters too (`dbo.fn_StoreMirror_IsValidId`).
 pub const MAX_ID_LEN: usize = 128;
 
 /// A document path relative to `documents/`, one shape per event family.
@@ -144,7 +148,9 @@ fn id(s: &str) -> Result<String, DecodeError> {
 }
 
 /// Validate a document or user id: non-empty, at most [`MAX_ID_LEN`] characters,
-/// no control characters, not `.`/`..` (Firestore forbids them).
+/// no control characters, not `.`/`..` (Firestore forbids them). Spaces are
+/// allowed anywhere, leading and trailing ones included: `c1` and `c1 ` are
+/// two documents, and every store keeps them apart.
 pub(crate) fn check_id(field: &str, s: &str) -> Result<(), DecodeError> {
     if s.is_empty() {
         return Err(DecodeError::invalid(field, "an id is empty"));
@@ -202,5 +208,47 @@ mod tests {
         let long = format!("conversations/{}", "x".repeat(MAX_ID_LEN + 1));
         let e = Subject::parse(&long, EventFamily::Conversation).unwrap_err();
         assert!(e.to_string().contains("longer than 128"), "{e}");
+    }
+
+    #[test]
+    fn the_length_limit_counts_characters_not_bytes_or_utf16_units() {
+        let shape =
+            |id: &str| Subject::parse(&format!("follows/{id}/targets/u2"), EventFamily::FollowEdge);
+        // 127 ASCII + one emoji: 128 characters, 129 UTF-16 units, 131 bytes.
+        let mixed = format!("{}😀", "a".repeat(127));
+        assert_eq!(mixed.chars().count(), MAX_ID_LEN);
+        assert_eq!(mixed.encode_utf16().count(), MAX_ID_LEN + 1);
+        assert!(shape(&mixed).is_ok());
+        // 128 emoji: 256 UTF-16 units, 512 bytes, still 128 characters.
+        let emoji = "😀".repeat(MAX_ID_LEN);
+        assert!(shape(&emoji).is_ok());
+        assert!(shape(&"é".repeat(MAX_ID_LEN)).is_ok());
+        // One character more is rejected, whatever its width.
+        for too_long in [
+            "a".repeat(MAX_ID_LEN + 1),
+            format!("{mixed}a"),
+            "😀".repeat(MAX_ID_LEN + 1),
+        ] {
+            let e = shape(&too_long).unwrap_err();
+            assert!(e.to_string().contains("longer than 128 characters"), "{e}");
+        }
+        // The same limit applies to ids inside payloads.
+        assert!(check_id("data.payload.authorUserId", &emoji).is_ok());
+        assert!(check_id("data.payload.authorUserId", &format!("{emoji}x")).is_err());
+    }
+
+    #[test]
+    fn spaces_are_part_of_an_id() {
+        for id in ["c1 ", " c1", "c 1", " ", "c1  ", ". ", " .."] {
+            let s = Subject::parse(&format!("conversations/{id}"), EventFamily::Conversation)
+                .unwrap_or_else(|e| panic!("`{id}`: {e}"));
+            assert_eq!(s.conversation_id(), Some(id), "kept exactly");
+        }
+        for bad in [".", "..", "c\u{7f}1", "c\t1", ""] {
+            assert!(
+                Subject::parse(&format!("conversations/{bad}"), EventFamily::Conversation).is_err(),
+                "`{bad}`"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! job, re-exported here as [`adapters`], [`with_bus!`] and [`with_store!`].
 
 pub mod config;
+pub mod db_errors;
 pub mod policy;
 pub mod replay;
 pub mod telemetry;

@@ -46,22 +46,6 @@ impl std::fmt::Display for Failure<'_> {
     }
 }
 
-/// SQL Server error numbers that are worth retrying (deadlock victim, lock
-/// timeout, Azure SQL throttling/failover, database unavailable).
-///
-/// Unique/primary-key violations (2601, 2627) are here too: the procedures
-/// only upsert, so one can only come from a concurrent insert of the same key
-/// by another writer, and a retry finds the row (see [`classify_sqlstate`]).
-pub const MSSQL_TRANSIENT: &[u32] = &[
-    2601, 2627, 1205, 1222, 40501, 40613, 40197, 49918, 49919, 49920, 10928, 10929, 4060, 4221,
-    233, 10053, 10054, 10060, 64,
-];
-/// SQL Server error numbers that will not succeed on retry (FK, unique, truncation,
-/// conversion, NOT NULL). The procedures' own numbers (50000–50999) are permanent too.
-pub const MSSQL_PERMANENT: &[u32] = &[547, 8152, 2628, 245, 515, 8114, 241, 242, 13609];
-/// SQL Server: invalid object / procedure name — the schema is not deployed.
-pub const MSSQL_FATAL: &[u32] = &[208, 2812, 18456];
-
 /// Classify one failure. The single source of truth for retry vs dead-letter.
 pub fn classify(failure: &Failure<'_>) -> Class {
     match failure {
@@ -88,37 +72,12 @@ fn classify_store(e: &StoreError) -> Class {
     }
 }
 
-/// PostgreSQL: serialization failure, deadlock, connection exceptions, admin
-/// shutdown, too many connections, lock/statement timeouts retry; integrity
-/// and data exceptions and the mirror functions' own `RM` rejections don't;
-/// an undefined table/function means the schema is not migrated (fatal).
-///
-/// `23505` (unique violation) is the exception among integrity errors: the
-/// mirror functions only upsert, so a unique violation means another writer
-/// inserted the same row concurrently (found by the chaos tests: with 4+
-/// workers on a fresh database, first inserts of one conversation or message
-/// collided and valid events were dead-lettered as `rejected_by_database`).
-/// A retry sees the row and applies or rejects the event as stale. The one
-/// permanent 23505 the functions document (a participant listed twice) cannot
-/// reach them: the decoder rejects it first. Anything else genuinely permanent
-/// costs `max_attempts` deliveries and is then dead-lettered
-/// (`retries_exhausted`, the SQLSTATE and message in the description).
+/// PostgreSQL: the class [`crate::db_errors::POSTGRES`] gives the SQLSTATE
+/// (exact code, else its class, else transient). `23505` is transient there,
+/// with the reason.
 pub fn classify_sqlstate(code: &str) -> Class {
-    match code {
-        "23505" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300" | "53400" | "55P03"
-        | "57014" | "58000" | "58030" => Class::Transient,
-        "42P01" | "42883" | "3F000" | "28000" | "28P01" | "3D000" => Class::Fatal,
-        c if c.starts_with("08") || c.starts_with("53") => Class::Transient,
-        c if c.starts_with("23") || c.starts_with("22") || c.starts_with("RM") => Class::Permanent,
-        _ => Class::Transient,
-    }
+    crate::db_errors::postgres_class(code)
 }
-
-/// SQL Server error numbers meaning the database itself is unreachable or
-/// failing over (not something about one event).
-pub const MSSQL_UNAVAILABLE: &[u32] = &[
-    4060, 40613, 40197, 40501, 49918, 49919, 49920, 10928, 10929, 233, 10053, 10054, 10060, 64,
-];
 
 /// Whether `e` says the database is unavailable (down, restarting, failing
 /// over, refusing connections) rather than that this batch failed: the
@@ -129,24 +88,17 @@ pub fn store_unavailable(e: &StoreError) -> bool {
     match e.kind {
         StoreErrorKind::Connect | StoreErrorKind::PoolTimeout => true,
         _ => match &e.code {
-            Some(DbCode::Sqlstate(s)) => {
-                s.starts_with("08") || matches!(s.as_str(), "57P01" | "57P02" | "57P03" | "53300")
-            }
-            Some(DbCode::Mssql(n)) => MSSQL_UNAVAILABLE.contains(n),
+            Some(DbCode::Sqlstate(s)) => crate::db_errors::postgres_unavailable(s),
+            Some(DbCode::Mssql(n)) => crate::db_errors::mssql_unavailable(*n),
             None => false,
         },
     }
 }
 
-/// SQL Server: see [`MSSQL_TRANSIENT`], [`MSSQL_PERMANENT`], [`MSSQL_FATAL`].
+/// SQL Server: the class [`crate::db_errors::MSSQL`] gives the number (the
+/// procedures' 50000–50999 are permanent, unknown numbers transient).
 pub fn classify_mssql(number: u32) -> Class {
-    if MSSQL_FATAL.contains(&number) {
-        Class::Fatal
-    } else if MSSQL_PERMANENT.contains(&number) || (50000..=50999).contains(&number) {
-        Class::Permanent
-    } else {
-        Class::Transient
-    }
+    crate::db_errors::mssql_class(number)
 }
 
 /// Retry settings.

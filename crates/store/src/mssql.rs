@@ -1,15 +1,26 @@
 //! SQL Server / Azure SQL adapter of [`MirrorStore`](crate::MirrorStore), on tiberius.
 //!
 //! Events are applied by the stored procedures of `sql/mssql/` (one per event
-//! family and operation, see [`params::PROCEDURES`]), called by RPC with typed,
-//! named parameters; each returns one row with `Outcome` = `applied` |
-//! `duplicate` | `stale`. The procedures implement [`crate::model::Model`]
-//! exactly; this module only builds calls, runs them and reads rows back.
+//! family and operation, see [`call::PROCEDURES`]), called by RPC with typed,
+//! named parameters (only the values present are bound); each returns one row
+//! with `Outcome` = `applied` | `duplicate` | `stale`. The procedures implement
+//! [`crate::model::Model`] exactly; this module only builds calls, runs them
+//! and reads rows back. The T-SQL also runs on Babelfish for PostgreSQL.
+//!
+//! Layout (the same as `postgres/`): [`config`] (connection string),
+//! [`connection`] (login, pool manager, command timeout, create/drop
+//! database), [`call`] (event → procedure call, one call, a batch), [`error`]
+//! (tiberius errors → [`StoreError`], the procedures' THROW numbers),
+//! [`snapshot`] (rows → [`MirrorState`]); this file holds the store, its
+//! migrations and the bookkeeping statements.
 //!
 //! - Connections: a small bb8 pool of tiberius clients ([`MssqlConfig`] from an
 //!   ADO.NET string), TLS by rustls, SQL login or Entra ID access tokens
 //!   (`azure_identity`, scope [`config::ENTRA_SCOPE`]), Azure SQL gateway
-//!   redirects followed (up to [`config::MAX_REDIRECTS`]).
+//!   redirects followed (up to [`config::MAX_REDIRECTS`]). [`MssqlStore::connect`]
+//!   opens the first connection itself, so a refused port, a failed TLS
+//!   handshake or a failed login is reported at once with the server and the
+//!   cause; a later pool timeout names the last connect error the pool saw.
 //! - Every database call is bounded by the command timeout
 //!   ([`StoreErrorKind::Timeout`]); a connection that timed out or broke is
 //!   dropped by the pool, never reused mid-response.
@@ -19,45 +30,44 @@
 //!   Server does for any error under it), so when an event fails the batch is
 //!   rolled back and re-run without it; the events before it are re-applied
 //!   with the same result, and every event still gets its own result. The
-//!   events run in [`lock_order`] (a stable sort by entity lock), so
+//!   events run in [`call::lock_order`] (a stable sort by entity lock), so
 //!   concurrent batches take their applocks in one global order and cannot
 //!   deadlock on them; results come back in input order.
-//! - Errors: server errors keep their number ([`DbCode::Mssql`]); the writer's
-//!   policy classifies them, with [`TRANSIENT_ERRORS`] / [`PERMANENT_ERRORS`]
-//!   exported here. The procedures' own numbers are in [`PROCEDURE_ERRORS`].
+//! - Errors: server errors keep their number ([`crate::DbCode::Mssql`]); the
+//!   writer's policy classifies them. The procedures' own numbers are in
+//!   [`PROCEDURE_ERRORS`].
 //!
 //! **Not run against a real SQL Server on the development machine** (none can
 //! run there): the SQL is parsed by `tests/mssql_sql_parses.rs`, the pure parts
 //! are unit-tested, and CI (`.github/workflows/integration-mssql.yml`) runs the
 //! conformance suite against SQL Server 2022.
 
+pub mod call;
 pub mod config;
-pub mod errors;
-pub mod params;
+pub mod connection;
+pub mod error;
+pub mod snapshot;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use futures::Future;
-use mirror_schema::{MirrorEvent, Subject};
-use tiberius::{Command, Row, SqlBrowser};
+use mirror_schema::MirrorEvent;
 use tokio::net::TcpStream;
-use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+use tokio_util::compat::Compat;
 use uuid::Uuid;
 
+pub use call::{lock_order, procedure_call, ProcedureCall, SqlParam, PROCEDURES};
 pub use config::{MssqlAuth, MssqlConfig};
-pub use errors::{
-    map_error, PERMANENT_ERRORS, PROCEDURE_ERRORS, PROCEDURE_PERMANENT_ERRORS, TRANSIENT_ERRORS,
-};
-pub use params::{procedure_call, ProcedureCall, SqlParam, PROCEDURES};
+pub use connection::{create_database_if_missing, drop_database, redirected, Manager};
+pub use error::{map_error, PROCEDURE_ERRORS};
 
-use crate::state::{
-    AuditRow, BlockRow, ConversationRow, FollowEdgeRow, FollowEventRow, MessageRow, MirrorState,
-    ParticipantRow,
-};
+use call::{apply_batch_on, run_call};
+use connection::timed;
+use snapshot::{get, req, req_text, rows, text, ts};
+
 use crate::{
-    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorStore, StoreError,
+    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError,
     StoreErrorKind, StoredDeadLetter,
 };
 
@@ -71,36 +81,84 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../sql/mssql/V1__tables.sql"),
     ),
     (
-        "V2__sp_refresh_dm_conversation_summary",
-        include_str!("../../../sql/mssql/V2__sp_refresh_dm_conversation_summary.sql"),
+        "V2__view_follow_event",
+        include_str!("../../../sql/mssql/V2__view_follow_event.sql"),
     ),
     (
-        "V3__sp_upsert_dm_conversation",
-        include_str!("../../../sql/mssql/V3__sp_upsert_dm_conversation.sql"),
+        "V3__fn_is_valid_id",
+        include_str!("../../../sql/mssql/V3__fn_is_valid_id.sql"),
     ),
     (
-        "V4__sp_upsert_dm_message",
-        include_str!("../../../sql/mssql/V4__sp_upsert_dm_message.sql"),
+        "V4__fn_utf8",
+        include_str!("../../../sql/mssql/V4__fn_utf8.sql"),
     ),
     (
-        "V5__sp_delete_dm_message",
-        include_str!("../../../sql/mssql/V5__sp_delete_dm_message.sql"),
+        "V5__fn_hex",
+        include_str!("../../../sql/mssql/V5__fn_hex.sql"),
     ),
     (
-        "V6__sp_upsert_dm_block",
-        include_str!("../../../sql/mssql/V6__sp_upsert_dm_block.sql"),
+        "V6__fn_is_newer",
+        include_str!("../../../sql/mssql/V6__fn_is_newer.sql"),
     ),
     (
-        "V7__sp_delete_dm_block",
-        include_str!("../../../sql/mssql/V7__sp_delete_dm_block.sql"),
+        "V7__fn_is_duplicate",
+        include_str!("../../../sql/mssql/V7__fn_is_duplicate.sql"),
     ),
     (
-        "V8__sp_upsert_follow_edge",
-        include_str!("../../../sql/mssql/V8__sp_upsert_follow_edge.sql"),
+        "V8__sp_check_event",
+        include_str!("../../../sql/mssql/V8__sp_check_event.sql"),
     ),
     (
-        "V9__sp_delete_follow_edge",
-        include_str!("../../../sql/mssql/V9__sp_delete_follow_edge.sql"),
+        "V9__sp_lock",
+        include_str!("../../../sql/mssql/V9__sp_lock.sql"),
+    ),
+    (
+        "V10__sp_record_event",
+        include_str!("../../../sql/mssql/V10__sp_record_event.sql"),
+    ),
+    (
+        "V11__sp_refresh_dm_conversation_summary",
+        include_str!("../../../sql/mssql/V11__sp_refresh_dm_conversation_summary.sql"),
+    ),
+    (
+        "V12__sp_upsert_dm_conversation",
+        include_str!("../../../sql/mssql/V12__sp_upsert_dm_conversation.sql"),
+    ),
+    (
+        "V13__sp_write_dm_message",
+        include_str!("../../../sql/mssql/V13__sp_write_dm_message.sql"),
+    ),
+    (
+        "V14__sp_upsert_dm_message",
+        include_str!("../../../sql/mssql/V14__sp_upsert_dm_message.sql"),
+    ),
+    (
+        "V15__sp_delete_dm_message",
+        include_str!("../../../sql/mssql/V15__sp_delete_dm_message.sql"),
+    ),
+    (
+        "V16__sp_write_dm_block",
+        include_str!("../../../sql/mssql/V16__sp_write_dm_block.sql"),
+    ),
+    (
+        "V17__sp_upsert_dm_block",
+        include_str!("../../../sql/mssql/V17__sp_upsert_dm_block.sql"),
+    ),
+    (
+        "V18__sp_delete_dm_block",
+        include_str!("../../../sql/mssql/V18__sp_delete_dm_block.sql"),
+    ),
+    (
+        "V19__sp_write_follow_edge",
+        include_str!("../../../sql/mssql/V19__sp_write_follow_edge.sql"),
+    ),
+    (
+        "V20__sp_upsert_follow_edge",
+        include_str!("../../../sql/mssql/V20__sp_upsert_follow_edge.sql"),
+    ),
+    (
+        "V21__sp_delete_follow_edge",
+        include_str!("../../../sql/mssql/V21__sp_delete_follow_edge.sql"),
     ),
 ];
 
@@ -120,186 +178,6 @@ pub const TABLES: &[&str] = &[
 ];
 
 // ---------------------------------------------------------------------------
-// connections
-
-/// Where a redirect (`ENVCHANGE` routing, Azure SQL's gateway → worker) sends
-/// the next login: the new host and port. The certificate is still checked
-/// against the name the client asked for (the worker presents the server's
-/// certificate), unless the connection string set `HostNameInCertificate`.
-pub fn redirected(
-    config: &tiberius::Config,
-    original_host: &str,
-    host: &str,
-    port: u16,
-) -> tiberius::Config {
-    let mut next = config.clone();
-    // A routing host may carry an instance name (`host\instance`); the port is explicit.
-    let host = host.split('\\').next().unwrap_or(host);
-    next.host(host);
-    next.port(port);
-    next.hostname_in_certificate(original_host);
-    next
-}
-
-/// The host part of `config.get_addr()`.
-fn host_of(config: &tiberius::Config) -> String {
-    let addr = config.get_addr();
-    addr.rsplit_once(':')
-        .map(|(h, _)| h.to_owned())
-        .unwrap_or(addr)
-}
-
-type Credential = Arc<dyn azure_core::credentials::TokenCredential>;
-
-fn credential(auth: &MssqlAuth) -> Result<Option<Credential>, StoreError> {
-    let cred: Credential = match auth {
-        MssqlAuth::SqlPassword => return Ok(None),
-        MssqlAuth::EntraDefault => azure_identity::DefaultAzureCredential::new().map_err(|e| {
-            StoreError::new(
-                StoreErrorKind::Config,
-                format!("Entra DefaultAzureCredential: {e}"),
-            )
-        })?,
-        MssqlAuth::EntraManagedIdentity { client_id } => {
-            azure_identity::ManagedIdentityCredential::new(Some(
-                azure_identity::ManagedIdentityCredentialOptions {
-                    user_assigned_id: client_id
-                        .clone()
-                        .map(azure_identity::UserAssignedId::ClientId),
-                    ..Default::default()
-                },
-            ))
-            .map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::Config,
-                    format!("Entra managed identity: {e}"),
-                )
-            })?
-        }
-    };
-    Ok(Some(cred))
-}
-
-/// Open one logged-in connection, following redirects.
-async fn open(config: &MssqlConfig, credential: Option<&Credential>) -> Result<Client, StoreError> {
-    let token = match credential {
-        None => None,
-        Some(c) => {
-            let t = c
-                .get_token(&[config::ENTRA_SCOPE], None)
-                .await
-                .map_err(|e| {
-                    StoreError::new(
-                        StoreErrorKind::Connect,
-                        format!("no Entra access token for SQL: {e}"),
-                    )
-                })?;
-            Some(t.token.secret().to_owned())
-        }
-    };
-    let mut cfg = config.tiberius_config(token.as_deref())?;
-    let original_host = host_of(&cfg);
-    for _ in 0..=config::MAX_REDIRECTS {
-        let attempt = async {
-            let tcp = TcpStream::connect_named(&cfg).await?;
-            tcp.set_nodelay(true)?;
-            tiberius::Client::connect(cfg.clone(), tcp.compat_write()).await
-        };
-        match tokio::time::timeout(config.connect_timeout, attempt).await {
-            Err(_) => {
-                return Err(StoreError::new(
-                    StoreErrorKind::Connect,
-                    format!(
-                        "could not connect to {} within {:?}",
-                        cfg.get_addr(),
-                        config.connect_timeout
-                    ),
-                ))
-            }
-            Ok(Ok(client)) => return Ok(client),
-            Ok(Err(tiberius::error::Error::Routing { host, port })) => {
-                tracing::debug!(%host, port, "SQL Server redirected the connection");
-                cfg = redirected(&cfg, &original_host, &host, port);
-            }
-            Ok(Err(e)) => {
-                let mut err = map_error(e);
-                if err.kind == StoreErrorKind::Timeout {
-                    err.kind = StoreErrorKind::Connect;
-                }
-                return Err(err);
-            }
-        }
-    }
-    Err(StoreError::new(
-        StoreErrorKind::Connect,
-        format!(
-            "SQL Server redirected the login more than {} times",
-            config::MAX_REDIRECTS
-        ),
-    ))
-}
-
-/// A pooled connection; `broken` once a call timed out or the stream failed.
-pub struct Conn {
-    client: Client,
-    broken: bool,
-}
-
-/// The bb8 manager (tiberius' own pool crates pin tiberius 0.12).
-pub struct Manager {
-    config: Arc<MssqlConfig>,
-    credential: Option<Credential>,
-}
-
-impl bb8::ManageConnection for Manager {
-    type Connection = Conn;
-    type Error = StoreError;
-
-    async fn connect(&self) -> Result<Conn, StoreError> {
-        let client = open(&self.config, self.credential.as_ref()).await?;
-        Ok(Conn {
-            client,
-            broken: false,
-        })
-    }
-
-    fn is_valid(&self, conn: &mut Conn) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let timeout = self.config.command_timeout;
-        async move {
-            timed(timeout, async {
-                conn.client
-                    .simple_query("SELECT 1")
-                    .await
-                    .map_err(map_error)?
-                    .into_results()
-                    .await
-                    .map_err(map_error)?;
-                Ok(())
-            })
-            .await
-        }
-    }
-
-    fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.broken
-    }
-}
-
-/// Run `fut` within `limit`, else [`StoreErrorKind::Timeout`].
-async fn timed<T>(
-    limit: Duration,
-    fut: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(StoreError::new(
-            StoreErrorKind::Timeout,
-            format!("SQL Server call exceeded the command timeout ({limit:?})"),
-        )),
-    }
-}
-
-// ---------------------------------------------------------------------------
 // the store
 
 /// The SQL Server store.
@@ -307,6 +185,8 @@ async fn timed<T>(
 pub struct MssqlStore {
     pool: bb8::Pool<Manager>,
     config: Arc<MssqlConfig>,
+    /// The pool manager's last connect error, named when the pool times out.
+    last_connect_error: Arc<Mutex<Option<StoreError>>>,
 }
 
 impl std::fmt::Debug for MssqlStore {
@@ -318,21 +198,35 @@ impl std::fmt::Debug for MssqlStore {
 }
 
 impl MssqlStore {
-    /// Build the pool and open one connection, so bad settings fail at start.
+    /// Open the first connection, then build the pool around it. The first
+    /// connection is opened here rather than by the pool, so its own error
+    /// (connection refused, TLS, login failed, not a SQL Server) reaches the
+    /// caller within the connect timeout, naming the server and the cause:
+    /// bb8 would retry it silently until its checkout timeout.
     pub async fn connect(config: &MssqlConfig) -> Result<MssqlStore, StoreError> {
+        let store = MssqlStore::lazy(config)?;
+        let first = store.pool.dedicated_connection().await?;
+        // The pool is new and empty, so it has room; a refusal would only
+        // mean the connection is already broken, and the pool opens another.
+        let _ = store.pool.add(first);
+        Ok(store)
+    }
+
+    /// The store without a connection yet: the pool connects on first use.
+    fn lazy(config: &MssqlConfig) -> Result<MssqlStore, StoreError> {
         let config = Arc::new(config.clone());
-        let manager = Manager {
-            credential: credential(&config.auth)?,
-            config: config.clone(),
-        };
+        let manager = Manager::new(config.clone())?;
+        let last_connect_error = manager.last_connect_error();
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size.max(1))
             .connection_timeout(config.connect_timeout + config.command_timeout)
             .test_on_check_out(false)
             .build_unchecked(manager);
-        let store = MssqlStore { pool, config };
-        drop(store.conn().await?);
-        Ok(store)
+        Ok(MssqlStore {
+            pool,
+            config,
+            last_connect_error,
+        })
     }
 
     pub fn config(&self) -> &MssqlConfig {
@@ -342,10 +236,14 @@ impl MssqlStore {
     async fn conn(&self) -> Result<bb8::PooledConnection<'_, Manager>, StoreError> {
         self.pool.get().await.map_err(|e| match e {
             bb8::RunError::User(e) => e,
-            bb8::RunError::TimedOut => StoreError::new(
-                StoreErrorKind::PoolTimeout,
-                "no SQL Server connection became free in time",
-            ),
+            bb8::RunError::TimedOut => {
+                let last = self
+                    .last_connect_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                pool_timeout(&self.config, last.as_ref())
+            }
         })
     }
 
@@ -359,7 +257,7 @@ impl MssqlStore {
         let limit = self.config.command_timeout;
         let result = timed(limit, f(&mut conn.client)).await;
         if let Err(e) = &result {
-            if errors::breaks_connection(e) {
+            if error::breaks_connection(e) {
                 conn.broken = true;
             }
         }
@@ -402,262 +300,32 @@ impl MssqlStore {
     }
 }
 
-/// Create the database `config` names (connecting to `master`) unless it
-/// exists; true if it was created. For tests and first-time setup; in Azure
-/// SQL, creating databases usually belongs to infrastructure as code.
-pub async fn create_database_if_missing(config: &MssqlConfig) -> Result<bool, StoreError> {
-    let name = database_name(config)?;
-    let mut client = open(
-        &config.for_database("master"),
-        credential(&config.auth)?.as_ref(),
-    )
-    .await?;
-    let sql = "IF DB_ID(@P1) IS NULL
-               BEGIN
-                   DECLARE @sql NVARCHAR(400) = N'CREATE DATABASE ' + QUOTENAME(@P1);
-                   EXEC (@sql);
-                   SELECT CAST(1 AS BIT) AS Created;
-               END
-               ELSE SELECT CAST(0 AS BIT) AS Created;";
-    let row = timed(config.command_timeout * 4, async {
-        client
-            .query(sql, &[&name])
-            .await
-            .map_err(map_error)?
-            .into_row()
-            .await
-            .map_err(map_error)
-    })
-    .await?;
-    Ok(row
-        .map(|r| get::<bool>(&r, "Created"))
-        .transpose()?
-        .flatten()
-        .unwrap_or(false))
-}
-
-/// Drop the database `config` names (connecting to `master`), closing its
-/// sessions first. For tests against a disposable server.
-pub async fn drop_database(config: &MssqlConfig) -> Result<(), StoreError> {
-    let name = database_name(config)?;
-    let mut client = open(
-        &config.for_database("master"),
-        credential(&config.auth)?.as_ref(),
-    )
-    .await?;
-    let sql = "IF DB_ID(@P1) IS NOT NULL
-               BEGIN
-                   DECLARE @sql NVARCHAR(600) = N'ALTER DATABASE ' + QUOTENAME(@P1) + N' SET SINGLE_USER WITH ROLLBACK IMMEDIATE; DROP DATABASE ' + QUOTENAME(@P1);
-                   EXEC (@sql);
-               END;";
-    timed(config.command_timeout * 4, async {
-        client.execute(sql, &[&name]).await.map_err(map_error)?;
-        Ok(())
-    })
-    .await
-}
-
-fn database_name(config: &MssqlConfig) -> Result<String, StoreError> {
-    match config.database() {
-        Some(db)
-            if !db.is_empty()
-                && db.chars().count() <= 128
-                && !db.eq_ignore_ascii_case("master") =>
-        {
-            Ok(db.to_owned())
-        }
-        _ => Err(StoreError::new(
-            StoreErrorKind::Config,
-            "MSSQL connection string names no database (`Database=`) to create or drop",
-        )),
+/// The error of a pool checkout that timed out: the server, the timeout, and
+/// the last connect error the pool saw (the likely cause), if any.
+fn pool_timeout(config: &MssqlConfig, last: Option<&StoreError>) -> StoreError {
+    let waited = config.connect_timeout + config.command_timeout;
+    match last {
+        Some(e) => StoreError::new(
+            StoreErrorKind::PoolTimeout,
+            format!(
+                "no SQL Server connection to {} became free within {waited:?}; the last attempt to connect failed: {e}",
+                config.server()
+            ),
+        ),
+        None => StoreError::new(
+            StoreErrorKind::PoolTimeout,
+            format!(
+                "no SQL Server connection to {} became free within {waited:?} (all {} in use)",
+                config.server(),
+                config.pool_size.max(1)
+            ),
+        ),
     }
 }
 
 type BoxFut<'c, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'c>>;
 
-/// Bind `call` to a tiberius RPC command.
-fn command(call: &ProcedureCall) -> Command<'static> {
-    let mut cmd = Command::new(call.procedure);
-    for (name, value) in &call.params {
-        match value {
-            SqlParam::Uuid(u) => cmd.bind_param(*name, *u),
-            SqlParam::Text(s) => cmd.bind_param(*name, s.clone()),
-            SqlParam::Time(t) => cmd.bind_param(*name, t.map(|t| t.fixed_offset())),
-        }
-    }
-    cmd
-}
-
-/// Run one procedure call and read its `Outcome`.
-async fn run_call(client: &mut Client, call: &ProcedureCall) -> Result<ApplyOutcome, StoreError> {
-    let result = command(call)
-        .exec(client)
-        .await
-        .map_err(map_error)?
-        .into_command_result()
-        .await
-        .map_err(map_error)?;
-    for rows in result {
-        for row in rows {
-            if let Ok(Some(text)) = row.try_get::<&str, _>("Outcome") {
-                return ApplyOutcome::parse(text).ok_or_else(|| {
-                    StoreError::new(
-                        StoreErrorKind::Protocol,
-                        format!("{} returned the outcome `{text}`", call.procedure),
-                    )
-                });
-            }
-        }
-    }
-    Err(StoreError::new(
-        StoreErrorKind::Protocol,
-        format!("{} returned no Outcome row", call.procedure),
-    ))
-}
-
-async fn exec_sql(client: &mut Client, sql: &str) -> Result<(), StoreError> {
-    client
-        .simple_query(sql)
-        .await
-        .map_err(map_error)?
-        .into_results()
-        .await
-        .map_err(map_error)?;
-    Ok(())
-}
-
-async fn transaction_state(client: &mut Client) -> Result<(i32, i16), StoreError> {
-    let row = client
-        .simple_query("SELECT @@TRANCOUNT AS TranCount, XACT_STATE() AS XactState")
-        .await
-        .map_err(map_error)?
-        .into_row()
-        .await
-        .map_err(map_error)?
-        .ok_or_else(|| StoreError::new(StoreErrorKind::Protocol, "no transaction state row"))?;
-    Ok((
-        get::<i32>(&row, "TranCount")?.unwrap_or(0),
-        get::<i16>(&row, "XactState")?.unwrap_or(0),
-    ))
-}
-
-/// The order in which a batch applies its events: a stable sort by the
-/// entity lock each event takes first (its conversation for `dm.conversation.*`
-/// and `dm.message.*`, else its block or follow edge). A batch holds its
-/// applocks until it commits, so two batches taking the same locks in
-/// different orders could deadlock; in one global order they cannot. The sort
-/// is stable, so the events of one entity keep their relative order, and an
-/// event's outcome depends only on earlier events of its own entity: the
-/// outcomes and the final state equal those of the input order.
-pub fn lock_order(events: &[MirrorEvent]) -> Vec<usize> {
-    fn key(e: &MirrorEvent) -> (u8, &str, &str) {
-        match e.subject() {
-            Subject::Conversation { conversation_id }
-            | Subject::Message {
-                conversation_id, ..
-            } => (0, conversation_id, ""),
-            Subject::Block {
-                user_id,
-                target_user_id,
-            } => (1, user_id, target_user_id),
-            Subject::FollowEdge {
-                follower_user_id,
-                target_user_id,
-            } => (2, follower_user_id, target_user_id),
-        }
-    }
-    let mut order: Vec<usize> = (0..events.len()).collect();
-    order.sort_by(|&a, &b| key(&events[a]).cmp(&key(&events[b])));
-    order
-}
-
-/// One transaction, a savepoint per event; see the module docs for why a
-/// failed event restarts the batch without it.
-async fn apply_batch_on(
-    client: &mut Client,
-    calls: &[ProcedureCall],
-    limit: Duration,
-) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
-    let mut rejected: Vec<Option<StoreError>> = vec![None; calls.len()];
-    'attempt: loop {
-        timed(limit, exec_sql(client, "BEGIN TRANSACTION")).await?;
-        let mut results = Vec::with_capacity(calls.len());
-        for (i, call) in calls.iter().enumerate() {
-            if let Some(e) = &rejected[i] {
-                results.push(Err(e.clone()));
-                continue;
-            }
-            timed(limit, exec_sql(client, "SAVE TRANSACTION rm_event")).await?;
-            match timed(limit, run_call(client, call)).await {
-                Ok(outcome) => results.push(Ok(outcome)),
-                // The connection or the driver failed: nothing is committed.
-                Err(e) if e.kind != StoreErrorKind::Database => return Err(e),
-                Err(e) => {
-                    let (trancount, state) = timed(limit, transaction_state(client)).await?;
-                    if trancount > 0 && state == 1 {
-                        timed(limit, exec_sql(client, "ROLLBACK TRANSACTION rm_event")).await?;
-                        results.push(Err(e));
-                    } else {
-                        if trancount > 0 {
-                            timed(limit, exec_sql(client, "ROLLBACK TRANSACTION")).await?;
-                        }
-                        rejected[i] = Some(e);
-                        continue 'attempt;
-                    }
-                }
-            }
-        }
-        timed(limit, exec_sql(client, "COMMIT TRANSACTION")).await?;
-        return Ok(results);
-    }
-}
-
-fn get<'a, T: tiberius::FromSql<'a>>(row: &'a Row, col: &str) -> Result<Option<T>, StoreError> {
-    row.try_get::<T, _>(col)
-        .map_err(|e| StoreError::new(StoreErrorKind::Protocol, format!("column {col}: {e}")))
-}
-
-fn req<'a, T: tiberius::FromSql<'a>>(row: &'a Row, col: &str) -> Result<T, StoreError> {
-    get::<T>(row, col)?
-        .ok_or_else(|| StoreError::new(StoreErrorKind::Protocol, format!("column {col} is NULL")))
-}
-
-fn text(row: &Row, col: &str) -> Result<Option<String>, StoreError> {
-    Ok(get::<&str>(row, col)?.map(str::to_owned))
-}
-
-fn req_text(row: &Row, col: &str) -> Result<String, StoreError> {
-    Ok(req::<&str>(row, col)?.to_owned())
-}
-
-fn json(row: &Row, col: &str) -> Result<Option<serde_json::Value>, StoreError> {
-    get::<&str>(row, col)?
-        .map(|s| {
-            serde_json::from_str(s).map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::Protocol,
-                    format!("column {col} is not JSON: {e}"),
-                )
-            })
-        })
-        .transpose()
-}
-
-fn ts(t: DateTime<Utc>) -> chrono::DateTime<chrono::FixedOffset> {
-    t.fixed_offset()
-}
-
-async fn rows(client: &mut Client, sql: &str) -> Result<Vec<Row>, StoreError> {
-    client
-        .simple_query(sql)
-        .await
-        .map_err(map_error)?
-        .into_first_result()
-        .await
-        .map_err(map_error)
-}
-
-fn dead_letter(row: &Row) -> Result<StoredDeadLetter, StoreError> {
+fn dead_letter(row: &tiberius::Row) -> Result<StoredDeadLetter, StoreError> {
     let last_failed_at: DateTime<Utc> = req(row, "LastFailedAt")?;
     Ok(StoredDeadLetter {
         record: DeadLetterRecord {
@@ -731,6 +399,7 @@ impl MirrorStore for MssqlStore {
                     BEGIN TRANSACTION;
                     -- Same semantics as the PostgreSQL store: the first failure time is
                     -- kept, attempts add up, the latest text wins, ids are never erased.
+                    -- The key is matched as exact bytes (= ignores trailing spaces).
                     UPDATE dbo.RealtimeMirrorDeadLetter WITH (UPDLOCK, SERIALIZABLE)
                     SET EventId = COALESCE(@P2, EventId),
                         EventType = COALESCE(@P3, EventType),
@@ -740,11 +409,12 @@ impl MirrorStore for MssqlStore {
                                              ELSE CAST(Attempts AS BIGINT) + @P8 END AS INT),
                         Subscription = @P9,
                         LastFailedAt = CASE WHEN LastFailedAt > @P10 THEN LastFailedAt ELSE @P10 END
-                    WHERE DeadLetterKey = @P1;
+                    WHERE DeadLetterKeyBytes = CAST(@P1 AS VARBINARY(400));
                     IF @@ROWCOUNT = 0
                         INSERT INTO dbo.RealtimeMirrorDeadLetter
-                            (DeadLetterKey, EventId, EventType, Subject, Payload, Reason, Error, Attempts, Subscription, FirstFailedAt, LastFailedAt)
-                        VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P10);
+                            (DeadLetterKey, DeadLetterKeyBytes, EventId, EventType, Subject, Payload, Reason, Error, Attempts,
+                             Subscription, FirstFailedAt, LastFailedAt)
+                        VALUES (@P1, CAST(@P1 AS VARBINARY(400)), @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P10);
                     COMMIT TRANSACTION;";
                 let attempts = i32::try_from(r.attempts).unwrap_or(i32::MAX);
                 let failed_at = ts(r.failed_at);
@@ -778,14 +448,21 @@ impl MirrorStore for MssqlStore {
         let key = key.to_owned();
         self.run(move |c| {
             Box::pin(async move {
-                let when = mirror_schema::format_time(&at);
+                // One JSON string appended to the array by text: Babelfish has no
+                // JSON_MODIFY(.., 'append $', ..) on a root array. The history is
+                // only ever written here, so it is `[..]` with no trailing space.
+                let when = serde_json::Value::String(mirror_schema::format_time(&at)).to_string();
                 let at = ts(at);
                 c.execute(
                     "UPDATE dbo.RealtimeMirrorDeadLetter
                      SET ReplayCount = ReplayCount + 1,
                          LastReplayedAt = CASE WHEN LastReplayedAt > @P2 THEN LastReplayedAt ELSE @P2 END,
-                         ReplayHistoryJson = JSON_MODIFY(ISNULL(ReplayHistoryJson, N'[]'), 'append $', @P3)
-                     WHERE DeadLetterKey = @P1",
+                         ReplayHistoryJson = CASE
+                             WHEN ReplayHistoryJson IS NULL OR LEN(ReplayHistoryJson) < 2 THEN CONCAT(N'[', @P3, N']')
+                             WHEN ReplayHistoryJson = N'[]' THEN CONCAT(N'[', @P3, N']')
+                             ELSE CONCAT(LEFT(ReplayHistoryJson, LEN(ReplayHistoryJson) - 1), N',', @P3, N']')
+                         END
+                     WHERE DeadLetterKeyBytes = CAST(@P1 AS VARBINARY(400))",
                     &[&key, &at, &when],
                 )
                 .await
@@ -905,179 +582,14 @@ impl MirrorStore for MssqlStore {
     }
 
     async fn snapshot(&self) -> Result<MirrorState, StoreError> {
-        self.run(|c| Box::pin(async move { snapshot_on(c).await }))
+        self.run(|c| Box::pin(async move { snapshot::read(c).await }))
             .await
     }
-}
-
-async fn snapshot_on(c: &mut Client) -> Result<MirrorState, StoreError> {
-    let mut state = MirrorState::default();
-    // One snapshot-consistent read: all the SELECTs in one transaction at REPEATABLE READ
-    // would still see concurrent inserts, so the caller quiesces writers first (as the
-    // conformance suite does); these are plain reads.
-    for r in rows(
-        c,
-        "SELECT FirestoreId, Type, CreatedAt, UpdatedAt, DocUpdatedAt, LastMessageId, LastMessageAt, ParticipantHash,
-                IsPlaceholder, SourceVersion, LastSyncedEventId
-         FROM dbo.DmConversation",
-    )
-    .await?
-    {
-        state.conversations.insert(
-            req_text(&r, "FirestoreId")?,
-            ConversationRow {
-                kind: text(&r, "Type")?,
-                created_at: get(&r, "CreatedAt")?,
-                updated_at: get(&r, "UpdatedAt")?,
-                doc_updated_at: get(&r, "DocUpdatedAt")?,
-                last_message_id: text(&r, "LastMessageId")?,
-                last_message_at: get(&r, "LastMessageAt")?,
-                participant_hash: text(&r, "ParticipantHash")?.map(|h| h.trim().to_owned()),
-                placeholder: req(&r, "IsPlaceholder")?,
-                source_version: get(&r, "SourceVersion")?,
-                last_event_id: get(&r, "LastSyncedEventId")?,
-            },
-        );
-    }
-    for r in rows(
-        c,
-        "SELECT c.FirestoreId AS ConversationFirestoreId, p.UserId, p.Role, p.JoinedAt, p.MuteState, p.ReadPointerMessageId
-         FROM dbo.DmParticipant AS p JOIN dbo.DmConversation AS c ON c.ConversationId = p.ConversationId",
-    )
-    .await?
-    {
-        state.participants.insert(
-            (req_text(&r, "ConversationFirestoreId")?, req_text(&r, "UserId")?),
-            ParticipantRow {
-                role: req_text(&r, "Role")?,
-                joined_at: req(&r, "JoinedAt")?,
-                mute_state: req_text(&r, "MuteState")?,
-                read_pointer_message_id: text(&r, "ReadPointerMessageId")?,
-            },
-        );
-    }
-    for r in rows(
-        c,
-        "SELECT c.FirestoreId AS ConversationFirestoreId, m.FirestoreId, m.AuthorUserId, m.BodyText, m.AttachmentJson,
-                m.ExternalMediaJson, m.CreatedAt, m.EditedAt, m.DeletedAt, m.ClientMessageId, m.Tombstone,
-                m.SourceVersion, m.EventId
-         FROM dbo.DmMessage AS m JOIN dbo.DmConversation AS c ON c.ConversationId = m.ConversationId",
-    )
-    .await?
-    {
-        state.messages.insert(
-            (req_text(&r, "ConversationFirestoreId")?, req_text(&r, "FirestoreId")?),
-            MessageRow {
-                author_user_id: text(&r, "AuthorUserId")?,
-                body_text: text(&r, "BodyText")?,
-                attachments: json(&r, "AttachmentJson")?,
-                external_media: json(&r, "ExternalMediaJson")?,
-                created_at: get(&r, "CreatedAt")?,
-                edited_at: get(&r, "EditedAt")?,
-                deleted_at: get(&r, "DeletedAt")?,
-                client_message_id: text(&r, "ClientMessageId")?,
-                tombstone: req(&r, "Tombstone")?,
-                source_version: req(&r, "SourceVersion")?,
-                last_event_id: req(&r, "EventId")?,
-            },
-        );
-    }
-    for r in rows(c, "SELECT UserId, TargetUserId, CreatedAt, RevokedAt, Source, DeletedAt, SourceVersion, EventId FROM dbo.DmBlock").await? {
-        state.blocks.insert(
-            (req_text(&r, "UserId")?, req_text(&r, "TargetUserId")?),
-            BlockRow {
-                created_at: get(&r, "CreatedAt")?,
-                revoked_at: get(&r, "RevokedAt")?,
-                source: text(&r, "Source")?,
-                deleted_at: get(&r, "DeletedAt")?,
-                source_version: req(&r, "SourceVersion")?,
-                last_event_id: req(&r, "EventId")?,
-            },
-        );
-    }
-    for r in rows(
-        c,
-        "SELECT FollowerUserId, TargetUserId, State, Source, CreatedAt, DeletedAt, SourceVersion, EventId FROM dbo.FollowEdge",
-    )
-    .await?
-    {
-        state.follow_edges.insert(
-            (req_text(&r, "FollowerUserId")?, req_text(&r, "TargetUserId")?),
-            FollowEdgeRow {
-                state: text(&r, "State")?,
-                source: text(&r, "Source")?,
-                created_at: get(&r, "CreatedAt")?,
-                deleted_at: get(&r, "DeletedAt")?,
-                source_version: req(&r, "SourceVersion")?,
-                last_event_id: req(&r, "EventId")?,
-            },
-        );
-    }
-    for r in rows(
-        c,
-        "SELECT a.EventId, c.FirestoreId AS ConversationFirestoreId, m.FirestoreId AS MessageFirestoreId, a.Action,
-                a.PerformedBy, a.CreatedAt
-         FROM dbo.DmMessageAudit AS a
-         JOIN dbo.DmMessage AS m ON m.MessageId = a.MessageId
-         JOIN dbo.DmConversation AS c ON c.ConversationId = m.ConversationId",
-    )
-    .await?
-    {
-        state.audit.push(AuditRow {
-            event_id: req(&r, "EventId")?,
-            conversation_id: req_text(&r, "ConversationFirestoreId")?,
-            message_id: req_text(&r, "MessageFirestoreId")?,
-            action: req_text(&r, "Action")?,
-            performed_by: text(&r, "PerformedBy")?,
-            created_at: req(&r, "CreatedAt")?,
-        });
-    }
-    for r in rows(
-        c,
-        "SELECT EventId, FollowerUserId, TargetUserId, EventType, CreatedAt FROM dbo.FollowEvent",
-    )
-    .await?
-    {
-        state.follow_events.push(FollowEventRow {
-            event_id: req(&r, "EventId")?,
-            follower_user_id: req_text(&r, "FollowerUserId")?,
-            target_user_id: req_text(&r, "TargetUserId")?,
-            event_type: req_text(&r, "EventType")?,
-            created_at: req(&r, "CreatedAt")?,
-        });
-    }
-    Ok(state.normalized())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redirects_keep_the_certificate_name() {
-        let base = tiberius::Config::from_ado_string(
-            "Server=tcp:myserver.database.windows.net,1433;User Id=a;Password=b",
-        )
-        .unwrap();
-        let original = host_of(&base);
-        assert_eq!(original, "myserver.database.windows.net");
-        let next = redirected(
-            &base,
-            &original,
-            "abc.tr5.westeurope1-a.worker.database.windows.net",
-            11002,
-        );
-        assert_eq!(
-            next.get_addr(),
-            "abc.tr5.westeurope1-a.worker.database.windows.net:11002"
-        );
-        assert!(
-            format!("{next:?}").contains("myserver.database.windows.net"),
-            "certificate name kept"
-        );
-        let next = redirected(&base, &original, "host\\instance", 1500);
-        assert_eq!(next.get_addr(), "host:1500");
-    }
 
     #[test]
     fn migrations_are_every_file_in_order() {
@@ -1096,85 +608,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn batches_run_in_lock_order_keeping_each_entitys_order() {
-        let mut rng = 0x9e3779b97f4a7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
+    #[tokio::test]
+    async fn a_pool_timeout_names_the_last_connect_error() {
+        // A port nothing listens on: bind one, then free it.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
         };
-        let t0 = chrono::DateTime::parse_from_rfc3339("2025-10-08T12:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let mut events = Vec::new();
-        for i in 0..60 {
-            let a = format!("u{}", next() % 4);
-            let b = format!("c{}", next() % 4);
-            let time = t0 + chrono::Duration::seconds(i);
-            let (ty, subject, payload) = match next() % 3 {
-                0 => (
-                    mirror_schema::EventType::DmMessageDelete,
-                    Subject::Message {
-                        conversation_id: b,
-                        message_id: a,
-                    },
-                    mirror_schema::Payload::MessageDelete(Default::default()),
-                ),
-                1 => (
-                    mirror_schema::EventType::DmBlockDelete,
-                    Subject::Block {
-                        user_id: a,
-                        target_user_id: b,
-                    },
-                    mirror_schema::Payload::BlockDelete,
-                ),
-                _ => (
-                    mirror_schema::EventType::FollowEdgeDelete,
-                    Subject::FollowEdge {
-                        follower_user_id: a,
-                        target_user_id: b,
-                    },
-                    mirror_schema::Payload::FollowEdgeDelete,
-                ),
-            };
-            events.push(MirrorEvent::new(ty, subject, time, "firestore://x", payload).unwrap());
-        }
-        let order = lock_order(&events);
-        let mut seen = order.clone();
-        seen.sort();
-        assert_eq!(seen, (0..events.len()).collect::<Vec<_>>(), "a permutation");
-        // Per entity, input order is kept.
-        let mut last: std::collections::HashMap<String, usize> = Default::default();
-        for &i in &order {
-            if let Some(prev) = last.insert(events[i].entity_key(), i) {
-                assert!(prev < i, "{} reordered", events[i].entity_key());
-            }
-        }
-        // Lock keys never decrease.
-        let conv = |e: &MirrorEvent| e.subject().conversation_id().map(str::to_owned);
-        for w in order.windows(2) {
-            let (a, b) = (&events[w[0]], &events[w[1]]);
-            if let (Some(x), Some(y)) = (conv(a), conv(b)) {
-                assert!(x <= y);
-            }
-        }
-    }
-
-    #[test]
-    fn commands_bind_every_parameter() {
-        let call = ProcedureCall {
-            procedure: "dbo.sp_X",
-            params: vec![
-                ("@A", SqlParam::Uuid(Uuid::nil())),
-                ("@B", SqlParam::Text(None)),
-                ("@C", SqlParam::Time(Some(Utc::now()))),
-            ],
-        };
-        let debug = format!("{:?}", command(&call));
-        for p in ["@A", "@B", "@C", "dbo.sp_X", "DateTimeOffset", "Guid"] {
-            assert!(debug.contains(p), "{p} missing in {debug}");
-        }
+        let config = MssqlConfig::from_ado(&format!(
+            "Server=tcp:127.0.0.1,{port};Database=mirror;User Id=sa;Password=Sekr1t-pw;Connect Timeout=1;Command Timeout=1"
+        ))
+        .unwrap();
+        let store = MssqlStore::lazy(&config).unwrap();
+        let err = store.conn().await.map(|_| ()).unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::PoolTimeout, "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        assert!(
+            text.contains("the last attempt to connect failed"),
+            "{text}"
+        );
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+        assert!(!text.contains("Sekr1t-pw"), "{text}");
     }
 }

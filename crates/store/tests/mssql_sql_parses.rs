@@ -6,29 +6,36 @@
 //! - `sql/mssql/V1__tables.sql`: parsed as is, every statement; the tables,
 //!   indexes and the FollowTransition rows are read from the syntax tree, and
 //!   the rows are compared with `model::follow_transition`.
-//! - `sql/mssql/V2..V9` (one `CREATE OR ALTER PROCEDURE` each): parsed as is
-//!   with ONE rewrite, because sqlparser 0.59 has no `THROW` statement: every
-//!   `THROW <number>, N'<text>', 1;` is first checked to have exactly that
-//!   form (5-digit number, literal message, state 1), then replaced by
-//!   `RAISERROR(N'<text>', 16, 1);`, which sqlparser does parse, before the
-//!   whole procedure is parsed. Nothing else is rewritten. The THROW numbers
-//!   are checked against the documented list by the unit tests of
-//!   `mssql::errors`.
-//! - Parameter defaults (`@x INT = NULL`) and `EXEC @rc = proc` are not
-//!   supported by sqlparser 0.59 either; the procedures avoid both (every
-//!   parameter is always bound by the store; the applock result is checked
-//!   with `APPLOCK_MODE`), so no rewrite is needed for them.
+//! - `sql/mssql/V2..` (one `CREATE VIEW`, `CREATE FUNCTION` or `CREATE
+//!   PROCEDURE` each): parsed with TWO rewrites, because sqlparser 0.59 lacks
+//!   two T-SQL forms:
+//!   1. it has no `THROW` statement: every `THROW <number>, N'<text>', 1;` is
+//!      first checked to have exactly that form (5-digit number, literal
+//!      message, state 1), then replaced by `RAISERROR(N'<text>', 16, 1);`;
+//!   2. it has no procedure parameter defaults: every parameter line of a
+//!      `CREATE PROCEDURE` header must end in ` = NULL` (checked), and that
+//!      suffix is removed.
+//!
+//!   Nothing else is rewritten. The THROW numbers are checked against the
+//!   documented list by the unit tests of `mssql::error`.
+//! - `EXEC @rc = proc` is not supported by sqlparser 0.59; the procedures
+//!   avoid it (the applock result is checked with `APPLOCK_MODE`).
 //! - `deploy/sql/deploy_realtime_mirror.sqlcmd`: the sqlcmd directives
 //!   (`:on error exit`, `:r`) are not T-SQL and are checked as text (present,
-//!   first, the includes equal to the migrations in order); `GO` splits
-//!   batches and every remaining T-SQL batch is parsed.
+//!   first, the includes equal to the migrations in order); every `:r` is
+//!   replaced by the file it names, as sqlcmd does, `GO` splits batches, and
+//!   every batch is parsed (with the two rewrites above).
+//! - Every `.sql` under `sql/mssql` and `deploy/sql` (and the sqlcmd package)
+//!   is scanned for the constructs Babelfish for PostgreSQL does not support
+//!   (see [`BABELFISH_BANNED`]); comments are ignored by the scan.
 //! - `deploy/sql/deploy_realtime_mirror.ps1` is PowerShell: not parsed, only
 //!   checked for the sqlcmd flags it must pass.
 //!
 //! Also checked by hand: no `GO` inside a migration file, BEGIN/END (and
 //! CASE/END) balance in every file, and every procedure of the contract's
 //! event -> procedure map is created exactly once, as the first statement of
-//! its batch. Parsing says nothing about name resolution, types or semantics:
+//! its batch, and the sqlcmd package drops each object (`DROP .. IF EXISTS`)
+//! in the batch before it creates it. Parsing says nothing about name resolution, types or semantics:
 //! those need a server (`.github/workflows/integration-mssql.yml`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -199,7 +206,7 @@ fn tables_parse_and_match_the_plan() {
         "DmMessageAudit",
         "DmBlock",
         "FollowEdge",
-        "FollowEvent",
+        "FollowEdgeObservation",
         "FollowTransition",
         "RealtimeMirrorCheckpoint",
         "RealtimeMirrorDeadLetter",
@@ -242,18 +249,206 @@ fn tables_parse_and_match_the_plan() {
     }
 }
 
+/// The second documented rewrite: ` = NULL` removed from every parameter line
+/// of a `CREATE PROCEDURE` header (each must have it: the store binds only the
+/// values present, tiberius' untyped NULL being rejected by Babelfish).
+fn rewrite_param_defaults(label: &str, sql: &str) -> String {
+    let Some(start) = sql.find("\nCREATE PROCEDURE ").map(|at| at + 1) else {
+        return sql.to_owned();
+    };
+    let end = sql[start..]
+        .find("\nAS\n")
+        .unwrap_or_else(|| panic!("{label}: no `AS` line after CREATE PROCEDURE"))
+        + start;
+    let header: Vec<String> = sql[start..end]
+        .lines()
+        .map(|line| {
+            if !line.trim_start().starts_with('@') {
+                return line.to_owned();
+            }
+            let comma = line.ends_with(',');
+            let bare = line.trim_end_matches(',');
+            let bare = bare
+                .strip_suffix(" = NULL")
+                .unwrap_or_else(|| panic!("{label}: parameter `{line}` has no `= NULL` default"));
+            format!("{bare}{}", if comma { "," } else { "" })
+        })
+        .collect();
+    format!("{}{}{}", &sql[..start], header.join("\n"), &sql[end..])
+}
+
+/// Both documented rewrites; the number of THROWs rewritten.
+fn rewrite(label: &str, sql: &str) -> (String, usize) {
+    let (sql, throws) = rewrite_throws(label, sql);
+    (rewrite_param_defaults(label, &sql), throws)
+}
+
+/// What Babelfish for PostgreSQL 4.3 does not support (issue 12, checked
+/// against its public "unsupported functionality" list), as upper-case text
+/// outside comments, with the reason.
+const BABELFISH_BANNED: &[(&str, &str)] = &[
+    (
+        "CREATE OR ALTER",
+        "CREATE OR ALTER: use DROP .. IF EXISTS (sqlcmd) + CREATE",
+    ),
+    (
+        "MERGE ",
+        "MERGE: use applock + UPDLOCK read + INSERT/UPDATE",
+    ),
+    (
+        "CONVERT(VARCHAR(64), HASHBYTES",
+        "CONVERT binary styles: use dbo.fn_StoreMirror_Hex",
+    ),
+    (
+        "'APPEND $'",
+        "JSON_MODIFY(.., 'append $', ..) on a root array",
+    ),
+    ("SINGLE_USER", "ALTER DATABASE .. SET SINGLE_USER"),
+    ("EXECUTE AS", "EXECUTE AS clauses"),
+    ("SEQUENCE", "not needed; keep IDENTITY"),
+];
+
+/// `CONVERT(<type>, <expr>, <style>)` with a binary style (1, 2) in `code`.
+fn has_convert_binary_style(code: &str) -> Option<String> {
+    let upper = code.to_uppercase();
+    let mut rest = upper.as_str();
+    while let Some(at) = rest.find("CONVERT(") {
+        let call = &rest[at + "CONVERT(".len()..];
+        // The call's arguments, up to the matching parenthesis.
+        let mut depth = 1;
+        let mut end = call.len();
+        for (i, c) in call.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let args = &call[..end];
+        let mut depth = 0;
+        let mut commas = Vec::new();
+        for (i, c) in args.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => commas.push(i),
+                _ => {}
+            }
+        }
+        if commas.len() == 2 {
+            let style = args[commas[1] + 1..].trim();
+            if style == "1" || style == "2" {
+                return Some(format!("CONVERT({args})"));
+            }
+        }
+        rest = &call[end.min(call.len())..];
+    }
+    None
+}
+
+/// The code of a T-SQL text without `--` comments.
+fn code_only(sql: &str) -> String {
+    sql.lines()
+        .map(|l| l.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn babelfish_violations(label: &str, sql: &str) -> Vec<String> {
+    let code = code_only(sql);
+    let upper = code.to_uppercase();
+    let mut found: Vec<String> = BABELFISH_BANNED
+        .iter()
+        .filter(|(needle, _)| upper.contains(needle))
+        .map(|(needle, why)| format!("{label}: `{needle}` ({why})"))
+        .collect();
+    if let Some(call) = has_convert_binary_style(&code) {
+        found.push(format!("{label}: `{call}` (CONVERT binary style)"));
+    }
+    for collation in upper.split("COLLATE ").skip(1) {
+        let name: String = collation
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if name.ends_with("_UTF8") {
+            found.push(format!(
+                "{label}: `COLLATE {name}` (UTF-8 collations: use dbo.fn_StoreMirror_Utf8)"
+            ));
+        }
+    }
+    found
+}
+
 #[test]
-fn every_procedure_parses_with_the_throw_rewrite_only() {
+fn no_construct_babelfish_lacks_in_any_sql_file() {
+    let mut scanned = 0;
+    let mut violations = Vec::new();
+    for dir in ["sql/mssql", "deploy/sql"] {
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext == "sql" || ext == "sqlcmd" {
+                let text = std::fs::read_to_string(&path).unwrap();
+                violations.extend(babelfish_violations(&path.display().to_string(), &text));
+                scanned += 1;
+            }
+        }
+    }
+    // The statements the Rust side sends (bookkeeping, database setup).
+    for file in [
+        "crates/store/src/mssql.rs",
+        "crates/store/src/mssql/connection.rs",
+        "crates/store/src/mssql/call.rs",
+        "crates/store/src/mssql/snapshot.rs",
+    ] {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        let code: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        violations.extend(babelfish_violations(file, &code));
+        scanned += 1;
+    }
+    assert!(scanned >= MIGRATIONS.len() + 5, "scanned {scanned} files");
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+#[test]
+fn the_babelfish_scan_finds_what_it_looks_for() {
+    for bad in [
+        "CREATE OR ALTER PROCEDURE dbo.x AS SELECT 1;",
+        "MERGE dbo.t AS t USING s ON 1 = 1 WHEN MATCHED THEN DELETE;",
+        "SELECT x COLLATE Latin1_General_100_BIN2_UTF8 FROM t;",
+        "SELECT CONVERT(NVARCHAR(64), HASHBYTES('SHA2_256', @x), 2);",
+        "SELECT CONVERT(CHAR(64), @h, 1);",
+        "UPDATE t SET j = JSON_MODIFY(j, 'append $', @v);",
+        "ALTER DATABASE x SET SINGLE_USER WITH ROLLBACK IMMEDIATE;",
+    ] {
+        assert!(!babelfish_violations("example", bad).is_empty(), "{bad}");
+    }
+    for fine in [
+        "SELECT CONVERT(CHAR(36), @EventId);",
+        "-- CREATE OR ALTER is mentioned in a comment only\nSELECT 1;",
+        "SELECT CONVERT(DATETIMEOFFSET(6), @t, 127);",
+    ] {
+        assert!(babelfish_violations("example", fine).is_empty(), "{fine}");
+    }
+}
+
+#[test]
+fn every_object_parses_with_the_two_rewrites_only() {
     let mut created = BTreeMap::new();
     for (name, sql) in migration_files().iter().skip(1) {
         assert_no_go(name, sql);
         assert_balanced(name, sql);
-        assert!(
-            sql.contains("SET XACT_ABORT ON;") && sql.contains("SET NOCOUNT ON;"),
-            "{name}: XACT_ABORT/NOCOUNT"
-        );
-        assert!(!sql.to_uppercase().contains("MERGE "), "{name}: no MERGE");
-        let (rewritten, throws) = rewrite_throws(name, sql);
+        let (rewritten, throws) = rewrite(name, sql);
         let mut code_lines = rewritten
             .lines()
             .map(|l| l.split("--").next().unwrap_or(""));
@@ -265,45 +460,81 @@ fn every_procedure_parses_with_the_throw_rewrite_only() {
         assert_eq!(
             stmts.len(),
             1,
-            "{name}: CREATE PROCEDURE must be the only statement of its batch"
+            "{name}: CREATE PROCEDURE/FUNCTION/VIEW must be the only statement of its batch"
         );
-        let Statement::CreateProcedure {
-            name: proc_name,
-            or_alter,
-            params,
-            ..
-        } = &stmts[0]
-        else {
-            panic!("{name}: not a CREATE PROCEDURE")
+        let object = match &stmts[0] {
+            Statement::CreateProcedure {
+                name: proc_name,
+                or_alter,
+                params,
+                ..
+            } => {
+                assert!(
+                    !*or_alter,
+                    "{name}: CREATE OR ALTER does not exist on Babelfish"
+                );
+                assert!(
+                    sql.contains("SET XACT_ABORT ON;") && sql.contains("SET NOCOUNT ON;"),
+                    "{name}: XACT_ABORT/NOCOUNT"
+                );
+                let params = params.as_ref().map(|p| p.len()).unwrap_or(0);
+                assert!(params > 0, "{name}: parameters");
+                let proc_name = proc_name.to_string();
+                if PROCEDURES.contains(&proc_name.as_str()) {
+                    assert!(throws >= 1, "{name}: validation THROWs");
+                    assert!(
+                        sql.contains("EXEC dbo.sp_StoreMirror_CheckEvent"),
+                        "{name}: the shared argument checks"
+                    );
+                }
+                if sql.contains("BEGIN TRANSACTION") {
+                    for outcome in [
+                        "N'applied'",
+                        "N'duplicate' AS Outcome",
+                        "N'stale'",
+                        "SELECT @Outcome AS Outcome",
+                    ] {
+                        assert!(sql.contains(outcome), "{name}: returns {outcome}");
+                    }
+                    assert!(
+                        sql.contains("WITH (UPDLOCK)")
+                            && !sql.contains("HOLDLOCK")
+                            && sql.contains("EXEC dbo.sp_StoreMirror_Lock")
+                            && sql.contains("dbo.fn_StoreMirror_IsDuplicate(@EventId)")
+                            && sql.contains("dbo.fn_StoreMirror_IsNewer(")
+                            && sql.contains("EXEC dbo.sp_StoreMirror_RecordEvent"),
+                        "{name}: locking, ledger and version through the shared helpers"
+                    );
+                }
+                assert!(
+                    !sql.contains("sys.sp_getapplock") || proc_name == "dbo.sp_StoreMirror_Lock",
+                    "{name}: only dbo.sp_StoreMirror_Lock takes applocks"
+                );
+                proc_name
+            }
+            Statement::CreateFunction(f) => {
+                assert!(
+                    !f.or_alter,
+                    "{name}: CREATE OR ALTER does not exist on Babelfish"
+                );
+                f.name.to_string()
+            }
+            Statement::CreateView {
+                name: view,
+                or_alter,
+                ..
+            } => {
+                assert!(
+                    !*or_alter,
+                    "{name}: CREATE OR ALTER does not exist on Babelfish"
+                );
+                view.to_string()
+            }
+            other => panic!("{name}: not a CREATE PROCEDURE/FUNCTION/VIEW: {other}"),
         };
         assert!(
-            *or_alter,
-            "{name}: CREATE OR ALTER, so the sqlcmd package can re-deploy"
-        );
-        let params = params.as_ref().map(|p| p.len()).unwrap_or(0);
-        assert!(params > 0, "{name}: parameters");
-        if proc_name.to_string() != "dbo.sp_StoreMirror_RefreshDmConversationSummary" {
-            assert!(throws >= 4, "{name}: validation THROWs");
-            for outcome in [
-                "N'applied' AS Outcome",
-                "N'duplicate' AS Outcome",
-                "N'stale' AS Outcome",
-            ] {
-                assert!(sql.contains(outcome), "{name}: returns {outcome}");
-            }
-            assert!(
-                sql.contains("WITH (UPDLOCK)")
-                    && !sql.contains("HOLDLOCK")
-                    && sql.contains("APPLOCK_MODE")
-                    && sql.contains("sys.sp_getapplock"),
-                "{name}: locking"
-            );
-        }
-        assert!(
-            created
-                .insert(proc_name.to_string(), name.clone())
-                .is_none(),
-            "{proc_name} created twice"
+            created.insert(object.clone(), name.clone()).is_none(),
+            "{object} created twice"
         );
     }
     for p in PROCEDURES {
@@ -312,26 +543,215 @@ fn every_procedure_parses_with_the_throw_rewrite_only() {
             "contract procedure {p} is not created by any file"
         );
     }
-    assert_eq!(
-        created.len(),
-        PROCEDURES.len() + 1,
-        "the procedures plus the summary helper: {created:?}"
-    );
+    for helper in [
+        "dbo.FollowEvent",
+        "dbo.fn_StoreMirror_IsValidId",
+        "dbo.fn_StoreMirror_Utf8",
+        "dbo.fn_StoreMirror_Hex",
+        "dbo.fn_StoreMirror_IsNewer",
+        "dbo.fn_StoreMirror_IsDuplicate",
+        "dbo.sp_StoreMirror_CheckEvent",
+        "dbo.sp_StoreMirror_Lock",
+        "dbo.sp_StoreMirror_RecordEvent",
+        "dbo.sp_StoreMirror_RefreshDmConversationSummary",
+        "dbo.sp_StoreMirror_WriteDmMessage",
+        "dbo.sp_StoreMirror_WriteDmBlock",
+        "dbo.sp_StoreMirror_WriteFollowEdge",
+    ] {
+        assert!(
+            created.contains_key(helper),
+            "{helper} is not created: {created:?}"
+        );
+    }
+    assert_eq!(created.len(), PROCEDURES.len() + 13, "{created:?}");
+    // Every contract procedure either writes itself or hands its checked
+    // arguments to its family's writer.
+    for (name, sql) in migration_files().iter().skip(1) {
+        if sql.contains("CREATE PROCEDURE dbo.sp_StoreMirror_Upsert")
+            || sql.contains("CREATE PROCEDURE dbo.sp_StoreMirror_Delete")
+        {
+            assert!(
+                sql.contains("BEGIN TRANSACTION") || sql.contains("EXEC dbo.sp_StoreMirror_Write"),
+                "{name}: neither writes nor calls a writer"
+            );
+        }
+    }
+    // The only applock and the only ledger insert are the helpers'.
+    let all: String = migration_files().into_iter().map(|(_, t)| t).collect();
+    assert_eq!(all.matches("EXEC sys.sp_getapplock").count(), 1);
+    assert_eq!(all.matches("INSERT INTO dbo.AppliedEvent").count(), 1);
 }
 
 #[test]
 fn conversation_lock_is_taken_before_message_lock() {
     for (name, sql) in migration_files() {
         if let (Some(c), Some(m)) = (
-            sql.find("@Resource = @ConversationLock"),
-            sql.find("@Resource = @MessageLock"),
+            sql.find("@Kind = N'conversation'"),
+            sql.find("@Kind = N'message'"),
         ) {
             assert!(c < m, "{name}: conversation lock first");
         }
-        if let Some(lock) = sql.find("sys.sp_getapplock") {
-            let ledger = sql.find("FROM dbo.AppliedEvent WITH (UPDLOCK)").unwrap();
+        if let Some(lock) = sql.find("EXEC dbo.sp_StoreMirror_Lock") {
+            let ledger = sql
+                .find("dbo.fn_StoreMirror_IsDuplicate(@EventId)")
+                .unwrap();
             assert!(lock < ledger, "{name}: entity locks before the ledger");
+            let begin = sql.find("BEGIN TRANSACTION").unwrap();
+            assert!(
+                begin < lock,
+                "{name}: the applock is owned by the transaction"
+            );
         }
+    }
+}
+
+#[test]
+fn keys_are_compared_as_exact_bytes() {
+    // Bug 1 of issue 12: `=`, UNIQUE and PRIMARY KEY on NVARCHAR ignore
+    // trailing spaces on SQL Server. Every key is a VARBINARY twin.
+    let (_, tables) = &migration_files()[0];
+    for constraint in [
+        "UQ_DmConversation_FirestoreIdKey UNIQUE",
+        "PRIMARY KEY (ConversationId, UserIdKey)",
+        "UNIQUE (ConversationId, FirestoreIdKey)",
+        "PRIMARY KEY NONCLUSTERED (UserIdKey, TargetUserIdKey)",
+        "PRIMARY KEY NONCLUSTERED (FollowerUserIdKey, TargetUserIdKey)",
+        "UQ_RealtimeMirrorDeadLetter_KeyBytes UNIQUE",
+    ] {
+        assert!(tables.contains(constraint), "V1 lacks {constraint}");
+    }
+    // Every key twin is tied to its text by a CHECK.
+    for twin in tables
+        .lines()
+        .filter(|l| l.contains("Key VARBINARY(") || l.contains("KeyBytes VARBINARY("))
+    {
+        let column = twin.split_whitespace().next().unwrap();
+        assert!(
+            tables.contains(&format!("CHECK ({column} = CAST(")),
+            "{column} has no CHECK tying it to its text"
+        );
+    }
+    // No procedure looks an id up by its text.
+    for (name, sql) in migration_files().iter().skip(1) {
+        let code = code_only(sql);
+        for text_lookup in [
+            ".FirestoreId = @",
+            ".UserId = @",
+            ".TargetUserId = @",
+            ".FollowerUserId = @",
+            "WHERE FirestoreId = @",
+            "WHERE UserId = @",
+            "WHERE FollowerUserId = @",
+            "GROUP BY p.UserId ",
+        ] {
+            assert!(
+                !code.contains(text_lookup),
+                "{name}: `{text_lookup}` compares text"
+            );
+        }
+    }
+}
+
+/// The most bytes a value of a V1 column type takes in an index key (None:
+/// not a type this check knows, or `MAX`).
+fn key_bytes(sql_type: &str) -> Option<usize> {
+    let t = sql_type.to_uppercase();
+    let n = || -> Option<usize> { t[t.find('(')? + 1..t.find(')')?].trim().parse().ok() };
+    match t.split('(').next()? {
+        "VARBINARY" | "CHAR" | "VARCHAR" => n(),
+        "NVARCHAR" | "NCHAR" => n().map(|n| 2 * n),
+        "BIGINT" => Some(8),
+        "INT" => Some(4),
+        "BIT" => Some(1),
+        "UNIQUEIDENTIFIER" => Some(16),
+        "DATETIMEOFFSET" => Some(10),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_index_key_fits_sql_servers_limit() {
+    // A clustered key may take 900 bytes, a nonclustered one 1,700. Two
+    // VARBINARY(512) ids (128 emoji each) are 1,024 bytes, so the two-user
+    // primary keys are NONCLUSTERED; otherwise a valid event would fail.
+    let (_, sql) = &migration_files()[0];
+    let mut columns: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut table = String::new();
+    let mut keys: Vec<(String, Vec<String>, bool)> = Vec::new();
+    for line in sql.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("CREATE TABLE dbo.") {
+            table = rest.split_whitespace().next().unwrap().to_owned();
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("CREATE INDEX ") {
+            let on = rest.split(" ON dbo.").nth(1).unwrap();
+            let (t, cols) = on.split_once(' ').unwrap();
+            let cols = cols.trim_matches(|c| c == '(' || c == ')' || c == ';');
+            keys.push((
+                t.to_owned(),
+                cols.split(", ").map(str::to_owned).collect(),
+                false,
+            ));
+            continue;
+        }
+        if line.starts_with("--") || line.is_empty() || line.starts_with(')') {
+            continue;
+        }
+        if line.starts_with("CONSTRAINT ") {
+            for (kind, clustered) in [
+                ("PRIMARY KEY NONCLUSTERED (", false),
+                ("PRIMARY KEY (", true),
+                ("UNIQUE (", false),
+            ] {
+                if let Some(at) = line.find(kind) {
+                    let cols = &line[at + kind.len()..line[at..].find(')').unwrap() + at];
+                    keys.push((
+                        table.clone(),
+                        cols.split(", ").map(str::to_owned).collect(),
+                        clustered,
+                    ));
+                }
+            }
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(ty)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if ty.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && !table.is_empty()
+            && name != "INSERT"
+        {
+            if let Some(width) = key_bytes(ty.trim_end_matches(',')) {
+                columns.insert((table.clone(), name.to_owned()), width);
+            }
+            if line.contains(" PRIMARY KEY") {
+                keys.push((
+                    table.clone(),
+                    vec![name.to_owned()],
+                    !line.contains("NONCLUSTERED"),
+                ));
+            } else if line.contains(" UNIQUE") {
+                keys.push((table.clone(), vec![name.to_owned()], false));
+            }
+        }
+    }
+    assert!(keys.len() >= 20, "{keys:?}");
+    for (table, cols, clustered) in keys {
+        let bytes: usize = cols
+            .iter()
+            .map(|c| {
+                columns
+                    .get(&(table.clone(), c.clone()))
+                    .unwrap_or_else(|| panic!("{table}.{c}: no width"))
+            })
+            .sum();
+        let limit = if clustered { 900 } else { 1700 };
+        assert!(
+            bytes <= limit,
+            "{table} ({}) is {bytes} bytes, over {limit}",
+            cols.join(", ")
+        );
     }
 }
 
@@ -339,6 +759,7 @@ fn conversation_lock_is_taken_before_message_lock() {
 fn sqlcmd_package_includes_the_migrations_in_order_and_parses() {
     let path = repo().join("deploy/sql/deploy_realtime_mirror.sqlcmd");
     let text = std::fs::read_to_string(&path).unwrap();
+    let files: BTreeMap<String, String> = migration_files().into_iter().collect();
     let mut includes = Vec::new();
     let mut first_directive_seen = false;
     let mut batches = vec![String::new()];
@@ -354,12 +775,16 @@ fn sqlcmd_package_includes_the_migrations_in_order_and_parses() {
                 first_directive_seen = true;
             }
             if let Some(file) = directive.strip_prefix("r ") {
-                let file = file.trim().trim_matches('"');
-                includes.push(
-                    file.strip_prefix("$(SqlDir)/")
-                        .expect("includes are relative to $(SqlDir)")
-                        .to_owned(),
-                );
+                let file = file
+                    .trim()
+                    .trim_matches('"')
+                    .strip_prefix("$(SqlDir)/")
+                    .expect("includes are relative to $(SqlDir)")
+                    .to_owned();
+                // sqlcmd pastes the file in place.
+                batches.last_mut().unwrap().push_str(&files[&file]);
+                batches.last_mut().unwrap().push('\n');
+                includes.push(file);
             }
             continue;
         }
@@ -372,27 +797,47 @@ fn sqlcmd_package_includes_the_migrations_in_order_and_parses() {
     }
     let want: Vec<String> = MIGRATIONS.iter().map(|(n, _)| format!("{n}.sql")).collect();
     assert_eq!(includes, want);
-    // Each include is followed by GO, so each file is its own batch.
-    for inc in &want {
-        let at = text.find(inc.as_str()).unwrap();
-        let after = text[at..].lines().nth(1).unwrap_or("").trim();
-        assert!(
-            after.eq_ignore_ascii_case("go"),
-            "{inc} must be followed by GO"
+    // Each object is dropped in the batch before its file, and each file is its own batch.
+    for inc in &want[1..] {
+        let sql = &files[inc];
+        let created = sql
+            .lines()
+            .find_map(|l| {
+                ["CREATE PROCEDURE ", "CREATE FUNCTION ", "CREATE VIEW "]
+                    .iter()
+                    .find_map(|p| {
+                        l.strip_prefix(p)
+                            .map(|rest| (p.trim_start_matches("CREATE ").trim(), rest))
+                    })
+            })
+            .unwrap_or_else(|| panic!("{inc} creates nothing"));
+        let name = created.1.split([' ', '(']).next().unwrap();
+        let drop = format!(
+            "DROP {} IF EXISTS {name};\nGO\n:r \"$(SqlDir)/{inc}\"\nGO\n",
+            created.0
         );
+        assert!(text.contains(&drop), "the package must run `{drop}`");
     }
+    assert!(
+        text.contains("IF OBJECT_ID(N'dbo.AppliedEvent', N'U') IS NULL\nBEGIN\n:r \"$(SqlDir)/V1__tables.sql\"\nEND;\nGO\n"),
+        "the tables are created only on an empty database, so the package can run again"
+    );
     let mut parsed = 0;
     for (i, batch) in batches.iter().enumerate() {
-        let has_sql = batch
-            .lines()
-            .any(|l| !l.trim().is_empty() && !l.trim().starts_with("--"));
+        let has_sql = code_only(batch).lines().any(|l| !l.trim().is_empty());
         if has_sql {
-            assert_balanced(&format!("sqlcmd batch {i}"), batch);
-            parse(&format!("deploy_realtime_mirror.sqlcmd batch {i}"), batch);
+            let label = format!("deploy_realtime_mirror.sqlcmd batch {i}");
+            assert_balanced(&label, batch);
+            let (rewritten, _) = rewrite(&label, batch);
+            parse(&label, &rewritten);
             parsed += 1;
         }
     }
-    assert_eq!(parsed, 2, "the prologue and the verification batch");
+    assert_eq!(
+        parsed,
+        3 + 2 * (MIGRATIONS.len() - 1),
+        "prologue, tables, a drop and a create per object, verification"
+    );
     for p in PROCEDURES {
         assert!(
             text.contains(&format!("OBJECT_ID(N'{p}', N'P')")),

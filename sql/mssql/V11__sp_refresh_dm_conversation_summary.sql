@@ -5,28 +5,35 @@
 --
 -- LastMessageId/LastMessageAt = the live message (DeletedAt IS NULL) with the
 -- greatest (CreatedAt, FirestoreId); FirestoreId ties are broken by its UTF-8
--- bytes, the order the Rust model uses for String. UpdatedAt =
--- greatest(DocUpdatedAt, LastMessageAt), NULLs ignored.
-CREATE OR ALTER PROCEDURE dbo.sp_StoreMirror_RefreshDmConversationSummary (
-    @ConversationId BIGINT
+-- bytes (dbo.fn_StoreMirror_Utf8), the order the Rust model uses for String.
+-- UpdatedAt = greatest(DocUpdatedAt, LastMessageAt), NULLs ignored.
+CREATE PROCEDURE dbo.sp_StoreMirror_RefreshDmConversationSummary (
+    @ConversationId BIGINT = NULL
 )
 AS
 BEGIN
     SET XACT_ABORT ON;
     SET NOCOUNT ON;
 
-    DECLARE @LastMessageId NVARCHAR(128);
+    DECLARE @LastMessageId NVARCHAR(256);
     DECLARE @LastMessageAt DATETIMEOFFSET(6);
 
-    SELECT TOP (1)
-        @LastMessageId = m.FirestoreId,
-        @LastMessageAt = m.CreatedAt
+    SELECT @LastMessageAt = MAX(m.CreatedAt)
     FROM dbo.DmMessage AS m
     WHERE m.ConversationId = @ConversationId
       AND m.DeletedAt IS NULL
-      AND m.CreatedAt IS NOT NULL
-    ORDER BY m.CreatedAt DESC,
-             CONVERT(VARBINARY(512), CONVERT(VARCHAR(512), m.FirestoreId COLLATE Latin1_General_100_BIN2_UTF8)) DESC;
+      AND m.CreatedAt IS NOT NULL;
+
+    -- Only the messages created at that instant compete on the id.
+    SELECT TOP (1) @LastMessageId = t.FirestoreId
+    FROM (
+        SELECT m.FirestoreId, dbo.fn_StoreMirror_Utf8(m.FirestoreId) AS FirestoreIdUtf8
+        FROM dbo.DmMessage AS m
+        WHERE m.ConversationId = @ConversationId
+          AND m.DeletedAt IS NULL
+          AND m.CreatedAt = @LastMessageAt
+    ) AS t
+    ORDER BY t.FirestoreIdUtf8 DESC;
 
     UPDATE dbo.DmConversation
     SET LastMessageId = @LastMessageId,

@@ -1,34 +1,11 @@
-//! SQL Server error numbers and the mapping of tiberius errors to [`StoreError`].
+//! The mapping of tiberius errors to [`StoreError`], and the numbers the
+//! procedures THROW ([`PROCEDURE_ERRORS`]).
 //!
-//! The store does not decide retry versus dead-letter (the writer's policy
-//! does, in one place); it reports the kind and the server's number, and
-//! exports the tables below so the policy can use them.
+//! The store does not decide retry versus dead-letter: it reports the kind
+//! and the server's number. Which numbers are transient, permanent or fatal is
+//! the writer's one table, `sql_writer::db_errors::MSSQL`.
 
 use crate::{DbCode, StoreError, StoreErrorKind};
-
-/// Numbers that are worth retrying: 1205 deadlock victim, 1222 lock request
-/// timeout, 40501 service busy, 40613 database unavailable, 40197 service
-/// error (failover), 49918/49919/49920 not enough resources / too many
-/// operations, 10928/10929 resource limits, 4060 cannot open database (during
-/// failover), and the procedures' own 51205 (entity lock not granted).
-pub const TRANSIENT_ERRORS: &[u32] = &[
-    1205, 1222, 40501, 40613, 40197, 49918, 49919, 49920, 10928, 10929, 4060, 51205,
-];
-
-/// The procedures' own permanent rejections (THROW numbers), see
-/// [`PROCEDURE_ERRORS`] for their meaning.
-pub const PROCEDURE_PERMANENT_ERRORS: &[u32] = &[
-    50001, 50002, 50003, 50004, 50005, 50010, 50011, 50012, 50013, 50020, 50021, 50030, 50040,
-    50041,
-];
-
-/// Numbers that will fail again on retry: 547 constraint (FK/CHECK) violation,
-/// 2601/2627 duplicate key, 8152/2628 string truncation, 245 conversion
-/// failed, 515 NULL into NOT NULL, and every [`PROCEDURE_PERMANENT_ERRORS`] number.
-pub const PERMANENT_ERRORS: &[u32] = &[
-    547, 2601, 2627, 8152, 2628, 245, 515, 50001, 50002, 50003, 50004, 50005, 50010, 50011, 50012,
-    50013, 50020, 50021, 50030, 50040, 50041,
-];
 
 /// Every number the procedures THROW, with its meaning (also in the header of
 /// `sql/mssql/V1__tables.sql` and in `docs/sqlserver.md`).
@@ -37,7 +14,7 @@ pub const PROCEDURE_ERRORS: &[(u32, &str)] = &[
     (50002, "source version (event time) is null"),
     (
         50003,
-        "an id (conversation, message, user) is null, empty or longer than 128",
+        "an id (conversation, message, user) is not a valid id: null, empty, longer than 128 characters, . or .., or containing / or a control character",
     ),
     (50004, "the event type does not belong to this procedure"),
     (50005, "payload JSON is not valid JSON"),
@@ -108,45 +85,6 @@ pub(crate) fn breaks_connection(e: &StoreError) -> bool {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
-
-    #[test]
-    fn tables_are_disjoint_and_complete() {
-        let t: BTreeSet<u32> = TRANSIENT_ERRORS.iter().copied().collect();
-        let p: BTreeSet<u32> = PERMANENT_ERRORS.iter().copied().collect();
-        assert_eq!(
-            t.len(),
-            TRANSIENT_ERRORS.len(),
-            "duplicates in TRANSIENT_ERRORS"
-        );
-        assert_eq!(
-            p.len(),
-            PERMANENT_ERRORS.len(),
-            "duplicates in PERMANENT_ERRORS"
-        );
-        assert!(
-            t.is_disjoint(&p),
-            "{:?}",
-            t.intersection(&p).collect::<Vec<_>>()
-        );
-        for n in [
-            1205, 1222, 40501, 40613, 40197, 49918, 49919, 49920, 10928, 10929, 4060,
-        ] {
-            assert!(t.contains(&n), "{n} must be transient");
-        }
-        for n in [547, 2601, 2627, 8152, 2628, 245, 515] {
-            assert!(p.contains(&n), "{n} must be permanent");
-        }
-        // Every procedure number is documented and classified exactly once.
-        for (n, _) in PROCEDURE_ERRORS {
-            assert!(t.contains(n) ^ p.contains(n), "{n}");
-        }
-        for n in PROCEDURE_PERMANENT_ERRORS {
-            assert!(
-                p.contains(n) && PROCEDURE_ERRORS.iter().any(|(m, _)| m == n),
-                "{n}"
-            );
-        }
-    }
 
     #[test]
     fn procedure_numbers_match_the_sql() {

@@ -1,12 +1,24 @@
-//! Which stored procedure an event goes to, with which typed parameters.
+//! Which stored procedure an event goes to, with which typed parameters, and
+//! how a call and a batch of calls run on a connection.
 //!
-//! A pure function of the event ([`procedure_call`]), so the exact RPC a
-//! store sends is unit-tested without a server. Every parameter of a procedure
-//! is always bound (the procedures declare no defaults), by name.
+//! [`procedure_call`] is a pure function of the event, so the exact RPC a store
+//! sends is unit-tested without a server. Every procedure parameter defaults
+//! to `NULL` in the SQL, and [`command`] binds only the values that are
+//! present: tiberius 0.13 sends a bound `None` as an untyped NULL (TDS type
+//! 0x1F), which SQL Server accepts but Babelfish rejects.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mirror_schema::{MirrorEvent, Payload, Subject};
+use tiberius::Command;
 use uuid::Uuid;
+
+use super::connection::timed;
+use super::error::map_error;
+use super::snapshot::get;
+use super::Client;
+use crate::{ApplyOutcome, StoreError, StoreErrorKind};
 
 /// One typed RPC parameter value.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,6 +206,152 @@ pub fn procedure_call(event: &MirrorEvent) -> ProcedureCall {
     ProcedureCall { procedure, params }
 }
 
+// ---------------------------------------------------------------------------
+// running calls
+
+/// Bind `call` to a tiberius RPC command: every value that is present, by
+/// name; an absent one (`None`) is left to the procedure's `= NULL` default
+/// rather than sent as tiberius' untyped NULL, which Babelfish rejects.
+pub(crate) fn command(call: &ProcedureCall) -> Command<'static> {
+    let mut cmd = Command::new(call.procedure);
+    for (name, value) in &call.params {
+        match value {
+            SqlParam::Uuid(u) => cmd.bind_param(*name, *u),
+            SqlParam::Text(Some(s)) => cmd.bind_param(*name, s.clone()),
+            SqlParam::Time(Some(t)) => cmd.bind_param(*name, t.fixed_offset()),
+            SqlParam::Text(None) | SqlParam::Time(None) => {}
+        }
+    }
+    cmd
+}
+
+/// Run one procedure call and read its `Outcome`.
+pub(crate) async fn run_call(
+    client: &mut Client,
+    call: &ProcedureCall,
+) -> Result<ApplyOutcome, StoreError> {
+    let result = command(call)
+        .exec(client)
+        .await
+        .map_err(map_error)?
+        .into_command_result()
+        .await
+        .map_err(map_error)?;
+    for rows in result {
+        for row in rows {
+            if let Ok(Some(text)) = row.try_get::<&str, _>("Outcome") {
+                return ApplyOutcome::parse(text).ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Protocol,
+                        format!("{} returned the outcome `{text}`", call.procedure),
+                    )
+                });
+            }
+        }
+    }
+    Err(StoreError::new(
+        StoreErrorKind::Protocol,
+        format!("{} returned no Outcome row", call.procedure),
+    ))
+}
+
+pub(crate) async fn exec_sql(client: &mut Client, sql: &str) -> Result<(), StoreError> {
+    client
+        .simple_query(sql)
+        .await
+        .map_err(map_error)?
+        .into_results()
+        .await
+        .map_err(map_error)?;
+    Ok(())
+}
+
+async fn transaction_state(client: &mut Client) -> Result<(i32, i16), StoreError> {
+    let row = client
+        .simple_query("SELECT @@TRANCOUNT AS TranCount, XACT_STATE() AS XactState")
+        .await
+        .map_err(map_error)?
+        .into_row()
+        .await
+        .map_err(map_error)?
+        .ok_or_else(|| StoreError::new(StoreErrorKind::Protocol, "no transaction state row"))?;
+    Ok((
+        get::<i32>(&row, "TranCount")?.unwrap_or(0),
+        get::<i16>(&row, "XactState")?.unwrap_or(0),
+    ))
+}
+
+/// The order in which a batch applies its events: a stable sort by the
+/// entity lock each event takes first (its conversation for `dm.conversation.*`
+/// and `dm.message.*`, else its block or follow edge). A batch holds its
+/// applocks until it commits, so two batches taking the same locks in
+/// different orders could deadlock; in one global order they cannot. The sort
+/// is stable, so the events of one entity keep their relative order, and an
+/// event's outcome depends only on earlier events of its own entity: the
+/// outcomes and the final state equal those of the input order.
+pub fn lock_order(events: &[MirrorEvent]) -> Vec<usize> {
+    fn key(e: &MirrorEvent) -> (u8, &str, &str) {
+        match e.subject() {
+            Subject::Conversation { conversation_id }
+            | Subject::Message {
+                conversation_id, ..
+            } => (0, conversation_id, ""),
+            Subject::Block {
+                user_id,
+                target_user_id,
+            } => (1, user_id, target_user_id),
+            Subject::FollowEdge {
+                follower_user_id,
+                target_user_id,
+            } => (2, follower_user_id, target_user_id),
+        }
+    }
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by(|&a, &b| key(&events[a]).cmp(&key(&events[b])));
+    order
+}
+
+/// One transaction, a savepoint per event; see the module docs for why a
+/// failed event restarts the batch without it.
+pub(crate) async fn apply_batch_on(
+    client: &mut Client,
+    calls: &[ProcedureCall],
+    limit: Duration,
+) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+    let mut rejected: Vec<Option<StoreError>> = vec![None; calls.len()];
+    'attempt: loop {
+        timed(limit, exec_sql(client, "BEGIN TRANSACTION")).await?;
+        let mut results = Vec::with_capacity(calls.len());
+        for (i, call) in calls.iter().enumerate() {
+            if let Some(e) = &rejected[i] {
+                results.push(Err(e.clone()));
+                continue;
+            }
+            timed(limit, exec_sql(client, "SAVE TRANSACTION rm_event")).await?;
+            match timed(limit, run_call(client, call)).await {
+                Ok(outcome) => results.push(Ok(outcome)),
+                // The connection or the driver failed: nothing is committed.
+                Err(e) if e.kind != StoreErrorKind::Database => return Err(e),
+                Err(e) => {
+                    let (trancount, state) = timed(limit, transaction_state(client)).await?;
+                    if trancount > 0 && state == 1 {
+                        timed(limit, exec_sql(client, "ROLLBACK TRANSACTION rm_event")).await?;
+                        results.push(Err(e));
+                    } else {
+                        if trancount > 0 {
+                            timed(limit, exec_sql(client, "ROLLBACK TRANSACTION")).await?;
+                        }
+                        rejected[i] = Some(e);
+                        continue 'attempt;
+                    }
+                }
+            }
+        }
+        timed(limit, exec_sql(client, "COMMIT TRANSACTION")).await?;
+        return Ok(results);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,18 +507,23 @@ mod tests {
                 .map(|e| e.unwrap().path())
                 .find(|p| {
                     let text = std::fs::read_to_string(p).unwrap();
-                    text.contains(&format!("CREATE OR ALTER PROCEDURE dbo.{short} ("))
+                    text.contains(&format!("CREATE PROCEDURE dbo.{short} ("))
                 })
                 .unwrap_or_else(|| panic!("no file creates {proc_name}"));
             let text = std::fs::read_to_string(&file).unwrap();
-            let head = &text
-                [text.find("CREATE OR ALTER PROCEDURE").unwrap()..text.find("\nAS\n").unwrap()];
+            let head = &text[text.find("CREATE PROCEDURE").unwrap()..text.find("\nAS\n").unwrap()];
             let declared: Vec<&str> = head
                 .lines()
                 .skip(1)
                 .filter_map(|l| l.split_whitespace().next())
                 .filter(|w| w.starts_with('@'))
                 .collect();
+            for line in head.lines().skip(1).filter(|l| l.trim().starts_with('@')) {
+                assert!(
+                    line.trim_end_matches(',').ends_with("= NULL"),
+                    "{proc_name}: `{line}` needs a NULL default, the store binds only present values"
+                );
+            }
             assert_eq!(&declared, params, "{proc_name} in {}", file.display());
         }
         assert_eq!(
@@ -481,5 +644,95 @@ mod tests {
         ));
         assert_eq!(c.procedure, "dbo.sp_StoreMirror_DeleteFollowEdge");
         assert_eq!(names(&c), signature(c.procedure));
+    }
+
+    #[test]
+    fn batches_run_in_lock_order_keeping_each_entitys_order() {
+        let mut rng = 0x9e3779b97f4a7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let t0 = chrono::DateTime::parse_from_rfc3339("2025-10-08T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut events = Vec::new();
+        for i in 0..60 {
+            let a = format!("u{}", next() % 4);
+            let b = format!("c{}", next() % 4);
+            let time = t0 + chrono::Duration::seconds(i);
+            let (ty, subject, payload) = match next() % 3 {
+                0 => (
+                    mirror_schema::EventType::DmMessageDelete,
+                    Subject::Message {
+                        conversation_id: b,
+                        message_id: a,
+                    },
+                    mirror_schema::Payload::MessageDelete(Default::default()),
+                ),
+                1 => (
+                    mirror_schema::EventType::DmBlockDelete,
+                    Subject::Block {
+                        user_id: a,
+                        target_user_id: b,
+                    },
+                    mirror_schema::Payload::BlockDelete,
+                ),
+                _ => (
+                    mirror_schema::EventType::FollowEdgeDelete,
+                    Subject::FollowEdge {
+                        follower_user_id: a,
+                        target_user_id: b,
+                    },
+                    mirror_schema::Payload::FollowEdgeDelete,
+                ),
+            };
+            events.push(MirrorEvent::new(ty, subject, time, "firestore://x", payload).unwrap());
+        }
+        let order = lock_order(&events);
+        let mut seen = order.clone();
+        seen.sort();
+        assert_eq!(seen, (0..events.len()).collect::<Vec<_>>(), "a permutation");
+        // Per entity, input order is kept.
+        let mut last: std::collections::HashMap<String, usize> = Default::default();
+        for &i in &order {
+            if let Some(prev) = last.insert(events[i].entity_key(), i) {
+                assert!(prev < i, "{} reordered", events[i].entity_key());
+            }
+        }
+        // Lock keys never decrease.
+        let conv = |e: &MirrorEvent| e.subject().conversation_id().map(str::to_owned);
+        for w in order.windows(2) {
+            let (a, b) = (&events[w[0]], &events[w[1]]);
+            if let (Some(x), Some(y)) = (conv(a), conv(b)) {
+                assert!(x <= y);
+            }
+        }
+    }
+
+    #[test]
+    fn commands_bind_only_present_values() {
+        let call = ProcedureCall {
+            procedure: "dbo.sp_X",
+            params: vec![
+                ("@A", SqlParam::Uuid(Uuid::nil())),
+                ("@B", SqlParam::Text(None)),
+                ("@C", SqlParam::Time(Some(Utc::now()))),
+                ("@D", SqlParam::Time(None)),
+                ("@E", SqlParam::Text(Some("x".into()))),
+            ],
+        };
+        let debug = format!("{:?}", command(&call));
+        for p in ["@A", "@C", "@E", "dbo.sp_X", "DateTimeOffset", "Guid"] {
+            assert!(debug.contains(p), "{p} missing in {debug}");
+        }
+        for p in ["@B", "@D"] {
+            assert!(
+                !debug.contains(p),
+                "{p} is None and must not be bound: {debug}"
+            );
+        }
     }
 }
