@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::Future;
-use mirror_schema::{MirrorEvent, Subject};
+use mirror_schema::MirrorEvent;
 use tiberius::{Command, Row, SqlBrowser};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
@@ -549,27 +549,7 @@ async fn transaction_state(client: &mut Client) -> Result<(i32, i16), StoreError
 /// is stable, so the events of one entity keep their relative order, and an
 /// event's outcome depends only on earlier events of its own entity: the
 /// outcomes and the final state equal those of the input order.
-pub fn lock_order(events: &[MirrorEvent]) -> Vec<usize> {
-    fn key(e: &MirrorEvent) -> (u8, &str, &str) {
-        match e.subject() {
-            Subject::Conversation { conversation_id }
-            | Subject::Message {
-                conversation_id, ..
-            } => (0, conversation_id, ""),
-            Subject::Block {
-                user_id,
-                target_user_id,
-            } => (1, user_id, target_user_id),
-            Subject::FollowEdge {
-                follower_user_id,
-                target_user_id,
-            } => (2, follower_user_id, target_user_id),
-        }
-    }
-    let mut order: Vec<usize> = (0..events.len()).collect();
-    order.sort_by(|&a, &b| key(&events[a]).cmp(&key(&events[b])));
-    order
-}
+pub use crate::plan::lock_order;
 
 /// One transaction, a savepoint per event; see the module docs for why a
 /// failed event restarts the batch without it.
@@ -1016,7 +996,7 @@ async fn snapshot_on(c: &mut Client) -> Result<MirrorState, StoreError> {
     for r in rows(
         c,
         "SELECT a.EventId, c.FirestoreId AS ConversationFirestoreId, m.FirestoreId AS MessageFirestoreId, a.Action,
-                a.PerformedBy, a.CreatedAt
+                a.PerformedBy, a.CreatedAt, a.PayloadJson
          FROM dbo.DmMessageAudit AS a
          JOIN dbo.DmMessage AS m ON m.MessageId = a.MessageId
          JOIN dbo.DmConversation AS c ON c.ConversationId = m.ConversationId",
@@ -1030,6 +1010,7 @@ async fn snapshot_on(c: &mut Client) -> Result<MirrorState, StoreError> {
             action: req_text(&r, "Action")?,
             performed_by: text(&r, "PerformedBy")?,
             created_at: req(&r, "CreatedAt")?,
+            payload: json(&r, "PayloadJson")?.unwrap_or(serde_json::Value::Null),
         });
     }
     for r in rows(
@@ -1116,7 +1097,7 @@ mod tests {
             let (ty, subject, payload) = match next() % 3 {
                 0 => (
                     mirror_schema::EventType::DmMessageDelete,
-                    Subject::Message {
+                    mirror_schema::Subject::Message {
                         conversation_id: b,
                         message_id: a,
                     },
@@ -1124,7 +1105,7 @@ mod tests {
                 ),
                 1 => (
                     mirror_schema::EventType::DmBlockDelete,
-                    Subject::Block {
+                    mirror_schema::Subject::Block {
                         user_id: a,
                         target_user_id: b,
                     },
@@ -1132,7 +1113,7 @@ mod tests {
                 ),
                 _ => (
                     mirror_schema::EventType::FollowEdgeDelete,
-                    Subject::FollowEdge {
+                    mirror_schema::Subject::FollowEdge {
                         follower_user_id: a,
                         target_user_id: b,
                     },
