@@ -21,8 +21,8 @@ use futures::StreamExt;
 use mirror_schema::*;
 use mirror_store::model::{newest_only, Model};
 use mirror_store::{
-    ApplyMode, ApplyOutcome, Checkpoint, DbCode, DeadLetterRecord, MetricSample, MirrorState, MirrorStore,
-    StoreError,
+    ApplyMode, ApplyOutcome, Checkpoint, DbCode, DeadLetterRecord, MetricSample, MirrorState,
+    MirrorStore, StoreError,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -966,8 +966,16 @@ async fn batches_equal_one_by_one<S: MirrorStore>(
         assert_eq!(got.len(), chunk.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             match g {
-                Ok(o) => assert_eq!(o, w, "{mode:?} batch {n} event {i} ({})", describe(&chunk[i])),
-                Err(e) => panic!("{mode:?} batch {n} event {i} ({}) failed: {e}", describe(&chunk[i])),
+                Ok(o) => assert_eq!(
+                    o,
+                    w,
+                    "{mode:?} batch {n} event {i} ({})",
+                    describe(&chunk[i])
+                ),
+                Err(e) => panic!(
+                    "{mode:?} batch {n} event {i} ({}) failed: {e}",
+                    describe(&chunk[i])
+                ),
             }
         }
     }
@@ -1044,12 +1052,26 @@ async fn late_message_events_are_audited_with_their_own_payload<S: MirrorStore>(
     let v3 = message(Op::Update, "c1", "m1", "v3", t(3));
     let v2 = message(Op::Update, "c1", "m1", "v2", t(2));
     let delete = message(Op::Delete, "c1", "m1", "", t(4));
-    let late_soft = message_with(Op::Update, "c1", "m1", "soft", t(3) + chrono::Duration::microseconds(5), Some(t(3)));
+    let late_soft = message_with(
+        Op::Update,
+        "c1",
+        "m1",
+        "soft",
+        t(3) + chrono::Duration::microseconds(5),
+        Some(t(3)),
+    );
     // Newest first: everything after the delete is stale, all of it is history.
     let outcomes = apply_all(
         &store,
         &mut model,
-        &[delete.clone(), v3.clone(), create, v2.clone(), late_soft.clone(), v2.clone()],
+        &[
+            delete.clone(),
+            v3.clone(),
+            create,
+            v2.clone(),
+            late_soft.clone(),
+            v2.clone(),
+        ],
     )
     .await;
     assert_eq!(
@@ -1075,12 +1097,19 @@ async fn late_message_events_are_audited_with_their_own_payload<S: MirrorStore>(
         vec![
             (t(2), "edit", v2.payload().to_json()),
             (t(3), "edit", v3.payload().to_json()),
-            (t(3) + chrono::Duration::microseconds(5), "soft_delete", late_soft.payload().to_json()),
+            (
+                t(3) + chrono::Duration::microseconds(5),
+                "soft_delete",
+                late_soft.payload().to_json()
+            ),
             (t(4), "delete", delete.payload().to_json()),
         ]
     );
     let m = &state.messages[&("c1".to_owned(), "m1".to_owned())];
-    assert!(m.tombstone && m.body_text.is_none(), "the delete stays current: {m:?}");
+    assert!(
+        m.tombstone && m.body_text.is_none(),
+        "the delete stays current: {m:?}"
+    );
 }
 
 async fn late_follow_event_re_derives_its_neighbours<S: MirrorStore>(store: S) {
@@ -1100,7 +1129,10 @@ async fn late_follow_event_re_derives_its_neighbours<S: MirrorStore>(store: S) {
         v
     };
     let before = assert_matches_model(&store, &model, "in order").await;
-    assert_eq!(log(&before), [(t(1), "request".into()), (t(3), "accept".into())]);
+    assert_eq!(
+        log(&before),
+        [(t(1), "request".into()), (t(3), "accept".into())]
+    );
     // A late block between them: request, block, then accepted-after-blocked is an unblock.
     apply_all(&store, &mut model, &[blocked, gone.clone()]).await;
     let after = assert_matches_model(&store, &model, "after the late event").await;
@@ -1135,7 +1167,11 @@ async fn late_history_is_the_same_in_batches<S: MirrorStore>(store: S) {
     let (first, second) = events.split_at(3);
     let mut got = Vec::new();
     for (chunk, mode) in [(first, ApplyMode::PerEvent), (second, ApplyMode::Batched)] {
-        for r in store.apply_batch_as(chunk, mode).await.expect("batch commits") {
+        for r in store
+            .apply_batch_as(chunk, mode)
+            .await
+            .expect("batch commits")
+        {
             got.push(r.expect("valid events apply"));
         }
     }

@@ -98,7 +98,11 @@ async fn check(
         .snapshot()
         .await
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    same(&expected, &actual, "apply one by one vs newest_only (every table)")?;
+    same(
+        &expected,
+        &actual,
+        "apply one by one vs newest_only (every table)",
+    )?;
 
     // In batches, both modes.
     for mode in [ApplyMode::PerEvent, ApplyMode::Batched] {

@@ -8,6 +8,8 @@
 //! job, re-exported here as [`adapters`], [`with_bus!`] and [`with_store!`].
 
 pub mod config;
+pub mod dead_letters;
+pub mod health;
 pub mod policy;
 pub mod replay;
 pub mod telemetry;

@@ -45,7 +45,7 @@ impl History {
     /// Record one event (idempotent by id; events without history are ignored).
     pub fn record(&mut self, event: &MirrorEvent) {
         if let Some(row) = audit_row(event) {
-            self.audit.insert(row.event_id, row);
+            self.audit.entry(row.event_id).or_insert(row);
         }
         if let Subject::FollowEdge {
             follower_user_id,
@@ -59,7 +59,8 @@ impl History {
             self.observations
                 .entry((follower_user_id.clone(), target_user_id.clone()))
                 .or_default()
-                .insert((event.time(), event.id()), state);
+                .entry((event.time(), event.id()))
+                .or_insert(state);
         }
     }
 
@@ -260,30 +261,30 @@ impl Model {
         }
         let row = match event.payload() {
             Payload::Message(p) => MessageRow {
-                    author_user_id: Some(p.author_user_id.clone()),
-                    body_text: Some(p.body_text.clone()),
-                    attachments: p.attachments.clone().map(serde_json::Value::Array),
-                    external_media: p.external_media.clone().map(serde_json::Value::Array),
-                    created_at: Some(p.created_at),
-                    edited_at: p.edited_at,
-                    deleted_at: p.deleted_at,
-                    client_message_id: p.client_message_id.clone(),
-                    tombstone: false,
-                    source_version: event.time(),
-                    last_event_id: event.id(),
+                author_user_id: Some(p.author_user_id.clone()),
+                body_text: Some(p.body_text.clone()),
+                attachments: p.attachments.clone().map(serde_json::Value::Array),
+                external_media: p.external_media.clone().map(serde_json::Value::Array),
+                created_at: Some(p.created_at),
+                edited_at: p.edited_at,
+                deleted_at: p.deleted_at,
+                client_message_id: p.client_message_id.clone(),
+                tombstone: false,
+                source_version: event.time(),
+                last_event_id: event.id(),
             },
             Payload::MessageDelete(_) => MessageRow {
-                    author_user_id: None,
-                    body_text: None,
-                    attachments: None,
-                    external_media: None,
-                    created_at: None,
-                    edited_at: None,
-                    deleted_at: Some(event.time()),
-                    client_message_id: None,
-                    tombstone: true,
-                    source_version: event.time(),
-                    last_event_id: event.id(),
+                author_user_id: None,
+                body_text: None,
+                attachments: None,
+                external_media: None,
+                created_at: None,
+                edited_at: None,
+                deleted_at: Some(event.time()),
+                client_message_id: None,
+                tombstone: true,
+                source_version: event.time(),
+                last_event_id: event.id(),
             },
             _ => unreachable!("schema guarantees the payload"),
         };
@@ -449,7 +450,8 @@ mod tests {
 
     fn follow(f: &str, state: Option<FollowState>, secs: i64) -> MirrorEvent {
         use chrono::TimeZone;
-        let time = Utc.with_ymd_and_hms(2025, 10, 8, 12, 0, 0).unwrap() + chrono::Duration::seconds(secs);
+        let time =
+            Utc.with_ymd_and_hms(2025, 10, 8, 12, 0, 0).unwrap() + chrono::Duration::seconds(secs);
         let subject = Subject::FollowEdge {
             follower_user_id: f.into(),
             target_user_id: "t".into(),
@@ -463,7 +465,10 @@ mod tests {
                     created_at: time,
                 }),
             ),
-            None => (mirror_schema::EventType::FollowEdgeDelete, Payload::FollowEdgeDelete),
+            None => (
+                mirror_schema::EventType::FollowEdgeDelete,
+                Payload::FollowEdgeDelete,
+            ),
         };
         MirrorEvent::new(ty, subject, time, "firestore://x", payload).unwrap()
     }
@@ -491,6 +496,9 @@ mod tests {
         let mut sorted = kinds.clone();
         sorted.sort();
         assert_eq!(sorted, ["block", "request", "unblock"]);
-        assert_eq!(late.state(), newest_only(&[c.clone(), b.clone(), a.clone()]));
+        assert_eq!(
+            late.state(),
+            newest_only(&[c.clone(), b.clone(), a.clone()])
+        );
     }
 }

@@ -336,7 +336,9 @@ mod tests {
                     _ => message("c1", ["m1", "m2"][rng.random_range(0..2)], s),
                 }
             };
-            let before: Vec<MirrorEvent> = (0..rng.random_range(0..5)).map(|_| make(&mut rng)).collect();
+            let before: Vec<MirrorEvent> = (0..rng.random_range(0..5))
+                .map(|_| make(&mut rng))
+                .collect();
             for e in &before {
                 model.apply(e);
             }
@@ -349,7 +351,9 @@ mod tests {
                 let s = stored.entry(entity(e)).or_insert(v);
                 *s = (*s).max(v);
             }
-            let mut batch: Vec<MirrorEvent> = (0..rng.random_range(1..9)).map(|_| make(&mut rng)).collect();
+            let mut batch: Vec<MirrorEvent> = (0..rng.random_range(1..9))
+                .map(|_| make(&mut rng))
+                .collect();
             if rng.random_bool(0.3) && !before.is_empty() {
                 batch.push(before[0].clone());
             }

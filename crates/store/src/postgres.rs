@@ -40,8 +40,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::plan::Plan;
 use crate::{
-    ApplyMode, ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError,
-    StoreErrorKind, StoredDeadLetter,
+    ApplyMode, ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore,
+    StoreError, StoreErrorKind, StoredDeadLetter,
 };
 
 mod batch;
