@@ -677,7 +677,21 @@ impl Progress {
     }
 }
 
+/// The 1-minute load average, to read the figures against (the machine is shared).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
+    let load_before = load_average();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let modes: Vec<ApplyMode> = if args.skip_per_event {
         vec![ApplyMode::Batched]
     } else {
@@ -715,6 +729,7 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
         });
     }
     let mssql = std::env::var("MSSQL_URL").ok().filter(|v| !v.is_empty());
+    let load_after = load_average();
 
     let batched_drain = rows
         .iter()
@@ -757,6 +772,9 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
                 "rows": rows,
                 "writer_over_raw": ratio,
                 "highest_rate_with_p95_within_200ms": best_rate,
+                "cores": cores,
+                "load_average_before": load_before,
+                "load_average_after": load_after,
                 "goals": goals.iter().map(|(g, ok)| serde_json::json!({"goal": g, "met": ok})).collect::<Vec<_>>(),
                 "mssql": if mssql.is_some() { "MSSQL_URL set, but the SQL Server rows are not implemented in this bench yet" } else { "skipped: MSSQL_URL not set" },
             })
@@ -827,5 +845,11 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
         }
     );
     println!("peak RSS: VmHWM of this process reset after publishing, so the writer's peak plus a small idle baseline");
+    let f1 = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "?".into());
+    println!(
+        "machine: {cores} cores, 1-minute load average {} before, {} after (NATS, PostgreSQL and anything else share them)",
+        f1(load_before),
+        f1(load_after)
+    );
     Ok(0)
 }
