@@ -134,7 +134,7 @@ impl MirrorState {
 
     /// Sort the logs so two snapshots compare equal regardless of read order.
     pub fn normalized(mut self) -> MirrorState {
-        self.audit.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+        self.audit.sort_by_key(|a| a.event_id);
         self.follow_events.sort();
         self
     }
