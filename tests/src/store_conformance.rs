@@ -21,8 +21,8 @@ use futures::StreamExt;
 use mirror_schema::*;
 use mirror_store::model::{newest_only, Model};
 use mirror_store::{
-    ApplyOutcome, Checkpoint, DbCode, DeadLetterRecord, MetricSample, MirrorState, MirrorStore,
-    StoreError,
+    ApplyMode, ApplyOutcome, Checkpoint, DbCode, DeadLetterRecord, MetricSample, MirrorState,
+    MirrorStore, StoreError,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -60,7 +60,15 @@ cases!(
     follow_transitions_write_follow_events,
     message_edits_and_deletes_are_audited,
     apply_batch_equals_applying_one_by_one,
+    per_event_batches_equal_applying_one_by_one,
+    set_based_batches_equal_applying_one_by_one,
+    one_batch_with_many_versions_of_each_entity,
     apply_batch_isolates_a_rejected_event,
+    per_event_batch_isolates_a_rejected_event,
+    set_based_batch_isolates_a_rejected_event,
+    late_message_events_are_audited_with_their_own_payload,
+    late_follow_event_re_derives_its_neighbours,
+    late_history_is_the_same_in_batches,
     apply_batch_of_nothing_is_empty,
     concurrent_writers_converge,
     dead_letter_same_key_keeps_first_failure,
@@ -422,8 +430,8 @@ async fn duplicate_event_is_a_noop<S: MirrorStore>(store: S) {
     assert_eq!(before, after);
     assert_eq!(
         after.audit.len(),
-        2,
-        "one edit and one delete audit row, no second copies"
+        3,
+        "one row per distinct update/delete id (the stale edit too), no second copies"
     );
     assert_eq!(
         after.follow_events.len(),
@@ -520,9 +528,16 @@ async fn delete_then_late_create_stays_deleted<S: MirrorStore>(store: S) {
         state.follow_edges[&("u1".into(), "u2".into())].deleted_at,
         Some(t(10))
     );
-    assert!(
-        state.follow_events.is_empty(),
-        "no edge ever existed, so no transition"
+    let mut log: Vec<(DateTime<Utc>, &str)> = state
+        .follow_events
+        .iter()
+        .map(|f| (f.created_at, f.event_type.as_str()))
+        .collect();
+    log.sort();
+    assert_eq!(
+        log,
+        [(t(5), "accept"), (t(10), "remove")],
+        "the late create is history: observed before the delete (contract v1.1)"
     );
 }
 
@@ -811,7 +826,9 @@ async fn follow_transitions_write_follow_events<S: MirrorStore>(store: S) {
         follow(Op::Delete, "u1", "u2", FollowState::Blocked, t(8)), // unblock
         follow(Op::Create, "u3", "u2", FollowState::Accepted, t(1)), // accept (no request first)
         follow(Op::Delete, "u4", "u2", FollowState::Accepted, t(1)), // delete of nothing: none
-        follow(Op::Create, "u1", "u2", FollowState::Accepted, t(2)), // stale: none
+        // Stale for the row, but history: observed between pending@1 and
+        // accepted@3 with the same state as its neighbour, so no transition.
+        follow(Op::Create, "u1", "u2", FollowState::Pending, t(2)),
     ];
     apply_all(&store, &mut model, &events).await;
     let state = assert_matches_model(&store, &model, "follow transitions").await;
@@ -864,7 +881,7 @@ async fn message_edits_and_deletes_are_audited<S: MirrorStore>(store: S) {
             edit.clone(),
             soft.clone(),
             hard.clone(),
-            stale_edit,
+            stale_edit.clone(),
             orphan_delete.clone(),
         ],
     )
@@ -888,35 +905,108 @@ async fn message_edits_and_deletes_are_audited<S: MirrorStore>(store: S) {
         rows,
         vec![
             (t(2), "m1", "edit", Some("u1"), edit.id()),
+            (
+                t(2) + chrono::Duration::microseconds(1),
+                "m1",
+                "edit",
+                Some("u1"),
+                stale_edit.id()
+            ),
             (t(3), "m1", "soft_delete", Some("u1"), soft.id()),
             (t(4), "m1", "delete", Some("u1"), hard.id()),
             (t(5), "m2", "delete", Some("u1"), orphan_delete.id()),
         ],
-        "create writes no audit row; a stale edit writes none"
+        "create writes no audit row; a stale edit writes one (contract v1.1)"
     );
+    for a in &state.audit {
+        let event = [&edit, &soft, &hard, &stale_edit, &orphan_delete]
+            .into_iter()
+            .find(|e| e.id() == a.event_id)
+            .expect("an audit row of a known event");
+        assert_eq!(
+            a.payload,
+            event.payload().to_json(),
+            "audit payload is the event's own"
+        );
+    }
 }
 
 async fn apply_batch_equals_applying_one_by_one<S: MirrorStore>(store: S) {
+    batches_equal_one_by_one(&store, None, 9).await;
+}
+
+async fn per_event_batches_equal_applying_one_by_one<S: MirrorStore>(store: S) {
+    batches_equal_one_by_one(&store, Some(ApplyMode::PerEvent), 9).await;
+}
+
+async fn set_based_batches_equal_applying_one_by_one<S: MirrorStore>(store: S) {
+    batches_equal_one_by_one(&store, Some(ApplyMode::Batched), 9).await;
+}
+
+/// Batches of 40 over a history of a handful of entities: every batch holds
+/// several versions of most entities, repeats of one id, late parents.
+async fn one_batch_with_many_versions_of_each_entity<S: MirrorStore>(store: S) {
+    batches_equal_one_by_one(&store, Some(ApplyMode::Batched), 40).await;
+}
+
+/// `apply_batch` (`mode` None) or `apply_batch_as(mode)` over a shuffled
+/// random history in chunks of `chunk`: every outcome as the model's, every
+/// table as `newest_only`'s.
+async fn batches_equal_one_by_one<S: MirrorStore>(
+    store: &S,
+    mode: Option<ApplyMode>,
+    chunk: usize,
+) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_0001);
     let mut history = canonical(crate::events::random_history(&mut rng, 120, 30));
     history.shuffle(&mut rng);
     let mut model = Model::new();
-    for (n, chunk) in history.chunks(9).enumerate() {
+    for (n, chunk) in history.chunks(chunk).enumerate() {
         let want: Vec<ApplyOutcome> = chunk.iter().map(|e| model.apply(e)).collect();
-        let got = store.apply_batch(chunk).await.expect("batch commits");
+        let got = match mode {
+            None => store.apply_batch(chunk).await,
+            Some(mode) => store.apply_batch_as(chunk, mode).await,
+        }
+        .expect("batch commits");
         assert_eq!(got.len(), chunk.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             match g {
-                Ok(o) => assert_eq!(o, w, "batch {n} event {i} ({})", describe(&chunk[i])),
-                Err(e) => panic!("batch {n} event {i} ({}) failed: {e}", describe(&chunk[i])),
+                Ok(o) => assert_eq!(
+                    o,
+                    w,
+                    "{mode:?} batch {n} event {i} ({})",
+                    describe(&chunk[i])
+                ),
+                Err(e) => panic!(
+                    "{mode:?} batch {n} event {i} ({}) failed: {e}",
+                    describe(&chunk[i])
+                ),
             }
         }
     }
-    let state = assert_matches_model(&store, &model, "history applied in batches").await;
-    entities_equal(&newest_only(&history), &state, "batches vs newest only");
+    let state = assert_matches_model(store, &model, "history applied in batches").await;
+    let expected = newest_only(&history);
+    if state != expected {
+        panic!(
+            "{mode:?}: every table vs newest_only (- expected, + store):\n{}",
+            MirrorState::diff(&expected, &state)
+        );
+    }
 }
 
 async fn apply_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
+    batch_isolates_a_rejected_event(&store, None).await;
+}
+
+async fn per_event_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
+    batch_isolates_a_rejected_event(&store, Some(ApplyMode::PerEvent)).await;
+}
+
+async fn set_based_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
+    batch_isolates_a_rejected_event(&store, Some(ApplyMode::Batched)).await;
+}
+
+async fn batch_isolates_a_rejected_event<S: MirrorStore>(store: &S, mode: Option<ApplyMode>) {
     // A contract-valid event that a database may refuse: U+0000 in the body
     // (PostgreSQL text cannot hold it). Whether or not this store takes it,
     // the results must line up with the input and the other events must commit.
@@ -927,7 +1017,11 @@ async fn apply_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
         message(Op::Update, "c1", "m1", "fine, edited", t(4)),
         follow(Op::Create, "u1", "u2", FollowState::Pending, t(5)),
     ];
-    let results = store.apply_batch(&events).await.expect("batch commits");
+    let results = match mode {
+        None => store.apply_batch(&events).await,
+        Some(mode) => store.apply_batch_as(&events, mode).await,
+    }
+    .expect("batch commits");
     assert_eq!(results.len(), events.len());
     let mut model = Model::new();
     for (i, (e, r)) in events.iter().zip(&results).enumerate() {
@@ -947,7 +1041,7 @@ async fn apply_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
             }
         }
     }
-    assert_matches_model(&store, &model, "batch with a rejected event").await;
+    assert_matches_model(store, &model, "batch with a rejected event").await;
     // The rejected event left nothing behind: not even its ledger entry.
     if results[2].is_err() {
         assert!(
@@ -955,6 +1049,140 @@ async fn apply_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
             "still rejected, not a duplicate"
         );
     }
+}
+
+async fn late_message_events_are_audited_with_their_own_payload<S: MirrorStore>(store: S) {
+    let mut model = Model::new();
+    let create = message(Op::Create, "c1", "m1", "v1", t(1));
+    let v3 = message(Op::Update, "c1", "m1", "v3", t(3));
+    let v2 = message(Op::Update, "c1", "m1", "v2", t(2));
+    let delete = message(Op::Delete, "c1", "m1", "", t(4));
+    let late_soft = message_with(
+        Op::Update,
+        "c1",
+        "m1",
+        "soft",
+        t(3) + chrono::Duration::microseconds(5),
+        Some(t(3)),
+    );
+    // Newest first: everything after the delete is stale, all of it is history.
+    let outcomes = apply_all(
+        &store,
+        &mut model,
+        &[
+            delete.clone(),
+            v3.clone(),
+            create,
+            v2.clone(),
+            late_soft.clone(),
+            v2.clone(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes,
+        [
+            ApplyOutcome::Applied,
+            ApplyOutcome::Stale,
+            ApplyOutcome::Stale,
+            ApplyOutcome::Stale,
+            ApplyOutcome::Stale,
+            ApplyOutcome::Duplicate
+        ]
+    );
+    let state = assert_matches_model(&store, &model, "late message events").await;
+    let mut audit: Vec<_> = state
+        .audit
+        .iter()
+        .map(|a| (a.created_at, a.action.as_str(), a.payload.clone()))
+        .collect();
+    audit.sort_by_key(|a| a.0);
+    assert_eq!(
+        audit,
+        vec![
+            (t(2), "edit", v2.payload().to_json()),
+            (t(3), "edit", v3.payload().to_json()),
+            (
+                t(3) + chrono::Duration::microseconds(5),
+                "soft_delete",
+                late_soft.payload().to_json()
+            ),
+            (t(4), "delete", delete.payload().to_json()),
+        ]
+    );
+    let m = &state.messages[&("c1".to_owned(), "m1".to_owned())];
+    assert!(
+        m.tombstone && m.body_text.is_none(),
+        "the delete stays current: {m:?}"
+    );
+}
+
+async fn late_follow_event_re_derives_its_neighbours<S: MirrorStore>(store: S) {
+    let mut model = Model::new();
+    let pending = follow(Op::Create, "u1", "u2", FollowState::Pending, t(1));
+    let accepted = follow(Op::Update, "u1", "u2", FollowState::Accepted, t(3));
+    let blocked = follow(Op::Update, "u1", "u2", FollowState::Blocked, t(2));
+    let gone = follow(Op::Delete, "u1", "u2", FollowState::Pending, t(4));
+    apply_all(&store, &mut model, &[pending, accepted]).await;
+    let log = |s: &MirrorState| {
+        let mut v: Vec<(DateTime<Utc>, String)> = s
+            .follow_events
+            .iter()
+            .map(|f| (f.created_at, f.event_type.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = assert_matches_model(&store, &model, "in order").await;
+    assert_eq!(
+        log(&before),
+        [(t(1), "request".into()), (t(3), "accept".into())]
+    );
+    // A late block between them: request, block, then accepted-after-blocked is an unblock.
+    apply_all(&store, &mut model, &[blocked, gone.clone()]).await;
+    let after = assert_matches_model(&store, &model, "after the late event").await;
+    assert_eq!(
+        log(&after),
+        [
+            (t(1), "request".into()),
+            (t(2), "block".into()),
+            (t(3), "unblock".into()),
+            (t(4), "remove".into())
+        ]
+    );
+    let edge = &after.follow_edges[&("u1".to_owned(), "u2".to_owned())];
+    assert_eq!(edge.last_event_id, gone.id());
+}
+
+/// The same late-arriving history through batches of both modes gives the
+/// same tables as the model fed it one by one.
+async fn late_history_is_the_same_in_batches<S: MirrorStore>(store: S) {
+    let events = vec![
+        follow(Op::Update, "u1", "u2", FollowState::Accepted, t(3)),
+        message(Op::Update, "c1", "m1", "v3", t(3)),
+        follow(Op::Create, "u1", "u2", FollowState::Pending, t(1)),
+        message(Op::Create, "c1", "m1", "v1", t(1)),
+        message(Op::Update, "c1", "m1", "v2", t(2)),
+        follow(Op::Update, "u1", "u2", FollowState::Blocked, t(2)),
+        conversation(Op::Create, "c1", &["u1", "u2"], t(1)),
+        message(Op::Update, "c1", "m1", "v3", t(3)),
+    ];
+    let mut model = Model::new();
+    let want: Vec<ApplyOutcome> = events.iter().map(|e| model.apply(e)).collect();
+    let (first, second) = events.split_at(3);
+    let mut got = Vec::new();
+    for (chunk, mode) in [(first, ApplyMode::PerEvent), (second, ApplyMode::Batched)] {
+        for r in store
+            .apply_batch_as(chunk, mode)
+            .await
+            .expect("batch commits")
+        {
+            got.push(r.expect("valid events apply"));
+        }
+    }
+    assert_eq!(got, want);
+    assert_matches_model(&store, &model, "late history in batches").await;
+    assert_eq!(model.state(), newest_only(&events));
 }
 
 async fn apply_batch_of_nothing_is_empty<S: MirrorStore>(store: S) {
@@ -1004,7 +1232,13 @@ async fn concurrent_writers_converge<S: MirrorStore>(store: S) {
         t.await.expect("writer task");
     }
     let state = store.snapshot().await.unwrap();
-    entities_equal(&newest_only(&history), &state, "two concurrent writers");
+    let expected = newest_only(&history);
+    if state != expected {
+        panic!(
+            "two concurrent writers: every table vs newest_only (- expected, + store):\n{}",
+            MirrorState::diff(&expected, &state)
+        );
+    }
     let audit_ids: std::collections::HashSet<_> = state.audit.iter().map(|a| a.event_id).collect();
     assert_eq!(
         audit_ids.len(),
@@ -1209,5 +1443,22 @@ async fn table_counts_cover_every_table_in_schema_order<S: MirrorStore>(store: S
         ]
     );
     let values: Vec<i64> = counts.iter().map(|(_, n)| *n).collect();
-    assert_eq!(values, vec![2, 3, 2, 1, 1, 1, 2, 0, 0, 0, 8], "{counts:?}");
+    let history = model.state();
+    assert_eq!(
+        values,
+        vec![
+            2,
+            3,
+            2,
+            history.audit.len() as i64,
+            1,
+            1,
+            history.follow_events.len() as i64,
+            0,
+            0,
+            0,
+            8
+        ],
+        "{counts:?}"
+    );
 }

@@ -1,11 +1,25 @@
 //! `mirrorctl bench`: throughput, latency and memory of the writer on the local
-//! NATS and PostgreSQL, measured in one run and printed as figures and ratios.
+//! NATS and PostgreSQL, measured in one run and printed as one table.
 //!
-//! Each scenario gets a fresh database and a fresh topic. Throughput is the
-//! drain rate of a pre-filled subscription; latency is source version (the
-//! event's `time`, set at publish) to commit, measured by a timing decorator
-//! around the store port while events are published at a steady rate. Memory
-//! is the process's peak resident set (`VmHWM`).
+//! Every scenario gets its own scratch database and stream (dropped after).
+//!
+//! - **drain** (per apply mode): `--events` events are published first, then
+//!   the writer drains the subscription; events/s = events settled ÷ drain
+//!   time. Peak RSS is the process's `VmHWM`, reset (`/proc/self/clear_refs`)
+//!   after publishing, so it is the writer's peak plus this process's small
+//!   idle baseline (runtime, one NATS and one PostgreSQL client).
+//! - **raw**: the same events through the same set-based SQL
+//!   (`MirrorStore::apply_batch_as(.., Batched)`), with the writer's batch size
+//!   and concurrency, no bus and no writer: the database's own limit on this
+//!   machine. The ratio writer ÷ raw says what the bus and the loop cost.
+//! - **steady** (per apply mode at `--rate`, and the batched writer at each of
+//!   `--rates`): events published at a fixed offered rate for `--seconds`
+//!   while the writer runs; latency is enqueue (the event `time`, set just
+//!   before publishing) to the return of the committed batch, for every
+//!   event settled. The curve gives the highest offered rate whose p95 stays
+//!   within 200 ms.
+//!
+//! SQL Server rows need `MSSQL_URL`; without it the table says so.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,13 +27,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chrono::Utc;
 use clap::Args;
+use futures::StreamExt;
 use mirror_bus::jetstream::{JetStreamBus, JetStreamConfig};
 use mirror_bus::{EventBus, OutboundMessage};
 use mirror_schema::*;
 use mirror_store::postgres::{PgConfig, PgStore};
 use mirror_store::{
-    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError,
-    StoredDeadLetter,
+    ApplyMode, ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore,
+    StoreError, StoredDeadLetter,
 };
 use secrecy::SecretString;
 use serde::Serialize;
@@ -27,15 +42,44 @@ use sql_writer::{Deps, WriterSettings};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Events per throughput scenario
-    #[arg(long, default_value_t = 4000)]
+    /// Events per drain scenario (and for the raw database limit)
+    #[arg(long, default_value_t = 30_000)]
     pub events: usize,
-    /// Events per second in the latency scenario
-    #[arg(long, default_value_t = 200)]
+    /// Offered rate (events/s) of the per-mode steady scenario
+    #[arg(long, default_value_t = 2000)]
     pub rate: u32,
-    /// Seconds of the latency scenario
+    /// Offered rates (events/s) of the latency curve, comma-separated
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "500,1000,2000,5000,10000"
+    )]
+    pub rates: Vec<u32>,
+    /// Seconds each steady scenario offers events
     #[arg(long, default_value_t = 5)]
     pub seconds: u32,
+    /// Share of DM events (the rest are follow-edge events), 0..=1
+    #[arg(long, default_value_t = 0.8)]
+    pub dm_share: f64,
+    /// Participants per conversation (2 = direct, more = group)
+    #[arg(long, default_value_t = 2)]
+    pub group_size: usize,
+    /// Share of events published a second time (under a new broker message id,
+    /// so the store, not the broker, sees the duplicate), 0..=1
+    #[arg(long, default_value_t = 0.02)]
+    pub duplicate_rate: f64,
+    /// Share of update events whose version is older than one already sent
+    /// (late arrivals: stale for the row, history all the same), 0..=1
+    #[arg(long, default_value_t = 0.05)]
+    pub reorder_rate: f64,
+    /// Writer batch size and workers
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Skip the per-event mode (it is slow on purpose: the baseline)
+    #[arg(long)]
+    pub skip_per_event: bool,
     /// PostgreSQL server (a scratch database is created and dropped on it)
     #[arg(
         long,
@@ -47,19 +91,23 @@ pub struct BenchArgs {
     pub nats_url: String,
 }
 
-/// The figures of one scenario.
+/// The figures of one row.
 #[derive(Debug, Clone, Serialize)]
-pub struct Figures {
+pub struct Row {
     pub scenario: String,
+    pub store: String,
+    pub mode: String,
+    pub offered_per_sec: Option<u32>,
     pub events: usize,
     pub seconds: f64,
     pub events_per_sec: f64,
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
 }
 
-/// A store decorator recording source-version-to-commit latency of applied events.
+/// A store decorator recording enqueue-to-commit latency of every settled event.
 struct Timed<S> {
     inner: S,
     latencies_ms: Arc<Mutex<Vec<f64>>>,
@@ -68,10 +116,7 @@ struct Timed<S> {
 impl<S: MirrorStore> MirrorStore for Timed<S> {
     async fn apply(&self, event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
         let r = self.inner.apply(event).await;
-        self.note(
-            std::slice::from_ref(event),
-            r.iter().cloned().map(Ok).collect(),
-        );
+        self.note(std::slice::from_ref(event), std::slice::from_ref(&r));
         r
     }
     async fn apply_batch(
@@ -79,7 +124,16 @@ impl<S: MirrorStore> MirrorStore for Timed<S> {
         events: &[MirrorEvent],
     ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
         let r = self.inner.apply_batch(events).await?;
-        self.note(events, r.clone());
+        self.note(events, &r);
+        Ok(r)
+    }
+    async fn apply_batch_as(
+        &self,
+        events: &[MirrorEvent],
+        mode: ApplyMode,
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+        let r = self.inner.apply_batch_as(events, mode).await?;
+        self.note(events, &r);
         Ok(r)
     }
     async fn record_dead_letter(&self, record: &DeadLetterRecord) -> Result<(), StoreError> {
@@ -113,11 +167,11 @@ impl<S: MirrorStore> MirrorStore for Timed<S> {
 }
 
 impl<S> Timed<S> {
-    fn note(&self, events: &[MirrorEvent], results: Vec<Result<ApplyOutcome, StoreError>>) {
+    fn note<E>(&self, events: &[MirrorEvent], results: &[Result<ApplyOutcome, E>]) {
         let now = Utc::now();
         let mut l = self.latencies_ms.lock().expect("latency lock");
         for (e, r) in events.iter().zip(results) {
-            if matches!(r, Ok(ApplyOutcome::Applied)) {
+            if r.is_ok() {
                 l.push((now - e.time()).num_microseconds().unwrap_or(0) as f64 / 1000.0);
             }
         }
@@ -132,33 +186,186 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[idx.min(sorted.len() - 1)])
 }
 
-/// A message event at `time` in one of 200 conversations; every 4th is an edit.
-fn synthetic(i: usize, time: chrono::DateTime<Utc>) -> MirrorEvent {
-    let conversation = format!("bench-c{}", i % 200);
-    let message = format!("m{}", i / 4);
-    let op = if i % 4 == 3 { Op::Update } else { Op::Create };
-    let subject = Subject::Message {
-        conversation_id: conversation,
-        message_id: message,
-    };
+/// A small deterministic generator (xorshift), so runs are comparable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() % 1_000_000) as f64 / 1_000_000.0 < p
+    }
+}
+
+/// The workload: events with the `--dm-share`, `--group-size` and
+/// `--reorder-rate` mix. Conversations: 500; users: 2,000. DM events are
+/// 5 % conversation updates, 70 % new messages, 25 % edits/deletes of recent
+/// messages; follow events move random edges between states.
+struct Workload {
+    rng: Rng,
+    mix: BenchArgs,
+    messages: Vec<(usize, usize)>,
+    next_message: usize,
+}
+
+const CONVERSATIONS: usize = 500;
+const USERS: usize = 2000;
+
+impl Workload {
+    fn new(mix: &BenchArgs) -> Workload {
+        Workload {
+            rng: Rng(0x9e37_79b9_7f4a_7c15),
+            mix: mix.clone(),
+            messages: Vec::new(),
+            next_message: 0,
+        }
+    }
+
+    /// The next event, with version `time` (or a little older when reordered).
+    fn next(&mut self, time: chrono::DateTime<Utc>) -> MirrorEvent {
+        let late = self.rng.chance(self.mix.reorder_rate);
+        let time = if late {
+            time - chrono::Duration::milliseconds(1 + self.rng.below(500) as i64)
+        } else {
+            time
+        };
+        if self.rng.chance(self.mix.dm_share) {
+            let roll = self.rng.below(100);
+            if roll < 5 {
+                let c = self.rng.below(CONVERSATIONS);
+                let users: Vec<String> = (0..self.mix.group_size.max(2))
+                    .map(|k| format!("u{}", (c * 7 + k * 13) % USERS))
+                    .collect();
+                let subject = Subject::Conversation {
+                    conversation_id: format!("bench-c{c}"),
+                };
+                let payload = Payload::Conversation(ConversationPayload {
+                    kind: if users.len() == 2 {
+                        ConversationKind::Direct
+                    } else {
+                        ConversationKind::Group
+                    },
+                    participants: users
+                        .iter()
+                        .enumerate()
+                        .map(|(i, u)| Participant {
+                            user_id: u.clone(),
+                            role: if i == 0 {
+                                ParticipantRole::Owner
+                            } else {
+                                ParticipantRole::Member
+                            },
+                            joined_at: time,
+                            mute_state: MuteState::None,
+                            read_pointer_message_id: None,
+                        })
+                        .collect(),
+                    created_at: time,
+                    updated_at: time,
+                    last_message_id: None,
+                });
+                return event(EventType::DmConversationUpdate, subject, time, payload);
+            }
+            let (op, c, m) = if roll < 75 || self.messages.is_empty() {
+                let c = self.rng.below(CONVERSATIONS);
+                let m = self.next_message;
+                self.next_message += 1;
+                self.messages.push((c, m));
+                if self.messages.len() > 4096 {
+                    self.messages.remove(0);
+                }
+                (Op::Create, c, m)
+            } else {
+                let (c, m) = self.messages[self.rng.below(self.messages.len())];
+                let op = if roll < 97 { Op::Update } else { Op::Delete };
+                (op, c, m)
+            };
+            let subject = Subject::Message {
+                conversation_id: format!("bench-c{c}"),
+                message_id: format!("m{m}"),
+            };
+            let payload = if op == Op::Delete {
+                Payload::MessageDelete(MessageDeletePayload {
+                    performed_by: Some("moderator".into()),
+                })
+            } else {
+                Payload::Message(MessagePayload {
+                    author_user_id: format!("u{}", m % USERS),
+                    body_text: "benchmark message body, about the size of a chat line".into(),
+                    attachments: None,
+                    external_media: None,
+                    created_at: time,
+                    edited_at: (op == Op::Update).then_some(time),
+                    deleted_at: None,
+                    client_message_id: None,
+                })
+            };
+            let ty = EventType::of(EventFamily::Message, op).expect("message type");
+            return event(ty, subject, time, payload);
+        }
+        let f = self.rng.below(USERS);
+        let t = (f + 1 + self.rng.below(50)) % USERS;
+        let subject = Subject::FollowEdge {
+            follower_user_id: format!("u{f}"),
+            target_user_id: format!("u{t}"),
+        };
+        let state = match self.rng.below(10) {
+            0 => None,
+            1 => Some(FollowState::Blocked),
+            2..=4 => Some(FollowState::Pending),
+            _ => Some(FollowState::Accepted),
+        };
+        match state {
+            None => event(
+                EventType::FollowEdgeDelete,
+                subject,
+                time,
+                Payload::FollowEdgeDelete,
+            ),
+            Some(state) => event(
+                EventType::FollowEdgeUpdate,
+                subject,
+                time,
+                Payload::FollowEdge(FollowEdgePayload {
+                    state,
+                    source: FollowSource::Mobile,
+                    created_at: time,
+                }),
+            ),
+        }
+    }
+
+    /// The messages to publish for `event`: itself, and with `--duplicate-rate`
+    /// a second copy under another broker message id.
+    fn messages(&mut self, event: &MirrorEvent) -> Vec<OutboundMessage> {
+        let first = OutboundMessage::from_event(event);
+        if self.rng.chance(self.mix.duplicate_rate) {
+            let mut again = first.clone();
+            again.message_id.push_str("-again");
+            vec![first, again]
+        } else {
+            vec![first]
+        }
+    }
+}
+
+fn event(
+    ty: EventType,
+    subject: Subject,
+    time: chrono::DateTime<Utc>,
+    payload: Payload,
+) -> MirrorEvent {
     let source = MirrorEvent::firestore_source("bench", &subject);
-    MirrorEvent::new(
-        EventType::of(EventFamily::Message, op).expect("message type"),
-        subject,
-        time,
-        source,
-        Payload::Message(MessagePayload {
-            author_user_id: format!("u{}", i % 50),
-            body_text: "benchmark message body, about the size of a chat line".into(),
-            attachments: None,
-            external_media: None,
-            created_at: time,
-            edited_at: (op == Op::Update).then_some(time),
-            deleted_at: None,
-            client_message_id: None,
-        }),
-    )
-    .expect("synthetic event is valid")
+    MirrorEvent::new(ty, subject, time, source, payload).expect("bench event is valid")
 }
 
 struct Scratch {
@@ -182,12 +389,23 @@ impl Scratch {
         Ok(Scratch {
             server: SecretString::from(args.pg_url.clone()),
             db_url,
-            topic: format!("rmb-{label}-{suffix}"),
+            topic: format!("rmb-{}-{suffix}", label.replace('_', "-")),
             nats_url: args.nats_url.clone(),
         })
     }
 
-    async fn connect(&self) -> Result<(JetStreamBus, PgStore)> {
+    async fn store(&self, pool: usize) -> Result<PgStore> {
+        let store = PgStore::connect(&PgConfig {
+            url: self.db_url.clone(),
+            pool_size: pool,
+            statement_timeout: Duration::from_secs(30),
+        })
+        .await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn bus(&self) -> Result<JetStreamBus> {
         let bus = JetStreamBus::connect(JetStreamConfig {
             url: self.nats_url.clone(),
             topic: self.topic.clone(),
@@ -195,129 +413,40 @@ impl Scratch {
         })
         .await?;
         bus.ensure_topology().await?;
-        let store = PgStore::connect(&PgConfig {
-            url: self.db_url.clone(),
-            pool_size: 8,
-            statement_timeout: Duration::from_secs(30),
-        })
-        .await?;
-        store.migrate().await?;
-        Ok((bus, store))
+        Ok(bus)
     }
 
-    async fn drop(self, bus: &JetStreamBus) {
-        let _ = bus.delete_topology().await;
+    async fn drop(self, bus: Option<&JetStreamBus>) {
+        if let Some(bus) = bus {
+            let _ = bus.delete_topology().await;
+        }
         let _ = mirror_store::postgres::drop_database(&self.server, &self.db_url).await;
     }
 }
 
-async fn throughput(
-    args: &BenchArgs,
-    label: &str,
-    batch_size: usize,
-    concurrency: usize,
-) -> Result<Figures> {
-    let scratch = Scratch::new(args, label).await?;
-    let (bus, store) = scratch.connect().await?;
-    let base = Utc::now();
-    for i in 0..args.events {
-        bus.publish(&OutboundMessage::from_event(&synthetic(
-            i,
-            base + chrono::Duration::microseconds(i as i64),
-        )))
-        .await?;
+/// Publish concurrently (the broker confirms each; 256 in flight).
+async fn publish_all(bus: &JetStreamBus, messages: Vec<OutboundMessage>) -> Result<()> {
+    let mut results =
+        futures::stream::iter(messages.iter().map(|m| bus.publish(m))).buffer_unordered(256);
+    while let Some(r) = results.next().await {
+        r?;
     }
-    let bus = Arc::new(bus);
-    let settings = WriterSettings {
-        batch_size,
-        concurrency,
-        exit_when_idle: true,
-        receive_wait: Duration::from_millis(300),
-        metrics_flush_every: None,
-        ..WriterSettings::default()
-    };
-    let started = Instant::now();
-    let report = sql_writer::run(
-        Deps {
-            bus: bus.clone(),
-            store: Arc::new(store),
-        },
-        settings,
-        std::future::pending(),
-    )
-    .await?;
-    let secs = started.elapsed().as_secs_f64();
-    scratch.drop(&bus).await;
-    let done = (report.applied + report.duplicate + report.stale) as usize;
-    Ok(Figures {
-        scenario: format!("drain, batch {batch_size} × {concurrency} workers"),
-        events: done,
-        seconds: secs,
-        events_per_sec: done as f64 / secs,
-        p50_ms: None,
-        p95_ms: None,
-        p99_ms: None,
-    })
+    Ok(())
 }
 
-async fn latency(args: &BenchArgs) -> Result<Figures> {
-    let scratch = Scratch::new(args, "lat").await?;
-    let (bus, store) = scratch.connect().await?;
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let store = Timed {
-        inner: store,
-        latencies_ms: latencies.clone(),
-    };
-    let bus = Arc::new(bus);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let settings = WriterSettings {
-        batch_size: 64,
-        concurrency: 2,
-        receive_wait: Duration::from_millis(100),
+fn writer_settings(args: &BenchArgs, mode: ApplyMode, exit_when_idle: bool) -> WriterSettings {
+    WriterSettings {
+        batch_size: args.batch_size,
+        concurrency: args.concurrency,
+        apply_mode: mode,
+        exit_when_idle,
+        receive_wait: Duration::from_millis(200),
         metrics_flush_every: None,
         ..WriterSettings::default()
-    };
-    let writer = tokio::spawn(sql_writer::run(
-        Deps {
-            bus: bus.clone(),
-            store: Arc::new(store),
-        },
-        settings,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let total = (args.rate * args.seconds) as usize;
-    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-    let mut tick = tokio::time::interval(interval);
-    let started = Instant::now();
-    for i in 0..total {
-        tick.tick().await;
-        bus.publish(&OutboundMessage::from_event(&synthetic(i, Utc::now())))
-            .await?;
     }
-    // Let the tail drain.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while latencies.lock().expect("latency lock").len() < total && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let _ = stop_tx.send(());
-    writer.await??;
-    scratch.drop(&bus).await;
-    let mut l = latencies.lock().expect("latency lock").clone();
-    l.sort_by(|a, b| a.total_cmp(b));
-    Ok(Figures {
-        scenario: format!("steady {} ev/s, end to end", args.rate),
-        events: l.len(),
-        seconds: secs,
-        events_per_sec: l.len() as f64 / secs,
-        p50_ms: percentile(&l, 50.0),
-        p95_ms: percentile(&l, 95.0),
-        p99_ms: percentile(&l, 99.0),
-    })
 }
 
+/// `VmHWM` of this process, MiB.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -325,27 +454,329 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Reset `VmHWM` to the current RSS (Linux ≥ 4.0); false if not allowed.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn mode_name(mode: ApplyMode) -> String {
+    mode.as_str().to_owned()
+}
+
+async fn drain(args: &BenchArgs, mode: ApplyMode, progress: &Progress) -> Result<Row> {
+    let scratch = Scratch::new(args, &format!("drain_{}", mode.as_str().replace('-', ""))).await?;
+    let bus = scratch.bus().await?;
+    let store = scratch.store(args.concurrency + 1).await?;
+    let mut workload = Workload::new(args);
+    let base = Utc::now() - chrono::Duration::hours(1);
+    let mut messages = Vec::with_capacity(args.events + args.events / 10);
+    for i in 0..args.events {
+        let e = workload.next(base + chrono::Duration::microseconds(i as i64 * 10));
+        messages.extend(workload.messages(&e));
+    }
+    let published = messages.len();
+    progress.note(&format!(
+        "drain {}: publishing {published} messages",
+        mode.as_str()
+    ));
+    publish_all(&bus, messages).await?;
+    let bus = Arc::new(bus);
+    let reset = reset_peak_rss();
+    progress.note(&format!("drain {}: writer draining", mode.as_str()));
+    let started = Instant::now();
+    let report = sql_writer::run(
+        Deps {
+            bus: bus.clone(),
+            store: Arc::new(store),
+        },
+        writer_settings(args, mode, true),
+        std::future::pending(),
+    )
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let rss = if reset { peak_rss_mib() } else { None };
+    scratch.drop(Some(&bus)).await;
+    let done = (report.applied + report.duplicate + report.stale) as usize;
+    Ok(Row {
+        scenario: "drain".into(),
+        store: "postgres".into(),
+        mode: mode_name(mode),
+        offered_per_sec: None,
+        events: done,
+        seconds: secs,
+        events_per_sec: done as f64 / secs,
+        p50_ms: None,
+        p95_ms: None,
+        p99_ms: None,
+        peak_rss_mib: rss,
+    })
+}
+
+async fn raw(args: &BenchArgs, progress: &Progress) -> Result<Row> {
+    let scratch = Scratch::new(args, "raw").await?;
+    let store = Arc::new(scratch.store(args.concurrency + 1).await?);
+    let mut workload = Workload::new(args);
+    let base = Utc::now() - chrono::Duration::hours(1);
+    let mut events = Vec::with_capacity(args.events);
+    for i in 0..args.events {
+        let e = workload.next(base + chrono::Duration::microseconds(i as i64 * 10));
+        for _ in workload.messages(&e) {
+            events.push(e.clone());
+        }
+    }
+    progress.note(&format!(
+        "raw: {} events straight into the set-based SQL",
+        events.len()
+    ));
+    let chunks: Vec<Vec<MirrorEvent>> = events
+        .chunks(args.batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect();
+    let started = Instant::now();
+    let mut runs = futures::stream::iter(chunks.into_iter().map(|chunk| {
+        let store = store.clone();
+        async move {
+            store
+                .apply_batch_as(&chunk, ApplyMode::Batched)
+                .await
+                .map(|r| r.len())
+        }
+    }))
+    .buffer_unordered(args.concurrency.max(1));
+    let mut done = 0;
+    while let Some(r) = runs.next().await {
+        done += r?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(runs);
+    drop(store);
+    scratch.drop(None).await;
+    Ok(Row {
+        scenario: "raw set-based SQL (no bus, no writer)".into(),
+        store: "postgres".into(),
+        mode: "batched".into(),
+        offered_per_sec: None,
+        events: done,
+        seconds: secs,
+        events_per_sec: done as f64 / secs,
+        p50_ms: None,
+        p95_ms: None,
+        p99_ms: None,
+        peak_rss_mib: None,
+    })
+}
+
+async fn steady(args: &BenchArgs, mode: ApplyMode, rate: u32, progress: &Progress) -> Result<Row> {
+    let scratch = Scratch::new(args, &format!("steady_{rate}")).await?;
+    let bus = Arc::new(scratch.bus().await?);
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let store = Timed {
+        inner: scratch.store(args.concurrency + 1).await?,
+        latencies_ms: latencies.clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(sql_writer::run(
+        Deps {
+            bus: bus.clone(),
+            store: Arc::new(store),
+        },
+        writer_settings(args, mode, false),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    progress.note(&format!(
+        "steady {} at {rate} events/s for {} s",
+        mode.as_str(),
+        args.seconds
+    ));
+    let total = (rate as usize) * (args.seconds as usize);
+    // Offer in 10 ms slices: rate/100 events each, published concurrently.
+    let per_tick = (rate as f64 / 100.0).max(1.0);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut workload = Workload::new(args);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let mut owed = 0.0f64;
+    let mut publishing = futures::stream::FuturesUnordered::new();
+    while sent < total {
+        tick.tick().await;
+        owed += per_tick;
+        while owed >= 1.0 && sent < total {
+            owed -= 1.0;
+            sent += 1;
+            let e = workload.next(Utc::now());
+            for m in workload.messages(&e) {
+                let bus = bus.clone();
+                publishing.push(async move { bus.publish(&m).await });
+            }
+        }
+        // Collect confirmations without holding up the next slice.
+        while let Some(Some(r)) = futures::FutureExt::now_or_never(publishing.next()) {
+            r?;
+        }
+    }
+    while let Some(r) = publishing.next().await {
+        r?;
+    }
+    let offered_secs = started.elapsed().as_secs_f64();
+    // Let the tail drain: until everything published was settled (or 30 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut receiver = bus.subscribe(mirror_bus::SQL_WRITER_SUBSCRIPTION).await?;
+    loop {
+        use mirror_bus::Receiver;
+        let idle =
+            matches!(receiver.backlog().await, Ok(Some(b)) if b.pending == 0 && b.in_flight == 0);
+        if idle || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(());
+    writer.await??;
+    scratch.drop(Some(&bus)).await;
+    let mut l = latencies.lock().expect("latency lock").clone();
+    l.sort_by(|a, b| a.total_cmp(b));
+    Ok(Row {
+        scenario: "steady".into(),
+        store: "postgres".into(),
+        mode: mode_name(mode),
+        offered_per_sec: Some(rate),
+        events: l.len(),
+        seconds: offered_secs,
+        events_per_sec: total as f64 / offered_secs,
+        p50_ms: percentile(&l, 50.0),
+        p95_ms: percentile(&l, 95.0),
+        p99_ms: percentile(&l, 99.0),
+        peak_rss_mib: None,
+    })
+}
+
+/// Progress on stderr: step n of N and what it does.
+struct Progress {
+    steps: usize,
+    step: std::sync::atomic::AtomicUsize,
+    started: Instant,
+}
+
+impl Progress {
+    fn begin(&self, what: &str) {
+        let n = self.step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        eprintln!(
+            "bench [{n}/{}] {:>5.1}s {what}",
+            self.steps,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+    fn note(&self, what: &str) {
+        eprintln!(
+            "bench        {:>5.1}s   {what}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// The 1-minute load average, to read the figures against (the machine is shared).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
+    let load_before = load_average();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let modes: Vec<ApplyMode> = if args.skip_per_event {
+        vec![ApplyMode::Batched]
+    } else {
+        vec![ApplyMode::PerEvent, ApplyMode::Batched]
+    };
+    let progress = Progress {
+        steps: modes.len() * 2 + 1 + args.rates.len(),
+        step: Default::default(),
+        started: Instant::now(),
+    };
     eprintln!(
-        "bench: {} events per drain scenario, latency at {} ev/s for {} s",
-        args.events, args.rate, args.seconds
+        "bench: {} events per drain, mix dm={} group={} duplicates={} reordered={}, batch {} × {} workers",
+        args.events, args.dm_share, args.group_size, args.duplicate_rate, args.reorder_rate, args.batch_size, args.concurrency
     );
-    eprintln!("bench: [1/3] drain, one event per transaction, one worker");
-    let single = throughput(&args, "single", 1, 1).await?;
-    eprintln!("bench: [2/3] drain, batched transactions, four workers");
-    let batched = throughput(&args, "batched", 64, 4).await?;
-    eprintln!("bench: [3/3] steady-rate latency");
-    let lat = latency(&args).await?;
-    let ratio = batched.events_per_sec / single.events_per_sec;
-    let rss = peak_rss_mib();
+    let mut rows = Vec::new();
+    for &mode in &modes {
+        progress.begin(&format!("drain, {}", mode.as_str()));
+        rows.push(drain(&args, mode, &progress).await?);
+    }
+    progress.begin("raw database limit");
+    let raw = raw(&args, &progress).await?;
+    rows.push(raw.clone());
+    for &mode in &modes {
+        progress.begin(&format!("steady {} events/s, {}", args.rate, mode.as_str()));
+        rows.push(steady(&args, mode, args.rate, &progress).await?);
+    }
+    let mut curve = Vec::new();
+    for &rate in &args.rates {
+        progress.begin(&format!("latency curve: {rate} events/s, batched"));
+        let row = steady(&args, ApplyMode::Batched, rate, &progress).await?;
+        curve.push(row.clone());
+        rows.push(Row {
+            scenario: "curve".into(),
+            ..row
+        });
+    }
+    let mssql = std::env::var("MSSQL_URL").ok().filter(|v| !v.is_empty());
+    let load_after = load_average();
+
+    let batched_drain = rows
+        .iter()
+        .find(|r| r.scenario == "drain" && r.mode == "batched")
+        .cloned();
+    let ratio = batched_drain
+        .as_ref()
+        .map(|d| d.events_per_sec / raw.events_per_sec);
+    let best_rate = curve
+        .iter()
+        .filter(|r| r.p95_ms.is_some_and(|p| p <= 200.0))
+        .filter_map(|r| r.offered_per_sec)
+        .max();
+    let at_goal_rate = rows
+        .iter()
+        .find(|r| r.scenario == "steady" && r.mode == "batched")
+        .and_then(|r| r.p95_ms);
+    let goals = [
+        (
+            "≥ 25,000 events/s (batched drain)",
+            batched_drain.as_ref().map(|d| d.events_per_sec >= 25_000.0),
+        ),
+        ("≥ 0.45 × raw", ratio.map(|r| r >= 0.45)),
+        (
+            "p95 ≤ 50 ms at the --rate (batched)",
+            at_goal_rate.map(|p| p <= 50.0),
+        ),
+        (
+            "peak RSS ≤ 64 MiB",
+            batched_drain
+                .as_ref()
+                .and_then(|d| d.peak_rss_mib)
+                .map(|m| m <= 64.0),
+        ),
+    ];
     if json {
         println!(
             "{}",
             serde_json::json!({
-                "scenarios": [single, batched, lat],
-                "batched_over_single_throughput": ratio,
-                "p95_over_200ms_target": lat.p95_ms.map(|p| p / 200.0),
-                "peak_rss_mib": rss,
+                "rows": rows,
+                "writer_over_raw": ratio,
+                "highest_rate_with_p95_within_200ms": best_rate,
+                "cores": cores,
+                "load_average_before": load_before,
+                "load_average_after": load_after,
+                "goals": goals.iter().map(|(g, ok)| serde_json::json!({"goal": g, "met": ok})).collect::<Vec<_>>(),
+                "mssql": if mssql.is_some() { "MSSQL_URL set, but the SQL Server rows are not implemented in this bench yet" } else { "skipped: MSSQL_URL not set" },
             })
         );
         return Ok(0);
@@ -353,35 +784,72 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     t.set_header([
-        "scenario", "events", "seconds", "events/s", "p50 ms", "p95 ms", "p99 ms",
+        "scenario",
+        "store",
+        "mode",
+        "offered/s",
+        "events",
+        "seconds",
+        "events/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "peak RSS MiB",
     ]);
     let f = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "–".into());
-    for s in [&single, &batched, &lat] {
+    for r in &rows {
         t.add_row([
-            s.scenario.clone(),
-            s.events.to_string(),
-            format!("{:.2}", s.seconds),
-            format!("{:.0}", s.events_per_sec),
-            f(s.p50_ms),
-            f(s.p95_ms),
-            f(s.p99_ms),
+            r.scenario.clone(),
+            r.store.clone(),
+            r.mode.clone(),
+            r.offered_per_sec
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "–".into()),
+            r.events.to_string(),
+            format!("{:.2}", r.seconds),
+            format!("{:.0}", r.events_per_sec),
+            f(r.p50_ms),
+            f(r.p95_ms),
+            f(r.p99_ms),
+            f(r.peak_rss_mib),
         ]);
     }
     println!("{t}");
-    println!("batched / single throughput: {ratio:.1}×");
-    if let Some(p95) = lat.p95_ms {
+    match ratio {
+        Some(r) => println!("writer (batched drain) ÷ raw set-based SQL: {r:.2}"),
+        None => println!("writer ÷ raw: –"),
+    }
+    match best_rate {
+        Some(r) => println!("highest offered rate with p95 ≤ 200 ms: {r} events/s"),
+        None => println!(
+            "highest offered rate with p95 ≤ 200 ms: none of {:?}",
+            args.rates
+        ),
+    }
+    for (goal, met) in goals {
         println!(
-            "p95 latency / 200 ms target: {:.2} ({})",
-            p95 / 200.0,
-            if p95 < 200.0 {
-                "within target"
-            } else {
-                "over target"
+            "goal {goal}: {}",
+            match met {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "not measured",
             }
         );
     }
-    if let Some(rss) = rss {
-        println!("peak resident memory of this process (publisher + writer + bench): {rss:.1} MiB");
-    }
+    println!(
+        "SQL Server: {}",
+        if mssql.is_some() {
+            "MSSQL_URL set, but this bench does not drive SQL Server yet"
+        } else {
+            "skipped: MSSQL_URL not set"
+        }
+    );
+    println!("peak RSS: VmHWM of this process reset after publishing, so the writer's peak plus a small idle baseline");
+    let f1 = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "?".into());
+    println!(
+        "machine: {cores} cores, 1-minute load average {} before, {} after (NATS, PostgreSQL and anything else share them)",
+        f1(load_before),
+        f1(load_after)
+    );
     Ok(0)
 }

@@ -21,6 +21,8 @@ pub use mirror_runtime::config::{
     StoreSettings, DEFAULT_DATABASE_URL, DEFAULT_NATS_URL,
 };
 
+use mirror_store::ApplyMode;
+
 use crate::policy::RetryPolicy;
 use crate::writer::WriterSettings;
 
@@ -59,9 +61,16 @@ pub struct WriterArgs {
     /// Subscription (durable consumer) to read [default: sql-writer]
     #[arg(long, env = "WRITER_SUBSCRIPTION")]
     pub subscription: Option<String>,
-    /// Events per receive and per SQL transaction [default: 64]
+    /// Most events per batch and per SQL transaction [default: 256]
     #[arg(long, env = "WRITER_BATCH_SIZE")]
     pub batch_size: Option<usize>,
+    /// Milliseconds a batch that is not full waits for more events (0: never) [default: 5]
+    #[arg(long, env = "WRITER_LINGER_MS")]
+    pub linger_ms: Option<u64>,
+    /// How the store applies a batch: `batched` (set-based) or `per-event` [default: batched]
+    #[arg(long = "apply", env = "WRITER_APPLY", value_parser = parse_apply_mode)]
+    #[serde(default, deserialize_with = "de_apply_mode")]
+    pub apply: Option<ApplyMode>,
     /// Concurrent workers (each with its own receiver and transaction) [default: 4]
     #[arg(long, env = "WRITER_CONCURRENCY")]
     pub concurrency: Option<usize>,
@@ -141,7 +150,8 @@ impl Cli {
         };
         let w = self.writer;
         let f = file.writer;
-        let batch_size = w.batch_size.or(f.batch_size).unwrap_or(64);
+        let defaults = WriterSettings::default();
+        let batch_size = w.batch_size.or(f.batch_size).unwrap_or(defaults.batch_size);
         if !(1..=1000).contains(&batch_size) {
             return Err(bad(
                 "--batch-size / WRITER_BATCH_SIZE",
@@ -168,6 +178,18 @@ impl Cli {
         if min_delay > max_delay {
             return Err(bad("--min-backoff-ms", "must not exceed --max-backoff-ms"));
         }
+        let linger = w
+            .linger_ms
+            .or(f.linger_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.linger);
+        if linger > Duration::from_secs(1) {
+            return Err(bad(
+                "--linger-ms / WRITER_LINGER_MS",
+                "must be at most 1000",
+            ));
+        }
+        let apply_mode = w.apply.or(f.apply).unwrap_or(defaults.apply_mode);
         let apply_timeout_secs = w.apply_timeout_secs.or(f.apply_timeout_secs).unwrap_or(60);
         if apply_timeout_secs == 0 {
             return Err(bad(
@@ -189,6 +211,8 @@ impl Cli {
             writer: WriterSettings {
                 subscription,
                 batch_size,
+                linger,
+                apply_mode,
                 concurrency,
                 exit_when_idle: w.exit_when_idle.or(f.exit_when_idle).unwrap_or(false),
                 retry: RetryPolicy {
@@ -210,6 +234,16 @@ impl Cli {
             migrate: w.migrate.or(f.migrate).unwrap_or(false),
         })
     }
+}
+
+fn parse_apply_mode(s: &str) -> Result<ApplyMode, String> {
+    s.parse()
+}
+
+fn de_apply_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ApplyMode>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| s.parse().map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// Reject keys that are not options (typos would otherwise be ignored), and
@@ -275,7 +309,9 @@ mod tests {
         assert!(
             matches!(s.bus, BusSettings::Nats { ref url, ref topic, max_deliver: 5 } if url == DEFAULT_NATS_URL && topic == "realtime-mirror")
         );
-        assert_eq!(s.writer.batch_size, 64);
+        assert_eq!(s.writer.batch_size, 256);
+        assert_eq!(s.writer.apply_mode, ApplyMode::Batched);
+        assert_eq!(s.writer.linger, Duration::from_millis(5));
         assert_eq!(s.writer.retry.max_attempts, 5);
         assert_eq!(s.store.describe(), "postgres 127.0.0.1:5432/mirror");
     }
@@ -288,6 +324,11 @@ mod tests {
                 .starts_with("--batch-size / WRITER_BATCH_SIZE"),
             "{e}"
         );
+        let e = Cli::try_parse_from(["sql-writer", "--apply", "sometimes"]).unwrap_err();
+        assert!(e.to_string().contains("per-event or batched"), "{e}");
+        let s = parse(&["--apply", "per-event", "--linger-ms", "0"]).unwrap();
+        assert_eq!(s.writer.apply_mode, ApplyMode::PerEvent);
+        assert!(s.writer.linger.is_zero());
         let e = parse(&["--bus", "nats", "--nats-url", "http://x"]).unwrap_err();
         assert!(e.to_string().contains("NATS_URL"), "{e}");
         let e = parse(&["--store", "mssql", "--mssql-url", "nonsense"]).unwrap_err();

@@ -9,6 +9,8 @@
 
 pub mod config;
 pub mod db_errors;
+pub mod dead_letters;
+pub mod health;
 pub mod policy;
 pub mod replay;
 pub mod telemetry;

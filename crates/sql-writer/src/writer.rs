@@ -1,5 +1,7 @@
-//! The worker loop: receive a batch, decode, apply in one transaction, settle
-//! each message as [`crate::policy::decide`] says.
+//! The worker loop: receive a batch (by size and a short linger), decode each
+//! message once, apply the batch in one transaction, settle the messages
+//! concurrently as [`crate::policy::decide`] says. Dead-letter records live in
+//! [`crate::dead_letters`], the database's reachability in [`crate::health`].
 //!
 //! Invariants:
 //! - a message is completed only after the transaction holding its effect
@@ -24,16 +26,21 @@
 //!   deadline, its messages are released for redelivery.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use mirror_bus::{Delivery, EventBus, Receiver};
-use mirror_schema::{decode_wire, DecodeError, EventType, MirrorEvent, WireMessage, WireValue};
-use mirror_store::{ApplyOutcome, DeadLetterRecord, MetricSample, MirrorStore, StoreError};
+use mirror_bus::{BusError, Delivery, EventBus, Receiver};
+use mirror_schema::{decode_wire, DecodeError, MirrorEvent};
+use mirror_store::{ApplyMode, ApplyOutcome, MetricSample, MirrorStore, StoreError};
 use tokio::sync::watch;
 
+pub use crate::dead_letters::{
+    dead_letter_key, dead_letter_record, peek_attributes, record_adapter_dead_letters,
+};
+use crate::dead_letters::{flush_dead_letters, PendingDeadLetters, LAST_WRITES_LIMIT};
+use crate::health::{answer, no_answer, StoreHealth};
 use crate::policy::{
     classify, decide, store_unavailable, Class, Disposition, Failure, RetryPolicy,
 };
@@ -43,8 +50,16 @@ use crate::telemetry;
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
     pub subscription: String,
-    /// Messages per receive and per transaction.
+    /// Most messages per batch (one receive plus what arrives while lingering)
+    /// and per transaction.
     pub batch_size: usize,
+    /// After a receive that did not fill the batch, how long to wait for more
+    /// before applying it. Batches thus adapt to the load: under light load a
+    /// message waits at most this long; under heavy load batches fill at once
+    /// and nothing waits. Lingering stops early when a look finds nothing new.
+    pub linger: Duration,
+    /// How the store applies a batch (per-event or set-based).
+    pub apply_mode: ApplyMode,
     /// Concurrent workers (each its own receiver and transaction).
     pub concurrency: usize,
     /// How long one receive waits for the first message.
@@ -71,7 +86,9 @@ impl Default for WriterSettings {
     fn default() -> Self {
         WriterSettings {
             subscription: mirror_bus::SQL_WRITER_SUBSCRIPTION.to_owned(),
-            batch_size: 64,
+            batch_size: 256,
+            linger: Duration::from_millis(5),
+            apply_mode: ApplyMode::Batched,
             concurrency: 4,
             receive_wait: Duration::from_secs(1),
             exit_when_idle: false,
@@ -139,16 +156,15 @@ impl<B, S> Clone for Deps<B, S> {
 
 struct Shared {
     report: Mutex<RunReport>,
-    pending_dead_letters: Mutex<Vec<DeadLetterRecord>>,
-    /// Set when a batch found the database unavailable; workers take no
+    pending_dead_letters: PendingDeadLetters,
+    /// Down when a batch found the database unavailable; workers take no
     /// messages until a probe succeeds.
-    store_down: AtomicBool,
+    health: StoreHealth,
 }
 
-/// The checkpoint row read to probe the database (any answer, even "no row", means it is up).
-const PROBE_MODULE: &str = "sql-writer";
-const PROBE_SHARD: &str = "health-probe";
-const MAX_PROBE_DELAY: Duration = Duration::from_secs(5);
+/// One settlement of one message with the bus, run concurrently with the
+/// batch's others: `(message id, result)`.
+type Settle<'a> = Pin<Box<dyn Future<Output = (Option<String>, Result<(), BusError>)> + Send + 'a>>;
 
 /// Run the writer until `shutdown` resolves (or, with `exit_when_idle`, until
 /// the subscription is drained).
@@ -174,7 +190,7 @@ pub async fn run<B: EventBus, S: MirrorStore>(
     let shared = Arc::new(Shared {
         report: Mutex::new(RunReport::default()),
         pending_dead_letters: Mutex::new(Vec::new()),
-        store_down: AtomicBool::new(false),
+        health: StoreHealth::default(),
     });
 
     let mut workers = Vec::new();
@@ -214,7 +230,7 @@ pub async fn run<B: EventBus, S: MirrorStore>(
     }
     // Last writes: bounded, so a hung database cannot hold up the exit.
     let last_writes = settings.apply_timeout.min(LAST_WRITES_LIMIT);
-    flush_dead_letters(&*deps.store, &shared, last_writes).await;
+    flush_dead_letters(&*deps.store, &shared.pending_dead_letters, last_writes).await;
     let report = *shared.report.lock().expect("report lock");
     if let Some(_every) = settings.metrics_flush_every {
         let _ = answer(
@@ -275,18 +291,29 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
             if *self.stop.borrow() {
                 return Ok(());
             }
-            if self.shared.store_down.load(Ordering::Acquire) {
-                self.wait_for_store().await;
+            if self.shared.health.is_down() {
+                self.shared
+                    .health
+                    .wait_until_reachable(
+                        &*self.deps.store,
+                        self.n,
+                        &self.settings.retry,
+                        self.settings.apply_timeout,
+                        &mut self.stop,
+                    )
+                    .await;
                 continue;
             }
             // Dead-letter rows that waited for the database, written before
             // taking messages (none is held while this waits) and on every
             // turn, idle ones included (a crash would lose them from SQL).
-            flush_dead_letters(&*self.deps.store, &self.shared, self.settings.apply_timeout).await;
-            let deliveries = match receiver
-                .receive(self.settings.batch_size, self.settings.receive_wait)
-                .await
-            {
+            flush_dead_letters(
+                &*self.deps.store,
+                &self.shared.pending_dead_letters,
+                self.settings.apply_timeout,
+            )
+            .await;
+            let deliveries = match self.receive_batch(&mut receiver).await {
                 Ok(d) => {
                     bus_failures = 0;
                     d
@@ -333,46 +360,6 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         }
     }
 
-    /// Hold no messages while the database is unavailable: probe it with
-    /// growing delays until it answers (or shutdown is requested).
-    async fn wait_for_store(&mut self) {
-        let mut probes = 0u32;
-        while self.shared.store_down.load(Ordering::Acquire) && !*self.stop.borrow() {
-            probes += 1;
-            // Capped low: once the database is back, resume within seconds.
-            let delay = self.settings.retry.delay_after(probes).min(MAX_PROBE_DELAY);
-            self.sleep_unless_stopped(delay).await;
-            if !self.shared.store_down.load(Ordering::Acquire) || *self.stop.borrow() {
-                return;
-            }
-            let probe = answer(
-                self.settings.apply_timeout,
-                self.deps.store.load_checkpoint(PROBE_MODULE, PROBE_SHARD),
-            );
-            // A probe of a hung database must not hold up shutdown either.
-            let answer = tokio::select! {
-                r = probe => r.map(|_| ()),
-                _ = self.stop.changed() => return,
-            };
-            match answer {
-                Err(e) if store_unavailable(&e) => {
-                    tracing::warn!(worker = self.n, probes, error = %e, "database still unavailable; taking no messages");
-                }
-                // Reachable (an error of another kind is the batch's to classify).
-                _ => {
-                    if self.shared.store_down.swap(false, Ordering::AcqRel) {
-                        tracing::info!(
-                            worker = self.n,
-                            probes,
-                            "database reachable again; resuming"
-                        );
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
     /// A store call bounded by `apply_timeout` and by the shutdown deadline.
     async fn store_call<T>(
         &self,
@@ -393,9 +380,35 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
     }
 
     fn note_store_failure(&self, e: &StoreError) {
-        if store_unavailable(e) && !self.shared.store_down.swap(true, Ordering::AcqRel) {
-            tracing::warn!(worker = self.n, error = %e, "database unavailable: releasing messages and pausing intake until it answers");
+        self.shared.health.note_failure(self.n, e);
+    }
+
+    /// One receive, then, if the batch is not full, a short linger for more
+    /// (see [`WriterSettings::linger`]).
+    async fn receive_batch(
+        &mut self,
+        receiver: &mut B::Receiver,
+    ) -> Result<Vec<<B::Receiver as Receiver>::Delivery>, BusError> {
+        let max = self.settings.batch_size;
+        let mut batch = receiver.receive(max, self.settings.receive_wait).await?;
+        if batch.is_empty() || self.settings.linger.is_zero() {
+            return Ok(batch);
         }
+        let until = tokio::time::Instant::now() + self.settings.linger;
+        while batch.len() < max && tokio::time::Instant::now() < until {
+            tokio::time::sleep_until(
+                until.min(tokio::time::Instant::now() + Duration::from_millis(2)),
+            )
+            .await;
+            // A wait under 10 ms asks once and returns at once.
+            match receiver.receive(max - batch.len(), Duration::ZERO).await {
+                Ok(more) if more.is_empty() => break,
+                Ok(more) => batch.extend(more),
+                // The messages in hand go ahead; the next receive reports the error.
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
     }
 
     async fn is_drained(&self, receiver: &mut B::Receiver) -> bool {
@@ -413,13 +426,17 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
     ) -> Result<(), WriterError> {
         let started = Instant::now();
 
-        let decoded: Vec<Result<MirrorEvent, DecodeError>> = deliveries
+        // Each message decoded once: the events go to the store, the index of
+        // each delivery's event (or its decode error) stays for settling.
+        let mut events: Vec<MirrorEvent> = Vec::with_capacity(deliveries.len());
+        let decoded: Vec<Result<usize, DecodeError>> = deliveries
             .iter()
-            .map(|d| decode_wire(d.message()))
-            .collect();
-        let events: Vec<MirrorEvent> = decoded
-            .iter()
-            .filter_map(|r| r.as_ref().ok().cloned())
+            .map(|d| {
+                decode_wire(d.message()).map(|e| {
+                    events.push(e);
+                    events.len() - 1
+                })
+            })
             .collect();
 
         let applied = if events.is_empty() {
@@ -429,8 +446,9 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         };
         let Some(applied) = applied else {
             // Past the shutdown deadline: release everything for redelivery.
-            for d in deliveries {
-                if let Err(e) = d.retry(Duration::ZERO).await {
+            let releases = deliveries.into_iter().map(|d| d.retry(Duration::ZERO));
+            for r in futures::future::join_all(releases).await {
+                if let Err(e) = r {
                     telemetry::settle_failed(None, &e);
                 }
             }
@@ -462,6 +480,9 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
             Err(_) => Vec::new().into_iter(),
         };
         let mut fatal = None;
+        // Settlements go out together once every disposition is known: one
+        // round trip for the batch, not one after another.
+        let mut settles: Vec<Settle<'static>> = Vec::with_capacity(deliveries.len());
         for (delivery, decoded) in deliveries.into_iter().zip(decoded.iter()) {
             let outcome: Result<ApplyOutcome, Failure<'_>> = match (decoded, &applied) {
                 (Err(e), _) => Err(Failure::Decode(e)),
@@ -472,7 +493,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                     None => unreachable!("apply_batch returns one result per event"),
                 },
             };
-            let event = decoded.as_ref().ok();
+            let event = decoded.as_ref().ok().map(|&i| &events[i]);
             let disposition = decide(outcome, delivery.delivery_count(), &self.settings.retry);
             match disposition {
                 Disposition::Complete(outcome) => {
@@ -490,9 +511,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         );
                     }
                     let id = delivery.message_id().map(str::to_owned);
-                    if let Err(e) = delivery.complete().await {
-                        telemetry::settle_failed(id.as_deref(), &e);
-                    }
+                    settles.push(Box::pin(async move { (id, delivery.complete().await) }));
                 }
                 Disposition::Retry { delay, reason } => {
                     report.retried += 1;
@@ -504,9 +523,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         &reason,
                     );
                     let id = delivery.message_id().map(str::to_owned);
-                    if let Err(e) = delivery.retry(delay).await {
-                        telemetry::settle_failed(id.as_deref(), &e);
-                    }
+                    settles.push(Box::pin(async move { (id, delivery.retry(delay).await) }));
                 }
                 Disposition::DeadLetter(why) => {
                     let record = dead_letter_record(
@@ -534,9 +551,9 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                                 delay,
                                 &format!("dead-letter row not written: {e}"),
                             );
-                            if let Err(e) = delivery.retry(delay).await {
-                                telemetry::settle_failed(None, &e);
-                            }
+                            let id = delivery.message_id().map(str::to_owned);
+                            settles
+                                .push(Box::pin(async move { (id, delivery.retry(delay).await) }));
                             continue;
                         }
                         Err(e) => {
@@ -557,14 +574,19 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         &why,
                     );
                     let id = delivery.message_id().map(str::to_owned);
-                    if let Err(e) = delivery.dead_letter(&why).await {
-                        telemetry::settle_failed(id.as_deref(), &e);
-                    }
+                    settles.push(Box::pin(
+                        async move { (id, delivery.dead_letter(&why).await) },
+                    ));
                 }
                 Disposition::Fatal(reason) => {
                     // Leave the message unsettled; it is redelivered once the writer is fixed.
                     fatal.get_or_insert(reason);
                 }
+            }
+        }
+        for (id, settled) in futures::future::join_all(settles).await {
+            if let Err(e) = settled {
+                telemetry::settle_failed(id.as_deref(), &e);
             }
         }
         self.shared.report.lock().expect("report lock").add(&report);
@@ -585,7 +607,10 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         events: &[MirrorEvent],
         deliveries: &[<B::Receiver as Receiver>::Delivery],
     ) -> Option<Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError>> {
-        let apply = self.deps.store.apply_batch(events);
+        let apply = self
+            .deps
+            .store
+            .apply_batch_as(events, self.settings.apply_mode);
         tokio::pin!(apply);
         let mut tick = tokio::time::interval(self.settings.keep_alive_every);
         tick.tick().await;
@@ -603,10 +628,9 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                     return Some(Err(no_answer(self.settings.apply_timeout)));
                 }
                 _ = tick.tick() => {
-                    for d in deliveries {
-                        if let Err(e) = d.keep_alive().await {
-                            tracing::warn!(error = %e, "could not extend a message lock");
-                        }
+                    let extended = futures::future::join_all(deliveries.iter().map(|d| d.keep_alive())).await;
+                    for e in extended.into_iter().filter_map(Result::err) {
+                        tracing::warn!(error = %e, "could not extend a message lock");
                     }
                 }
                 Ok(()) = abort.changed() => {
@@ -617,213 +641,5 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 }
             }
         }
-    }
-}
-
-/// The database did not answer within `timeout`: treated like a broken
-/// connection (the database is unavailable), not like a failing event.
-fn no_answer(timeout: Duration) -> StoreError {
-    StoreError::new(
-        mirror_store::StoreErrorKind::Connect,
-        format!(
-            "no answer from the database within {:.1} s",
-            timeout.as_secs_f64()
-        ),
-    )
-}
-
-/// `call`'s result, or a "no answer" connection failure after `limit`.
-async fn answer<T>(
-    limit: Duration,
-    call: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, call)
-        .await
-        .unwrap_or_else(|_| Err(no_answer(limit)))
-}
-
-/// How long the writes after the last batch (pending dead-letter rows,
-/// counters) may take at most, so a hung database cannot hold up the exit.
-const LAST_WRITES_LIMIT: Duration = Duration::from_secs(5);
-
-/// Write dead-letter rows that waited for the database; each write may take
-/// `limit`, and after one gets no answer the rest wait for the next flush.
-async fn flush_dead_letters<S: MirrorStore>(store: &S, shared: &Shared, limit: Duration) {
-    let pending: Vec<DeadLetterRecord> =
-        std::mem::take(&mut *shared.pending_dead_letters.lock().expect("pending lock"));
-    if pending.is_empty() {
-        return;
-    }
-    let mut still = Vec::new();
-    let mut hung = false;
-    for record in pending {
-        if hung {
-            still.push(record);
-            continue;
-        }
-        if let Err(e) = answer(limit, store.record_dead_letter(&record)).await {
-            hung = e.message.starts_with("no answer");
-            still.push(record);
-        }
-    }
-    let mut guard = shared.pending_dead_letters.lock().expect("pending lock");
-    guard.extend(still);
-    telemetry::dead_letter_rows_pending(guard.len());
-}
-
-/// A hook for messages the bus adapter dead-letters on its own, and the task
-/// that writes their SQL dead-letter rows, retrying until the database takes
-/// each one (nothing else holds these messages for us). The task ends when
-/// the hook is dropped.
-pub fn record_adapter_dead_letters<S: MirrorStore>(
-    store: Arc<S>,
-    subscription: String,
-) -> (mirror_bus::DeadLetterHook, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) =
-        tokio::sync::mpsc::unbounded_channel::<(WireMessage, mirror_bus::DeadLetter)>();
-    let hook: mirror_bus::DeadLetterHook = Arc::new(move |message, why| {
-        let _ = tx.send((message, why));
-    });
-    let task = tokio::spawn(async move {
-        while let Some((message, why)) = rx.recv().await {
-            let event = decode_wire(&message).ok();
-            let record = dead_letter_record(&message, event.as_ref(), &why, &subscription);
-            let mut delay = Duration::from_secs(1);
-            while let Err(e) = store.record_dead_letter(&record).await {
-                tracing::warn!(key = %record.key, error = %e, "dead-letter row not written yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(60));
-            }
-            telemetry::event_dead_lettered(None, event.map(|e| e.event_type()), &why);
-        }
-    });
-    (hook, task)
-}
-
-/// The SQL dead-letter row for a delivery; for an event that did not decode,
-/// the attributes are read best-effort from the raw message.
-pub fn dead_letter_record(
-    message: &WireMessage,
-    event: Option<&MirrorEvent>,
-    why: &mirror_bus::DeadLetter,
-    subscription: &str,
-) -> DeadLetterRecord {
-    let (event_id, event_type, subject) = match event {
-        Some(e) => (
-            Some(e.id()),
-            Some(e.event_type().as_str().to_owned()),
-            Some(e.entity_key()),
-        ),
-        None => peek_attributes(message),
-    };
-    let key = dead_letter_key(message);
-    DeadLetterRecord {
-        key,
-        event_id,
-        event_type,
-        subject,
-        payload: String::from_utf8_lossy(&message.body).into_owned(),
-        reason: why.reason.clone(),
-        error: why.description.clone(),
-        attempts: why.attempts,
-        failed_at: Utc::now(),
-        subscription: subscription.to_owned(),
-    }
-}
-
-/// `id`, `type`, `subject` of a message that failed validation, if readable.
-pub fn peek_attributes(
-    message: &WireMessage,
-) -> (Option<uuid::Uuid>, Option<String>, Option<String>) {
-    let clip = |s: &str| s.chars().take(128).collect::<String>();
-    if message.is_binary_mode() {
-        let get = |name: &str| {
-            mirror_schema::amqp::PREFIXES.iter().find_map(|p| {
-                match message.property(&format!("{p}{name}")) {
-                    Some(WireValue::String(s)) => Some(clip(s)),
-                    Some(WireValue::Uuid(u)) => Some(u.to_string()),
-                    _ => None,
-                }
-            })
-        };
-        return (
-            get("id").and_then(|s| s.parse().ok()),
-            get("type"),
-            get("subject"),
-        );
-    }
-    let Ok(serde_json::Value::Object(obj)) =
-        serde_json::from_slice::<serde_json::Value>(&message.body)
-    else {
-        return (None, None, None);
-    };
-    let s = |k: &str| obj.get(k).and_then(|v| v.as_str()).map(clip);
-    let event_type = s("type")
-        .filter(|t| t.parse::<EventType>().is_ok())
-        .or(s("type"));
-    (
-        s("id").and_then(|i| i.parse().ok()),
-        event_type,
-        s("subject"),
-    )
-}
-
-/// The key of a message's `realtime_mirror_dead_letter` row: its event id when
-/// the message decodes (the id is then verified: deterministic for its type,
-/// subject and time), else `sha256:<hex>` of the body. The writer and the
-/// replay tool both use this, so a replayed event's row is found.
-///
-/// An id merely *read* from a message that does not decode is not trusted as
-/// a key: it may be any string a producer put there (the contract's example
-/// id, an id reused for every bad message, the id of a valid event whose type
-/// was mistyped), and keying by it made different poison messages — or a
-/// poison message and a real event — share one row, each overwriting the
-/// other's payload and reason.
-pub fn dead_letter_key(message: &WireMessage) -> String {
-    use sha2::{Digest, Sha256};
-    match decode_wire(message) {
-        Ok(event) => event.id().to_string(),
-        Err(_) => format!("sha256:{}", hex::encode(Sha256::digest(&message.body))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dead_letter_keys_trust_only_verified_ids() {
-        let subject = mirror_schema::Subject::FollowEdge {
-            follower_user_id: "u1".into(),
-            target_user_id: "u2".into(),
-        };
-        let time = chrono::TimeZone::with_ymd_and_hms(&Utc, 2025, 10, 8, 12, 0, 0).unwrap();
-        let event = MirrorEvent::new(
-            "follow.edge.delete".parse().unwrap(),
-            subject,
-            time,
-            "test",
-            mirror_schema::Payload::FollowEdgeDelete,
-        )
-        .unwrap();
-        let good = WireMessage::structured(&event);
-        assert_eq!(dead_letter_key(&good), event.id().to_string());
-        // Two different undecodable messages claiming the same id get two rows.
-        let bad = |ty: &str| {
-            let mut v: serde_json::Value = serde_json::from_slice(&good.body).unwrap();
-            v["type"] = ty.into();
-            WireMessage {
-                body: serde_json::to_vec(&v).unwrap(),
-                ..good.clone()
-            }
-        };
-        let (a, b) = (bad("x.one"), bad("x.two"));
-        let (ka, kb) = (dead_letter_key(&a), dead_letter_key(&b));
-        assert!(
-            ka.starts_with("sha256:") && kb.starts_with("sha256:"),
-            "{ka} {kb}"
-        );
-        assert_ne!(ka, kb);
-        assert_ne!(ka, event.id().to_string());
     }
 }

@@ -8,15 +8,21 @@
 //! `shared/event-contract.md`, "What the mirror must guarantee"):
 //!
 //! - **Idempotent by event id**: applying an id already applied returns
-//!   [`ApplyOutcome::Duplicate`] and writes nothing (no second audit or
-//!   follow-event row).
+//!   [`ApplyOutcome::Duplicate`] and writes nothing (no second audit row or
+//!   follow-edge observation).
+//! - **History of the set, not the order** (contract v1.1): every new
+//!   `dm.message.update`/`.delete` id writes one audit row with the event's own
+//!   payload, and every new follow-edge id one observation, whether the event
+//!   is applied or stale; `follow_event` is derived from the observations in
+//!   `(time, id)` order (see [`model::History`]).
 //! - **Last writer wins by source version**: an event whose `(time, id)` is not
 //!   newer than the entity's stored version returns [`ApplyOutcome::Stale`] and
 //!   changes nothing. `time` decides; the id only breaks exact ties, so the
 //!   order is total and the result independent of arrival order.
 //! - **Tombstones**: deletes keep the row with `deleted_at` = event time.
-//! - **Atomic per event**: each event's effect (row, audit, follow event,
-//!   placeholder parent, conversation summary) commits or rolls back as one.
+//! - **Atomic per event**: each event's effect (row, audit, follow
+//!   observation, placeholder parent, conversation summary) commits or rolls
+//!   back as one.
 //! - **Safe under concurrent writers**: two processes applying events of the
 //!   same entity at once never lose the newer version; a deadlock surfaces as
 //!   a transient [`StoreError`] for the caller to retry.
@@ -35,6 +41,7 @@ use mirror_schema::MirrorEvent;
 use uuid::Uuid;
 
 pub mod model;
+pub mod plan;
 pub mod state;
 
 #[cfg(feature = "mssql")]
@@ -71,6 +78,38 @@ impl ApplyOutcome {
             "duplicate" => Some(ApplyOutcome::Duplicate),
             "stale" => Some(ApplyOutcome::Stale),
             _ => None,
+        }
+    }
+}
+
+/// How [`MirrorStore::apply_batch_as`] executes a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ApplyMode {
+    /// Each event its own call of its family's procedure, inside its own
+    /// savepoint, in one transaction.
+    PerEvent,
+    /// Set-based: one statement per family for the whole batch, planned by
+    /// [`plan::Plan`], in one transaction; savepoints only on the failure path.
+    #[default]
+    Batched,
+}
+
+impl ApplyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyMode::PerEvent => "per-event",
+            ApplyMode::Batched => "batched",
+        }
+    }
+}
+
+impl std::str::FromStr for ApplyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ApplyMode, String> {
+        match s {
+            "per-event" => Ok(ApplyMode::PerEvent),
+            "batched" => Ok(ApplyMode::Batched),
+            other => Err(format!("`{other}` is not per-event or batched")),
         }
     }
 }
@@ -189,14 +228,28 @@ pub trait MirrorStore: Send + Sync + 'static {
         event: &MirrorEvent,
     ) -> impl Future<Output = Result<ApplyOutcome, StoreError>> + Send;
 
-    /// Apply `events` in one transaction, each inside its own savepoint so that
-    /// one rejected event does not undo the others. Returns one result per
-    /// event, in input order. An `Err` of the whole call means nothing was
-    /// committed (connection lost, commit failed) and every event must be retried.
+    /// Apply `events` as one batch: the same outcomes and rows as applying them
+    /// one by one in input order, but one event the database rejects does not
+    /// undo the others (it alone gets an `Err`). Returns one result per event,
+    /// in input order. An `Err` of the whole call means nothing was committed
+    /// (connection lost, commit failed) and every event must be retried.
     fn apply_batch(
         &self,
         events: &[MirrorEvent],
     ) -> impl Future<Output = Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError>> + Send;
+
+    /// [`MirrorStore::apply_batch`] in a chosen [`ApplyMode`]; both modes give
+    /// the same results and rows. Adapters with one way of applying a batch
+    /// keep this default, which ignores the mode.
+    fn apply_batch_as(
+        &self,
+        events: &[MirrorEvent],
+        mode: ApplyMode,
+    ) -> impl Future<Output = Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError>> + Send
+    {
+        let _ = mode;
+        self.apply_batch(events)
+    }
 
     /// Insert or update a dead-letter row (keyed by [`DeadLetterRecord::key`]).
     fn record_dead_letter(

@@ -4,6 +4,12 @@
 //! implement; the conformance suite and the property tests compare each store's
 //! [`crate::MirrorStore::snapshot`] with a model fed the same events. Keep it
 //! simple and obviously right rather than fast.
+//!
+//! History (contract v1.1) is a function of the *set* of distinct events that
+//! reached the store, never of their arrival order: one audit row per distinct
+//! `dm.message.update`/`.delete` id (applied or stale) carrying the event's own
+//! payload, and one follow-edge observation per distinct follow-edge id, from
+//! which `follow_event` rows are derived in `(time, id)` order ([`History`]).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -21,7 +27,110 @@ use crate::ApplyOutcome;
 #[derive(Debug, Clone, Default)]
 pub struct Model {
     applied: HashSet<Uuid>,
+    /// The current-state tables (the logs are left empty here; see `history`).
     state: MirrorState,
+    history: History,
+}
+
+/// The history tables as a function of the distinct events recorded:
+/// `dm_message_audit` rows and follow-edge observations.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    audit: BTreeMap<Uuid, AuditRow>,
+    /// Per edge, the state each distinct event observed (None: deleted), by `(time, id)`.
+    observations: BTreeMap<(String, String), BTreeMap<Version, Option<FollowState>>>,
+}
+
+impl History {
+    /// Record one event (idempotent by id; events without history are ignored).
+    pub fn record(&mut self, event: &MirrorEvent) {
+        if let Some(row) = audit_row(event) {
+            self.audit.entry(row.event_id).or_insert(row);
+        }
+        if let Subject::FollowEdge {
+            follower_user_id,
+            target_user_id,
+        } = event.subject()
+        {
+            let state = match event.payload() {
+                Payload::FollowEdge(p) => Some(p.state),
+                _ => None,
+            };
+            self.observations
+                .entry((follower_user_id.clone(), target_user_id.clone()))
+                .or_default()
+                .entry((event.time(), event.id()))
+                .or_insert(state);
+        }
+    }
+
+    /// The history of a set of events (repeats count once).
+    pub fn of<'a>(events: impl IntoIterator<Item = &'a MirrorEvent>) -> History {
+        let mut h = History::default();
+        for e in events {
+            h.record(e);
+        }
+        h
+    }
+
+    pub fn audit(&self) -> Vec<AuditRow> {
+        self.audit.values().cloned().collect()
+    }
+
+    /// `follow_event`: per edge, in `(time, id)` order, the transition from the
+    /// previous observation's state (None if there is none) to this one's,
+    /// wherever [`follow_transition`] names one.
+    pub fn follow_events(&self) -> Vec<FollowEventRow> {
+        let mut out = Vec::new();
+        for ((fid, tid), observed) in &self.observations {
+            let mut prev = None;
+            for (&(time, id), &state) in observed {
+                if let Some(kind) = follow_transition(prev, state) {
+                    out.push(FollowEventRow {
+                        event_id: id,
+                        follower_user_id: fid.clone(),
+                        target_user_id: tid.clone(),
+                        event_type: kind.to_owned(),
+                        created_at: time,
+                    });
+                }
+                prev = state;
+            }
+        }
+        out
+    }
+}
+
+/// The `dm_message_audit` row of an update or delete event (None for other types).
+pub fn audit_row(event: &MirrorEvent) -> Option<AuditRow> {
+    let Subject::Message {
+        conversation_id,
+        message_id,
+    } = event.subject()
+    else {
+        return None;
+    };
+    let (action, performed_by) = match event.payload() {
+        Payload::Message(p) if event.event_type().op() == Op::Update => (
+            if p.deleted_at.is_some() {
+                "soft_delete"
+            } else {
+                "edit"
+            },
+            Some(p.author_user_id.clone()),
+        ),
+        Payload::MessageDelete(d) => ("delete", d.performed_by.clone()),
+        _ => return None,
+    };
+    Some(AuditRow {
+        event_id: event.id(),
+        conversation_id: conversation_id.clone(),
+        message_id: message_id.clone(),
+        action: action.to_owned(),
+        performed_by,
+        created_at: event.time(),
+        payload: event.payload().to_json(),
+    })
 }
 
 /// `(time, id)`: the total order of versions of one entity.
@@ -52,23 +161,19 @@ pub fn follow_transition(
     }
 }
 
-fn follow_state(s: &str) -> Option<FollowState> {
-    match s {
-        "pending" => Some(FollowState::Pending),
-        "accepted" => Some(FollowState::Accepted),
-        "blocked" => Some(FollowState::Blocked),
-        _ => None,
-    }
-}
-
 impl Model {
     pub fn new() -> Model {
         Model::default()
     }
 
-    /// The state after everything applied so far.
+    /// The state after everything applied so far, history included.
     pub fn state(&self) -> MirrorState {
-        self.state.clone().normalized()
+        MirrorState {
+            audit: self.history.audit(),
+            follow_events: self.history.follow_events(),
+            ..self.state.clone()
+        }
+        .normalized()
     }
 
     /// Apply one event with the contract's semantics.
@@ -76,6 +181,8 @@ impl Model {
         if !self.applied.insert(event.id()) {
             return ApplyOutcome::Duplicate;
         }
+        // Stale or not, a new event is part of the history.
+        self.history.record(event);
         let applied = match event.subject() {
             Subject::Conversation { conversation_id } => self.conversation(event, conversation_id),
             Subject::Message {
@@ -152,60 +259,36 @@ impl Model {
         if !newer(event, stored) {
             return false;
         }
-        let (row, audit) = match event.payload() {
-            Payload::Message(p) => {
-                let row = MessageRow {
-                    author_user_id: Some(p.author_user_id.clone()),
-                    body_text: Some(p.body_text.clone()),
-                    attachments: p.attachments.clone().map(serde_json::Value::Array),
-                    external_media: p.external_media.clone().map(serde_json::Value::Array),
-                    created_at: Some(p.created_at),
-                    edited_at: p.edited_at,
-                    deleted_at: p.deleted_at,
-                    client_message_id: p.client_message_id.clone(),
-                    tombstone: false,
-                    source_version: event.time(),
-                    last_event_id: event.id(),
-                };
-                let audit = (event.event_type().op() == Op::Update).then(|| {
-                    let action = if p.deleted_at.is_some() {
-                        "soft_delete"
-                    } else {
-                        "edit"
-                    };
-                    (action, Some(p.author_user_id.clone()))
-                });
-                (row, audit)
-            }
-            Payload::MessageDelete(d) => (
-                MessageRow {
-                    author_user_id: None,
-                    body_text: None,
-                    attachments: None,
-                    external_media: None,
-                    created_at: None,
-                    edited_at: None,
-                    deleted_at: Some(event.time()),
-                    client_message_id: None,
-                    tombstone: true,
-                    source_version: event.time(),
-                    last_event_id: event.id(),
-                },
-                Some(("delete", d.performed_by.clone())),
-            ),
+        let row = match event.payload() {
+            Payload::Message(p) => MessageRow {
+                author_user_id: Some(p.author_user_id.clone()),
+                body_text: Some(p.body_text.clone()),
+                attachments: p.attachments.clone().map(serde_json::Value::Array),
+                external_media: p.external_media.clone().map(serde_json::Value::Array),
+                created_at: Some(p.created_at),
+                edited_at: p.edited_at,
+                deleted_at: p.deleted_at,
+                client_message_id: p.client_message_id.clone(),
+                tombstone: false,
+                source_version: event.time(),
+                last_event_id: event.id(),
+            },
+            Payload::MessageDelete(_) => MessageRow {
+                author_user_id: None,
+                body_text: None,
+                attachments: None,
+                external_media: None,
+                created_at: None,
+                edited_at: None,
+                deleted_at: Some(event.time()),
+                client_message_id: None,
+                tombstone: true,
+                source_version: event.time(),
+                last_event_id: event.id(),
+            },
             _ => unreachable!("schema guarantees the payload"),
         };
         self.state.messages.insert(key, row);
-        if let Some((action, performed_by)) = audit {
-            self.state.audit.push(AuditRow {
-                event_id: event.id(),
-                conversation_id: cid.to_owned(),
-                message_id: mid.to_owned(),
-                action: action.to_owned(),
-                performed_by,
-                created_at: event.time(),
-            });
-        }
         self.refresh_summary(cid);
         true
     }
@@ -289,7 +372,6 @@ impl Model {
         if !newer(event, prev.map(|r| (r.source_version, r.last_event_id))) {
             return false;
         }
-        let prev_state = prev.and_then(|r| r.state.as_deref()).and_then(follow_state);
         let row = match event.payload() {
             Payload::FollowEdge(p) => FollowEdgeRow {
                 state: Some(p.state.as_str().to_owned()),
@@ -309,23 +391,14 @@ impl Model {
             },
             _ => unreachable!("schema guarantees the payload"),
         };
-        let next_state = row.state.as_deref().and_then(follow_state);
-        if let Some(kind) = follow_transition(prev_state, next_state) {
-            self.state.follow_events.push(FollowEventRow {
-                event_id: event.id(),
-                follower_user_id: fid.to_owned(),
-                target_user_id: tid.to_owned(),
-                event_type: kind.to_owned(),
-                created_at: event.time(),
-            });
-        }
         self.state.follow_edges.insert(key, row);
         true
     }
 }
 
-/// The entity state that applying only the newest event of each entity gives:
-/// the order-independence guarantee's right-hand side.
+/// The order-independence guarantee's right-hand side: the current-state
+/// tables as applying only the newest `(time, id)` event of each entity gives
+/// them, and the history of the set of distinct events ([`History::of`]).
 pub fn newest_only(events: &[MirrorEvent]) -> MirrorState {
     let mut newest: BTreeMap<String, &MirrorEvent> = BTreeMap::new();
     for e in events {
@@ -339,7 +412,13 @@ pub fn newest_only(events: &[MirrorEvent]) -> MirrorState {
     for e in newest.values() {
         model.apply(e);
     }
-    model.state().entities()
+    let history = History::of(events);
+    MirrorState {
+        audit: history.audit(),
+        follow_events: history.follow_events(),
+        ..model.state().entities()
+    }
+    .normalized()
 }
 
 #[cfg(test)]
@@ -367,5 +446,59 @@ mod tests {
         assert_eq!(follow_transition(Some(Blocked), None), Some("unblock"));
         assert_eq!(follow_transition(Some(Accepted), Some(Accepted)), None);
         assert_eq!(follow_transition(None, None), None);
+    }
+
+    fn follow(f: &str, state: Option<FollowState>, secs: i64) -> MirrorEvent {
+        use chrono::TimeZone;
+        let time =
+            Utc.with_ymd_and_hms(2025, 10, 8, 12, 0, 0).unwrap() + chrono::Duration::seconds(secs);
+        let subject = Subject::FollowEdge {
+            follower_user_id: f.into(),
+            target_user_id: "t".into(),
+        };
+        let (ty, payload) = match state {
+            Some(state) => (
+                mirror_schema::EventType::FollowEdgeUpdate,
+                Payload::FollowEdge(mirror_schema::FollowEdgePayload {
+                    state,
+                    source: mirror_schema::FollowSource::Web,
+                    created_at: time,
+                }),
+            ),
+            None => (
+                mirror_schema::EventType::FollowEdgeDelete,
+                Payload::FollowEdgeDelete,
+            ),
+        };
+        MirrorEvent::new(ty, subject, time, "firestore://x", payload).unwrap()
+    }
+
+    #[test]
+    fn a_late_follow_event_re_derives_its_neighbours() {
+        let a = follow("u1", Some(Pending), 1);
+        let b = follow("u1", Some(Blocked), 2);
+        let c = follow("u1", Some(Accepted), 3);
+        let mut in_order = Model::new();
+        for e in [&a, &b, &c] {
+            in_order.apply(e);
+        }
+        let mut late = Model::new();
+        for e in [&c, &a, &b, &a] {
+            late.apply(e);
+        }
+        assert_eq!(in_order.state(), late.state());
+        let kinds: Vec<String> = late
+            .state()
+            .follow_events
+            .iter()
+            .map(|f| f.event_type.clone())
+            .collect();
+        let mut sorted = kinds.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["block", "request", "unblock"]);
+        assert_eq!(
+            late.state(),
+            newest_only(&[c.clone(), b.clone(), a.clone()])
+        );
     }
 }

@@ -7,12 +7,17 @@
 //! and reads back `applied | duplicate | stale`:
 //!
 //! - [`MirrorStore::apply`] is one statement, hence one implicit transaction.
-//! - [`MirrorStore::apply_batch`] is one READ COMMITTED transaction with a
-//!   savepoint per event. Events are applied sorted by entity (conversation
-//!   before its messages, conversations in one global order) so concurrent
-//!   batches take their advisory locks in the same order; results come back in
-//!   input order. Events of one entity keep their relative order, so every
-//!   outcome equals what applying the batch one by one in input order gives.
+//! - [`MirrorStore::apply_batch`] ([`ApplyMode::Batched`], the default) is one
+//!   call of `mirror.apply_batch` (`V3__history_v1_1_and_batches.sql`) with the
+//!   batch planned by [`crate::plan::Plan`]: one statement per family, one
+//!   transaction, the conversation summary once per conversation. If the
+//!   database rejects the call, the batch is applied again per event, so only
+//!   the events that fail on their own get an error.
+//! - [`ApplyMode::PerEvent`] is one READ COMMITTED transaction with a
+//!   savepoint per event, in the plan's lock order (so concurrent batches take
+//!   their advisory locks in one global order). Events of one entity keep their
+//!   relative order, so every outcome equals what applying the batch one by
+//!   one in input order gives; results come back in input order.
 //! - Errors carry the SQLSTATE (the functions' own are class `RM`); the store
 //!   never decides between retry and dead-letter.
 //!
@@ -33,11 +38,13 @@ use tokio_postgres::config::Host;
 use tokio_postgres::{IsolationLevel, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::plan::Plan;
 use crate::{
-    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError,
-    StoreErrorKind, StoredDeadLetter,
+    ApplyMode, ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore,
+    StoreError, StoreErrorKind, StoredDeadLetter,
 };
 
+mod batch;
 mod call;
 mod error;
 mod snapshot;
@@ -372,7 +379,11 @@ impl PgStore {
 
 /// The outcome text a mirror function returned.
 fn outcome(row: &Row) -> Result<ApplyOutcome, StoreError> {
-    let text: String = row.try_get(0).map_err(error::pg)?;
+    outcome_at(row, 0)
+}
+
+fn outcome_at(row: &Row, column: usize) -> Result<ApplyOutcome, StoreError> {
+    let text: String = row.try_get(column).map_err(error::pg)?;
     ApplyOutcome::parse(&text).ok_or_else(|| {
         StoreError::new(
             StoreErrorKind::Protocol,
@@ -447,30 +458,64 @@ const RECORD_METRICS: &str = "\
     INSERT INTO mirror.realtime_mirror_metrics (recorded_at, module, metric, value)
     SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::float8[])";
 
-impl MirrorStore for PgStore {
-    async fn apply(&self, event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
-        let client = self.client().await?;
-        let call = call::call(event);
-        let statement = client.prepare_cached(call.sql).await.map_err(error::pg)?;
-        // One statement outside a transaction block: atomic on its own.
-        let row = client
-            .query_one(&statement, &call.param_refs())
-            .await
-            .map_err(error::pg)?;
-        outcome(&row)
-    }
-
-    async fn apply_batch(
+impl PgStore {
+    /// [`ApplyMode::Batched`]: the planned batch as one call of
+    /// `mirror.apply_batch` (one statement, hence one transaction). If the
+    /// database rejects it (a row breaking a constraint, a lock wait past the
+    /// statement timeout, a deadlock), nothing of it was committed and the
+    /// batch is applied again event by event, so only the events that fail
+    /// on their own get an error.
+    async fn apply_set_based(
         &self,
         events: &[MirrorEvent],
     ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
+        let plan = Plan::new(events);
+        let params = batch::params(&plan);
+        let rows = {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(batch::APPLY_BATCH)
+                .await
+                .map_err(error::pg)?;
+            client.query(&statement, &params.refs()).await
+        };
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                let e = error::pg(e);
+                if e.kind == StoreErrorKind::Connect {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, events = events.len(), "set-based batch rejected; applying it event by event");
+                return self.apply_per_event(events).await;
+            }
+        };
+        let mut outcomes: std::collections::HashMap<uuid::Uuid, ApplyOutcome> =
+            std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: uuid::Uuid = row.try_get(0).map_err(error::pg)?;
+            outcomes.insert(id, outcome_at(row, 1)?);
         }
-        let mut order: Vec<usize> = (0..events.len()).collect();
-        // Stable: one entity's events keep their input order.
-        order.sort_by(|&a, &b| call::lock_order(&events[a]).cmp(&call::lock_order(&events[b])));
+        let planned = plan
+            .events
+            .iter()
+            .map(|p| {
+                Ok(outcomes
+                    .get(&p.event.id())
+                    .copied()
+                    .unwrap_or(ApplyOutcome::Duplicate))
+            })
+            .collect();
+        Ok(plan.answer(planned))
+    }
 
+    /// [`ApplyMode::PerEvent`]: one READ COMMITTED transaction, each event its
+    /// own function call inside its own savepoint, in the plan's lock order.
+    async fn apply_per_event(
+        &self,
+        events: &[MirrorEvent],
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+        let order = crate::plan::lock_order(events);
         let mut client = self.client().await?;
         let tx = client
             .build_transaction()
@@ -518,6 +563,41 @@ impl MirrorStore for PgStore {
             .into_iter()
             .map(|r| r.expect("every event of the batch has a result"))
             .collect())
+    }
+}
+
+impl MirrorStore for PgStore {
+    async fn apply(&self, event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
+        let client = self.client().await?;
+        let call = call::call(event);
+        let statement = client.prepare_cached(call.sql).await.map_err(error::pg)?;
+        // One statement outside a transaction block: atomic on its own.
+        let row = client
+            .query_one(&statement, &call.param_refs())
+            .await
+            .map_err(error::pg)?;
+        outcome(&row)
+    }
+
+    async fn apply_batch(
+        &self,
+        events: &[MirrorEvent],
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+        self.apply_batch_as(events, ApplyMode::Batched).await
+    }
+
+    async fn apply_batch_as(
+        &self,
+        events: &[MirrorEvent],
+        mode: ApplyMode,
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        match mode {
+            ApplyMode::PerEvent => self.apply_per_event(events).await,
+            ApplyMode::Batched => self.apply_set_based(events).await,
+        }
     }
 
     async fn record_dead_letter(&self, record: &DeadLetterRecord) -> Result<(), StoreError> {

@@ -81,8 +81,9 @@ pub struct FollowEdgeRow {
     pub last_event_id: Uuid,
 }
 
-/// A `dm_message_audit` row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+/// A `dm_message_audit` row: one per distinct `dm.message.update` /
+/// `dm.message.delete` event id that reached the store, applied or stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditRow {
     pub event_id: Uuid,
     pub conversation_id: String,
@@ -91,9 +92,12 @@ pub struct AuditRow {
     pub action: String,
     pub performed_by: Option<String>,
     pub created_at: Ts,
+    /// The event's own `data.payload` object (the version it carries).
+    pub payload: serde_json::Value,
 }
 
-/// A `follow_event` row.
+/// A `follow_event` row: derived from the edge's observations in `(time, id)`
+/// order (see `model::History::follow_events`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, PartialOrd, Ord)]
 pub struct FollowEventRow {
     pub event_id: Uuid,
@@ -105,8 +109,8 @@ pub struct FollowEventRow {
 }
 
 /// Every mirrored row. The entity tables are a pure function of the newest
-/// event per entity (the order-independence guarantee); the logs (`audit`,
-/// `follow_events`) record applied changes and so depend on arrival order.
+/// event per entity, the history (`audit`, `follow_events`) a pure function of
+/// the set of distinct events (contract v1.1): neither depends on arrival order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MirrorState {
     pub conversations: BTreeMap<String, ConversationRow>,
@@ -119,7 +123,7 @@ pub struct MirrorState {
 }
 
 impl MirrorState {
-    /// The state without the order-dependent logs, for order-independence checks.
+    /// The current-state tables only (history left out).
     pub fn entities(&self) -> MirrorState {
         MirrorState {
             audit: Vec::new(),
@@ -130,7 +134,7 @@ impl MirrorState {
 
     /// Sort the logs so two snapshots compare equal regardless of read order.
     pub fn normalized(mut self) -> MirrorState {
-        self.audit.sort();
+        self.audit.sort_by_key(|a| a.event_id);
         self.follow_events.sort();
         self
     }

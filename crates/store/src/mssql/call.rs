@@ -289,27 +289,7 @@ async fn transaction_state(client: &mut Client) -> Result<(i32, i16), StoreError
 /// is stable, so the events of one entity keep their relative order, and an
 /// event's outcome depends only on earlier events of its own entity: the
 /// outcomes and the final state equal those of the input order.
-pub fn lock_order(events: &[MirrorEvent]) -> Vec<usize> {
-    fn key(e: &MirrorEvent) -> (u8, &str, &str) {
-        match e.subject() {
-            Subject::Conversation { conversation_id }
-            | Subject::Message {
-                conversation_id, ..
-            } => (0, conversation_id, ""),
-            Subject::Block {
-                user_id,
-                target_user_id,
-            } => (1, user_id, target_user_id),
-            Subject::FollowEdge {
-                follower_user_id,
-                target_user_id,
-            } => (2, follower_user_id, target_user_id),
-        }
-    }
-    let mut order: Vec<usize> = (0..events.len()).collect();
-    order.sort_by(|&a, &b| key(&events[a]).cmp(&key(&events[b])));
-    order
-}
+pub use crate::plan::lock_order;
 
 /// One transaction, a savepoint per event; see the module docs for why a
 /// failed event restarts the batch without it.

@@ -119,7 +119,7 @@ pub(crate) async fn read(c: &mut Client) -> Result<MirrorState, StoreError> {
     for r in rows(
         c,
         "SELECT a.EventId, c.FirestoreId AS ConversationFirestoreId, m.FirestoreId AS MessageFirestoreId, a.Action,
-                a.PerformedBy, a.CreatedAt
+                a.PerformedBy, a.CreatedAt, a.PayloadJson
          FROM dbo.DmMessageAudit AS a
          JOIN dbo.DmMessage AS m ON m.MessageId = a.MessageId
          JOIN dbo.DmConversation AS c ON c.ConversationId = m.ConversationId",
@@ -133,6 +133,7 @@ pub(crate) async fn read(c: &mut Client) -> Result<MirrorState, StoreError> {
             action: req_text(&r, "Action")?,
             performed_by: text(&r, "PerformedBy")?,
             created_at: req(&r, "CreatedAt")?,
+            payload: json(&r, "PayloadJson")?.unwrap_or(serde_json::Value::Null),
         });
     }
     for r in rows(

@@ -4,7 +4,7 @@
 //! arguments cannot silently shift them) and reads back the outcome text; all
 //! semantics live in `sql/postgres/V2__mirror_functions.sql`.
 
-use mirror_schema::{EventFamily, MirrorEvent, Payload, Subject};
+use mirror_schema::{MirrorEvent, Payload, Subject};
 use tokio_postgres::types::ToSql;
 
 /// A parameter value owned by the call.
@@ -32,11 +32,11 @@ const UPSERT_DM_CONVERSATION: &str = "SELECT mirror.sp_store_mirror_upsert_dm_co
 const UPSERT_DM_MESSAGE: &str = "SELECT mirror.sp_store_mirror_upsert_dm_message(\
     p_event_id => $1, p_event_type => $2, p_source_time => $3, p_conversation_id => $4, p_message_id => $5, \
     p_author_user_id => $6, p_body_text => $7, p_attachments => $8, p_external_media => $9, p_created_at => $10, \
-    p_edited_at => $11, p_deleted_at => $12, p_client_message_id => $13, p_sync_source => $14)";
+    p_edited_at => $11, p_deleted_at => $12, p_client_message_id => $13, p_sync_source => $14, p_payload => $15)";
 
 const DELETE_DM_MESSAGE: &str = "SELECT mirror.sp_store_mirror_delete_dm_message(\
     p_event_id => $1, p_event_type => $2, p_source_time => $3, p_conversation_id => $4, p_message_id => $5, \
-    p_performed_by => $6, p_sync_source => $7)";
+    p_performed_by => $6, p_sync_source => $7, p_payload => $8)";
 
 const UPSERT_DM_BLOCK: &str = "SELECT mirror.sp_store_mirror_upsert_dm_block(\
     p_event_id => $1, p_event_type => $2, p_source_time => $3, p_user_id => $4, p_target_user_id => $5, \
@@ -114,6 +114,7 @@ pub(crate) fn call(event: &MirrorEvent) -> Call {
                 p.deleted_at,
                 p.client_message_id.clone(),
                 sync,
+                event.payload().to_json(),
             ],
         },
         (
@@ -131,7 +132,8 @@ pub(crate) fn call(event: &MirrorEvent) -> Call {
                 conversation_id.clone(),
                 message_id.clone(),
                 p.performed_by.clone(),
-                sync
+                sync,
+                event.payload().to_json(),
             ],
         },
         (
@@ -202,34 +204,6 @@ pub(crate) fn call(event: &MirrorEvent) -> Call {
             ],
         },
         _ => unreachable!("MirrorEvent guarantees the payload fits the subject"),
-    }
-}
-
-/// The order in which a batch takes its entity locks: all of a conversation's
-/// events together (the conversation's own first, then its messages), then
-/// blocks, then follow edges. Every batch sorted this way takes the
-/// conversation lock before the message lock and conversations in one global
-/// order, so two concurrent batches do not deadlock on each other's locks.
-pub(crate) fn lock_order(event: &MirrorEvent) -> (u8, &str, &str) {
-    let rank = match event.event_type().family() {
-        EventFamily::Conversation | EventFamily::Message => 0,
-        EventFamily::Block => 1,
-        EventFamily::FollowEdge => 2,
-    };
-    match event.subject() {
-        Subject::Conversation { conversation_id } => (rank, conversation_id, ""),
-        Subject::Message {
-            conversation_id,
-            message_id,
-        } => (rank, conversation_id, message_id),
-        Subject::Block {
-            user_id,
-            target_user_id,
-        } => (rank, user_id, target_user_id),
-        Subject::FollowEdge {
-            follower_user_id,
-            target_user_id,
-        } => (rank, follower_user_id, target_user_id),
     }
 }
 
@@ -347,6 +321,7 @@ mod tests {
 
     #[test]
     fn a_conversation_sorts_before_its_messages() {
+        use crate::plan::lock_key;
         let events = events();
         let conv = events
             .iter()
@@ -360,7 +335,7 @@ mod tests {
             .iter()
             .find(|e| e.event_type() == EventType::DmBlockCreate)
             .unwrap();
-        assert!(lock_order(conv) < lock_order(msg));
-        assert!(lock_order(msg) < lock_order(block));
+        assert!(lock_key(conv) <= lock_key(msg));
+        assert!(lock_key(msg) < lock_key(block));
     }
 }

@@ -36,7 +36,7 @@ const FOLLOW_EDGES: &str = "\
       FROM mirror.follow_edge";
 
 const AUDIT: &str = "\
-    SELECT a.event_id, c.firestore_id, m.firestore_id, a.action, a.performed_by, a.created_at
+    SELECT a.event_id, c.firestore_id, m.firestore_id, a.action, a.performed_by, a.created_at, a.payload_json
       FROM mirror.dm_message_audit AS a
       JOIN mirror.dm_message AS m ON m.message_id = a.message_id
       JOIN mirror.dm_conversation AS c ON c.conversation_id = m.conversation_id";
@@ -127,6 +127,10 @@ pub(crate) async fn read(tx: &Transaction<'_>) -> Result<MirrorState, StoreError
             action: r.try_get(3).map_err(pg)?,
             performed_by: r.try_get(4).map_err(pg)?,
             created_at: r.try_get(5).map_err(pg)?,
+            payload: r
+                .try_get::<_, Option<serde_json::Value>>(6)
+                .map_err(pg)?
+                .unwrap_or(serde_json::Value::Null),
         });
     }
     for r in tx.query(FOLLOW_EVENTS, &[]).await.map_err(pg)? {

@@ -1,0 +1,113 @@
+//! Store health: whether the database is reachable, shared by every worker.
+//!
+//! When a batch finds the database unavailable (connection refused,
+//! restarting, failing over, or hung past `apply_timeout`), [`StoreHealth`] is
+//! marked down; every worker then takes no messages and probes with growing
+//! delays until the database answers again, so an outage costs a message one
+//! delivery attempt, not all of them.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mirror_store::{MirrorStore, StoreError};
+use tokio::sync::watch;
+
+use crate::policy::{store_unavailable, RetryPolicy};
+
+/// The checkpoint row read to probe the database (any answer, even "no row", means it is up).
+const PROBE_MODULE: &str = "sql-writer";
+const PROBE_SHARD: &str = "health-probe";
+/// Capped low: once the database is back, intake resumes within seconds.
+const MAX_PROBE_DELAY: Duration = Duration::from_secs(5);
+
+/// Whether the database is currently considered unavailable.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    down: AtomicBool,
+}
+
+impl StoreHealth {
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    /// Note a store failure; if it means the database is unavailable, pause intake.
+    pub fn note_failure(&self, worker: usize, e: &StoreError) {
+        if store_unavailable(e) && !self.down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(worker, error = %e, "database unavailable: releasing messages and pausing intake until it answers");
+        }
+    }
+
+    /// Hold no messages while the database is unavailable: probe it with
+    /// growing delays until it answers (or `stop` turns true).
+    pub async fn wait_until_reachable<S: MirrorStore>(
+        &self,
+        store: &S,
+        worker: usize,
+        retry: &RetryPolicy,
+        apply_timeout: Duration,
+        stop: &mut watch::Receiver<bool>,
+    ) {
+        let mut probes = 0u32;
+        while self.is_down() && !*stop.borrow() {
+            probes += 1;
+            let delay = retry.delay_after(probes).min(MAX_PROBE_DELAY);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.changed() => {}
+            }
+            if !self.is_down() || *stop.borrow() {
+                return;
+            }
+            let probe = answer(
+                apply_timeout,
+                store.load_checkpoint(PROBE_MODULE, PROBE_SHARD),
+            );
+            // A probe of a hung database must not hold up shutdown either.
+            let answer = tokio::select! {
+                r = probe => r.map(|_| ()),
+                _ = stop.changed() => return,
+            };
+            match answer {
+                Err(e) if store_unavailable(&e) => {
+                    tracing::warn!(worker, probes, error = %e, "database still unavailable; taking no messages");
+                }
+                // Reachable (an error of another kind is the batch's to classify).
+                _ => {
+                    if self.down.swap(false, Ordering::AcqRel) {
+                        tracing::info!(worker, probes, "database reachable again; resuming");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The database did not answer within `timeout`: treated like a broken
+/// connection (the database is unavailable), not like a failing event.
+pub fn no_answer(timeout: Duration) -> StoreError {
+    StoreError::new(
+        mirror_store::StoreErrorKind::Connect,
+        format!(
+            "no answer from the database within {:.1} s",
+            timeout.as_secs_f64()
+        ),
+    )
+}
+
+/// Whether `e` is a [`no_answer`] failure.
+pub fn is_no_answer(e: &StoreError) -> bool {
+    e.message.starts_with("no answer")
+}
+
+/// `call`'s result, or a "no answer" connection failure after `limit`.
+pub async fn answer<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| Err(no_answer(limit)))
+}
