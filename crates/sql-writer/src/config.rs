@@ -180,8 +180,15 @@ impl Cli {
             .or(f.subscription)
             .unwrap_or_else(|| mirror_bus::SQL_WRITER_SUBSCRIPTION.to_owned());
         let mut bus = self.bus.or(file.bus).settings()?;
-        if let BusSettings::Nats { max_deliver, .. } = &mut bus {
-            *max_deliver = max_attempts;
+        // One setting: the broker's delivery limit is the writer's attempt
+        // limit (JetStream's consumer is configured with it; Service Bus's
+        // `maxDeliveryCount` comes from IaC and must match — the adapter
+        // checks the dead-letter queue for evidence that it does not).
+        match &mut bus {
+            BusSettings::Nats { max_deliver, .. } => *max_deliver = max_attempts,
+            BusSettings::ServiceBus {
+                max_delivery_count, ..
+            } => *max_delivery_count = max_attempts,
         }
         Ok(Settings {
             bus,

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use mirror_bus::{BusError, DeadLetter};
+use mirror_bus::{BusError, BusErrorKind, DeadLetter};
 use mirror_schema::DecodeError;
 use mirror_store::{ApplyOutcome, DbCode, StoreError, StoreErrorKind};
 
@@ -66,9 +66,11 @@ pub const MSSQL_FATAL: &[u32] = &[208, 2812, 18456];
 pub fn classify(failure: &Failure<'_>) -> Class {
     match failure {
         Failure::Decode(_) => Class::Permanent,
-        Failure::Bus(BusError::Config(_)) => Class::Fatal,
-        Failure::Bus(BusError::TooLarge { .. }) => Class::Permanent,
-        Failure::Bus(_) => Class::Transient,
+        Failure::Bus(e) => match e.kind() {
+            BusErrorKind::Config => Class::Fatal,
+            BusErrorKind::TooLarge => Class::Permanent,
+            _ => Class::Transient,
+        },
         Failure::Store(e) => classify_store(e),
     }
 }
