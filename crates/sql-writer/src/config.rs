@@ -288,6 +288,26 @@ mod tests {
     }
 
     #[test]
+    fn the_attempt_limit_is_the_brokers_delivery_limit() {
+        let s = parse(&[
+            "--bus",
+            "servicebus",
+            "--servicebus-connection-string",
+            "Endpoint=sb://localhost;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true;",
+            "--max-attempts",
+            "8",
+        ])
+        .unwrap();
+        assert!(
+            matches!(s.bus, BusSettings::ServiceBus { max_delivery_count: 8, .. }),
+            "{:?}",
+            s.bus
+        );
+        let s = parse(&["--bus", "nats", "--max-attempts", "7"]).unwrap();
+        assert!(matches!(s.bus, BusSettings::Nats { max_deliver: 7, .. }));
+    }
+
+    #[test]
     fn bad_values_name_the_option() {
         let e = parse(&["--batch-size", "0"]).unwrap_err();
         assert!(

@@ -297,6 +297,18 @@ mod tests {
             classify(&Failure::Bus(&BusError::Connect("down".into()))),
             Class::Transient
         );
+        // bus failures are decided on their kind, never their text
+        let bus = [
+            (BusErrorKind::Busy, Class::Transient),
+            (BusErrorKind::LockLost, Class::Transient),
+            (BusErrorKind::Other, Class::Transient),
+            (BusErrorKind::TooLarge, Class::Permanent),
+            (BusErrorKind::Config, Class::Fatal),
+        ];
+        for (kind, want) in bus {
+            let e = BusError::with_kind(kind, "publish", "409 too large config");
+            assert_eq!(classify(&Failure::Bus(&e)), want, "{kind:?}");
+        }
     }
 
     #[test]

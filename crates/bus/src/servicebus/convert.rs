@@ -513,6 +513,15 @@ pub fn lock_usable(remaining: Duration) -> bool {
     remaining >= LOCK_MARGIN
 }
 
+/// The backlog from a peek that saw `peeked` messages (locked ones included)
+/// while this consumer holds `in_flight` of them unsettled.
+pub fn backlog_from_peek(peeked: u64, in_flight: u64) -> crate::Backlog {
+    crate::Backlog {
+        pending: peeked.saturating_sub(in_flight),
+        in_flight,
+    }
+}
+
 /// Below this much lock left, a delivery counts as lost (see [`lock_usable`]).
 pub const LOCK_MARGIN: Duration = Duration::from_secs(2);
 
@@ -604,6 +613,14 @@ mod logic_tests {
         assert_eq!(publish_size_limit(None), 256 * 1024 - SIZE_MARGIN);
         assert_eq!(publish_size_limit(Some(0)), 256 * 1024 - SIZE_MARGIN);
         assert_eq!(publish_size_limit(Some(1024 * 1024)), 1024 * 1024 - SIZE_MARGIN);
+    }
+
+    #[test]
+    fn backlog_from_a_peek() {
+        let b = backlog_from_peek(3, 1);
+        assert_eq!((b.pending, b.in_flight), (2, 1));
+        let b = backlog_from_peek(0, 2);
+        assert_eq!((b.pending, b.in_flight), (0, 2));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! consumer's client and is awaited across receives; when it fails for any
 //! reason other than "no session available", the client is rebuilt.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -137,6 +138,24 @@ pub struct ServiceBusConsumer {
     subscription: String,
     /// The current link; with sessions, `None` until a session is accepted.
     link: Option<SharedLink>,
+    /// Deliveries handed out and not yet settled (or dropped).
+    in_flight: Arc<AtomicU64>,
+}
+
+/// Counts a delivery in its consumer's in-flight figure until dropped.
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicU64>) -> InFlight {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for ServiceBusConsumer {
@@ -172,6 +191,7 @@ impl ServiceBusConsumer {
             accepting: None,
             subscription: subscription.to_owned(),
             link: None,
+            in_flight: Arc::new(AtomicU64::new(0)),
         };
         if !config.sessions {
             consumer.attach_plain().await?;
@@ -337,6 +357,7 @@ impl ServiceBusConsumer {
             inner,
             link: link.clone(),
             renewal,
+            _in_flight: InFlight::new(&self.in_flight),
         }
     }
 }
@@ -427,25 +448,28 @@ impl Receiver for ServiceBusConsumer {
         }
     }
 
-    /// Peeks (Listen rights): `pending` counts the messages still in the
-    /// subscription — locked and scheduled ones included — up to
-    /// [`BACKLOG_PEEK`]; `in_flight` is always 0 (peek cannot tell locked from
-    /// available). With sessions it peeks the session held; holding none
-    /// after an empty receive means no session was available, so `pending`
-    /// is 0 for this consumer (sessions locked by others are their work).
+    /// Peeks (Listen rights) up to [`BACKLOG_PEEK`] messages still in the
+    /// subscription (locked and scheduled ones included). `in_flight` is this
+    /// consumer's unsettled deliveries, `pending` the rest of what the peek
+    /// saw — so messages other consumers hold locked count as pending. Exact
+    /// counts need the management API and Manage rights (not asked for).
+    /// With sessions it peeks the session held; holding none after an empty
+    /// receive means no session was available, so `pending` is 0 for this
+    /// consumer (sessions locked by others are their work).
     async fn backlog(&mut self) -> Result<Option<Backlog>, BusError> {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
         let Some(link) = self.link.clone() else {
             if self.config.sessions {
-                return Ok(Some(Backlog::default()));
+                return Ok(Some(Backlog {
+                    pending: 0,
+                    in_flight,
+                }));
             }
             return Ok(None);
         };
         let peeked = link.lock().await.peek(BACKLOG_PEEK).await;
         match peeked {
-            Ok(n) => Ok(Some(Backlog {
-                pending: n as u64,
-                in_flight: 0,
-            })),
+            Ok(n) => Ok(Some(convert::backlog_from_peek(n as u64, in_flight))),
             Err(e) => Err(self.err("backlog", e)),
         }
     }
@@ -531,6 +555,7 @@ pub struct ServiceBusDelivery {
     inner: Arc<Mutex<ServiceBusReceivedMessage>>,
     link: SharedLink,
     renewal: Option<Renewal>,
+    _in_flight: InFlight,
 }
 
 impl std::fmt::Debug for ServiceBusDelivery {
