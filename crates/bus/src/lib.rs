@@ -240,11 +240,17 @@ pub trait EventBus: Send + Sync + 'static {
     /// to the dead-letter stream itself). Service Bus: a sweep of the
     /// subscription's `$deadletterqueue` for messages without the adapter's
     /// `DeadLetterAttempts` mark (`MaxDeliveryCountExceeded`, `TTLExpiredException`).
+    ///
+    /// The default is for buses whose broker never dead-letters by itself
+    /// (test fakes): nothing to watch.
     fn watch_broker_dead_letters(
         &self,
         subscription: &str,
         hook: DeadLetterHook,
-    ) -> impl Future<Output = Result<tokio::task::JoinHandle<()>, BusError>> + Send;
+    ) -> impl Future<Output = Result<tokio::task::JoinHandle<()>, BusError>> + Send {
+        let _ = (subscription, hook);
+        async { Ok(tokio::spawn(async {})) }
+    }
 }
 
 /// A competing consumer on one subscription.
