@@ -522,6 +522,19 @@ pub fn backlog_from_peek(peeked: u64, in_flight: u64) -> crate::Backlog {
     }
 }
 
+/// How far past `locked_until` (on this machine's clock) a lock must be
+/// before the adapter treats it as lost and refuses to settle: the broker
+/// stamps `locked_until` with its own clock, so a few seconds of clock skew
+/// must not make every settlement fail.
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(5);
+
+/// Whether a lock that expires at `locked_until_nanos` (Unix nanoseconds) is
+/// lost at `now` (see [`CLOCK_SKEW_ALLOWANCE`]).
+pub fn lock_lost(locked_until_nanos: i128, now: DateTime<Utc>) -> bool {
+    let now = i128::from(now.timestamp_nanos_opt().unwrap_or(i64::MAX));
+    now > locked_until_nanos + CLOCK_SKEW_ALLOWANCE.as_nanos() as i128
+}
+
 /// Below this much lock left, a delivery counts as lost (see [`lock_usable`]).
 pub const LOCK_MARGIN: Duration = Duration::from_secs(2);
 
@@ -621,6 +634,15 @@ mod logic_tests {
         assert_eq!((b.pending, b.in_flight), (2, 1));
         let b = backlog_from_peek(0, 2);
         assert_eq!((b.pending, b.in_flight), (0, 2));
+    }
+
+    #[test]
+    fn a_lock_is_lost_only_past_the_skew_allowance() {
+        let now = chrono::Utc::now();
+        let nanos = |d: chrono::Duration| i128::from((now + d).timestamp_nanos_opt().unwrap());
+        assert!(!lock_lost(nanos(chrono::Duration::seconds(10)), now));
+        assert!(!lock_lost(nanos(chrono::Duration::seconds(-4)), now));
+        assert!(lock_lost(nanos(chrono::Duration::seconds(-6)), now));
     }
 
     #[test]

@@ -101,6 +101,13 @@ impl Link {
             .unwrap_or(Duration::from_secs(30))
     }
 
+    /// Whether the lock holding `m` is past its expiry by more than
+    /// [`convert::CLOCK_SKEW_ALLOWANCE`] on this machine's clock.
+    fn lock_lost(&self, m: &ServiceBusReceivedMessage) -> bool {
+        self.locked_until(m)
+            .is_some_and(|t| convert::lock_lost(t, chrono::Utc::now()))
+    }
+
     fn is_session(&self) -> bool {
         matches!(self, Link::Session(_))
     }
@@ -617,7 +624,7 @@ impl ServiceBusDelivery {
         self.renewal.take();
         let m = self.inner.lock().await;
         let mut l = self.link.lock().await;
-        if l.lock_left(&m).is_zero() {
+        if l.lock_lost(&m) {
             return Err(lock_lost(op, self.sequence_number));
         }
         f(&mut l, &m).await.map_err(|e| settle_error(op, e))
@@ -679,7 +686,7 @@ impl Delivery for ServiceBusDelivery {
         let task = tokio::spawn(async move {
             let mut m = inner.lock().await;
             let mut l = link.lock().await;
-            if l.lock_left(&m).is_zero() {
+            if l.lock_lost(&m) {
                 return Err(lock_lost("renew lock", sequence_number));
             }
             l.renew(&mut m)
@@ -715,7 +722,7 @@ impl Delivery for ServiceBusDelivery {
                 if session && renewed_sessions.iter().any(|s| Arc::ptr_eq(s, &link)) {
                     continue;
                 }
-                if l.lock_left(&m).is_zero() {
+                if l.lock_lost(&m) {
                     failed += 1;
                     continue;
                 }
@@ -754,7 +761,12 @@ impl Delivery for ServiceBusDelivery {
                 "abandoning after the subscription's max delivery count: the broker will dead-letter it (MaxDeliveryCountExceeded)"
             );
         }
-        if self.lock_left().await.is_zero() {
+        let lost = {
+            let m = self.inner.lock().await;
+            let l = self.link.lock().await;
+            l.lock_lost(&m)
+        };
+        if lost {
             return Err(lock_lost("abandon", self.sequence_number));
         }
         if delay < HOLD_AT_LEAST {
