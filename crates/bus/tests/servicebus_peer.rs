@@ -28,10 +28,15 @@ use tokio::sync::Mutex;
 
 /// How the peer settles the publishes on the topic, in order; after the
 /// script, it accepts.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct Script {
     rejections: Vec<ErrorCondition>,
     transfers: Arc<AtomicUsize>,
+    /// Messages delivered on a subscription's receive link: (sequence number,
+    /// `x-opt-locked-until` as Unix milliseconds).
+    deliveries: Vec<(i64, i64)>,
+    /// What the client did with each delivered message, by sequence number.
+    outcomes: Arc<std::sync::Mutex<HashMap<i64, &'static str>>>,
 }
 
 type Replies = Arc<Mutex<HashMap<String, AmqpSender>>>;
@@ -54,7 +59,11 @@ async fn serve_session(mut session: ListenerSessionHandle, script: Script) {
                     .as_ref()
                     .and_then(|t| t.address.clone())
                     .unwrap_or_default();
-                replies.lock().await.insert(address, s);
+                if address.contains("/Subscriptions/") && !address.ends_with("$management") {
+                    tokio::spawn(deliver(s, script.clone()));
+                } else {
+                    replies.lock().await.insert(address, s);
+                }
             }
             LinkEndpoint::Receiver(r) => {
                 let address = address_of_target(&r);
@@ -102,6 +111,52 @@ async fn answer_requests(mut requests: AmqpReceiver, address: String, replies: R
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Deliver the scripted messages (peek-lock: unsettled, lock token in the
+/// delivery annotations, lock expiry and sequence number in the message
+/// annotations, as Service Bus does) and record what the client did.
+async fn deliver(mut link: AmqpSender, script: Script) {
+    use fe2o3_amqp_types::messaging::{Data, DeliveryAnnotations, MessageAnnotations, Outcome};
+    use fe2o3_amqp_types::primitives::{Binary, Timestamp, Uuid};
+    for (seq, locked_until_ms) in script.deliveries.clone() {
+        let lock_token = Uuid::from(*uuid::Uuid::new_v4().as_bytes());
+        let message = Message::builder()
+            .delivery_annotations(DeliveryAnnotations(
+                [(Symbol::from("x-opt-lock-token").into(), Value::Uuid(lock_token))]
+                    .into_iter()
+                    .collect(),
+            ))
+            .message_annotations(MessageAnnotations(
+                [
+                    (
+                        Symbol::from("x-opt-locked-until").into(),
+                        Value::Timestamp(Timestamp::from_milliseconds(locked_until_ms)),
+                    ),
+                    (Symbol::from("x-opt-sequence-number").into(), Value::Long(seq)),
+                ]
+                .into_iter()
+                .collect(),
+            ))
+            .data(Data(Binary::from(format!("message {seq}").into_bytes())))
+            .build();
+        let Ok(outcome) = link.send_batchable(message).await else {
+            return;
+        };
+        let outcomes = script.outcomes.clone();
+        tokio::spawn(async move {
+            let what = match outcome.await {
+                Ok(Outcome::Accepted(_)) => "accepted",
+                Ok(Outcome::Modified(_)) => "modified",
+                Ok(Outcome::Released(_)) => "released",
+                Ok(Outcome::Rejected(_)) => "rejected",
+                _ => "lost",
+            };
+            outcomes.lock().unwrap().insert(seq, what);
+        });
+    }
+    // keep the link open
+    std::future::pending::<()>().await;
 }
 
 async fn settle_publishes(mut topic: AmqpReceiver, script: Script) {
@@ -183,7 +238,7 @@ async fn a_throttled_publish_is_retried_not_reported_sent() {
         rejections: vec![ErrorCondition::Custom(Symbol::from(
             "com.microsoft:server-busy",
         ))],
-        transfers: Arc::new(AtomicUsize::new(0)),
+        ..Script::default()
     };
     if start_peer(ip, script.clone()).await.is_none() {
         return;
@@ -209,7 +264,7 @@ async fn a_publish_refused_for_size_is_too_large() {
     let ip = "127.0.0.42";
     let script = Script {
         rejections: vec![ErrorCondition::LinkError(LinkError::MessageSizeExceeded); 3],
-        transfers: Arc::new(AtomicUsize::new(0)),
+        ..Script::default()
     };
     if start_peer(ip, script.clone()).await.is_none() {
         return;
@@ -223,4 +278,58 @@ async fn a_publish_refused_for_size_is_too_large() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
     assert_eq!(script.transfers.load(Ordering::SeqCst), 1, "not retried");
+}
+
+/// Locks the client cannot trust: a message whose lock is already gone when
+/// it arrives (a prefetched message that waited) is abandoned, not handed out;
+/// a delivery whose lock expired while it was held is refused as `LockLost`
+/// rather than "completed" into the void (fe2o3 would report `Ok` without
+/// learning the outcome); a live one is completed and the broker sees Accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_expiry_is_checked_before_handing_out_and_settling() {
+    use mirror_bus::{Delivery, Receiver};
+    let ip = "127.0.0.43";
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let script = Script {
+        deliveries: vec![(1, now_ms - 10_000), (2, now_ms + 60_000), (3, now_ms + 3_000)],
+        ..Script::default()
+    };
+    if start_peer(ip, script.clone()).await.is_none() {
+        return;
+    }
+    let bus = bus(ip).await;
+    let mut rx = tokio::time::timeout(Duration::from_secs(30), bus.subscribe("sql-writer"))
+        .await
+        .expect("subscribe within 30 s")
+        .expect("subscribe");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 2 && Instant::now() < deadline {
+        got.extend(rx.receive(3, Duration::from_millis(500)).await.expect("receive"));
+    }
+    let mut seqs: Vec<i64> = got.iter().map(|d| d.sequence_number()).collect();
+    seqs.sort();
+    assert_eq!(seqs, [2, 3], "the message that arrived with its lock gone is not handed out");
+    let outcome = |seq: i64| script.outcomes.lock().unwrap().get(&seq).copied();
+    let wait_for = |seq: i64| async move {
+        for _ in 0..50 {
+            if let Some(o) = outcome(seq) {
+                return Some(o);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    };
+    assert_eq!(wait_for(1).await, Some("modified"), "abandoned");
+
+    let (mut live, mut short): (Vec<_>, Vec<_>) = got.into_iter().partition(|d| d.sequence_number() == 2);
+    live.pop().unwrap().complete().await.expect("complete a live lock");
+    assert_eq!(wait_for(2).await, Some("accepted"));
+
+    // past its lock by more than the clock-skew allowance
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let e = short.pop().unwrap().complete().await.unwrap_err();
+    assert_eq!(e.kind(), BusErrorKind::LockLost, "{e}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(outcome(3), None, "nothing was sent for a lost lock");
 }
