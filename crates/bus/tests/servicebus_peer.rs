@@ -333,3 +333,42 @@ async fn lock_expiry_is_checked_before_handing_out_and_settling() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(outcome(3), None, "nothing was sent for a lost lock");
 }
+
+/// `retry(delay)` is honoured: the lock is kept for the delay and the message
+/// abandoned after it, not at once (Service Bus has no delayed abandon).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_abandons_after_its_delay() {
+    use mirror_bus::{Delivery, Receiver};
+    let ip = "127.0.0.44";
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let script = Script {
+        deliveries: vec![(7, now_ms + 60_000)],
+        ..Script::default()
+    };
+    if start_peer(ip, script.clone()).await.is_none() {
+        return;
+    }
+    let bus = bus(ip).await;
+    let mut rx = tokio::time::timeout(Duration::from_secs(30), bus.subscribe("sql-writer"))
+        .await
+        .expect("subscribe within 30 s")
+        .expect("subscribe");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.is_empty() && Instant::now() < deadline {
+        got = rx.receive(1, Duration::from_millis(500)).await.expect("receive");
+    }
+    let d = got.pop().expect("the message");
+    let retried = Instant::now();
+    d.retry(Duration::from_secs(3)).await.expect("retry");
+    let outcome = || script.outcomes.lock().unwrap().get(&7).copied();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(outcome(), None, "abandoned before the delay");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while outcome().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(outcome(), Some("modified"), "abandoned after the delay");
+    assert!(retried.elapsed() >= Duration::from_secs(3), "{:?}", retried.elapsed());
+    drop(rx);
+}
