@@ -16,8 +16,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use mirror_bus::{
-    Backlog, BusErrorKind, DeadLetter, DeadLetterHook, Delivery, EventBus, OutboundMessage, PublishOutcome, Receiver,
-    MONITORING_SUBSCRIPTION, SQL_WRITER_SUBSCRIPTION,
+    Backlog, BusErrorKind, DeadLetter, DeadLetterHook, Delivery, EventBus, OutboundMessage,
+    PublishOutcome, Receiver, MONITORING_SUBSCRIPTION, SQL_WRITER_SUBSCRIPTION,
 };
 use mirror_schema::{Op, WireMessage, WireValue, STRUCTURED_CONTENT_TYPE};
 use tokio::time::Instant;
@@ -680,7 +680,12 @@ pub async fn oversized_publish_is_refused<F: BusFactory>(factory: &F) {
         }
         Ok(outcome) => {
             assert_eq!(outcome, PublishOutcome::Published);
-            let d = receive_one(&mut rx, Duration::from_secs(5), "a message reported published").await;
+            let d = receive_one(
+                &mut rx,
+                Duration::from_secs(5),
+                "a message reported published",
+            )
+            .await;
             assert_eq!(d.message_id(), Some(edge.message_id.as_str()));
             d.complete().await.expect("complete");
         }
@@ -726,7 +731,12 @@ pub async fn retry_waits_for_its_delay<F: BusFactory>(factory: &F) {
     let delay = Duration::from_secs(3);
     let retried_at = Instant::now();
     d.retry(delay).await.expect("retry");
-    let d = receive_one(&mut rx, delay * 4 + fresh.lock, "redelivery after the delay").await;
+    let d = receive_one(
+        &mut rx,
+        delay * 4 + fresh.lock,
+        "redelivery after the delay",
+    )
+    .await;
     let waited = retried_at.elapsed();
     assert!(
         waited >= delay / 2,
@@ -882,7 +892,10 @@ pub async fn broker_dead_letters_are_reported<F: BusFactory>(factory: &F) {
                     .expect("second watch"),
             );
         }
-        assert!(Instant::now() < deadline, "the broker's dead letter was never reported");
+        assert!(
+            Instant::now() < deadline,
+            "the broker's dead letter was never reported"
+        );
     }
     let (message, why) = handed.lock().unwrap()[0].clone();
     assert_eq!(message.body, sent.message.body);

@@ -488,7 +488,10 @@ async fn broker_dead_letters_reach_sql_through_the_port() {
         .expect("publish");
     let mut rx = bus.subscribe("sql-writer").await.expect("subscribe");
     for _ in 0..2 {
-        let got = rx.receive(1, Duration::from_secs(5)).await.expect("receive");
+        let got = rx
+            .receive(1, Duration::from_secs(5))
+            .await
+            .expect("receive");
         assert_eq!(got.len(), 1);
         for d in got {
             // the writer "dies" before deciding: the message is released
@@ -497,7 +500,10 @@ async fn broker_dead_letters_reach_sql_through_the_port() {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let rows = loop {
-        let _ = rx.receive(1, Duration::from_millis(300)).await.expect("receive");
+        let _ = rx
+            .receive(1, Duration::from_millis(300))
+            .await
+            .expect("receive");
         let rows = rig.store.list_dead_letters(10).await.unwrap();
         if !rows.is_empty() {
             break rows;

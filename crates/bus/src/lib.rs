@@ -282,10 +282,7 @@ pub trait Delivery: Send + Sync + 'static {
     /// `budget` (adapters batch what the broker allows: one request per link
     /// or session); returns how many could not be extended. The default keeps
     /// each alive in turn and stops when the budget is spent.
-    fn keep_alive_all(
-        deliveries: &[Self],
-        budget: Duration,
-    ) -> impl Future<Output = usize> + Send
+    fn keep_alive_all(deliveries: &[Self], budget: Duration) -> impl Future<Output = usize> + Send
     where
         Self: Sized,
     {
@@ -300,7 +297,10 @@ pub trait Delivery: Send + Sync + 'static {
                         failed += 1;
                     }
                     Err(_) => {
-                        tracing::warn!(left = deliveries.len() - i, "keep-alive pass over its time budget");
+                        tracing::warn!(
+                            left = deliveries.len() - i,
+                            "keep-alive pass over its time budget"
+                        );
                         return failed + deliveries.len() - i;
                     }
                 }

@@ -123,9 +123,12 @@ async fn deliver(mut link: AmqpSender, script: Script) {
         let lock_token = Uuid::from(*uuid::Uuid::new_v4().as_bytes());
         let message = Message::builder()
             .delivery_annotations(DeliveryAnnotations(
-                [(Symbol::from("x-opt-lock-token").into(), Value::Uuid(lock_token))]
-                    .into_iter()
-                    .collect(),
+                [(
+                    Symbol::from("x-opt-lock-token").into(),
+                    Value::Uuid(lock_token),
+                )]
+                .into_iter()
+                .collect(),
             ))
             .message_annotations(MessageAnnotations(
                 [
@@ -133,7 +136,10 @@ async fn deliver(mut link: AmqpSender, script: Script) {
                         Symbol::from("x-opt-locked-until").into(),
                         Value::Timestamp(Timestamp::from_milliseconds(locked_until_ms)),
                     ),
-                    (Symbol::from("x-opt-sequence-number").into(), Value::Long(seq)),
+                    (
+                        Symbol::from("x-opt-sequence-number").into(),
+                        Value::Long(seq),
+                    ),
                 ]
                 .into_iter()
                 .collect(),
@@ -250,7 +256,11 @@ async fn a_throttled_publish_is_retried_not_reported_sent() {
         .expect("publish within 90 s")
         .expect("published after the retry");
     assert_eq!(outcome, PublishOutcome::Published);
-    assert_eq!(script.transfers.load(Ordering::SeqCst), 2, "one rejected, one accepted");
+    assert_eq!(
+        script.transfers.load(Ordering::SeqCst),
+        2,
+        "one rejected, one accepted"
+    );
     assert!(
         started.elapsed() >= Duration::from_secs(10),
         "retried after {:?}, before the 10 s server-busy wait",
@@ -291,7 +301,11 @@ async fn lock_expiry_is_checked_before_handing_out_and_settling() {
     let ip = "127.0.0.43";
     let now_ms = chrono::Utc::now().timestamp_millis();
     let script = Script {
-        deliveries: vec![(1, now_ms - 10_000), (2, now_ms + 60_000), (3, now_ms + 3_000)],
+        deliveries: vec![
+            (1, now_ms - 10_000),
+            (2, now_ms + 60_000),
+            (3, now_ms + 3_000),
+        ],
         ..Script::default()
     };
     if start_peer(ip, script.clone()).await.is_none() {
@@ -305,11 +319,19 @@ async fn lock_expiry_is_checked_before_handing_out_and_settling() {
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while got.len() < 2 && Instant::now() < deadline {
-        got.extend(rx.receive(3, Duration::from_millis(500)).await.expect("receive"));
+        got.extend(
+            rx.receive(3, Duration::from_millis(500))
+                .await
+                .expect("receive"),
+        );
     }
     let mut seqs: Vec<i64> = got.iter().map(|d| d.sequence_number()).collect();
     seqs.sort();
-    assert_eq!(seqs, [2, 3], "the message that arrived with its lock gone is not handed out");
+    assert_eq!(
+        seqs,
+        [2, 3],
+        "the message that arrived with its lock gone is not handed out"
+    );
     let outcome = |seq: i64| script.outcomes.lock().unwrap().get(&seq).copied();
     let wait_for = |seq: i64| async move {
         for _ in 0..50 {
@@ -322,8 +344,13 @@ async fn lock_expiry_is_checked_before_handing_out_and_settling() {
     };
     assert_eq!(wait_for(1).await, Some("modified"), "abandoned");
 
-    let (mut live, mut short): (Vec<_>, Vec<_>) = got.into_iter().partition(|d| d.sequence_number() == 2);
-    live.pop().unwrap().complete().await.expect("complete a live lock");
+    let (mut live, mut short): (Vec<_>, Vec<_>) =
+        got.into_iter().partition(|d| d.sequence_number() == 2);
+    live.pop()
+        .unwrap()
+        .complete()
+        .await
+        .expect("complete a live lock");
     assert_eq!(wait_for(2).await, Some("accepted"));
 
     // past its lock by more than the clock-skew allowance
@@ -356,7 +383,10 @@ async fn retry_abandons_after_its_delay() {
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while got.is_empty() && Instant::now() < deadline {
-        got = rx.receive(1, Duration::from_millis(500)).await.expect("receive");
+        got = rx
+            .receive(1, Duration::from_millis(500))
+            .await
+            .expect("receive");
     }
     let d = got.pop().expect("the message");
     let retried = Instant::now();
@@ -369,6 +399,10 @@ async fn retry_abandons_after_its_delay() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(outcome(), Some("modified"), "abandoned after the delay");
-    assert!(retried.elapsed() >= Duration::from_secs(3), "{:?}", retried.elapsed());
+    assert!(
+        retried.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        retried.elapsed()
+    );
     drop(rx);
 }

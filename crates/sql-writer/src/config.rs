@@ -299,7 +299,13 @@ mod tests {
         ])
         .unwrap();
         assert!(
-            matches!(s.bus, BusSettings::ServiceBus { max_delivery_count: 8, .. }),
+            matches!(
+                s.bus,
+                BusSettings::ServiceBus {
+                    max_delivery_count: 8,
+                    ..
+                }
+            ),
             "{:?}",
             s.bus
         );

@@ -139,7 +139,10 @@ mod tests {
     #[test]
     fn replay_ids_are_unique_per_dead_letter_entry_and_fit() {
         assert_eq!(replay_message_id("e1", 1, "17"), "e1.replay.1.17");
-        assert_ne!(replay_message_id("e1", 1, "17"), replay_message_id("e1", 1, "42"));
+        assert_ne!(
+            replay_message_id("e1", 1, "17"),
+            replay_message_id("e1", 1, "42")
+        );
         let id = replay_message_id(&"é".repeat(100), 3, "9223372036854775807");
         assert!(id.len() <= MAX_MESSAGE_ID, "{}", id.len());
         assert!(id.ends_with(".replay.3.9223372036854775807"));

@@ -195,7 +195,9 @@ fn entry(m: async_nats::jetstream::message::StreamMessage) -> DeadLettered {
             )
             .into()
         });
-    let reason = wire::get(h, wire::DL_REASON).unwrap_or("unknown").to_owned();
+    let reason = wire::get(h, wire::DL_REASON)
+        .unwrap_or("unknown")
+        .to_owned();
     DeadLettered {
         handle: m.sequence.to_string(),
         // JetStream has no sessions: a replay needs no partition key.

@@ -313,7 +313,8 @@ mod pull_error_tests {
 
     #[test]
     fn a_refused_pull_is_busy() {
-        let text = "eror while processing messages from the stream: 409, Some(\"Exceeded MaxAckPending\")";
+        let text =
+            "eror while processing messages from the stream: 409, Some(\"Exceeded MaxAckPending\")";
         assert_eq!(pull_error_kind(text), BusErrorKind::Busy);
         assert_eq!(pull_error_kind("connection closed"), BusErrorKind::Other);
     }

@@ -569,7 +569,11 @@ mod logic_tests {
     /// middle layer is transparent, so this is the same text).
     fn rejected(condition: ErrorCondition) -> String {
         let e = NotAcceptedError::Rejected(Rejected {
-            error: Some(AmqpErr::new(condition, Some("the broker said no".to_owned()), None)),
+            error: Some(AmqpErr::new(
+                condition,
+                Some("the broker said no".to_owned()),
+                None,
+            )),
         });
         azure_core::Error::new(
             azure_core::error::ErrorKind::Other,
@@ -580,25 +584,45 @@ mod logic_tests {
 
     #[test]
     fn rejected_sends_are_classified_from_the_real_error_text() {
-        let busy = rejected(ErrorCondition::Custom(Symbol::from("com.microsoft:server-busy")));
-        assert_eq!(classify_send_error(&busy), SendFailure::ServerBusy, "{busy}");
+        let busy = rejected(ErrorCondition::Custom(Symbol::from(
+            "com.microsoft:server-busy",
+        )));
+        assert_eq!(
+            classify_send_error(&busy),
+            SendFailure::ServerBusy,
+            "{busy}"
+        );
         let size = rejected(ErrorCondition::LinkError(LinkError::MessageSizeExceeded));
         assert_eq!(classify_send_error(&size), SendFailure::TooLarge, "{size}");
         let full = rejected(ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded));
-        assert_eq!(classify_send_error(&full), SendFailure::EntityFull, "{full}");
+        assert_eq!(
+            classify_send_error(&full),
+            SendFailure::EntityFull,
+            "{full}"
+        );
         let nf = rejected(ErrorCondition::AmqpError(AmqpError::NotFound));
         assert_eq!(classify_send_error(&nf), SendFailure::NotFound, "{nf}");
         let ua = rejected(ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess));
         assert_eq!(classify_send_error(&ua), SendFailure::Unauthorized, "{ua}");
-        let lock = rejected(ErrorCondition::Custom(Symbol::from("com.microsoft:message-lock-lost")));
+        let lock = rejected(ErrorCondition::Custom(Symbol::from(
+            "com.microsoft:message-lock-lost",
+        )));
         assert_eq!(classify_send_error(&lock), SendFailure::LockLost, "{lock}");
         // the symbol spelling, as Service Bus puts it in detach errors
         assert_eq!(
-            classify_send_error("amqp:link:message-size-exceeded: The received message exceeds 262144 bytes"),
+            classify_send_error(
+                "amqp:link:message-size-exceeded: The received message exceeds 262144 bytes"
+            ),
             SendFailure::TooLarge
         );
-        assert_eq!(classify_send_error("Client is disposed"), SendFailure::Connection);
-        assert_eq!(classify_send_error("IllegalSessionState"), SendFailure::Connection);
+        assert_eq!(
+            classify_send_error("Client is disposed"),
+            SendFailure::Connection
+        );
+        assert_eq!(
+            classify_send_error("IllegalSessionState"),
+            SendFailure::Connection
+        );
         assert_eq!(classify_send_error("something odd"), SendFailure::Other);
     }
 
@@ -625,7 +649,10 @@ mod logic_tests {
     fn size_limit_keeps_a_margin() {
         assert_eq!(publish_size_limit(None), 256 * 1024 - SIZE_MARGIN);
         assert_eq!(publish_size_limit(Some(0)), 256 * 1024 - SIZE_MARGIN);
-        assert_eq!(publish_size_limit(Some(1024 * 1024)), 1024 * 1024 - SIZE_MARGIN);
+        assert_eq!(
+            publish_size_limit(Some(1024 * 1024)),
+            1024 * 1024 - SIZE_MARGIN
+        );
     }
 
     #[test]
@@ -931,7 +958,11 @@ mod tests {
         ));
         let d = to_dead_lettered(7, None, dlq, Some(5), Some("c1".into()));
         assert!(d.by_broker);
-        assert_eq!(d.partition_key.as_deref(), Some("c1"), "replays keep the session");
+        assert_eq!(
+            d.partition_key.as_deref(),
+            Some("c1"),
+            "replays keep the session"
+        );
         assert_eq!(
             (d.reason.as_str(), d.attempts, d.dead_lettered_at),
             ("MaxDeliveryCountExceeded", 5, None)

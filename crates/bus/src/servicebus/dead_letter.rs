@@ -18,64 +18,68 @@ const SWEEP_PAGE: usize = 256;
 
 /// Read up to `limit` dead letters of `subscription`, oldest first (peek).
 pub(super) async fn list(
-        bus: &ServiceBusBus,
-        subscription: &str,
-        limit: usize,
-    ) -> Result<Vec<DeadLettered>, BusError> {
-        let mut receiver = bus
-            .admin_receiver(subscription, true, ServiceBusReceiveMode::PeekLock)
-            .await?;
-        let mut out = Vec::new();
-        let mut from = None;
-        let result = async {
-            while out.len() < limit {
-                let want = u32::try_from(limit - out.len())
-                    .unwrap_or(MAX_BATCH)
-                    .min(MAX_BATCH);
-                let batch = receiver
-                    .peek_messages(want, from)
-                    .await
-                    .map_err(|e| bus.err("list dead letters", e))?;
-                if batch.is_empty() {
-                    break;
-                }
-                for peeked in batch {
-                    from = Some(peeked.sequence_number() + 1);
-                    let wire = convert::to_wire(
-                        peeked.content_type(),
-                        peeked.application_properties(),
-                        &peeked.raw_amqp_message().body,
-                    );
-                    out.push(convert::to_dead_lettered(
-                        peeked.sequence_number(),
-                        peeked.message_id().map(|c| c.into_owned()),
-                        wire,
-                        peeked.delivery_count(),
-                        peeked.session_id().map(str::to_owned),
-                    ));
-                }
+    bus: &ServiceBusBus,
+    subscription: &str,
+    limit: usize,
+) -> Result<Vec<DeadLettered>, BusError> {
+    let mut receiver = bus
+        .admin_receiver(subscription, true, ServiceBusReceiveMode::PeekLock)
+        .await?;
+    let mut out = Vec::new();
+    let mut from = None;
+    let result = async {
+        while out.len() < limit {
+            let want = u32::try_from(limit - out.len())
+                .unwrap_or(MAX_BATCH)
+                .min(MAX_BATCH);
+            let batch = receiver
+                .peek_messages(want, from)
+                .await
+                .map_err(|e| bus.err("list dead letters", e))?;
+            if batch.is_empty() {
+                break;
             }
-            Ok::<(), BusError>(())
+            for peeked in batch {
+                from = Some(peeked.sequence_number() + 1);
+                let wire = convert::to_wire(
+                    peeked.content_type(),
+                    peeked.application_properties(),
+                    &peeked.raw_amqp_message().body,
+                );
+                out.push(convert::to_dead_lettered(
+                    peeked.sequence_number(),
+                    peeked.message_id().map(|c| c.into_owned()),
+                    wire,
+                    peeked.delivery_count(),
+                    peeked.session_id().map(str::to_owned),
+                ));
+            }
         }
-        .await;
-        let _ = receiver.dispose().await;
-        result?;
-        out.truncate(limit);
-        Ok(out)
+        Ok::<(), BusError>(())
     }
+    .await;
+    let _ = receiver.dispose().await;
+    result?;
+    out.truncate(limit);
+    Ok(out)
+}
 
 /// Remove dead letter `handle` (a sequence number).
-    ///
-    /// Peeks first: a sequence number no longer in the queue (already removed)
-    /// is a no-op. Otherwise receives from the dead-letter queue until that
-    /// message comes up, completes it and abandons the others it had to lock on
-    /// the way (the dead-letter queue has no delivery limit, so that is harmless).
-pub(super) async fn remove(bus: &ServiceBusBus, subscription: &str, handle: &str) -> Result<(), BusError> {
-        let sequence_number = convert::parse_handle(handle)?;
-        let mut receiver = bus
-            .admin_receiver(subscription, true, ServiceBusReceiveMode::PeekLock)
-            .await?;
-        let result = async {
+///
+/// Peeks first: a sequence number no longer in the queue (already removed)
+/// is a no-op. Otherwise receives from the dead-letter queue until that
+/// message comes up, completes it and abandons the others it had to lock on
+/// the way (the dead-letter queue has no delivery limit, so that is harmless).
+pub(super) async fn remove(
+    bus: &ServiceBusBus,
+    subscription: &str,
+    handle: &str,
+) -> Result<(), BusError> {
+    let sequence_number = convert::parse_handle(handle)?;
+    let mut receiver = bus
+        .admin_receiver(subscription, true, ServiceBusReceiveMode::PeekLock)
+        .await?;
+    let result = async {
             let present = receiver
                 .peek_messages(1, Some(sequence_number))
                 .await
@@ -122,14 +126,17 @@ pub(super) async fn remove(bus: &ServiceBusBus, subscription: &str, handle: &str
             }
         }
         .await;
-        let _ = receiver.dispose().await;
-        result
-    }
+    let _ = receiver.dispose().await;
+    result
+}
 
 /// The broker-made dead letters among `entries` (no `DeadLetterAttempts`
 /// mark), after sequence number `after`, as the hook wants them; and the
 /// highest sequence number seen.
-pub fn broker_made(entries: &[DeadLettered], after: i64) -> (Vec<(mirror_schema::WireMessage, DeadLetter)>, i64) {
+pub fn broker_made(
+    entries: &[DeadLettered],
+    after: i64,
+) -> (Vec<(mirror_schema::WireMessage, DeadLetter)>, i64) {
     let mut last = after;
     let mut out = Vec::new();
     for d in entries {
@@ -222,7 +229,9 @@ pub(super) async fn start_sweep(
                         hook(m, why);
                     }
                 }
-                Err(e) => tracing::warn!(%subscription, error = %e, "dead-letter sweep failed; trying again later"),
+                Err(e) => {
+                    tracing::warn!(%subscription, error = %e, "dead-letter sweep failed; trying again later")
+                }
             }
         }
     }))
@@ -277,7 +286,11 @@ mod tests {
                 properties: vec![("n".into(), WireValue::Int(seq))],
                 body: Vec::new(),
             },
-            reason: if by_broker { "MaxDeliveryCountExceeded".into() } else { "invalid_field".into() },
+            reason: if by_broker {
+                "MaxDeliveryCountExceeded".into()
+            } else {
+                "invalid_field".into()
+            },
             description: String::new(),
             attempts: 5,
             dead_lettered_at: None,

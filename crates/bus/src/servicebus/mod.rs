@@ -51,8 +51,8 @@ mod config;
 pub mod convert;
 mod credential;
 pub mod dead_letter;
-mod recent;
 pub mod receiver;
+mod recent;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -68,10 +68,7 @@ pub use config::{EntraCredential, ServiceBusAuth, ServiceBusConfig};
 use convert::{AttachFailure, SendFailure};
 pub use receiver::{ServiceBusConsumer, ServiceBusDelivery};
 
-use crate::{
-    BusError, DeadLetterHook, DeadLettered, EventBus, OutboundMessage,
-    PublishOutcome,
-};
+use crate::{BusError, DeadLetterHook, DeadLettered, EventBus, OutboundMessage, PublishOutcome};
 
 /// Longest a receive holds its link before letting settlements through.
 pub const POLL_SLICE: Duration = Duration::from_millis(250);
@@ -249,16 +246,24 @@ impl ServiceBusBus {
                 .map_err(|e| self.failed(format!("create batch: {e:?}")))?;
             let too_large = |size: u64, limit: u64| Failed {
                 failure: SendFailure::TooLarge,
-                text: format!("{size} bytes encoded; this link takes at most {limit} (less a {} byte margin)", convert::SIZE_MARGIN),
+                text: format!(
+                    "{size} bytes encoded; this link takes at most {limit} (less a {} byte margin)",
+                    convert::SIZE_MARGIN
+                ),
             };
             let limit = convert::publish_size_limit(Some(batch.max_size_in_bytes()));
             if batch.try_add_message(message.clone()).is_err() {
-                return Err(too_large(batch.max_size_in_bytes(), batch.max_size_in_bytes()));
+                return Err(too_large(
+                    batch.max_size_in_bytes(),
+                    batch.max_size_in_bytes(),
+                ));
             }
             if batch.size_in_bytes() > limit {
                 return Err(too_large(batch.size_in_bytes(), batch.max_size_in_bytes()));
             }
-            s.send_message_batch(batch).await.map_err(|e| self.failed(e))
+            s.send_message_batch(batch)
+                .await
+                .map_err(|e| self.failed(e))
         }
         .await;
         match &result {
@@ -288,7 +293,9 @@ impl ServiceBusBus {
                 tracing::info!("Service Bus: publishing connection rebuilt");
                 dispose_client(old).await;
             }
-            Err(e) => tracing::warn!(error = %e, "Service Bus: could not rebuild the publishing connection"),
+            Err(e) => {
+                tracing::warn!(error = %e, "Service Bus: could not rebuild the publishing connection")
+            }
         }
     }
 
@@ -630,7 +637,11 @@ mod tests {
         .await;
         assert!(result.is_ok());
         assert_eq!(tries.load(Ordering::Relaxed), 2);
-        assert!(started.elapsed() >= convert::SERVER_BUSY_WAIT, "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= convert::SERVER_BUSY_WAIT,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// Too large is final at once; it is not retried.
@@ -661,7 +672,10 @@ mod tests {
         let n = tries.load(Ordering::Relaxed);
         assert!(n >= 3, "{n} tries");
         let took = started.elapsed();
-        assert!(took >= convert::SERVER_BUSY_WAIT * (n - 1), "{took:?} for {n} tries");
+        assert!(
+            took >= convert::SERVER_BUSY_WAIT * (n - 1),
+            "{took:?} for {n} tries"
+        );
         assert!(took <= convert::PUBLISH_BUDGET * 4, "{took:?}");
     }
 

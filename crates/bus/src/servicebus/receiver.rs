@@ -337,7 +337,11 @@ impl ServiceBusConsumer {
         }
     }
 
-    fn delivery(&self, message: ServiceBusReceivedMessage, link: &SharedLink) -> ServiceBusDelivery {
+    fn delivery(
+        &self,
+        message: ServiceBusReceivedMessage,
+        link: &SharedLink,
+    ) -> ServiceBusDelivery {
         let wire = convert::to_wire(
             message.content_type(),
             message.application_properties(),
@@ -418,7 +422,10 @@ impl Receiver for ServiceBusConsumer {
                             .into_iter()
                             .partition(|m| convert::lock_usable(guard.lock_left(m)));
                         for m in &stale {
-                            tracing::debug!(sequence_number = m.sequence_number(), "dropping a delivery whose lock is nearly gone");
+                            tracing::debug!(
+                                sequence_number = m.sequence_number(),
+                                "dropping a delivery whose lock is nearly gone"
+                            );
                             let _ = guard.abandon(m).await;
                         }
                         Ok((usable, !stale.is_empty()))
@@ -580,7 +587,9 @@ fn lock_lost(op: &'static str, sequence_number: i64) -> BusError {
     BusError::with_kind(
         BusErrorKind::LockLost,
         op,
-        format!("message {sequence_number}: its lock has expired; the broker will deliver it again"),
+        format!(
+            "message {sequence_number}: its lock has expired; the broker will deliver it again"
+        ),
     )
 }
 
@@ -654,10 +663,7 @@ impl ServiceBusDelivery {
             }
         }
         let sequence_number = self.sequence_number;
-        if let Err(e) = self
-            .settle("abandon", |l, m| Box::pin(l.abandon(m)))
-            .await
-        {
+        if let Err(e) = self.settle("abandon", |l, m| Box::pin(l.abandon(m))).await {
             tracing::debug!(sequence_number, error = %e, "retry: abandon after the delay failed; the message comes back when its lock expires");
         }
     }
@@ -744,7 +750,8 @@ impl Delivery for ServiceBusDelivery {
     }
 
     async fn complete(self) -> Result<(), BusError> {
-        self.settle("complete", |l, m| Box::pin(l.complete(m))).await
+        self.settle("complete", |l, m| Box::pin(l.complete(m)))
+            .await
     }
 
     /// Keeps the message locked (renewing as needed) for `delay`, at most
@@ -779,7 +786,9 @@ impl Delivery for ServiceBusDelivery {
 
     async fn dead_letter(self, why: &DeadLetter) -> Result<(), BusError> {
         let options = convert::dead_letter_options(why, chrono::Utc::now());
-        self.settle("dead-letter", move |l, m| Box::pin(l.dead_letter(m, options)))
-            .await
+        self.settle("dead-letter", move |l, m| {
+            Box::pin(l.dead_letter(m, options))
+        })
+        .await
     }
 }
