@@ -16,8 +16,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use mirror_bus::{
-    Backlog, DeadLetter, Delivery, EventBus, OutboundMessage, PublishOutcome, Receiver,
-    MONITORING_SUBSCRIPTION, SQL_WRITER_SUBSCRIPTION,
+    Backlog, BusErrorKind, DeadLetter, DeadLetterHook, Delivery, EventBus, OutboundMessage,
+    PublishOutcome, Receiver, MONITORING_SUBSCRIPTION, SQL_WRITER_SUBSCRIPTION,
 };
 use mirror_schema::{Op, WireMessage, WireValue, STRUCTURED_CONTENT_TYPE};
 use tokio::time::Instant;
@@ -61,6 +61,9 @@ pub struct Fresh<B> {
     pub bus: B,
     /// The lock duration actually in force (a broker may not honour the request).
     pub lock: Duration,
+    /// The delivery limit actually in force (Service Bus: the deployed
+    /// `maxDeliveryCount`, whatever was asked).
+    pub max_deliver: u32,
     /// Kept alive for the case (e.g. a [`FreshTopic`](crate::FreshTopic) that deletes its streams on drop).
     pub guard: Box<dyn Send + Sync>,
 }
@@ -101,6 +104,12 @@ macro_rules! bus_conformance_tests {
             keep_alive_extends_lock,
             backlog_counts,
             competing_consumers_and_independent_subscriptions,
+            oversized_publish_is_refused,
+            settling_after_the_lock_expired_loses_nothing,
+            retry_waits_for_its_delay,
+            consumer_resumes_after_idle,
+            dead_letters_keep_the_partition_key,
+            broker_dead_letters_are_reported,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -640,4 +649,265 @@ pub async fn competing_consumers_and_independent_subscriptions<F: BusFactory>(fa
         "sql-writer after all completed",
     )
     .await;
+}
+
+/// A publish the broker cannot take is an error — never `Published` — and a
+/// publish reported `Published` is delivered. The size is the one refusal
+/// every broker can be made to give (throttling and a full topic cannot be
+/// provoked on demand; the Service Bus adapter's handling of `server-busy` is
+/// unit-tested against the library's real error text):
+/// - 2 MiB is over every broker's limit: `TooLarge`.
+/// - Just under the contract's 256 KiB passes the contract's check; on
+///   Service Bus (256 KiB including headers) the adapter's measure against
+///   the link's limit (`try_add_message`, less a margin) or the broker itself
+///   refuses it — `TooLarge`; JetStream (1 MiB) stores it — then it must arrive.
+pub async fn oversized_publish_is_refused<F: BusFactory>(factory: &F) {
+    let fresh = factory.fresh(Options::default()).await;
+    let mut rx = subscribe(&fresh.bus, SQL_WRITER_SUBSCRIPTION).await;
+    let t = tag();
+    let mut huge = message(&t, 1);
+    huge.message.body = vec![b'x'; 2 * 1024 * 1024];
+    match fresh.bus.publish(&huge).await {
+        Err(e) => assert_eq!(e.kind(), BusErrorKind::TooLarge, "{e}"),
+        Ok(outcome) => panic!("a 2 MiB publish was reported as {outcome:?}"),
+    }
+    let mut edge = message(&t, 2);
+    edge.message.body = vec![b'x'; mirror_schema::MAX_EVENT_BYTES - 512];
+    match fresh.bus.publish(&edge).await {
+        Err(e) => {
+            assert_eq!(e.kind(), BusErrorKind::TooLarge, "{e}");
+            expect_nothing(&mut rx, Duration::from_secs(1), "refused messages").await;
+        }
+        Ok(outcome) => {
+            assert_eq!(outcome, PublishOutcome::Published);
+            let d = receive_one(
+                &mut rx,
+                Duration::from_secs(5),
+                "a message reported published",
+            )
+            .await;
+            assert_eq!(d.message_id(), Some(edge.message_id.as_str()));
+            d.complete().await.expect("complete");
+        }
+    }
+}
+
+/// A delivery whose lock expired was (or will be) delivered again; settling
+/// the stale one must not lose the message. Adapters that know the lock is
+/// gone (Service Bus, past `locked_until`) refuse with `LockLost`; JetStream
+/// acks by stream sequence, so its stale ack is accepted and removes the
+/// message — then the redelivery (already in hand) is the one that counts,
+/// and completing it is still fine. Either way: no error other than
+/// `LockLost`, and the fresh delivery settles.
+pub async fn settling_after_the_lock_expired_loses_nothing<F: BusFactory>(factory: &F) {
+    let fresh = factory.fresh(Options::default()).await;
+    let mut rx = subscribe(&fresh.bus, SQL_WRITER_SUBSCRIPTION).await;
+    let sent = message(&tag(), 1);
+    publish(&fresh.bus, &sent).await;
+    let stale = receive_one(&mut rx, Duration::from_secs(5), "first delivery").await;
+    let again = receive_one(
+        &mut rx,
+        fresh.lock * 3 + Duration::from_secs(2),
+        "redelivery after lock expiry",
+    )
+    .await;
+    assert_eq!(again.delivery_count(), 2);
+    if let Err(e) = stale.complete().await {
+        assert_eq!(e.kind(), BusErrorKind::LockLost, "{e}");
+    }
+    if let Err(e) = again.complete().await {
+        assert_eq!(e.kind(), BusErrorKind::LockLost, "{e}");
+    }
+}
+
+/// `retry(delay)` is honoured: the message is not redelivered before about
+/// the delay (Service Bus holds the lock for it, JetStream naks with delay).
+pub async fn retry_waits_for_its_delay<F: BusFactory>(factory: &F) {
+    let fresh = factory.fresh(Options::default()).await;
+    let mut rx = subscribe(&fresh.bus, SQL_WRITER_SUBSCRIPTION).await;
+    let sent = message(&tag(), 1);
+    publish(&fresh.bus, &sent).await;
+    let d = receive_one(&mut rx, Duration::from_secs(5), "first delivery").await;
+    let delay = Duration::from_secs(3);
+    let retried_at = Instant::now();
+    d.retry(delay).await.expect("retry");
+    let d = receive_one(
+        &mut rx,
+        delay * 4 + fresh.lock,
+        "redelivery after the delay",
+    )
+    .await;
+    let waited = retried_at.elapsed();
+    assert!(
+        waited >= delay / 2,
+        "redelivered after {waited:?}, before half the {delay:?} delay"
+    );
+    assert_eq!(d.delivery_count(), 2);
+    d.complete().await.expect("complete");
+}
+
+/// A consumer left idle keeps working: after `BUS_IDLE_SECS` (default 3; the
+/// emulator job uses 70, past Service Bus's one-minute accept-session
+/// timeout, which is where a cancelled session accept used to wedge the
+/// consumer for good) a new message is received as usual. With sessions on,
+/// the two messages use different partition keys, so the second needs a new
+/// session.
+pub async fn consumer_resumes_after_idle<F: BusFactory>(factory: &F) {
+    let idle = std::env::var("BUS_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(3));
+    let fresh = factory.fresh(Options::default()).await;
+    let mut rx = subscribe(&fresh.bus, SQL_WRITER_SUBSCRIPTION).await;
+    let t = tag();
+    let first = message(&t, 1);
+    publish(&fresh.bus, &first).await;
+    receive_one(&mut rx, Duration::from_secs(10), "before idling")
+        .await
+        .complete()
+        .await
+        .expect("complete");
+    // idle the way the writer does: empty receives
+    let until = Instant::now() + idle;
+    while Instant::now() < until {
+        let got = rx
+            .receive(8, Duration::from_secs(1))
+            .await
+            .unwrap_or_else(|e| panic!("receive while idle: {e}"));
+        assert!(got.is_empty(), "nothing was published");
+    }
+    let mut second = message(&t, 2);
+    second.partition_key = Some(format!("other-{t}"));
+    publish(&fresh.bus, &second).await;
+    let d = receive_one(&mut rx, Duration::from_secs(20), "after idling").await;
+    assert_eq!(d.message_id(), Some(second.message_id.as_str()));
+    d.complete().await.expect("complete");
+}
+
+/// A dead letter keeps the partition key it was published with, so a replay
+/// lands in the same session: Service Bus reports the `SessionId` (set only
+/// with sessions on); JetStream has no sessions and reports none.
+pub async fn dead_letters_keep_the_partition_key<F: BusFactory>(factory: &F) {
+    let fresh = factory.fresh(Options::default()).await;
+    let mut rx = subscribe(&fresh.bus, SQL_WRITER_SUBSCRIPTION).await;
+    let sent = message(&tag(), 1);
+    publish(&fresh.bus, &sent).await;
+    let d = receive_one(&mut rx, Duration::from_secs(5), "the message").await;
+    d.dead_letter(&DeadLetter {
+        reason: "invalid_field".into(),
+        description: "test".into(),
+        attempts: 1,
+    })
+    .await
+    .expect("dead-letter");
+    let listed = wait_dead_letters(&fresh.bus, 1).await;
+    let entry = &listed[0];
+    assert!(!entry.by_broker, "dead-lettered by the consumer");
+    if let Some(key) = &entry.partition_key {
+        assert_eq!(Some(key), sent.partition_key.as_ref());
+    }
+    // a replay with that key is accepted and delivered
+    let replay = OutboundMessage {
+        message_id: format!("{}.replay.1.{}", sent.message_id, entry.handle),
+        partition_key: entry.partition_key.clone().or(sent.partition_key.clone()),
+        message: entry.message.clone(),
+    };
+    publish(&fresh.bus, &replay).await;
+    fresh
+        .bus
+        .remove_dead_letter(SQL_WRITER_SUBSCRIPTION, &entry.handle)
+        .await
+        .expect("remove");
+    let d = receive_one(&mut rx, Duration::from_secs(10), "the replay").await;
+    assert_eq!(d.message_id(), Some(replay.message_id.as_str()));
+    d.complete().await.expect("complete");
+}
+
+async fn wait_dead_letters<B: EventBus>(bus: &B, n: usize) -> Vec<mirror_bus::DeadLettered> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = bus
+            .list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10)
+            .await
+            .expect("list dead letters");
+        if listed.len() >= n {
+            return listed;
+        }
+        assert!(Instant::now() < deadline, "{n} dead letters never listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A message the broker dead-letters on its own — the delivery limit reached
+/// with nobody dead-lettering it — is reported by
+/// [`EventBus::watch_broker_dead_letters`] (JetStream: the max-deliveries
+/// advisory, watched from before; Service Bus: the `$deadletterqueue` sweep,
+/// whose first pass on a second watch, started after, finds it).
+pub async fn broker_dead_letters_are_reported<F: BusFactory>(factory: &F) {
+    let fresh = factory
+        .fresh(Options {
+            max_deliver: 2,
+            ..Options::default()
+        })
+        .await;
+    let handed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook: DeadLetterHook = {
+        let handed = handed.clone();
+        std::sync::Arc::new(move |message: WireMessage, why: DeadLetter| {
+            handed.lock().unwrap().push((message, why))
+        })
+    };
+    let before = fresh
+        .bus
+        .watch_broker_dead_letters(SQL_WRITER_SUBSCRIPTION, hook.clone())
+        .await
+        .expect("watch");
+    let mut rx = subscribe(&fresh.bus, SQL_WRITER_SUBSCRIPTION).await;
+    let sent = message(&tag(), 1);
+    publish(&fresh.bus, &sent).await;
+    for attempt in 1..=fresh.max_deliver {
+        let d = receive_one(&mut rx, Duration::from_secs(10), "a delivery").await;
+        assert_eq!(d.delivery_count(), attempt);
+        d.retry(Duration::ZERO).await.expect("retry");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut after = None;
+    loop {
+        // keep pulling: JetStream notices the limit when it next tries
+        let got = rx
+            .receive(1, Duration::from_millis(300))
+            .await
+            .expect("receive");
+        assert!(got.is_empty(), "delivered beyond the delivery limit");
+        if !handed.lock().unwrap().is_empty() {
+            break;
+        }
+        if after.is_none() && !wait_dead_letters_now(&fresh.bus).await.is_empty() {
+            after = Some(
+                fresh
+                    .bus
+                    .watch_broker_dead_letters(SQL_WRITER_SUBSCRIPTION, hook.clone())
+                    .await
+                    .expect("second watch"),
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker's dead letter was never reported"
+        );
+    }
+    let (message, why) = handed.lock().unwrap()[0].clone();
+    assert_eq!(message.body, sent.message.body);
+    assert!(!why.reason.is_empty());
+    before.abort();
+    if let Some(t) = after {
+        t.abort();
+    }
+}
+
+async fn wait_dead_letters_now<B: EventBus>(bus: &B) -> Vec<mirror_bus::DeadLettered> {
+    bus.list_dead_letters(SQL_WRITER_SUBSCRIPTION, 10)
+        .await
+        .unwrap_or_default()
 }

@@ -32,6 +32,7 @@ async fn fresh(options: Options) -> Fresh<JetStreamBus> {
     Fresh {
         bus,
         lock: options.lock,
+        max_deliver: options.max_deliver,
         guard: Box::new(topic),
     }
 }

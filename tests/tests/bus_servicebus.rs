@@ -54,14 +54,24 @@ fn lock() -> Duration {
     Duration::from_secs(secs)
 }
 
+/// The subscriptions' `maxDeliveryCount` as deployed (`SERVICEBUS_MAX_DELIVERY`,
+/// default 5: deploy/azure/emulator/Config.json).
+fn max_delivery_count() -> u32 {
+    std::env::var("SERVICEBUS_MAX_DELIVERY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+}
+
 fn servicebus() -> Option<impl BusFactory<Bus = ServiceBusBus>> {
     let cs = connection_string()?;
     Some(move |_options: Options| {
         let cs = cs.clone();
         async move {
             let serial = SERIAL.lock().await;
-            let config = ServiceBusConfig::from_connection_string(&cs, &topic())
+            let mut config = ServiceBusConfig::from_connection_string(&cs, &topic())
                 .expect("Service Bus config");
+            config.max_delivery_count = max_delivery_count();
             let bus = ServiceBusBus::connect(config)
                 .await
                 .unwrap_or_else(|e| panic!("{e} (is the Service Bus emulator running?)"));
@@ -84,6 +94,7 @@ fn servicebus() -> Option<impl BusFactory<Bus = ServiceBusBus>> {
             Fresh {
                 bus,
                 lock,
+                max_deliver: max_delivery_count(),
                 guard: Box::new(serial),
             }
         }

@@ -452,3 +452,67 @@ async fn adapter_dead_letters_reach_sql_too() {
         Some("dm.block.create")
     );
 }
+
+/// Issue 10, end to end on JetStream: a message the broker gives up on (its
+/// delivery limit reached with nobody dead-lettering it — a writer that died
+/// during the last attempt) reaches the SQL dead-letter table through the port
+/// (`EventBus::watch_broker_dead_letters`, as the writer's `main` starts it),
+/// not through a downcast to the JetStream type.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_dead_letters_reach_sql_through_the_port() {
+    use mirror_bus::{Delivery, Receiver};
+    let rig = rig().await;
+    let topic = FreshTopic::new();
+    let bus = JetStreamBus::connect(JetStreamConfig {
+        url: topic.url.clone(),
+        topic: topic.topic.clone(),
+        max_deliver: 2,
+        ack_wait: Duration::from_secs(1),
+        ..JetStreamConfig::default()
+    })
+    .await
+    .expect("connect bus");
+    bus.ensure_topology().await.expect("topology");
+    let (hook, _recorder) =
+        sql_writer::writer::record_adapter_dead_letters(rig.store.clone(), "sql-writer".into());
+    let watch = bus
+        .watch_broker_dead_letters("sql-writer", hook)
+        .await
+        .expect("watch");
+    let event = events::block(mirror_schema::Op::Create, "u1", "u9", events::t(1));
+    bus.publish(&OutboundMessage::from_event(&event))
+        .await
+        .expect("publish");
+    let mut rx = bus.subscribe("sql-writer").await.expect("subscribe");
+    for _ in 0..2 {
+        let got = rx
+            .receive(1, Duration::from_secs(5))
+            .await
+            .expect("receive");
+        assert_eq!(got.len(), 1);
+        for d in got {
+            // the writer "dies" before deciding: the message is released
+            d.retry(Duration::ZERO).await.expect("retry");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let _ = rx
+            .receive(1, Duration::from_millis(300))
+            .await
+            .expect("receive");
+        let rows = rig.store.list_dead_letters(10).await.unwrap();
+        if !rows.is_empty() {
+            break rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no SQL dead-letter row for the broker's dead letter"
+        );
+    };
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].record.key, event.id().to_string());
+    assert_eq!(rows[0].record.reason, "max_deliveries");
+    assert_eq!(rows[0].record.attempts, 2);
+    watch.abort();
+}

@@ -19,9 +19,21 @@
 //!   expires; [`Delivery::keep_alive`] extends the lock.
 //! - **Settlement** is explicit and final: [`Delivery::complete`] after the
 //!   effect is committed, [`Delivery::retry`] for a transient failure (the broker
-//!   redelivers later; no lock is held while waiting), [`Delivery::dead_letter`]
+//!   redelivers after about the delay), [`Delivery::dead_letter`]
 //!   for a permanent one (the message moves to the dead-letter queue with its
 //!   reason and is removed from the subscription).
+//! - **A settlement's `Ok` is not proof.** An adapter may not learn what the
+//!   broker did with a settlement (Service Bus over fe2o3-amqp queues the
+//!   disposition and returns; a lost lock is silent). `Ok` means "sent, as far
+//!   as the adapter can tell"; an adapter that *knows* the lock is gone (past
+//!   its expiry) returns [`BusErrorKind::LockLost`] without settling. Either
+//!   way the broker delivers the message again, so everything a consumer does
+//!   before settling must be idempotent — the writer's SQL effects by event id,
+//!   its dead-letter row by the dead-letter key.
+//! - **Dead letters the broker makes on its own** (delivery limit reached while
+//!   no consumer was there to dead-letter, message expiry) are reported through
+//!   [`EventBus::watch_broker_dead_letters`], so they reach the SQL dead-letter
+//!   table too; a message may be reported more than once.
 //! - **No ordering** is promised across messages; the mirror does not need it.
 
 use std::future::Future;
@@ -80,9 +92,10 @@ pub struct DeadLetter {
     pub attempts: u32,
 }
 
-/// Called with each message an adapter dead-letters on its own (JetStream's
-/// max-deliveries watcher), so the caller can record it elsewhere too — the
-/// writer's SQL dead-letter row.
+/// Called with each message the broker (or the adapter, for it) dead-lettered
+/// on its own — see [`EventBus::watch_broker_dead_letters`] — so the caller can
+/// record it elsewhere too: the writer's SQL dead-letter row. May be called
+/// again for the same message (after a restart); record it idempotently.
 pub type DeadLetterHook = std::sync::Arc<dyn Fn(WireMessage, DeadLetter) + Send + Sync>;
 
 /// A message in a subscription's dead-letter queue.
@@ -97,6 +110,12 @@ pub struct DeadLettered {
     pub description: String,
     pub attempts: u32,
     pub dead_lettered_at: Option<DateTime<Utc>>,
+    /// The partition key it was published with (Service Bus `SessionId`), so a
+    /// replay lands in the same session.
+    pub partition_key: Option<String>,
+    /// Whether the broker dead-lettered it on its own (delivery limit,
+    /// expiry) rather than a consumer through [`Delivery::dead_letter`].
+    pub by_broker: bool,
 }
 
 /// How much work a subscription still holds.
@@ -108,8 +127,33 @@ pub struct Backlog {
     pub in_flight: u64,
 }
 
-/// A failure talking to the broker. All are treated as transient by the
-/// writer's policy except [`BusError::Config`].
+/// What kind of failure a [`BusError`] is: what the writer's policy and the
+/// publisher decide on (never the message text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BusErrorKind {
+    /// The settings are wrong; retrying will not help.
+    Config,
+    /// The broker cannot be reached (or the connection broke).
+    Connect,
+    /// The broker refused for now: throttled (Service Bus `server-busy`), a
+    /// full entity, JetStream 409 (max ack pending / max waiting). Retry later.
+    Busy,
+    /// The message is over the broker's size limit; retrying will not help.
+    TooLarge,
+    /// The delivery's lock is gone (expired, or its link/session closed): the
+    /// broker will deliver the message again; settling it here did nothing.
+    LockLost,
+    /// The topic, subscription or queue does not exist.
+    NotFound,
+    /// This identity may not do that.
+    Unauthorized,
+    /// Anything else; treated as transient.
+    Other,
+}
+
+/// A failure talking to the broker. The writer's policy decides on
+/// [`BusError::kind`]: `Config` is fatal, `TooLarge` permanent, the rest transient.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BusError {
@@ -118,16 +162,36 @@ pub enum BusError {
     #[error("cannot connect to the bus: {0}")]
     Connect(String),
     #[error("{op}: {message}")]
-    Operation { op: &'static str, message: String },
+    Operation {
+        op: &'static str,
+        kind: BusErrorKind,
+        message: String,
+    },
     #[error("message `{message_id}` is {size} bytes, over the broker's limit")]
     TooLarge { message_id: String, size: usize },
 }
 
 impl BusError {
+    /// An operation failure of kind [`BusErrorKind::Other`].
     pub fn op(op: &'static str, e: impl std::fmt::Display) -> BusError {
+        BusError::with_kind(BusErrorKind::Other, op, e)
+    }
+
+    /// An operation failure of `kind`.
+    pub fn with_kind(kind: BusErrorKind, op: &'static str, e: impl std::fmt::Display) -> BusError {
         BusError::Operation {
             op,
+            kind,
             message: e.to_string(),
+        }
+    }
+
+    pub fn kind(&self) -> BusErrorKind {
+        match self {
+            BusError::Config(_) => BusErrorKind::Config,
+            BusError::Connect(_) => BusErrorKind::Connect,
+            BusError::Operation { kind, .. } => *kind,
+            BusError::TooLarge { .. } => BusErrorKind::TooLarge,
         }
     }
 }
@@ -166,6 +230,27 @@ pub trait EventBus: Send + Sync + 'static {
         subscription: &str,
         handle: &str,
     ) -> impl Future<Output = Result<(), BusError>> + Send;
+
+    /// Start watching for messages of `subscription` the broker dead-letters
+    /// on its own (not through [`Delivery::dead_letter`]) and hand each to
+    /// `hook`, until the returned task is aborted or the bus is gone. Errors
+    /// here are set-up failures; later ones are logged and retried.
+    ///
+    /// JetStream: the max-deliveries advisories (the adapter moves the message
+    /// to the dead-letter stream itself). Service Bus: a sweep of the
+    /// subscription's `$deadletterqueue` for messages without the adapter's
+    /// `DeadLetterAttempts` mark (`MaxDeliveryCountExceeded`, `TTLExpiredException`).
+    ///
+    /// The default is for buses whose broker never dead-letters by itself
+    /// (test fakes): nothing to watch.
+    fn watch_broker_dead_letters(
+        &self,
+        subscription: &str,
+        hook: DeadLetterHook,
+    ) -> impl Future<Output = Result<tokio::task::JoinHandle<()>, BusError>> + Send {
+        let _ = (subscription, hook);
+        async { Ok(tokio::spawn(async {})) }
+    }
 }
 
 /// A competing consumer on one subscription.
@@ -193,6 +278,36 @@ pub trait Delivery: Send + Sync + 'static {
     fn delivery_count(&self) -> u32;
     /// Extend the lock while the message is still being worked on.
     fn keep_alive(&self) -> impl Future<Output = Result<(), BusError>> + Send;
+    /// Extend the locks of all `deliveries` in one pass taking at most about
+    /// `budget` (adapters batch what the broker allows: one request per link
+    /// or session); returns how many could not be extended. The default keeps
+    /// each alive in turn and stops when the budget is spent.
+    fn keep_alive_all(deliveries: &[Self], budget: Duration) -> impl Future<Output = usize> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let deadline = tokio::time::Instant::now() + budget;
+            let mut failed = 0;
+            for (i, d) in deliveries.iter().enumerate() {
+                match tokio::time::timeout_at(deadline, d.keep_alive()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "could not extend a message lock");
+                        failed += 1;
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            left = deliveries.len() - i,
+                            "keep-alive pass over its time budget"
+                        );
+                        return failed + deliveries.len() - i;
+                    }
+                }
+            }
+            failed
+        }
+    }
     /// The effect is committed: remove the message from the subscription.
     fn complete(self) -> impl Future<Output = Result<(), BusError>> + Send;
     /// Transient failure: release the message for redelivery after about `delay`

@@ -34,6 +34,7 @@ pub async fn servicebus(
     auth: &ServiceBusAuth,
     topic: &str,
     sessions: bool,
+    max_delivery_count: u32,
 ) -> Result<ServiceBusBus, BusError> {
     let mut config = match auth {
         ServiceBusAuth::ConnectionString(cs) => {
@@ -42,6 +43,7 @@ pub async fn servicebus(
         ServiceBusAuth::Entra { namespace } => ServiceBusConfig::entra(namespace, topic),
     };
     config.sessions = sessions;
+    config.max_delivery_count = max_delivery_count;
     let bus = ServiceBusBus::connect(config).await?;
     mirror_bus::EventBus::ensure_topology(&bus).await?;
     Ok(bus)
@@ -99,8 +101,11 @@ macro_rules! with_bus {
                 auth,
                 topic,
                 sessions,
+                max_delivery_count,
             } => {
-                let $bus = $crate::adapters::servicebus(auth, topic, *sessions).await?;
+                let $bus =
+                    $crate::adapters::servicebus(auth, topic, *sessions, *max_delivery_count)
+                        .await?;
                 $body
             }
         }
@@ -125,30 +130,19 @@ macro_rules! with_store {
     }};
 }
 
-/// Start adapter-specific background work the writer needs beside its loop.
-///
-/// JetStream stops redelivering a message after `max_deliver` attempts and
-/// only says so in an advisory; if the writer crashed during the last attempt,
-/// nobody would dead-letter it. The watcher listens for those advisories,
-/// moves such messages to the dead-letter stream (reason `max_deliveries`) and
-/// hands each to `on_dead_letter` (the writer records its SQL row there).
-/// Other adapters need nothing here.
+/// Start the bus's watch for dead letters the broker makes on its own
+/// ([`mirror_bus::EventBus::watch_broker_dead_letters`]: JetStream's
+/// max-deliveries advisories, Service Bus's `$deadletterqueue` sweep) and hand
+/// each to `on_dead_letter` (the writer records its SQL row there).
 pub async fn start_background<B: mirror_bus::EventBus>(
     bus: &B,
     subscription: &str,
     on_dead_letter: mirror_bus::DeadLetterHook,
 ) -> Result<(), BusError> {
-    if let Some(js) = (bus as &dyn std::any::Any).downcast_ref::<JetStreamBus>() {
-        let watcher = js
-            .max_deliveries_watcher(subscription)
-            .await?
-            .on_dead_letter(on_dead_letter);
-        tokio::spawn(async move {
-            if let Err(e) = watcher.run(std::future::pending()).await {
-                tracing::error!(error = %e, "max-deliveries watcher stopped");
-            }
-        });
-    }
+    // The task runs for the life of the process.
+    let _task = bus
+        .watch_broker_dead_letters(subscription, on_dead_letter)
+        .await?;
     Ok(())
 }
 

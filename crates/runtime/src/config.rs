@@ -93,10 +93,14 @@ pub enum BusSettings {
         topic: String,
         max_deliver: u32,
     },
+    /// `max_delivery_count` is the subscription's `maxDeliveryCount` the
+    /// adapter expects (deployed by IaC); the writer sets it to its attempt
+    /// limit, the one setting both follow.
     ServiceBus {
         auth: ServiceBusAuth,
         topic: String,
         sessions: bool,
+        max_delivery_count: u32,
     },
 }
 
@@ -214,6 +218,7 @@ impl BusArgs {
                     auth,
                     topic,
                     sessions: self.servicebus_sessions.unwrap_or(false),
+                    max_delivery_count: 5,
                 })
             }
         }

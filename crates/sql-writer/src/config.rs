@@ -202,8 +202,15 @@ impl Cli {
             .or(f.subscription)
             .unwrap_or_else(|| mirror_bus::SQL_WRITER_SUBSCRIPTION.to_owned());
         let mut bus = self.bus.or(file.bus).settings()?;
-        if let BusSettings::Nats { max_deliver, .. } = &mut bus {
-            *max_deliver = max_attempts;
+        // One setting: the broker's delivery limit is the writer's attempt
+        // limit (JetStream's consumer is configured with it; Service Bus's
+        // `maxDeliveryCount` comes from IaC and must match — the adapter
+        // checks the dead-letter queue for evidence that it does not).
+        match &mut bus {
+            BusSettings::Nats { max_deliver, .. } => *max_deliver = max_attempts,
+            BusSettings::ServiceBus {
+                max_delivery_count, ..
+            } => *max_delivery_count = max_attempts,
         }
         Ok(Settings {
             bus,
@@ -314,6 +321,32 @@ mod tests {
         assert_eq!(s.writer.linger, Duration::from_millis(5));
         assert_eq!(s.writer.retry.max_attempts, 5);
         assert_eq!(s.store.describe(), "postgres 127.0.0.1:5432/mirror");
+    }
+
+    #[test]
+    fn the_attempt_limit_is_the_brokers_delivery_limit() {
+        let s = parse(&[
+            "--bus",
+            "servicebus",
+            "--servicebus-connection-string",
+            "Endpoint=sb://localhost;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true;",
+            "--max-attempts",
+            "8",
+        ])
+        .unwrap();
+        assert!(
+            matches!(
+                s.bus,
+                BusSettings::ServiceBus {
+                    max_delivery_count: 8,
+                    ..
+                }
+            ),
+            "{:?}",
+            s.bus
+        );
+        let s = parse(&["--bus", "nats", "--max-attempts", "7"]).unwrap();
+        assert!(matches!(s.bus, BusSettings::Nats { max_deliver: 7, .. }));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use mirror_bus::{BusError, DeadLetter};
+use mirror_bus::{BusError, BusErrorKind, DeadLetter};
 use mirror_schema::DecodeError;
 use mirror_store::{ApplyOutcome, DbCode, StoreError, StoreErrorKind};
 
@@ -50,9 +50,11 @@ impl std::fmt::Display for Failure<'_> {
 pub fn classify(failure: &Failure<'_>) -> Class {
     match failure {
         Failure::Decode(_) => Class::Permanent,
-        Failure::Bus(BusError::Config(_)) => Class::Fatal,
-        Failure::Bus(BusError::TooLarge { .. }) => Class::Permanent,
-        Failure::Bus(_) => Class::Transient,
+        Failure::Bus(e) => match e.kind() {
+            BusErrorKind::Config => Class::Fatal,
+            BusErrorKind::TooLarge => Class::Permanent,
+            _ => Class::Transient,
+        },
         Failure::Store(e) => classify_store(e),
     }
 }
@@ -247,6 +249,18 @@ mod tests {
             classify(&Failure::Bus(&BusError::Connect("down".into()))),
             Class::Transient
         );
+        // bus failures are decided on their kind, never their text
+        let bus = [
+            (BusErrorKind::Busy, Class::Transient),
+            (BusErrorKind::LockLost, Class::Transient),
+            (BusErrorKind::Other, Class::Transient),
+            (BusErrorKind::TooLarge, Class::Permanent),
+            (BusErrorKind::Config, Class::Fatal),
+        ];
+        for (kind, want) in bus {
+            let e = BusError::with_kind(kind, "publish", "409 too large config");
+            assert_eq!(classify(&Failure::Bus(&e)), want, "{kind:?}");
+        }
     }
 
     #[test]

@@ -2,16 +2,40 @@
 //! take them off the dead-letter queue.
 //!
 //! A replay keeps the event (and so its id): the broker gets a new message id
-//! (`{original}.replay.{n}`) so its duplicate detection does not drop it, while
+//! (`{original}.replay.{n}.{handle}`: the handle is the dead-letter entry's
+//! sequence number, so two replays of the same event within the broker's
+//! duplicate-detection window — dead-lettered, replayed, dead-lettered again —
+//! never collide) so its duplicate detection does not drop it, and the
+//! partition key it was published with (the Service Bus session), while
 //! the SQL ledger still deduplicates by event id. Each replay bumps the SQL
 //! row's replay count and history. Order per message: publish, record, remove —
 //! a crash in between replays twice at worst, which the ledger absorbs.
 
 use chrono::{DateTime, Utc};
 use mirror_bus::{BusError, EventBus, OutboundMessage};
+use mirror_schema::decode_wire;
 use mirror_store::{MirrorStore, StoreError};
 
 use crate::writer::{dead_letter_key, peek_attributes};
+
+/// Longest broker message id (Service Bus `MessageId`).
+const MAX_MESSAGE_ID: usize = 128;
+
+/// The message id of replay `n` of the dead letter at `handle`, first
+/// published as `original`: unique per dead-letter entry (see the module
+/// docs), clipped to [`MAX_MESSAGE_ID`] by shortening `original`.
+pub fn replay_message_id(original: &str, n: u32, handle: &str) -> String {
+    let suffix = format!(".replay.{n}.{handle}");
+    let keep = MAX_MESSAGE_ID.saturating_sub(suffix.len());
+    let mut head = String::new();
+    for c in original.chars() {
+        if head.len() + c.len_utf8() > keep {
+            break;
+        }
+        head.push(c);
+    }
+    format!("{head}{suffix}")
+}
 
 /// Which dead letters to replay.
 #[derive(Debug, Clone, Default)]
@@ -82,8 +106,12 @@ pub async fn replay<B: EventBus, S: MirrorStore>(
         if !dry_run {
             let original = d.original_message_id.clone().unwrap_or_else(|| key.clone());
             bus.publish(&OutboundMessage {
-                message_id: format!("{original}.replay.{replay}"),
-                partition_key: None,
+                message_id: replay_message_id(&original, replay, &d.handle),
+                partition_key: d.partition_key.clone().or_else(|| {
+                    decode_wire(&d.message)
+                        .ok()
+                        .map(|e| e.partition_key().to_owned())
+                }),
                 message: d.message.clone(),
             })
             .await?;
@@ -102,4 +130,21 @@ pub async fn replay<B: EventBus, S: MirrorStore>(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_ids_are_unique_per_dead_letter_entry_and_fit() {
+        assert_eq!(replay_message_id("e1", 1, "17"), "e1.replay.1.17");
+        assert_ne!(
+            replay_message_id("e1", 1, "17"),
+            replay_message_id("e1", 1, "42")
+        );
+        let id = replay_message_id(&"é".repeat(100), 3, "9223372036854775807");
+        assert!(id.len() <= MAX_MESSAGE_ID, "{}", id.len());
+        assert!(id.ends_with(".replay.3.9223372036854775807"));
+    }
 }

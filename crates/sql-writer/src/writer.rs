@@ -612,8 +612,25 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
             .store
             .apply_batch_as(events, self.settings.apply_mode);
         tokio::pin!(apply);
-        let mut tick = tokio::time::interval(self.settings.keep_alive_every);
-        tick.tick().await;
+        // Lock extension runs beside the apply (not in a select arm, where the
+        // apply would wait for it), one bounded pass per tick.
+        let every = self.settings.keep_alive_every;
+        let keeper = async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let failed = <<B::Receiver as Receiver>::Delivery as Delivery>::keep_alive_all(
+                    deliveries,
+                    every / 2,
+                )
+                .await;
+                if failed > 0 {
+                    tracing::warn!(failed, "could not extend every message lock");
+                }
+            }
+        };
+        tokio::pin!(keeper);
         let mut abort = self.abort.clone();
         let no_answer_by = tokio::time::sleep(self.settings.apply_timeout);
         tokio::pin!(no_answer_by);
@@ -627,12 +644,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                     tracing::warn!(timeout_s = self.settings.apply_timeout.as_secs_f64(), "database gave no answer for the batch; releasing it");
                     return Some(Err(no_answer(self.settings.apply_timeout)));
                 }
-                _ = tick.tick() => {
-                    let extended = futures::future::join_all(deliveries.iter().map(|d| d.keep_alive())).await;
-                    for e in extended.into_iter().filter_map(Result::err) {
-                        tracing::warn!(error = %e, "could not extend a message lock");
-                    }
-                }
+                _ = &mut keeper => {}
                 Ok(()) = abort.changed() => {
                     if *abort.borrow() {
                         tracing::warn!("shutdown deadline passed with a batch in flight; releasing it");

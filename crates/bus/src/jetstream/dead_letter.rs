@@ -195,12 +195,16 @@ fn entry(m: async_nats::jetstream::message::StreamMessage) -> DeadLettered {
             )
             .into()
         });
+    let reason = wire::get(h, wire::DL_REASON)
+        .unwrap_or("unknown")
+        .to_owned();
     DeadLettered {
         handle: m.sequence.to_string(),
+        // JetStream has no sessions: a replay needs no partition key.
+        partition_key: None,
+        by_broker: reason == MAX_DELIVERIES_REASON,
         original_message_id: wire::get(h, wire::DL_ORIGINAL_ID).map(str::to_owned),
-        reason: wire::get(h, wire::DL_REASON)
-            .unwrap_or("unknown")
-            .to_owned(),
+        reason,
         description: wire::get(h, wire::DL_DESCRIPTION)
             .unwrap_or_default()
             .to_owned(),

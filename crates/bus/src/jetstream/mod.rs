@@ -489,6 +489,26 @@ impl EventBus for JetStreamBus {
     async fn remove_dead_letter(&self, subscription: &str, handle: &str) -> Result<(), BusError> {
         dead_letter::remove(self, subscription, handle).await
     }
+
+    /// The max-deliveries watcher ([`Self::max_deliveries_watcher`]): JetStream
+    /// stops redelivering after `max_deliver` and only says so in an advisory;
+    /// the watcher moves such messages to the dead-letter stream (reason
+    /// `max_deliveries`) and hands each to `hook`.
+    async fn watch_broker_dead_letters(
+        &self,
+        subscription: &str,
+        hook: crate::DeadLetterHook,
+    ) -> Result<tokio::task::JoinHandle<()>, BusError> {
+        let watcher = self
+            .max_deliveries_watcher(subscription)
+            .await?
+            .on_dead_letter(hook);
+        Ok(tokio::spawn(async move {
+            if let Err(e) = watcher.run(std::future::pending()).await {
+                tracing::error!(error = %e, "max-deliveries watcher stopped");
+            }
+        }))
+    }
 }
 
 fn publish_error(
@@ -501,6 +521,12 @@ fn publish_error(
             message_id: message_id.to_owned(),
             size,
         },
+        jetstream::context::PublishErrorKind::TimedOut
+        | jetstream::context::PublishErrorKind::BrokenPipe => BusError::with_kind(
+            crate::BusErrorKind::Connect,
+            "publish",
+            format!("message `{message_id}`: {e}"),
+        ),
         _ => BusError::op("publish", format!("message `{message_id}`: {e}")),
     }
 }

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use mirror_schema::WireMessage;
 
 use super::{dead_letter, is_valid_name, wire, JetStreamBus};
-use crate::{Backlog, BusError, DeadLetter, Delivery, Receiver};
+use crate::{Backlog, BusError, BusErrorKind, DeadLetter, Delivery, Receiver};
 
 /// A competing consumer on one subscription (a durable pull consumer).
 pub struct JetStreamReceiver {
@@ -109,13 +109,14 @@ impl JetStreamReceiver {
                         tracing::debug!(subscription = %self.subscription, error = %text, "pull ended early");
                         break;
                     }
-                    if text.contains("409") || text.contains("Exceeded") {
-                        return Ok(Pulled::Busy(text));
-                    }
-                    return Err(BusError::op(
-                        op,
-                        format!("subscription `{}`: {text}", self.subscription),
-                    ));
+                    return match pull_error_kind(&text) {
+                        BusErrorKind::Busy => Ok(Pulled::Busy(text)),
+                        kind => Err(BusError::with_kind(
+                            kind,
+                            op,
+                            format!("subscription `{}`: {text}", self.subscription),
+                        )),
+                    };
                 }
             }
         }
@@ -292,5 +293,29 @@ impl Delivery for JetStreamDelivery {
         .await?;
         // Stored in the dead-letter stream: stop redelivery of the original.
         self.settle("dead letter", AckKind::Term).await
+    }
+}
+
+/// The kind of a failed pull. async-nats's `fetch()` batch reports a
+/// status message only as an opaque `io::Error` text (`…: 409, Some("Exceeded
+/// MaxAckPending")`), so its status code is read from the text here, once.
+fn pull_error_kind(text: &str) -> BusErrorKind {
+    if text.contains("409") || text.contains("Exceeded") {
+        BusErrorKind::Busy
+    } else {
+        BusErrorKind::Other
+    }
+}
+
+#[cfg(test)]
+mod pull_error_tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_pull_is_busy() {
+        let text =
+            "eror while processing messages from the stream: 409, Some(\"Exceeded MaxAckPending\")";
+        assert_eq!(pull_error_kind(text), BusErrorKind::Busy);
+        assert_eq!(pull_error_kind("connection closed"), BusErrorKind::Other);
     }
 }

@@ -239,6 +239,7 @@ pub fn to_dead_lettered(
     message_id: Option<String>,
     mut message: WireMessage,
     delivery_count: Option<u32>,
+    session_id: Option<String>,
 ) -> DeadLettered {
     let mut take = |name: &str| {
         let pos = message.properties.iter().position(|(k, _)| k == name)?;
@@ -251,7 +252,11 @@ pub fn to_dead_lettered(
     };
     let reason = text(take(DEAD_LETTER_REASON));
     let description = text(take(DEAD_LETTER_ERROR_DESCRIPTION));
-    let attempts = match take(DEAD_LETTER_ATTEMPTS) {
+    let marked = take(DEAD_LETTER_ATTEMPTS);
+    // Only this adapter sets `DeadLetterAttempts`: without it, the broker
+    // dead-lettered the message on its own.
+    let by_broker = marked.is_none();
+    let attempts = match marked {
         Some(WireValue::Int(n)) => u32::try_from(n).unwrap_or(u32::MAX),
         Some(WireValue::String(s)) => s.parse().unwrap_or(0),
         _ => delivery_count.unwrap_or(0),
@@ -271,6 +276,8 @@ pub fn to_dead_lettered(
         description,
         attempts,
         dead_lettered_at,
+        partition_key: session_id.filter(|s| !s.is_empty()),
+        by_broker,
     }
 }
 
@@ -345,6 +352,348 @@ pub fn classify_attach_error(text: &str) -> AttachFailure {
         AttachFailure::RequiresSession
     } else {
         AttachFailure::Other
+    }
+}
+
+/// What a failed send (or settlement, or renewal) means, read from the error
+/// text azservicebus gives. Its error types are crate-private (`AmqpSendError`
+/// wraps the broker's `Rejected` outcome and is only reachable as text through
+/// `azure_core::Error`), so the AMQP condition is matched here, once, in both
+/// spellings fe2o3 produces: the symbol (`com.microsoft:server-busy`,
+/// `amqp:link:message-size-exceeded`) and the `Debug` of its enum
+/// (`LinkError(MessageSizeExceeded)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// `com.microsoft:server-busy`: throttled. Service Bus asks for at least
+    /// [`SERVER_BUSY_WAIT`] before the next try.
+    ServerBusy,
+    /// `amqp:resource-limit-exceeded` / quota exceeded: the topic is full.
+    EntityFull,
+    /// `message-size-exceeded`: will never fit.
+    TooLarge,
+    /// `amqp:not-found`: the topic does not exist.
+    NotFound,
+    /// `amqp:unauthorized-access`: this identity may not send.
+    Unauthorized,
+    /// The link, session or connection is gone: rebuild before trying again.
+    Connection,
+    /// `amqp:message-lock-lost`/`session-lock-lost` (settlements and renewals).
+    LockLost,
+    /// Anything else: retried within the budget.
+    Other,
+}
+
+/// Whether a failed `accept_next_session` only means that no session was
+/// available before the broker's timeout (not worth rebuilding anything).
+pub fn no_session_available(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("timeout") || t.contains("timed out") || t.contains("elapsed")
+}
+
+/// The least wait after `com.microsoft:server-busy` (Service Bus's own SDKs wait 10 s).
+pub const SERVER_BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// Classify an error text from azservicebus / fe2o3-amqp (see [`SendFailure`]).
+pub fn classify_send_error(text: &str) -> SendFailure {
+    let t: String = text
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let has = |needle: &str| t.contains(needle);
+    if has("serverbusy") {
+        SendFailure::ServerBusy
+    } else if has("messagesizeexceeded") || has("messagetoolarge") {
+        SendFailure::TooLarge
+    } else if has("resourcelimitexceeded") || has("quotaexceeded") {
+        SendFailure::EntityFull
+    } else if has("messagelocklost") || has("sessionlocklost") || has("locklost") {
+        SendFailure::LockLost
+    } else if has("notfound") || has("couldnotbefound") {
+        SendFailure::NotFound
+    } else if has("unauthorized") {
+        SendFailure::Unauthorized
+    } else if has("disposed")
+        || has("illegalsessionstate")
+        || has("illegalstate")
+        || has("detached")
+        || has("closed")
+        || has("brokenpipe")
+        || has("connectionreset")
+        || has("ioerror")
+        || has("notattached")
+    {
+        SendFailure::Connection
+    } else {
+        SendFailure::Other
+    }
+}
+
+impl SendFailure {
+    /// The port's kind for this failure.
+    pub fn kind(self) -> crate::BusErrorKind {
+        use crate::BusErrorKind as K;
+        match self {
+            SendFailure::ServerBusy | SendFailure::EntityFull => K::Busy,
+            SendFailure::TooLarge => K::TooLarge,
+            SendFailure::NotFound => K::NotFound,
+            SendFailure::Unauthorized => K::Unauthorized,
+            SendFailure::Connection => K::Connect,
+            SendFailure::LockLost => K::LockLost,
+            SendFailure::Other => K::Other,
+        }
+    }
+
+    /// Whether trying again can help.
+    pub fn retryable(self) -> bool {
+        !matches!(
+            self,
+            SendFailure::TooLarge | SendFailure::NotFound | SendFailure::Unauthorized
+        )
+    }
+
+    /// Whether the sender (and after repeated failures the client) must be
+    /// rebuilt before the next try.
+    pub fn rebuild_sender(self) -> bool {
+        matches!(self, SendFailure::Connection | SendFailure::Other)
+    }
+
+    /// The wait before the next try, given the backoff's proposal: at least
+    /// [`SERVER_BUSY_WAIT`] when throttled or full.
+    pub fn adjust_delay(self, proposed: Duration) -> Duration {
+        match self {
+            SendFailure::ServerBusy | SendFailure::EntityFull => proposed.max(SERVER_BUSY_WAIT),
+            _ => proposed,
+        }
+    }
+}
+
+/// How long a publish keeps trying (per message) before it reports the
+/// failure to the caller: long enough to ride out a throttling episode (three
+/// server-busy waits) and a reconnect, short enough that the publisher's own
+/// backoff and health reporting see an outage.
+pub const PUBLISH_BUDGET: Duration = Duration::from_secs(60);
+
+/// The backoff of a publish: 250 ms doubling to 8 s, with jitter, for at most
+/// [`PUBLISH_BUDGET`] of waiting (server-busy waits are raised to 10 s by
+/// [`SendFailure::adjust_delay`]).
+pub fn publish_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(8))
+        .with_factor(2.0)
+        .with_jitter()
+        .with_total_delay(Some(PUBLISH_BUDGET))
+        .without_max_times()
+}
+
+/// Publish-size headroom for what the broker counts and the adapter cannot
+/// see: the AMQP header, message annotations the broker stamps (sequence
+/// number, enqueued time, lock token), and framing. The batch measure
+/// ([`super::ServiceBusBus::publish`] uses `try_add_message` against the
+/// link's max message size) covers the properties and body as encoded.
+pub const SIZE_MARGIN: u64 = 2 * 1024;
+
+/// Service Bus's message size limit when the link does not say (Standard tier).
+pub const STANDARD_MAX_MESSAGE: u64 = 256 * 1024;
+
+/// The size a publish may use on a link that allows `link_max` bytes.
+pub fn publish_size_limit(link_max: Option<u64>) -> u64 {
+    let max = match link_max {
+        Some(0) | None => STANDARD_MAX_MESSAGE,
+        Some(n) => n,
+    };
+    max.saturating_sub(SIZE_MARGIN)
+}
+
+/// Whether a delivery whose lock expires in `remaining` is worth handing out
+/// (or settling): not if it is gone or nearly gone — the broker is about to
+/// (or did) give it to another consumer, and whatever we do with it is lost.
+pub fn lock_usable(remaining: Duration) -> bool {
+    remaining >= LOCK_MARGIN
+}
+
+/// The backlog from a peek that saw `peeked` messages (locked ones included)
+/// while this consumer holds `in_flight` of them unsettled.
+pub fn backlog_from_peek(peeked: u64, in_flight: u64) -> crate::Backlog {
+    crate::Backlog {
+        pending: peeked.saturating_sub(in_flight),
+        in_flight,
+    }
+}
+
+/// How far past `locked_until` (on this machine's clock) a lock must be
+/// before the adapter treats it as lost and refuses to settle: the broker
+/// stamps `locked_until` with its own clock, so a few seconds of clock skew
+/// must not make every settlement fail.
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(5);
+
+/// Whether a lock that expires at `locked_until_nanos` (Unix nanoseconds) is
+/// lost at `now` (see [`CLOCK_SKEW_ALLOWANCE`]).
+pub fn lock_lost(locked_until_nanos: i128, now: DateTime<Utc>) -> bool {
+    let now = i128::from(now.timestamp_nanos_opt().unwrap_or(i64::MAX));
+    now > locked_until_nanos + CLOCK_SKEW_ALLOWANCE.as_nanos() as i128
+}
+
+/// Below this much lock left, a delivery counts as lost (see [`lock_usable`]).
+pub const LOCK_MARGIN: Duration = Duration::from_secs(2);
+
+/// The expiry to report for an Entra ID token that really expires at
+/// `expires_on` (Unix seconds), so azservicebus's CBS refresher — which
+/// refreshes exactly at the reported expiry — renews it ahead of time:
+/// [`TOKEN_REFRESH_AHEAD`] early, but never less than 30 s (or half the time
+/// left, if that is less) from `now`, so a token the identity keeps handing
+/// back unchanged is asked for again soon rather than never.
+pub fn token_refresh_at(expires_on: i64, now: i64) -> i64 {
+    let ahead = i64::try_from(TOKEN_REFRESH_AHEAD.as_secs()).unwrap_or(i64::MAX);
+    let left = (expires_on - now).max(0);
+    let floor = now + left.min(60) / 2;
+    (expires_on - ahead).max(floor).min(expires_on)
+}
+
+/// How far ahead of its expiry an Entra ID token is refreshed.
+pub const TOKEN_REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
+
+#[cfg(test)]
+mod logic_tests {
+    use super::*;
+    use azservicebus::amqp::error::NotAcceptedError;
+    use azservicebus::primitives::error::RetryError;
+    use fe2o3_amqp_types::definitions::{AmqpError, Error as AmqpErr, ErrorCondition, LinkError};
+    use fe2o3_amqp_types::messaging::Rejected;
+    use fe2o3_amqp_types::primitives::Symbol;
+
+    /// The text azservicebus gives for a send the broker rejected with
+    /// `condition`: `RetryError::Operation(AmqpSendError::NotAccepted(..))`,
+    /// both transparent, inside an `azure_core::Error` (the crate-private
+    /// middle layer is transparent, so this is the same text).
+    fn rejected(condition: ErrorCondition) -> String {
+        let e = NotAcceptedError::Rejected(Rejected {
+            error: Some(AmqpErr::new(
+                condition,
+                Some("the broker said no".to_owned()),
+                None,
+            )),
+        });
+        azure_core::Error::new(
+            azure_core::error::ErrorKind::Other,
+            RetryError::Operation(e),
+        )
+        .to_string()
+    }
+
+    #[test]
+    fn rejected_sends_are_classified_from_the_real_error_text() {
+        let busy = rejected(ErrorCondition::Custom(Symbol::from(
+            "com.microsoft:server-busy",
+        )));
+        assert_eq!(
+            classify_send_error(&busy),
+            SendFailure::ServerBusy,
+            "{busy}"
+        );
+        let size = rejected(ErrorCondition::LinkError(LinkError::MessageSizeExceeded));
+        assert_eq!(classify_send_error(&size), SendFailure::TooLarge, "{size}");
+        let full = rejected(ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded));
+        assert_eq!(
+            classify_send_error(&full),
+            SendFailure::EntityFull,
+            "{full}"
+        );
+        let nf = rejected(ErrorCondition::AmqpError(AmqpError::NotFound));
+        assert_eq!(classify_send_error(&nf), SendFailure::NotFound, "{nf}");
+        let ua = rejected(ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess));
+        assert_eq!(classify_send_error(&ua), SendFailure::Unauthorized, "{ua}");
+        let lock = rejected(ErrorCondition::Custom(Symbol::from(
+            "com.microsoft:message-lock-lost",
+        )));
+        assert_eq!(classify_send_error(&lock), SendFailure::LockLost, "{lock}");
+        // the symbol spelling, as Service Bus puts it in detach errors
+        assert_eq!(
+            classify_send_error(
+                "amqp:link:message-size-exceeded: The received message exceeds 262144 bytes"
+            ),
+            SendFailure::TooLarge
+        );
+        assert_eq!(
+            classify_send_error("Client is disposed"),
+            SendFailure::Connection
+        );
+        assert_eq!(
+            classify_send_error("IllegalSessionState"),
+            SendFailure::Connection
+        );
+        assert_eq!(classify_send_error("something odd"), SendFailure::Other);
+    }
+
+    #[test]
+    fn what_each_failure_means() {
+        assert!(SendFailure::ServerBusy.retryable());
+        assert!(!SendFailure::TooLarge.retryable());
+        assert!(!SendFailure::NotFound.retryable());
+        assert_eq!(SendFailure::TooLarge.kind(), crate::BusErrorKind::TooLarge);
+        assert_eq!(SendFailure::ServerBusy.kind(), crate::BusErrorKind::Busy);
+        assert_eq!(
+            SendFailure::ServerBusy.adjust_delay(Duration::from_millis(250)),
+            SERVER_BUSY_WAIT
+        );
+        assert_eq!(
+            SendFailure::Other.adjust_delay(Duration::from_millis(250)),
+            Duration::from_millis(250)
+        );
+        assert!(SendFailure::Connection.rebuild_sender());
+        assert!(!SendFailure::ServerBusy.rebuild_sender());
+    }
+
+    #[test]
+    fn size_limit_keeps_a_margin() {
+        assert_eq!(publish_size_limit(None), 256 * 1024 - SIZE_MARGIN);
+        assert_eq!(publish_size_limit(Some(0)), 256 * 1024 - SIZE_MARGIN);
+        assert_eq!(
+            publish_size_limit(Some(1024 * 1024)),
+            1024 * 1024 - SIZE_MARGIN
+        );
+    }
+
+    #[test]
+    fn backlog_from_a_peek() {
+        let b = backlog_from_peek(3, 1);
+        assert_eq!((b.pending, b.in_flight), (2, 1));
+        let b = backlog_from_peek(0, 2);
+        assert_eq!((b.pending, b.in_flight), (0, 2));
+    }
+
+    #[test]
+    fn a_lock_is_lost_only_past_the_skew_allowance() {
+        let now = chrono::Utc::now();
+        let nanos = |d: chrono::Duration| i128::from((now + d).timestamp_nanos_opt().unwrap());
+        assert!(!lock_lost(nanos(chrono::Duration::seconds(10)), now));
+        assert!(!lock_lost(nanos(chrono::Duration::seconds(-4)), now));
+        assert!(lock_lost(nanos(chrono::Duration::seconds(-6)), now));
+    }
+
+    #[test]
+    fn nearly_expired_locks_are_lost() {
+        assert!(!lock_usable(Duration::ZERO));
+        assert!(!lock_usable(Duration::from_millis(1999)));
+        assert!(lock_usable(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn tokens_are_refreshed_ahead_of_expiry() {
+        let now = 1_000_000;
+        // an hour-long token: refreshed five minutes early
+        assert_eq!(token_refresh_at(now + 3600, now), now + 3600 - 300);
+        // a token with four minutes left: soon, not in the past
+        assert_eq!(token_refresh_at(now + 240, now), now + 30);
+        // ten seconds left: half of it
+        assert_eq!(token_refresh_at(now + 10, now), now + 5);
+        // already expired: now
+        assert_eq!(token_refresh_at(now - 5, now), now - 5);
+        for left in [0, 1, 59, 61, 299, 301, 86_400] {
+            let at = token_refresh_at(now + left, now);
+            assert!(at <= now + left && at >= now, "{left}: {at}");
+        }
     }
 }
 
@@ -587,8 +936,10 @@ mod tests {
             .push((DEAD_LETTER_ATTEMPTS.into(), WireValue::Int(3)));
         dlq.properties
             .push((DEAD_LETTERED_AT.into(), WireValue::Timestamp(t())));
-        let d = to_dead_lettered(42, Some("id-1".into()), dlq, Some(4));
+        let d = to_dead_lettered(42, Some("id-1".into()), dlq, Some(4), None);
         assert_eq!(d.handle, "42");
+        assert!(!d.by_broker, "the adapter marked it");
+        assert_eq!(d.partition_key, None);
         assert_eq!(d.original_message_id.as_deref(), Some("id-1"));
         assert_eq!(d.reason, "invalid_field");
         assert_eq!(d.description, "invalid `time`");
@@ -605,7 +956,13 @@ mod tests {
             DEAD_LETTER_REASON.into(),
             WireValue::String("MaxDeliveryCountExceeded".into()),
         ));
-        let d = to_dead_lettered(7, None, dlq, Some(5));
+        let d = to_dead_lettered(7, None, dlq, Some(5), Some("c1".into()));
+        assert!(d.by_broker);
+        assert_eq!(
+            d.partition_key.as_deref(),
+            Some("c1"),
+            "replays keep the session"
+        );
         assert_eq!(
             (d.reason.as_str(), d.attempts, d.dead_lettered_at),
             ("MaxDeliveryCountExceeded", 5, None)

@@ -14,8 +14,40 @@ use azure_identity::{
 use super::EntraCredential;
 use crate::BusError;
 
-/// Build the credential `kind` names.
+/// Build the credential `kind` names, wrapped in [`RefreshAhead`].
 pub(crate) fn build(kind: &EntraCredential) -> Result<Arc<dyn TokenCredential>, BusError> {
+    Ok(Arc::new(RefreshAhead(build_inner(kind)?)))
+}
+
+/// Reports each token's expiry [`super::convert::TOKEN_REFRESH_AHEAD`] early
+/// (see [`super::convert::token_refresh_at`]): azservicebus's CBS link
+/// schedules the next `put-token` exactly at the expiry it is given, and
+/// Service Bus detaches links whose token has expired, so without this every
+/// link would race its token's expiry once an hour.
+#[derive(Debug)]
+struct RefreshAhead(Arc<dyn TokenCredential>);
+
+#[async_trait::async_trait]
+impl TokenCredential for RefreshAhead {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions>,
+    ) -> azure_core::Result<AccessToken> {
+        let mut token = self.0.get_token(scopes, options).await?;
+        let now = azure_core::date::OffsetDateTime::now_utc();
+        let at = super::convert::token_refresh_at(
+            token.expires_on.unix_timestamp(),
+            now.unix_timestamp(),
+        );
+        if let Ok(early) = azure_core::date::OffsetDateTime::from_unix_timestamp(at) {
+            token.expires_on = early;
+        }
+        Ok(token)
+    }
+}
+
+fn build_inner(kind: &EntraCredential) -> Result<Arc<dyn TokenCredential>, BusError> {
     let fail = |what: &str, e: azure_core::Error| {
         BusError::Config(format!("Entra ID {what} credential: {e}"))
     };

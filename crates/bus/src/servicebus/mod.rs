@@ -1,5 +1,12 @@
 //! Azure Service Bus adapter (AMQP 1.0, via the `azservicebus` crate).
 //!
+//! Laid out like its sibling `jetstream/`: this file holds the bus (connect,
+//! topology, publish), [`receiver`] the competing consumer and its deliveries
+//! (locks, settlement, sessions), [`dead_letter`] the dead-letter queue (list,
+//! remove, the sweep for dead letters the broker made itself), [`convert`] the
+//! pure translations and decisions (the sibling's `wire.rs`), plus `config`,
+//! `credential` and `recent`.
+//!
 //! The topic (`realtime-mirror`), its subscriptions (`sql-writer`,
 //! `monitoring`) and their dead-letter queues are created by IaC
 //! (`deploy/azure/`); [`ServiceBusBus::ensure_topology`] verifies them. Why
@@ -12,26 +19,26 @@
 //! | --- | --- |
 //! | [`OutboundMessage::message_id`] | `MessageId` (duplicate detection on the topic) |
 //! | [`OutboundMessage::partition_key`] | `SessionId`, when [`ServiceBusConfig::sessions`] is on |
-//! | [`WireMessage`] | content-type, application properties (native AMQP types), one `data` body section |
-//! | peek-lock, [`Delivery::keep_alive`] | PeekLock receive with prefetch; `renew-lock` (session lock with sessions) |
-//! | [`Delivery::complete`] | complete |
-//! | [`Delivery::retry`] | abandon — **immediately**: Service Bus has no delayed abandon, so `delay` is ignored and the broker's `maxDeliveryCount` bounds the retries |
-//! | [`Delivery::dead_letter`] | dead-letter with `DeadLetterReason`, `DeadLetterErrorDescription`, and `DeadLetterAttempts`/`DeadLetteredAt` properties |
-//! | [`EventBus::list_dead_letters`] | peek `{topic}/Subscriptions/{sub}/$deadletterqueue`; handle = sequence number |
+//! | [`WireMessage`](mirror_schema::WireMessage) | content-type, application properties (native AMQP types), one `data` body section |
+//! | [`EventBus::publish`] | send with the library's retries **off**; the adapter retries (backon, [`convert::PUBLISH_BUDGET`]), ≥ 10 s after `server-busy`; a rejected send is an error, never `Published`; `message-size-exceeded` (or over the link's size less [`convert::SIZE_MARGIN`], measured by `try_add_message`) is [`BusError::TooLarge`] |
+//! | peek-lock, [`Delivery::keep_alive`] | PeekLock receive; `renew-lock` (session lock with sessions) |
+//! | [`Delivery::keep_alive_all`] | one `renew-session-lock` per session; without sessions one `renew-lock` per message (azservicebus 0.25 sends a one-token request; its multi-token call is crate-private), within the pass's time budget, skipping locks already lost |
+//! | [`Delivery::complete`] / [`Delivery::dead_letter`] | complete / dead-letter with `DeadLetterReason`, `DeadLetterErrorDescription`, `DeadLetterAttempts`, `DeadLetteredAt` — **outcome unknown** (fe2o3-amqp queues the disposition and returns); a delivery more than [`convert::CLOCK_SKEW_ALLOWANCE`] past its `locked_until` is refused with [`crate::BusErrorKind::LockLost`] instead |
+//! | [`Delivery::retry`] | keep renewing the lock for `delay` (at most [`receiver::MAX_RETRY_HOLD`]), then abandon; under a second: abandon at once |
+//! | [`EventBus::list_dead_letters`] | peek `{topic}/Subscriptions/{sub}/$deadletterqueue`; handle = sequence number; partition key = `SessionId` |
 //! | [`EventBus::remove_dead_letter`] | receive from that queue until the sequence number comes up, complete it, abandon the rest |
+//! | [`EventBus::watch_broker_dead_letters`] | sweep the `$deadletterqueue` every [`dead_letter::SWEEP_EVERY`] for messages without `DeadLetterAttempts` |
 //! | [`PublishOutcome::Duplicate`] | only for a message id this bus published within [`ServiceBusConfig::duplicate_detection_window`]: Service Bus drops a duplicate silently and acknowledges the send, so duplicates from other processes are reported as published (and still dropped) |
-//! | [`Receiver::backlog`] | `None`: message counts are management-plane (ARM), not AMQP |
+//! | [`Receiver::backlog`] | peek (Listen rights): `pending` = messages still in the subscription, locked and scheduled ones included, up to [`receiver::BACKLOG_PEEK`] (a lower bound); exact counts need the management API and Manage rights, which this adapter does not ask for |
 //!
-//! Locks: the lock duration is the subscription's (`lockDuration`, PT1M in
-//! the IaC). A delivery's lock is extended by [`Delivery::keep_alive`], which
-//! the writer calls every 10 s while it applies a batch; that suffices, and it
-//! keeps the port's promise that a delivery nobody keeps alive comes back once
-//! its lock expires (a hung worker releases its messages). For consumers that
-//! cannot call `keep_alive`, [`ServiceBusConfig::lock_renewal`] starts a task
-//! per delivery that renews at half the remaining lock time until the delivery
-//! is settled or dropped, for at most that long. Prefetched messages are locked
-//! from the moment they reach the client, so keep
-//! [`ServiceBusConfig::prefetch`] to what is handled within one lock duration.
+//! Retries: the library's own retry policy retries every error (3 times,
+//! 0.8/3.2/7.2 s) and, for sends, reports a send the broker *rejected* as
+//! sent (`amqp_sender.rs`: the batch is marked settled before the outcome is
+//! checked, the retry finds it settled and returns `Ok`). So publishing runs
+//! with the library's retries off and retries here; consumers run with one
+//! library retry (it reattaches a link the broker detached, e.g. an idle
+//! management link) and a short delay, so a lost lock fails in well under a
+//! second instead of ~11 s.
 //!
 //! Concurrency: azservicebus receivers take `&mut self` for receive and for
 //! settlement, and a message must be settled on the link that received it. A
@@ -43,47 +50,79 @@
 mod config;
 pub mod convert;
 mod credential;
+pub mod dead_letter;
+pub mod receiver;
 mod recent;
 
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use azservicebus::core::BasicRetryPolicy;
 use azservicebus::prelude::*;
-use azservicebus::receiver::service_bus_session_receiver::ServiceBusSessionReceiverOptions;
 use azure_core::credentials::TokenCredential;
-use mirror_schema::WireMessage;
 use secrecy::ExposeSecret;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Mutex;
 
 pub use config::{EntraCredential, ServiceBusAuth, ServiceBusConfig};
-use convert::AttachFailure;
+use convert::{AttachFailure, SendFailure};
+pub use receiver::{ServiceBusConsumer, ServiceBusDelivery};
 
-use crate::{
-    Backlog, BusError, DeadLetter, DeadLettered, Delivery, EventBus, OutboundMessage,
-    PublishOutcome, Receiver,
-};
+use crate::{BusError, DeadLetterHook, DeadLettered, EventBus, OutboundMessage, PublishOutcome};
 
 /// Longest a receive holds its link before letting settlements through.
 pub const POLL_SLICE: Duration = Duration::from_millis(250);
-/// After the first message arrived, how long to wait for more of a batch
-/// (prefetched messages are already local, so this is short).
-const GATHER: Duration = Duration::from_millis(20);
 /// Largest batch asked of the link at once.
 const MAX_BATCH: u32 = 256;
-/// Messages `remove_dead_letter` receives at most while looking for one.
-const MAX_DLQ_SCAN: usize = 5_000;
 /// Message ids remembered for duplicate reporting.
 const RECENT_IDS: usize = 100_000;
+/// Failed publishes in a row after which the client (the AMQP connection) is
+/// rebuilt too, not only the sender: the library's own recovery gives up for
+/// good after an outage longer than its retries, and never rebuilds the client.
+const REBUILD_CLIENT_AFTER: u32 = 3;
+/// Longest a dispose (detach/close handshake) may take before it is dropped.
+const DISPOSE_LIMIT: Duration = Duration::from_secs(5);
 
 type Client = ServiceBusClient<BasicRetryPolicy>;
+
+/// Which library retry policy a client gets (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Sends: no library retries; the adapter retries.
+    Publisher,
+    /// Receives, settles, renews, accepts sessions, peeks: one quick retry.
+    Consumer,
+}
+
+impl Role {
+    fn retry_options(self) -> ServiceBusRetryOptions {
+        match self {
+            Role::Publisher => ServiceBusRetryOptions {
+                max_retries: 0,
+                try_timeout: Duration::from_secs(30),
+                ..ServiceBusRetryOptions::default()
+            },
+            Role::Consumer => ServiceBusRetryOptions {
+                mode: ServiceBusRetryMode::Fixed,
+                max_retries: 1,
+                delay: Duration::from_millis(200),
+                max_delay: Duration::from_millis(500),
+                try_timeout: Duration::from_secs(30),
+            },
+        }
+    }
+}
 
 /// The Service Bus [`EventBus`].
 pub struct ServiceBusBus {
     config: ServiceBusConfig,
     credential: Option<Arc<dyn TokenCredential>>,
+    /// Publishing (library retries off).
     client: Mutex<Client>,
     sender: Mutex<Option<ServiceBusSender>>,
+    /// Dead-letter administration and topology checks (one library retry).
+    admin: Mutex<Client>,
+    failures_in_a_row: AtomicU32,
     recent: std::sync::Mutex<recent::RecentIds>,
 }
 
@@ -93,6 +132,40 @@ impl std::fmt::Debug for ServiceBusBus {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// One failed send: what it means, and the (scrubbed) text.
+#[derive(Debug, Clone)]
+pub(crate) struct Failed {
+    pub(crate) failure: SendFailure,
+    pub(crate) text: String,
+}
+
+/// Run `attempt` until it succeeds, fails for good, or the publish budget is
+/// spent (see [`convert::publish_backoff`]); a rejected attempt is never turned
+/// into a success.
+pub(crate) async fn send_with_retries<F, Fut>(attempt: F) -> Result<(), Failed>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Failed>>,
+{
+    use backon::Retryable;
+    attempt
+        .retry(convert::publish_backoff())
+        .when(|f: &Failed| f.failure.retryable())
+        .adjust(|f: &Failed, proposed| proposed.map(|d| f.failure.adjust_delay(d)))
+        .notify(|f: &Failed, wait| {
+            tracing::warn!(failure = ?f.failure, error = %f.text, wait_s = wait.as_secs_f64(), "publish failed; retrying")
+        })
+        .await
+}
+
+async fn dispose_sender(sender: ServiceBusSender) {
+    let _ = tokio::time::timeout(DISPOSE_LIMIT, sender.dispose()).await;
+}
+
+async fn dispose_client(client: Client) {
+    let _ = tokio::time::timeout(DISPOSE_LIMIT, client.dispose()).await;
 }
 
 impl ServiceBusBus {
@@ -109,7 +182,8 @@ impl ServiceBusBus {
             ServiceBusAuth::Entra { credential, .. } => Some(credential::build(credential)?),
             ServiceBusAuth::ConnectionString(_) => None,
         };
-        let client = open_client(&config, credential.as_ref()).await?;
+        let client = open_client(&config, credential.as_ref(), Role::Publisher).await?;
+        let admin = open_client(&config, credential.as_ref(), Role::Consumer).await?;
         tracing::info!(
             namespace = %config.namespace(),
             topic = %config.topic,
@@ -123,6 +197,8 @@ impl ServiceBusBus {
             credential,
             client: Mutex::new(client),
             sender: Mutex::new(None),
+            admin: Mutex::new(admin),
+            failures_in_a_row: AtomicU32::new(0),
             recent: std::sync::Mutex::new(recent),
         })
     }
@@ -132,7 +208,95 @@ impl ServiceBusBus {
     }
 
     fn err(&self, op: &'static str, e: impl std::fmt::Display) -> BusError {
-        BusError::op(op, self.config.scrub(&e.to_string()))
+        let text = self.config.scrub(&e.to_string());
+        BusError::with_kind(convert::classify_send_error(&text).kind(), op, text)
+    }
+
+    fn failed(&self, e: impl std::fmt::Display) -> Failed {
+        let text = self.config.scrub(&e.to_string());
+        Failed {
+            failure: convert::classify_send_error(&text),
+            text,
+        }
+    }
+
+    /// One send of `message` (no library retries): open the sender if needed,
+    /// measure the message against the link's size limit, send, and on a
+    /// failure that may be the link's or the connection's, throw the sender
+    /// (and after [`REBUILD_CLIENT_AFTER`] failures in a row, the client) away
+    /// so the next attempt starts fresh.
+    async fn send_once(&self, message: &ServiceBusMessage) -> Result<(), Failed> {
+        let mut sender = self.sender.lock().await;
+        let result = async {
+            if sender.is_none() {
+                let created = self
+                    .client
+                    .lock()
+                    .await
+                    .create_sender(&self.config.topic, ServiceBusSenderOptions::default())
+                    .await
+                    .map_err(|e| self.failed(format!("open sender: {e}")))?;
+                *sender = Some(created);
+            }
+            let Some(s) = sender.as_mut() else {
+                return Err(self.failed("no sender"));
+            };
+            let mut batch = s
+                .create_message_batch(CreateMessageBatchOptions::default())
+                .map_err(|e| self.failed(format!("create batch: {e:?}")))?;
+            let too_large = |size: u64, limit: u64| Failed {
+                failure: SendFailure::TooLarge,
+                text: format!(
+                    "{size} bytes encoded; this link takes at most {limit} (less a {} byte margin)",
+                    convert::SIZE_MARGIN
+                ),
+            };
+            let limit = convert::publish_size_limit(Some(batch.max_size_in_bytes()));
+            if batch.try_add_message(message.clone()).is_err() {
+                return Err(too_large(
+                    batch.max_size_in_bytes(),
+                    batch.max_size_in_bytes(),
+                ));
+            }
+            if batch.size_in_bytes() > limit {
+                return Err(too_large(batch.size_in_bytes(), batch.max_size_in_bytes()));
+            }
+            s.send_message_batch(batch)
+                .await
+                .map_err(|e| self.failed(e))
+        }
+        .await;
+        match &result {
+            Ok(()) => self.failures_in_a_row.store(0, Ordering::Relaxed),
+            Err(f) if f.failure.rebuild_sender() => {
+                if let Some(old) = sender.take() {
+                    dispose_sender(old).await;
+                }
+                let n = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if f.failure == SendFailure::Connection || n >= REBUILD_CLIENT_AFTER {
+                    self.rebuild_publisher_client().await;
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Replace the publishing client with a new connection (the old one is
+    /// disposed, bounded); a failure is logged and the old client kept, so
+    /// the next attempt tries again.
+    async fn rebuild_publisher_client(&self) {
+        match open_client(&self.config, self.credential.as_ref(), Role::Publisher).await {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *self.client.lock().await, fresh);
+                self.failures_in_a_row.store(0, Ordering::Relaxed);
+                tracing::info!("Service Bus: publishing connection rebuilt");
+                dispose_client(old).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Service Bus: could not rebuild the publishing connection")
+            }
+        }
     }
 
     /// A receiver (prefetch 0, so nothing is locked until asked) on
@@ -153,7 +317,7 @@ impl ServiceBusBus {
                 SubQueue::None
             },
         };
-        self.client
+        self.admin
             .lock()
             .await
             .create_receiver_for_subscription(&self.config.topic, subscription, options)
@@ -222,12 +386,14 @@ impl ServiceBusBus {
     }
 }
 
-async fn open_client(
+pub(crate) async fn open_client(
     config: &ServiceBusConfig,
     credential: Option<&Arc<dyn TokenCredential>>,
+    role: Role,
 ) -> Result<Client, BusError> {
     let options = ServiceBusClientOptions {
         identifier: config.identifier.clone(),
+        retry_options: role.retry_options(),
         ..ServiceBusClientOptions::default()
     };
     let result = match &config.auth {
@@ -271,7 +437,7 @@ impl EventBus for ServiceBusBus {
     async fn ensure_topology(&self) -> Result<(), BusError> {
         let topic = self.config.topic.clone();
         let attempt = {
-            let mut client = self.client.lock().await;
+            let mut client = self.admin.lock().await;
             client
                 .create_sender(&topic, ServiceBusSenderOptions::default())
                 .await
@@ -290,7 +456,7 @@ impl EventBus for ServiceBusBus {
                 sub_queue: SubQueue::None,
             };
             let attempt = {
-                let mut client = self.client.lock().await;
+                let mut client = self.admin.lock().await;
                 client
                     .create_receiver_for_subscription(&topic, subscription, options)
                     .await
@@ -316,23 +482,13 @@ impl EventBus for ServiceBusBus {
     /// outcome is [`PublishOutcome::Duplicate`] only when this bus itself had
     /// published the same id within the duplicate-detection window (see
     /// [`ServiceBusConfig::duplicate_detection_window`]).
+    ///
+    /// Retried here (see the module docs); `Published` only after the broker
+    /// accepted the message. A failure carries its [`crate::BusErrorKind`]
+    /// (`Busy` when throttled or full to the end of the budget).
     async fn publish(&self, message: &OutboundMessage) -> Result<PublishOutcome, BusError> {
         let sb_message = convert::to_service_bus_message(message, self.config.sessions)?;
-        let mut sender = self.sender.lock().await;
-        if sender.is_none() {
-            let created = self
-                .client
-                .lock()
-                .await
-                .create_sender(&self.config.topic, ServiceBusSenderOptions::default())
-                .await
-                .map_err(|e| self.err("open sender", e))?;
-            *sender = Some(created);
-        }
-        let Some(s) = sender.as_mut() else {
-            return Err(BusError::op("publish", "no sender"));
-        };
-        match s.send_message(sb_message).await {
+        match send_with_retries(|| self.send_once(&sb_message)).await {
             Ok(()) => {
                 let now = Instant::now();
                 let mut recent = self
@@ -346,49 +502,23 @@ impl EventBus for ServiceBusBus {
                     Ok(PublishOutcome::Published)
                 }
             }
-            Err(e) => {
-                let text = self.config.scrub(&e.to_string());
-                // A sender whose link failed is reopened on the next publish.
-                if let Some(old) = sender.take() {
-                    let _ = old.dispose().await;
-                }
-                if text.contains("MessageSizeExceeded") || text.contains("message-size-exceeded") {
-                    return Err(BusError::TooLarge {
-                        message_id: message.message_id.clone(),
-                        size: message.message.size(),
-                    });
-                }
-                Err(BusError::op("publish", text))
-            }
+            Err(f) if f.failure == SendFailure::TooLarge => Err(BusError::TooLarge {
+                message_id: message.message_id.clone(),
+                size: message.message.size(),
+            }),
+            Err(f) => Err(BusError::with_kind(
+                f.failure.kind(),
+                "publish",
+                format!("message `{}`: {}", message.message_id, f.text),
+            )),
         }
     }
 
     /// A consumer on its own AMQP connection. Without sessions the receive
     /// link is attached now (so a missing subscription fails here); with
-    /// sessions, each receive accepts the next available session as needed.
+    /// sessions, receives accept the next available session as needed.
     async fn subscribe(&self, subscription: &str) -> Result<ServiceBusConsumer, BusError> {
-        let mut client = open_client(&self.config, self.credential.as_ref()).await?;
-        let link = if self.config.sessions {
-            None
-        } else {
-            let options = ServiceBusReceiverOptions {
-                prefetch_count: self.config.prefetch,
-                receive_mode: ServiceBusReceiveMode::PeekLock,
-                identifier: self.config.identifier.clone(),
-                sub_queue: SubQueue::None,
-            };
-            let receiver = client
-                .create_receiver_for_subscription(&self.config.topic, subscription, options)
-                .await
-                .map_err(|e| self.err("subscribe", e))?;
-            Some(Arc::new(Mutex::new(Link::Plain(receiver))))
-        };
-        Ok(ServiceBusConsumer {
-            config: self.config.clone(),
-            client,
-            subscription: subscription.to_owned(),
-            link,
-        })
+        ServiceBusConsumer::open(&self.config, self.credential.clone(), subscription).await
     }
 
     async fn list_dead_letters(
@@ -396,511 +526,27 @@ impl EventBus for ServiceBusBus {
         subscription: &str,
         limit: usize,
     ) -> Result<Vec<DeadLettered>, BusError> {
-        let mut receiver = self
-            .admin_receiver(subscription, true, ServiceBusReceiveMode::PeekLock)
-            .await?;
-        let mut out = Vec::new();
-        let mut from = None;
-        let result = async {
-            while out.len() < limit {
-                let want = u32::try_from(limit - out.len())
-                    .unwrap_or(MAX_BATCH)
-                    .min(MAX_BATCH);
-                let batch = receiver
-                    .peek_messages(want, from)
-                    .await
-                    .map_err(|e| self.err("list dead letters", e))?;
-                if batch.is_empty() {
-                    break;
-                }
-                for peeked in batch {
-                    from = Some(peeked.sequence_number() + 1);
-                    let wire = convert::to_wire(
-                        peeked.content_type(),
-                        peeked.application_properties(),
-                        &peeked.raw_amqp_message().body,
-                    );
-                    out.push(convert::to_dead_lettered(
-                        peeked.sequence_number(),
-                        peeked.message_id().map(|c| c.into_owned()),
-                        wire,
-                        peeked.delivery_count(),
-                    ));
-                }
-            }
-            Ok::<(), BusError>(())
-        }
-        .await;
-        let _ = receiver.dispose().await;
-        result?;
-        out.truncate(limit);
-        Ok(out)
+        dead_letter::list(self, subscription, limit).await
     }
 
-    /// Peeks first: a sequence number no longer in the queue (already removed)
-    /// is a no-op. Otherwise receives from the dead-letter queue until that
-    /// message comes up, completes it and abandons the others it had to lock on
-    /// the way (the dead-letter queue has no delivery limit, so that is harmless).
     async fn remove_dead_letter(&self, subscription: &str, handle: &str) -> Result<(), BusError> {
-        let sequence_number = convert::parse_handle(handle)?;
-        let mut receiver = self
-            .admin_receiver(subscription, true, ServiceBusReceiveMode::PeekLock)
-            .await?;
-        let result = async {
-            let present = receiver
-                .peek_messages(1, Some(sequence_number))
-                .await
-                .map_err(|e| self.err("remove dead letter", e))?
-                .first()
-                .map(|p| p.sequence_number() == sequence_number)
-                .unwrap_or(false);
-            if !present {
-                tracing::debug!(%subscription, sequence_number, "dead letter already gone");
-                return Ok(());
-            }
-            let mut held = Vec::new();
-            let mut found = false;
-            while !found && held.len() < MAX_DLQ_SCAN {
-                let batch = receiver
-                    .receive_messages_with_max_wait_time(32, Duration::from_secs(2))
-                    .await
-                    .map_err(|e| self.err("remove dead letter", e))?;
-                if batch.is_empty() {
-                    break;
-                }
-                for m in batch {
-                    if !found && m.sequence_number() == sequence_number {
-                        receiver
-                            .complete_message(&m)
-                            .await
-                            .map_err(|e| self.err("remove dead letter", e))?;
-                        found = true;
-                    } else {
-                        held.push(m);
-                    }
-                }
-            }
-            for m in &held {
-                let _ = receiver.abandon_message(m, None).await;
-            }
-            if found {
-                Ok(())
-            } else {
-                Err(BusError::op(
-                    "remove dead letter",
-                    format!("sequence number {sequence_number} was peeked but not received within {} messages (locked by another consumer?)", held.len()),
-                ))
-            }
-        }
-        .await;
-        let _ = receiver.dispose().await;
-        result
-    }
-}
-
-/// A receive link: plain, or one accepted session.
-enum Link {
-    Plain(ServiceBusReceiver),
-    Session(ServiceBusSessionReceiver),
-}
-
-impl Link {
-    async fn receive(
-        &mut self,
-        max: u32,
-        wait: Duration,
-    ) -> Result<Vec<ServiceBusReceivedMessage>, azure_core::Error> {
-        match self {
-            Link::Plain(r) => r.receive_messages_with_max_wait_time(max, wait).await,
-            Link::Session(r) => r.receive_messages_with_max_wait_time(max, wait).await,
-        }
+        dead_letter::remove(self, subscription, handle).await
     }
 
-    async fn complete(&mut self, m: &ServiceBusReceivedMessage) -> Result<(), azure_core::Error> {
-        match self {
-            Link::Plain(r) => r.complete_message(m).await,
-            Link::Session(r) => r.complete_message(m).await,
-        }
-    }
-
-    async fn abandon(&mut self, m: &ServiceBusReceivedMessage) -> Result<(), azure_core::Error> {
-        match self {
-            Link::Plain(r) => r.abandon_message(m, None).await,
-            Link::Session(r) => r.abandon_message(m, None).await,
-        }
-    }
-
-    async fn dead_letter(
-        &mut self,
-        m: &ServiceBusReceivedMessage,
-        options: azservicebus::receiver::DeadLetterOptions,
-    ) -> Result<(), azure_core::Error> {
-        match self {
-            Link::Plain(r) => r.dead_letter_message(m, options).await,
-            Link::Session(r) => r.dead_letter_message(m, options).await,
-        }
-    }
-
-    /// Renew what holds `m`: its own lock, or with sessions the session's.
-    async fn renew(&mut self, m: &mut ServiceBusReceivedMessage) -> Result<(), azure_core::Error> {
-        match self {
-            Link::Plain(r) => r.renew_message_lock(m).await,
-            Link::Session(r) => r.renew_session_lock().await,
-        }
-    }
-
-    /// When the lock holding `m` expires, Unix nanoseconds.
-    fn locked_until(&self, m: &ServiceBusReceivedMessage) -> Option<i128> {
-        match self {
-            Link::Plain(_) => m.locked_until().map(|t| t.unix_timestamp_nanos()),
-            Link::Session(r) => Some(r.session_locked_until().unix_timestamp_nanos()),
-        }
-    }
-
-    async fn dispose(self) {
-        let _ = match self {
-            Link::Plain(r) => r.dispose().await,
-            Link::Session(r) => r.dispose().await,
-        };
-    }
-}
-
-type SharedLink = Arc<Mutex<Link>>;
-
-/// A competing consumer on one subscription (see the module docs).
-pub struct ServiceBusConsumer {
-    config: ServiceBusConfig,
-    client: Client,
-    subscription: String,
-    /// The current link; with sessions, `None` until a session is accepted.
-    link: Option<SharedLink>,
-}
-
-impl std::fmt::Debug for ServiceBusConsumer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceBusConsumer")
-            .field("topic", &self.config.topic)
-            .field("subscription", &self.subscription)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServiceBusConsumer {
-    /// The link to receive from, accepting the next session (waiting at most
-    /// `wait`) when sessions are on and none is held. `None`: no session came.
-    async fn current_link(&mut self, wait: Duration) -> Result<Option<SharedLink>, BusError> {
-        if let Some(link) = &self.link {
-            return Ok(Some(link.clone()));
-        }
-        if !self.config.sessions {
-            return Err(BusError::op("receive", "the receive link is closed"));
-        }
-        let options = ServiceBusSessionReceiverOptions {
-            prefetch_count: self.config.prefetch,
-            receive_mode: ServiceBusReceiveMode::PeekLock,
-            identifier: self.config.identifier.clone(),
-        };
-        // Service Bus holds an accept-next-session open until a session is
-        // available or its own timeout; bound it by the caller's wait.
-        let accept = self.client.accept_next_session_for_subscription(
-            &self.config.topic,
-            &self.subscription,
-            options,
-        );
-        match tokio::time::timeout(wait.max(Duration::from_millis(100)), accept).await {
-            Err(_elapsed) => Ok(None),
-            Ok(Ok(session)) => {
-                tracing::debug!(subscription = %self.subscription, session = %session.session_id(), "accepted session");
-                let link = Arc::new(Mutex::new(Link::Session(session)));
-                self.link = Some(link.clone());
-                Ok(Some(link))
-            }
-            Ok(Err(e)) => {
-                let text = self.config.scrub(&e.to_string());
-                // "no session available" surfaces as a timeout error from the broker
-                if text.to_ascii_lowercase().contains("timeout")
-                    || text.to_ascii_lowercase().contains("timed out")
-                {
-                    Ok(None)
-                } else {
-                    Err(BusError::op("accept session", text))
-                }
-            }
-        }
-    }
-
-    /// Give up the current session (it had nothing more for us); it is
-    /// closed once its in-flight deliveries are settled.
-    async fn release_session(&mut self) {
-        if !self.config.sessions {
-            return;
-        }
-        if let Some(link) = self.link.take() {
-            if let Ok(mutex) = Arc::try_unwrap(link) {
-                mutex.into_inner().dispose().await;
-            }
-        }
-    }
-
-    fn delivery(
+    /// A sweep of the subscription's `$deadletterqueue` (see [`dead_letter::sweep`]).
+    async fn watch_broker_dead_letters(
         &self,
-        message: ServiceBusReceivedMessage,
-        link: &SharedLink,
-    ) -> ServiceBusDelivery {
-        let wire = convert::to_wire(
-            message.content_type(),
-            message.application_properties(),
-            &message.raw_amqp_message().body,
-        );
-        let message_id = message.message_id().map(|c| c.into_owned());
-        let delivery_count = message.delivery_count().unwrap_or(1);
-        let sequence_number = message.sequence_number();
-        let inner = Arc::new(Mutex::new(message));
-        let renewal = self.config.lock_renewal.map(|max| {
-            Renewal::spawn(
-                Arc::downgrade(&inner),
-                Arc::downgrade(link),
-                max,
-                sequence_number,
-            )
-        });
-        ServiceBusDelivery {
-            wire,
-            message_id,
-            delivery_count,
-            sequence_number,
-            max_delivery_count: self.config.max_delivery_count,
-            inner,
-            link: link.clone(),
-            _renewal: renewal,
-        }
-    }
-}
-
-impl Receiver for ServiceBusConsumer {
-    type Delivery = ServiceBusDelivery;
-
-    async fn receive(
-        &mut self,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<ServiceBusDelivery>, BusError> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        let max = u32::try_from(max).unwrap_or(MAX_BATCH).min(MAX_BATCH);
-        let deadline = Instant::now() + wait;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let Some(link) = self.current_link(remaining).await? else {
-                return Ok(Vec::new());
-            };
-            let slice = deadline
-                .saturating_duration_since(Instant::now())
-                .min(POLL_SLICE)
-                .max(Duration::from_millis(10));
-            let received = {
-                let mut guard = link.lock().await;
-                let mut first = guard.receive(1, slice).await;
-                if let Ok(batch) = &mut first {
-                    if !batch.is_empty() && max > 1 {
-                        match guard.receive(max - 1, GATHER).await {
-                            Ok(more) => batch.extend(more),
-                            // what already arrived is handed out; the error shows up on the next receive
-                            Err(e) => {
-                                tracing::debug!(error = %self.config.scrub(&e.to_string()), "receive: gathering a batch")
-                            }
-                        }
-                    }
-                }
-                first
-            };
-            match received {
-                Ok(batch) if !batch.is_empty() => {
-                    return Ok(batch.into_iter().map(|m| self.delivery(m, &link)).collect());
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let text = self.config.scrub(&e.to_string());
-                    self.release_session().await;
-                    return Err(BusError::op("receive", text));
-                }
-            }
-            if Instant::now() >= deadline {
-                self.release_session().await;
-                return Ok(Vec::new());
-            }
-        }
-    }
-
-    /// `None`: Service Bus reports message counts through the management plane
-    /// (ARM / the ATOM API), which this AMQP adapter does not use.
-    async fn backlog(&mut self) -> Result<Option<Backlog>, BusError> {
-        Ok(None)
-    }
-}
-
-/// Stops a delivery's lock-renewal task when dropped (settled or abandoned by the caller).
-struct Renewal {
-    stop: watch::Sender<bool>,
-}
-
-impl Drop for Renewal {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-impl Renewal {
-    /// Renew the lock of `message` on `link` at half the remaining lock time,
-    /// until stopped, either side is gone, a renewal fails, or `max` has passed.
-    /// A renewal in progress is never cancelled half-way (the stop signal is
-    /// only looked at between renewals), so the link is never left with an
-    /// unanswered management request.
-    fn spawn(
-        message: Weak<Mutex<ServiceBusReceivedMessage>>,
-        link: Weak<Mutex<Link>>,
-        max: Duration,
-        sequence_number: i64,
-    ) -> Renewal {
-        let (stop, mut stopped) = watch::channel(false);
-        let started = Instant::now();
-        tokio::spawn(async move {
-            loop {
-                let remaining = {
-                    let (Some(m), Some(l)) = (message.upgrade(), link.upgrade()) else {
-                        return;
-                    };
-                    let m = m.lock().await;
-                    let l = l.lock().await;
-                    l.locked_until(&m)
-                        .map(|t| convert::until(t, chrono::Utc::now()))
-                        .unwrap_or(Duration::from_secs(30))
-                };
-                if !convert::renew_now(remaining) {
-                    let delay = convert::renewal_delay(remaining);
-                    if started.elapsed() + delay > max {
-                        tracing::debug!(
-                            sequence_number,
-                            "lock renewal: reached its maximum, letting the lock expire"
-                        );
-                        return;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stopped.changed() => return,
-                    }
-                }
-                if *stopped.borrow() {
-                    return;
-                }
-                let (Some(m), Some(l)) = (message.upgrade(), link.upgrade()) else {
-                    return;
-                };
-                let mut m = m.lock().await;
-                let mut l = l.lock().await;
-                if *stopped.borrow() {
-                    return;
-                }
-                if let Err(e) = l.renew(&mut m).await {
-                    tracing::warn!(sequence_number, error = %e, "lock renewal failed; the message will be redelivered when its lock expires");
-                    return;
-                }
-            }
-        });
-        Renewal { stop }
-    }
-}
-
-/// One Service Bus message, locked to this consumer until settled.
-pub struct ServiceBusDelivery {
-    wire: WireMessage,
-    message_id: Option<String>,
-    delivery_count: u32,
-    sequence_number: i64,
-    max_delivery_count: u32,
-    inner: Arc<Mutex<ServiceBusReceivedMessage>>,
-    link: SharedLink,
-    _renewal: Option<Renewal>,
-}
-
-impl std::fmt::Debug for ServiceBusDelivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceBusDelivery")
-            .field("message_id", &self.message_id)
-            .field("sequence_number", &self.sequence_number)
-            .field("delivery_count", &self.delivery_count)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServiceBusDelivery {
-    /// The broker's sequence number of this message.
-    pub fn sequence_number(&self) -> i64 {
-        self.sequence_number
-    }
-}
-
-impl Delivery for ServiceBusDelivery {
-    fn message(&self) -> &WireMessage {
-        &self.wire
-    }
-
-    fn message_id(&self) -> Option<&str> {
-        self.message_id.as_deref()
-    }
-
-    fn delivery_count(&self) -> u32 {
-        self.delivery_count
-    }
-
-    async fn keep_alive(&self) -> Result<(), BusError> {
-        let mut m = self.inner.lock().await;
-        let mut l = self.link.lock().await;
-        l.renew(&mut m)
-            .await
-            .map_err(|e| BusError::op("renew lock", e))
-    }
-
-    async fn complete(self) -> Result<(), BusError> {
-        drop(self._renewal);
-        let m = self.inner.lock().await;
-        let mut l = self.link.lock().await;
-        l.complete(&m)
-            .await
-            .map_err(|e| BusError::op("complete", e))
-    }
-
-    /// Abandons at once: Service Bus cannot delay a redelivery, so `delay` is
-    /// not honoured; the broker's `maxDeliveryCount` bounds how often it comes back.
-    async fn retry(self, _delay: Duration) -> Result<(), BusError> {
-        drop(self._renewal);
-        if convert::abandon_dead_letters(self.delivery_count, self.max_delivery_count) {
-            tracing::warn!(
-                sequence_number = self.sequence_number,
-                delivery_count = self.delivery_count,
-                "abandoning after the subscription's max delivery count: the broker will dead-letter it (MaxDeliveryCountExceeded)"
-            );
-        }
-        let m = self.inner.lock().await;
-        let mut l = self.link.lock().await;
-        l.abandon(&m).await.map_err(|e| BusError::op("abandon", e))
-    }
-
-    async fn dead_letter(self, why: &DeadLetter) -> Result<(), BusError> {
-        drop(self._renewal);
-        let options = convert::dead_letter_options(why, chrono::Utc::now());
-        let m = self.inner.lock().await;
-        let mut l = self.link.lock().await;
-        l.dead_letter(&m, options)
-            .await
-            .map_err(|e| BusError::op("dead-letter", e))
+        subscription: &str,
+        hook: DeadLetterHook,
+    ) -> Result<tokio::task::JoinHandle<()>, BusError> {
+        dead_letter::start_sweep(self, subscription, hook).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use convert::SendFailure;
 
     const KEY: &str = "bm90LWEtcmVhbC1rZXktZG8tbm90LWxvZw";
 
@@ -967,5 +613,77 @@ mod tests {
         let e = ServiceBusBus::connect(config).await.unwrap_err();
         assert!(matches!(e, BusError::Config(_)), "{e:?}");
         assert!(e.to_string().contains("fully qualified"), "{e}");
+    }
+
+    fn fail(failure: SendFailure) -> Failed {
+        Failed {
+            failure,
+            text: format!("{failure:?}"),
+        }
+    }
+
+    /// A throttled publish is retried after at least 10 s and succeeds;
+    /// nothing is reported as sent before the broker accepted it.
+    #[tokio::test(start_paused = true)]
+    async fn server_busy_is_retried_after_ten_seconds() {
+        let script = std::sync::Mutex::new(vec![Ok(()), Err(fail(SendFailure::ServerBusy))]);
+        let started = tokio::time::Instant::now();
+        let tries = AtomicU32::new(0);
+        let result = send_with_retries(|| {
+            tries.fetch_add(1, Ordering::Relaxed);
+            let next = script.lock().unwrap().pop().unwrap();
+            async move { next }
+        })
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(tries.load(Ordering::Relaxed), 2);
+        assert!(
+            started.elapsed() >= convert::SERVER_BUSY_WAIT,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Too large is final at once; it is not retried.
+    #[tokio::test(start_paused = true)]
+    async fn too_large_is_not_retried() {
+        let tries = AtomicU32::new(0);
+        let result = send_with_retries(|| {
+            tries.fetch_add(1, Ordering::Relaxed);
+            async { Err(fail(SendFailure::TooLarge)) }
+        })
+        .await;
+        assert_eq!(result.unwrap_err().failure, SendFailure::TooLarge);
+        assert_eq!(tries.load(Ordering::Relaxed), 1);
+    }
+
+    /// A broker that keeps rejecting: the publish fails (never `Ok`) once the
+    /// budget is spent, after several tries, within a bounded time.
+    #[tokio::test(start_paused = true)]
+    async fn a_rejecting_broker_exhausts_the_budget_and_fails() {
+        let started = tokio::time::Instant::now();
+        let tries = AtomicU32::new(0);
+        let result = send_with_retries(|| {
+            tries.fetch_add(1, Ordering::Relaxed);
+            async { Err(fail(SendFailure::ServerBusy)) }
+        })
+        .await;
+        assert_eq!(result.unwrap_err().failure, SendFailure::ServerBusy);
+        let n = tries.load(Ordering::Relaxed);
+        assert!(n >= 3, "{n} tries");
+        let took = started.elapsed();
+        assert!(
+            took >= convert::SERVER_BUSY_WAIT * (n - 1),
+            "{took:?} for {n} tries"
+        );
+        assert!(took <= convert::PUBLISH_BUDGET * 4, "{took:?}");
+    }
+
+    #[test]
+    fn publishers_send_without_library_retries() {
+        assert_eq!(Role::Publisher.retry_options().max_retries, 0);
+        let c = Role::Consumer.retry_options();
+        assert!(c.max_retries <= 1);
+        assert!(c.max_delay <= Duration::from_secs(1));
     }
 }
