@@ -361,6 +361,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 // Reachable (an error of another kind is the batch's to classify).
                 _ => {
                     if self.shared.store_down.swap(false, Ordering::AcqRel) {
+                        telemetry::intake_paused(false);
                         tracing::info!(
                             worker = self.n,
                             probes,
@@ -395,6 +396,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
     fn note_store_failure(&self, e: &StoreError) {
         if store_unavailable(e) && !self.shared.store_down.swap(true, Ordering::AcqRel) {
             tracing::warn!(worker = self.n, error = %e, "database unavailable: releasing messages and pausing intake until it answers");
+            telemetry::intake_paused(true);
         }
     }
 
@@ -412,6 +414,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         deliveries: Vec<<B::Receiver as Receiver>::Delivery>,
     ) -> Result<(), WriterError> {
         let started = Instant::now();
+        let _in_flight = telemetry::InFlight::received(deliveries.len());
 
         let decoded: Vec<Result<MirrorEvent, DecodeError>> = deliveries
             .iter()
@@ -474,6 +477,14 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
             };
             let event = decoded.as_ref().ok();
             let disposition = decide(outcome, delivery.delivery_count(), &self.settings.retry);
+            let span = telemetry::event_span(delivery.message_id(), event);
+            let error_type = match &disposition {
+                Disposition::Complete(_) => None,
+                Disposition::Retry { .. } => Some("transient"),
+                Disposition::DeadLetter(why) => Some(why.reason.as_str()),
+                Disposition::Fatal(_) => Some("fatal"),
+            };
+            telemetry::message_processed(&self.settings.subscription, started.elapsed(), error_type);
             match disposition {
                 Disposition::Complete(outcome) => {
                     match outcome {
@@ -482,12 +493,13 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         ApplyOutcome::Stale => report.stale += 1,
                     }
                     if let Some(ev) = event {
-                        telemetry::event_completed(
-                            ev.event_type(),
-                            outcome,
-                            ev.time(),
-                            committed_at,
-                        );
+                        let path = telemetry::Path {
+                            source: ev.time(),
+                            published: ev.published_at(),
+                            enqueued: delivery.enqueued_at(),
+                            committed: committed_at,
+                        };
+                        span.in_scope(|| telemetry::event_completed(ev.event_type(), outcome, path));
                     }
                     let id = delivery.message_id().map(str::to_owned);
                     if let Err(e) = delivery.complete().await {
@@ -496,13 +508,15 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 }
                 Disposition::Retry { delay, reason } => {
                     report.retried += 1;
-                    telemetry::event_retried(
-                        delivery.message_id(),
-                        event.map(|e| e.event_type()),
-                        delivery.delivery_count(),
-                        delay,
-                        &reason,
-                    );
+                    span.in_scope(|| {
+                        telemetry::event_retried(
+                            delivery.message_id(),
+                            event.map(|e| e.event_type()),
+                            delivery.delivery_count(),
+                            delay,
+                            &reason,
+                        )
+                    });
                     let id = delivery.message_id().map(str::to_owned);
                     if let Err(e) = delivery.retry(delay).await {
                         telemetry::settle_failed(id.as_deref(), &e);
@@ -521,7 +535,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         .store_call(self.deps.store.record_dead_letter(&record))
                         .await
                     {
-                        Ok(()) => {}
+                        Ok(()) => telemetry::dead_letter_row_written(&record.key, &record.reason),
                         Err(e) if !last_attempt => {
                             self.note_store_failure(&e);
                             // Keep the message in the subscription until SQL can take the row.
@@ -551,11 +565,13 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         }
                     }
                     report.dead_lettered += 1;
-                    telemetry::event_dead_lettered(
-                        delivery.message_id(),
-                        event.map(|e| e.event_type()),
-                        &why,
-                    );
+                    span.in_scope(|| {
+                        telemetry::event_dead_lettered(
+                            delivery.message_id(),
+                            event.map(|e| e.event_type()),
+                            &why,
+                        )
+                    });
                     let id = delivery.message_id().map(str::to_owned);
                     if let Err(e) = delivery.dead_letter(&why).await {
                         telemetry::settle_failed(id.as_deref(), &e);
@@ -694,6 +710,7 @@ pub fn record_adapter_dead_letters<S: MirrorStore>(
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(60));
             }
+            telemetry::dead_letter_row_written(&record.key, &record.reason);
             telemetry::event_dead_lettered(None, event.map(|e| e.event_type()), &why);
         }
     });

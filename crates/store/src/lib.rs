@@ -36,6 +36,8 @@ use uuid::Uuid;
 
 pub mod model;
 pub mod state;
+pub mod telemetry;
+pub mod ledger;
 
 #[cfg(feature = "mssql")]
 pub mod mssql;

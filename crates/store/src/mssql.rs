@@ -33,6 +33,7 @@
 
 pub mod config;
 pub mod errors;
+mod ledger;
 pub mod params;
 
 use std::sync::Arc;
@@ -490,6 +491,21 @@ fn command(call: &ProcedureCall) -> Command<'static> {
 
 /// Run one procedure call and read its `Outcome`.
 async fn run_call(client: &mut Client, call: &ProcedureCall) -> Result<ApplyOutcome, StoreError> {
+    let started = std::time::Instant::now();
+    let outcome = run_call_untimed(client, call).await;
+    crate::telemetry::procedure_called(
+        crate::telemetry::SQL_SERVER,
+        call.procedure,
+        started.elapsed(),
+        outcome.as_ref().err(),
+    );
+    outcome
+}
+
+async fn run_call_untimed(
+    client: &mut Client,
+    call: &ProcedureCall,
+) -> Result<ApplyOutcome, StoreError> {
     let result = command(call)
         .exec(client)
         .await
