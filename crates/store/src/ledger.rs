@@ -15,7 +15,8 @@
 //! observations are unique by event id, v1.1), so the procedures' history
 //! insert finds the row it wrote the first time and adds nothing. What the
 //! window costs is only this: such an event is reported `stale` instead of
-//! `duplicate`, and it re-adds a ledger row. See `docs/runbook.md`.
+//! `duplicate`, and it re-adds a ledger row. The window the docs recommend
+//! (30 days) and why: `docs/runbook.md`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -23,12 +24,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::StoreError;
-
-/// Default retention of the ledger: far beyond any broker's redelivery or
-/// duplicate-detection window (Service Bus: 10 min by default, at most 7
-/// days; JetStream: 2 min), the dead-letter replay horizon the runbook gives
-/// (14 days), and a backfill's run time.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Rows per pruning transaction.
 pub const DEFAULT_BATCH: usize = 1000;
