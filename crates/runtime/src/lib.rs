@@ -14,4 +14,6 @@
 pub mod adapters;
 pub mod config;
 pub mod health;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod telemetry;

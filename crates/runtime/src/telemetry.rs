@@ -138,7 +138,11 @@ pub fn install_metrics() -> PrometheusHandle {
             }
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
+            let installed = match otlp_endpoint() {
+                None => metrics::set_global_recorder(recorder),
+                Some(endpoint) => install_with_otlp(recorder, &endpoint),
+            };
+            if installed.is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics shows only what reaches this one");
             }
             describe();
@@ -229,6 +233,52 @@ fn describe() {
         names::SETTLE_FAILURES,
         "Settlements that failed; the message is redelivered"
     );
+}
+
+/// Keeps the OTLP meter provider (and its export thread) alive.
+#[cfg(feature = "otlp")]
+static OTLP: OnceLock<crate::otlp::OtlpExport> = OnceLock::new();
+
+/// Prometheus and OTLP side by side: every metric goes to both.
+#[cfg(feature = "otlp")]
+fn install_with_otlp(
+    prometheus: metrics_exporter_prometheus::PrometheusRecorder,
+    endpoint: &str,
+) -> Result<(), metrics::SetRecorderError<metrics_util::layers::Fanout>> {
+    let service = std::env::var("OTEL_SERVICE_NAME").ok().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "realtime-mirror".to_owned())
+    });
+    let mut fanout = metrics_util::layers::FanoutBuilder::default().add_recorder(prometheus);
+    match crate::otlp::recorder(&service) {
+        Ok((otlp, export)) => {
+            let _ = OTLP.set(export);
+            fanout = fanout.add_recorder(otlp);
+            tracing::info!(endpoint, service, "exporting metrics over OTLP/HTTP too");
+        }
+        Err(e) => tracing::error!(error = %e, "OTLP export disabled; /metrics still serves Prometheus text"),
+    }
+    metrics::set_global_recorder(fanout.build())
+}
+
+/// Without the `otlp` feature: Prometheus only, and a warning that says so.
+#[cfg(not(feature = "otlp"))]
+fn install_with_otlp(
+    prometheus: metrics_exporter_prometheus::PrometheusRecorder,
+    _endpoint: &str,
+) -> Result<(), metrics::SetRecorderError<metrics_exporter_prometheus::PrometheusRecorder>> {
+    tracing::warn!("OTEL_EXPORTER_OTLP_ENDPOINT is set, but this build has no `otlp` feature: metrics are served as Prometheus text on /metrics only");
+    metrics::set_global_recorder(prometheus)
+}
+
+/// Flush the OTLP export (at exit). A no-op without it.
+pub fn shutdown_metrics() {
+    #[cfg(feature = "otlp")]
+    if let Some(export) = OTLP.get() {
+        export.shutdown();
+    }
 }
 
 /// The OTLP endpoint, if configured: `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`,
