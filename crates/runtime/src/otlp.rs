@@ -2,7 +2,9 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is
 //! set): a `metrics` recorder that forwards every counter, gauge and histogram
 //! to OpenTelemetry instruments, exported by `opentelemetry-otlp` over
-//! HTTP/protobuf every 15 s (`OTEL_METRIC_EXPORT_INTERVAL` overrides).
+//! HTTP/protobuf every 15 s (`OTEL_METRIC_EXPORT_INTERVAL`, in ms, overrides).
+//! Plain HTTP only (no TLS client is built in): send to a Collector next to
+//! the job (a sidecar, or the node's agent), which forwards with TLS.
 //!
 //! It runs beside the Prometheus recorder (a fanout), so `/metrics` keeps
 //! working. Names, units and histogram buckets are the ones
@@ -50,7 +52,11 @@ pub fn recorder(service: &str) -> Result<(OtlpRecorder, OtlpExport), OtlpError> 
         .with_http()
         .build()
         .map_err(|e| OtlpError(e.to_string()))?;
-    let reader = PeriodicReader::builder(exporter).build();
+    let mut reader = PeriodicReader::builder(exporter);
+    if std::env::var_os("OTEL_METRIC_EXPORT_INTERVAL").is_none() {
+        reader = reader.with_interval(std::time::Duration::from_secs(15));
+    }
+    let reader = reader.build();
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service.to_owned())
         .build();
@@ -214,13 +220,14 @@ impl Recorder for OtlpRecorder {
                     attributes(key),
                     AtomicU64::new(0f64.to_bits()),
                 ));
-                self.gauges
+                // Another thread may have registered it meanwhile: keep the first.
+                let g = self
+                    .gauges
                     .lock()
                     .expect("gauge map")
                     .entry(key.clone())
                     .or_insert(handle)
                     .clone();
-                let g = self.gauges.lock().expect("gauge map")[key].clone();
                 Gauge::from_arc(g)
             }
             _ => Gauge::noop(),

@@ -139,10 +139,10 @@ pub fn install_metrics() -> PrometheusHandle {
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             let installed = match otlp_endpoint() {
-                None => metrics::set_global_recorder(recorder),
-                Some(endpoint) => install_with_otlp(recorder, &endpoint),
+                None => metrics::set_global_recorder(recorder).is_ok(),
+                Some(endpoint) => install_with_otlp(recorder, &endpoint).is_ok(),
             };
-            if installed.is_err() {
+            if !installed {
                 tracing::warn!("a metrics recorder was already installed; /metrics shows only what reaches this one");
             }
             describe();

@@ -45,10 +45,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(10);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
+    // Prometheus text for /metrics; also OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
     let metrics = mirror_runtime::telemetry::install_metrics();
-    if mirror_runtime::telemetry::otlp_endpoint().is_some() {
-        tracing::warn!("OTEL_EXPORTER_OTLP_ENDPOINT is set, but this build exports metrics as Prometheus text on --metrics-addr only; point an OpenTelemetry Collector's prometheus receiver at it (docs/metrics.md)");
-    }
     let (system, topic) = settings.bus.messaging_destination();
     sql_writer::telemetry::set_destination(system, topic);
     // One signal stops the writer, the probe task and the server.
@@ -109,6 +107,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(server) = server {
         server.task.abort();
     }
+    mirror_runtime::telemetry::shutdown_metrics();
     tracing::info!(
         applied = report.applied,
         duplicate = report.duplicate,
