@@ -56,9 +56,11 @@ fn fixture_events() -> Vec<MirrorEvent> {
 /// One HTTP/1.1 GET over a fresh TCP connection: (status, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -67,7 +69,10 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {text}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -246,9 +251,10 @@ async fn readiness_follows_the_store() {
     ));
     until_status(server.addr, "/readyz", 200, Duration::from_secs(20)).await;
     // The database goes away under the job: not ready, still alive.
-    let (admin, conn) = tokio_postgres::connect(&mirror_tests::pg_server_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (admin, conn) =
+        tokio_postgres::connect(&mirror_tests::pg_server_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
     tokio::spawn(conn);
     admin
         .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.name))

@@ -649,8 +649,14 @@ mod prune_window_tests {
     #[test]
     fn windows_parse_with_units_and_reject_typos() {
         use std::time::Duration;
-        assert_eq!(super::parse_window("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert_eq!(super::parse_window("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(
+            super::parse_window("30d"),
+            Ok(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(
+            super::parse_window("12h"),
+            Ok(Duration::from_secs(12 * 3_600))
+        );
         assert_eq!(super::parse_window("90m"), Ok(Duration::from_secs(5_400)));
         for bad in ["30", "d", "5m", "30x", "-1d", ""] {
             assert!(super::parse_window(bad).is_err(), "{bad}");

@@ -199,8 +199,7 @@ pub async fn watch<B: EventBus, S: MirrorStore>(
     options: WatchOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let is_jetstream =
-        (&*bus as &dyn std::any::Any).is::<mirror_bus::jetstream::JetStreamBus>();
+    let is_jetstream = (&*bus as &dyn std::any::Any).is::<mirror_bus::jetstream::JetStreamBus>();
     let mut receiver: Option<B::Receiver> = None;
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(options.interval.max(Duration::from_millis(50)));
@@ -222,7 +221,10 @@ pub async fn watch<B: EventBus, S: MirrorStore>(
             }
             Err(_) => {
                 health.set_probe("bus", false);
-                tracing::warn!(timeout_s = options.timeout.as_secs_f64(), "readiness: no answer from the bus");
+                tracing::warn!(
+                    timeout_s = options.timeout.as_secs_f64(),
+                    "readiness: no answer from the bus"
+                );
             }
         }
         // Backlog: JetStream reports it per consumer. (A Service Bus receiver
@@ -252,8 +254,7 @@ pub async fn watch<B: EventBus, S: MirrorStore>(
             .checkpoint
             .clone()
             .unwrap_or_else(|| ("sql-writer".to_owned(), "health-probe".to_owned()));
-        match tokio::time::timeout(options.timeout, store.load_checkpoint(&module, &shard)).await
-        {
+        match tokio::time::timeout(options.timeout, store.load_checkpoint(&module, &shard)).await {
             Ok(Ok(checkpoint)) => {
                 health.set_probe("store", true);
                 if options.checkpoint.is_some() {

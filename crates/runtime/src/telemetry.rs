@@ -192,10 +192,7 @@ fn describe() {
         names::IN_FLIGHT,
         "Deliveries held by the writer, not yet settled"
     );
-    describe_gauge!(
-        names::BACKLOG,
-        "Messages the subscription holds, by state"
-    );
+    describe_gauge!(names::BACKLOG, "Messages the subscription holds, by state");
     describe_gauge!(
         names::DEAD_LETTER_QUEUE,
         "Messages in the subscription's dead-letter queue"
@@ -258,7 +255,9 @@ fn install_with_otlp(
             fanout = fanout.add_recorder(otlp);
             tracing::info!(endpoint, service, "exporting metrics over OTLP/HTTP too");
         }
-        Err(e) => tracing::error!(error = %e, "OTLP export disabled; /metrics still serves Prometheus text"),
+        Err(e) => {
+            tracing::error!(error = %e, "OTLP export disabled; /metrics still serves Prometheus text")
+        }
     }
     metrics::set_global_recorder(fanout.build())
 }
@@ -285,7 +284,10 @@ pub fn shutdown_metrics() {
 /// else `OTEL_EXPORTER_OTLP_ENDPOINT` (the OpenTelemetry SDK variables). Unset:
 /// no OTLP export.
 pub fn otlp_endpoint() -> Option<String> {
-    ["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
+    [
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
 }

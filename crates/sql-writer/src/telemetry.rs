@@ -119,7 +119,8 @@ pub fn event_completed(event_type: EventType, outcome: ApplyOutcome, path: Path)
     let ty = event_type.as_str();
     counter!(names::EVENTS, "type" => ty, "outcome" => outcome.as_str()).increment(1);
     if outcome == ApplyOutcome::Applied {
-        histogram!(names::SOURCE_TO_COMMIT_MS, "type" => ty).record(ms(path.source, path.committed));
+        histogram!(names::SOURCE_TO_COMMIT_MS, "type" => ty)
+            .record(ms(path.source, path.committed));
         if let Some(p) = path.published {
             histogram!(names::HOP_LATENCY_MS, "type" => ty, "hop" => "source_to_publish")
                 .record(ms(path.source, p));

@@ -484,7 +484,11 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 Disposition::DeadLetter(why) => Some(why.reason.as_str()),
                 Disposition::Fatal(_) => Some("fatal"),
             };
-            telemetry::message_processed(&self.settings.subscription, started.elapsed(), error_type);
+            telemetry::message_processed(
+                &self.settings.subscription,
+                started.elapsed(),
+                error_type,
+            );
             match disposition {
                 Disposition::Complete(outcome) => {
                     match outcome {
@@ -499,7 +503,9 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                             enqueued: delivery.enqueued_at(),
                             committed: committed_at,
                         };
-                        span.in_scope(|| telemetry::event_completed(ev.event_type(), outcome, path));
+                        span.in_scope(|| {
+                            telemetry::event_completed(ev.event_type(), outcome, path)
+                        });
                     }
                     let id = delivery.message_id().map(str::to_owned);
                     if let Err(e) = delivery.complete().await {

@@ -34,10 +34,10 @@ use chrono::{DateTime, Utc};
 use mirror_schema::MirrorEvent;
 use uuid::Uuid;
 
+pub mod ledger;
 pub mod model;
 pub mod state;
 pub mod telemetry;
-pub mod ledger;
 
 #[cfg(feature = "mssql")]
 pub mod mssql;
