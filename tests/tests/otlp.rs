@@ -10,10 +10,13 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::routing::post;
 
+/// What the receiver got: (content type, body) per request.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_reach_an_otlp_receiver_and_prometheus() {
     // A minimal OTLP/HTTP receiver: keeps what is POSTed to /v1/metrics.
-    let received: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let received: Received = Arc::default();
     let sink = received.clone();
     let app = axum::Router::new().route(
         "/v1/metrics",
