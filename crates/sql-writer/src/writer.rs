@@ -683,9 +683,12 @@ async fn flush_dead_letters<S: MirrorStore>(store: &S, shared: &Shared, limit: D
             still.push(record);
             continue;
         }
-        if let Err(e) = answer(limit, store.record_dead_letter(&record)).await {
-            hung = e.message.starts_with("no answer");
-            still.push(record);
+        match answer(limit, store.record_dead_letter(&record)).await {
+            Ok(()) => telemetry::dead_letter_row_written(&record.key, &record.reason),
+            Err(e) => {
+                hung = e.message.starts_with("no answer");
+                still.push(record);
+            }
         }
     }
     let mut guard = shared.pending_dead_letters.lock().expect("pending lock");
