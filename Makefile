@@ -10,7 +10,7 @@ help:
 	@echo "make chaos   the full chaos scenarios (kill -9, server restarts, poison, duplicates) with a summary table"
 	@echo "make bench   throughput and latency benchmarks, printed as figures and ratios"
 	@echo "make fuzz    fuzz the event decoders for 60 s"
-	@echo "make iac-check  validate the Bicep and Terraform for Service Bus"
+	@echo "make iac-check  validate the Bicep and Terraform for Service Bus, the Kubernetes and Container Apps definitions and the alert rules"
 
 setup:
 	@bash deploy/local/setup.sh
@@ -74,12 +74,17 @@ fuzz: fuzz-corpus
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECS=20
 
-# Static checks of deploy/azure (Bicep, Terraform, the emulator config) with
-# parsers from PyPI; no Azure, bicep or terraform binary needed.
+# Static checks of deploy/azure (Bicep, Terraform, the emulator config) and of
+# the deployment definitions (deploy/k8s against the Kubernetes schemas that
+# kubernetes-validate ships; KEDA, Container Apps and Prometheus rules against
+# the pinned schemas in deploy/schemas) with validators from PyPI; no Azure,
+# cluster, bicep or terraform binary needed.
 iac-check:
 	@test -x target/iac-venv/bin/python || python3 -m venv target/iac-venv
 	@target/iac-venv/bin/pip install -q --disable-pip-version-check -r deploy/azure/requirements-validate.txt
 	target/iac-venv/bin/python deploy/azure/validate.py
+	@target/iac-venv/bin/pip install -q --disable-pip-version-check -r deploy/requirements-validate-deploy.txt
+	target/iac-venv/bin/python deploy/validate_deploy.py
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -46,6 +46,7 @@ use mirror_schema::{MirrorEvent, WireMessage};
 pub mod jetstream;
 #[cfg(feature = "servicebus")]
 pub mod servicebus;
+pub mod telemetry;
 
 /// The topic and subscription names of the plan.
 pub const TOPIC: &str = "realtime-mirror";
@@ -70,6 +71,14 @@ impl OutboundMessage {
             partition_key: Some(event.partition_key().to_owned()),
             message: WireMessage::structured(event),
         }
+    }
+
+    /// [`OutboundMessage::from_event`] with the publish time stamped in the
+    /// [`mirror_schema::PUBLISH_TIME_ATTRIBUTE`] extension, for per-hop
+    /// latency. The message id stays the event id, so duplicate detection
+    /// still drops a re-publish.
+    pub fn from_event_published_at(event: &MirrorEvent, at: DateTime<Utc>) -> OutboundMessage {
+        OutboundMessage::from_event(&event.clone().with_published_at(at))
     }
 }
 
@@ -276,6 +285,12 @@ pub trait Delivery: Send + Sync + 'static {
     fn message_id(&self) -> Option<&str>;
     /// How many times this message has been delivered, this one included (1 = first).
     fn delivery_count(&self) -> u32;
+    /// When the broker stored the message (JetStream: the stream message's
+    /// timestamp; Service Bus: `EnqueuedTimeUtc`), if the adapter can tell.
+    /// Used for per-hop latency only.
+    fn enqueued_at(&self) -> Option<DateTime<Utc>> {
+        None
+    }
     /// Extend the lock while the message is still being worked on.
     fn keep_alive(&self) -> impl Future<Output = Result<(), BusError>> + Send;
     /// Extend the locks of all `deliveries` in one pass taking at most about

@@ -64,6 +64,24 @@ enum Cmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Delete applied-event ledger rows older than a window, in small batches
+    /// that never block the writer (why that is safe: docs/runbook.md)
+    PruneLedger {
+        /// Keep rows recorded within this window: `30d`, `12h`, `90m`, `3600s`
+        #[arg(long, value_parser = parse_window)]
+        older_than: std::time::Duration,
+        /// Rows per transaction
+        #[arg(long, default_value_t = mirror_store::ledger::DEFAULT_BATCH)]
+        batch: usize,
+        /// Milliseconds to pause between batches, leaving the database to the writer
+        #[arg(long, default_value_t = 50)]
+        pause_ms: u64,
+        /// Stop after this many rows (default: until nothing is older than the window)
+        #[arg(long)]
+        max_rows: Option<u64>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Consistency check: compare SQL with the state the source implies
     Check {
         /// Expected state from a seed file (the fixtures); Firestore otherwise needs `mirrorctl backfill --dry-run`-style access
@@ -256,6 +274,42 @@ async fn run(cli: Cli) -> Result<u8> {
                     t.add_row([name, n.to_string()]);
                 }
                 println!("{t}");
+            }
+            Ok(0)
+        }
+        Cmd::PruneLedger {
+            older_than,
+            batch,
+            pause_ms,
+            max_rows,
+            store,
+        } => {
+            if batch == 0 {
+                anyhow::bail!("--batch must be at least 1");
+            }
+            let settings = store.settings()?;
+            let before = chrono::Utc::now()
+                - chrono::Duration::from_std(older_than).context("--older-than is too large")?;
+            let options = mirror_store::ledger::PruneOptions {
+                batch,
+                pause: std::time::Duration::from_millis(pause_ms),
+                max_rows,
+            };
+            let started = std::time::Instant::now();
+            let deleted = with_store!(&settings, |store| {
+                mirror_store::ledger::prune(&store, before, options).await?
+            });
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "deleted": deleted, "before": before.to_rfc3339(), "seconds": started.elapsed().as_secs_f64() })
+                );
+            } else {
+                println!(
+                    "deleted {deleted} ledger rows recorded before {} in {:.1} s",
+                    before.to_rfc3339(),
+                    started.elapsed().as_secs_f64()
+                );
             }
             Ok(0)
         }
@@ -563,6 +617,51 @@ async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
                 );
             }
             Ok(0)
+        }
+    }
+}
+
+/// `30d`, `12h`, `90m`, `3600s` → a duration of at least one hour (a shorter
+/// window is almost certainly a typo, and buys nothing).
+fn parse_window(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit: use d, h, m or s (e.g. 30d)"))?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a number"))?;
+    let secs = match unit {
+        "d" => n.checked_mul(86_400),
+        "h" => n.checked_mul(3_600),
+        "m" => n.checked_mul(60),
+        "s" => Some(n),
+        _ => return Err(format!("`{unit}` is not a unit: use d, h, m or s")),
+    }
+    .ok_or_else(|| format!("`{text}` is too large"))?;
+    if secs < 3_600 {
+        return Err(format!("`{text}` is under one hour"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod prune_window_tests {
+    #[test]
+    fn windows_parse_with_units_and_reject_typos() {
+        use std::time::Duration;
+        assert_eq!(
+            super::parse_window("30d"),
+            Ok(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(
+            super::parse_window("12h"),
+            Ok(Duration::from_secs(12 * 3_600))
+        );
+        assert_eq!(super::parse_window("90m"), Ok(Duration::from_secs(5_400)));
+        for bad in ["30", "d", "5m", "30x", "-1d", ""] {
+            assert!(super::parse_window(bad).is_err(), "{bad}");
         }
     }
 }

@@ -31,6 +31,12 @@ struct Cli {
     /// Number of publisher instances splitting the documents by partition key.
     #[arg(long, env = "PUBLISHER_SHARD_COUNT", default_value_t = 1)]
     shard_count: u32,
+    /// Serve /healthz, /readyz and Prometheus /metrics on this address (e.g. 0.0.0.0:9464) [default: off]
+    #[arg(long, env = "METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Log format: text (colours only on a terminal) or json
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: mirror_runtime::telemetry::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -99,6 +105,7 @@ struct Settings {
     shard: publisher::sink::Shard,
     bus: mirror_runtime::config::BusSettings,
     store: mirror_runtime::config::StoreSettings,
+    metrics_addr: Option<std::net::SocketAddr>,
     command: Command,
 }
 
@@ -116,6 +123,7 @@ impl Cli {
             shard,
             bus,
             store,
+            metrics_addr: self.metrics_addr,
             command: self.command.unwrap_or(Command::Run(RunArgs::default())),
         })
     }
@@ -124,13 +132,10 @@ impl Cli {
 fn main() -> std::process::ExitCode {
     // First thing: TLS for Firestore (gRPC), Service Bus and NATS.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let cli = Cli::parse();
+    mirror_runtime::telemetry::init_logging(cli.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    match runtime.block_on(async { Cli::parse().settings().map(adapters::start) }) {
+    match runtime.block_on(async { cli.settings().map(adapters::start) }) {
         Ok(fut) => match runtime.block_on(fut) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -243,11 +248,45 @@ mod adapters {
                 .context("connecting to Firestore (FIRESTORE_PROJECT_ID, FIRESTORE_DATABASE, FIRESTORE_EMULATOR_HOST)")?;
             let bus_settings = settings.bus.clone();
             let store_settings = settings.store.clone();
+            if let (Command::Run(_), Some(addr)) = (&settings.command, settings.metrics_addr) {
+                serve_health(addr, &settings).await?;
+            }
             mirror_runtime::with_store!(&store_settings, |store| {
                 mirror_runtime::with_bus!(&bus_settings, |bus| execute(settings, db, bus, store)
                     .await)
             })
         })
+    }
+
+    /// `/healthz`, `/readyz` (bus and store answer) and `/metrics` of the live
+    /// publisher, with the checkpoint age of its shard. The probes use their
+    /// own connections: the live loop owns its bus and store.
+    async fn serve_health(addr: std::net::SocketAddr, settings: &Settings) -> anyhow::Result<()> {
+        let metrics = mirror_runtime::telemetry::install_metrics();
+        let health = mirror_runtime::health::Health::global();
+        mirror_runtime::health::serve(addr, health.clone(), metrics, std::future::pending())
+            .await?;
+        let options = mirror_runtime::health::WatchOptions {
+            subscription: None,
+            checkpoint: Some((
+                publisher::live::CHECKPOINT_MODULE.to_owned(),
+                settings.shard.id(),
+            )),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(10),
+        };
+        mirror_runtime::with_store!(&settings.store, |store| {
+            mirror_runtime::with_bus!(&settings.bus, |bus| {
+                tokio::spawn(mirror_runtime::health::watch(
+                    std::sync::Arc::new(bus),
+                    std::sync::Arc::new(store),
+                    health,
+                    options,
+                    std::future::pending(),
+                ));
+            })
+        });
+        Ok(())
     }
 
     async fn execute<B: EventBus, S: MirrorStore>(

@@ -283,7 +283,8 @@ impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
     }
 
     async fn publish(&self, event: &mirror_schema::MirrorEvent) -> Result<Disposition, SinkError> {
-        let msg = OutboundMessage::from_event(event);
+        // Stamped once: retries of this publish keep the first attempt's time.
+        let msg = OutboundMessage::from_event_published_at(event, chrono::Utc::now());
         let mut delay = Duration::from_millis(200);
         let mut attempt = 1;
         loop {

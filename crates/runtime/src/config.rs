@@ -322,6 +322,14 @@ impl StoreSettings {
 }
 
 impl BusSettings {
+    /// `messaging.system` and `messaging.destination.name` for telemetry.
+    pub fn messaging_destination(&self) -> (&'static str, &str) {
+        match self {
+            BusSettings::Nats { topic, .. } => ("nats", topic),
+            BusSettings::ServiceBus { topic, .. } => ("servicebus", topic),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             BusSettings::Nats { url, topic, .. } => format!("nats {url} topic {topic}"),

@@ -4,7 +4,8 @@
 //! environment fallbacks) and validates them once into settings; [`adapters`]
 //! turns settings into connected adapters. sql-writer, publisher and mirrorctl
 //! all use these, so an option means the same thing, with the same default and
-//! the same error, in every binary.
+//! the same error, in every binary. [`telemetry`] sets up logging and the
+//! metrics recorder; [`health`] serves `/healthz`, `/readyz` and `/metrics`.
 //!
 //! **Architecture Invariant:** this is the only crate besides the adapter
 //! crates themselves that names concrete adapter types; the cores (the writer
@@ -12,3 +13,7 @@
 
 pub mod adapters;
 pub mod config;
+pub mod health;
+#[cfg(feature = "otlp")]
+pub mod otlp;
+pub mod telemetry;

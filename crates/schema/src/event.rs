@@ -23,9 +23,18 @@ pub fn deterministic_id(event_type: EventType, subject: &Subject, time: &SourceT
     Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
 }
 
+/// The CloudEvents extension attribute in which the publisher stamps the time
+/// it handed the event to the bus (RFC 3339, microseconds), for per-hop latency.
+///
+/// Delivery metadata, not contract content: it is not part of the id (so
+/// duplicate detection and the ledger are untouched), two events that differ
+/// only in it are equal, and an unreadable value is ignored rather than
+/// rejected (a latency stamp must never dead-letter a valid event).
+pub const PUBLISH_TIME_ATTRIBUTE: &str = "publishtime";
+
 /// One valid realtime-mirror event. Constructed only by [`MirrorEvent::new`] or
 /// the decoders, so every value of this type satisfies the contract.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MirrorEvent {
     id: Uuid,
     event_type: EventType,
@@ -33,7 +42,23 @@ pub struct MirrorEvent {
     subject: Subject,
     time: SourceTime,
     payload: Payload,
+    /// [`PUBLISH_TIME_ATTRIBUTE`], if the publisher stamped it.
+    published_at: Option<SourceTime>,
 }
+
+/// Equal when the contract content is equal; the publish stamp is delivery
+/// metadata (a re-publish of the same event carries another one).
+impl PartialEq for MirrorEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.event_type == other.event_type
+            && self.source == other.source
+            && self.subject == other.subject
+            && self.time == other.time
+            && self.payload == other.payload
+    }
+}
+impl Eq for MirrorEvent {}
 
 impl MirrorEvent {
     /// Build an event, deriving its deterministic id; fails if `payload` is not
@@ -66,6 +91,7 @@ impl MirrorEvent {
             subject,
             time,
             payload,
+            published_at: None,
         })
     }
 
@@ -92,6 +118,16 @@ impl MirrorEvent {
     }
     pub fn payload(&self) -> &Payload {
         &self.payload
+    }
+    /// When the publisher handed this event to the bus ([`PUBLISH_TIME_ATTRIBUTE`]).
+    pub fn published_at(&self) -> Option<SourceTime> {
+        self.published_at
+    }
+    /// This event stamped with its publish time (microsecond precision); the
+    /// id and every contract attribute stay as they are.
+    pub fn with_published_at(mut self, at: SourceTime) -> MirrorEvent {
+        self.published_at = Some(at.trunc_subsecs_micros());
+        self
     }
     pub fn partition_key(&self) -> &str {
         self.subject.partition_key()
@@ -131,13 +167,17 @@ impl MirrorEvent {
 
     /// This event as a CloudEvents 1.0 [`Event`].
     pub fn to_cloudevent(&self) -> Event {
-        EventBuilderV10::new()
+        let mut builder = EventBuilderV10::new()
             .id(self.id.to_string())
             .source(self.source.clone())
             .ty(self.event_type.as_str())
             .subject(self.subject.to_string())
             .time(self.time)
-            .extension("partitionkey", self.partition_key())
+            .extension("partitionkey", self.partition_key());
+        if let Some(at) = &self.published_at {
+            builder = builder.extension(PUBLISH_TIME_ATTRIBUTE, format_time(at));
+        }
+        builder
             .data("application/json", self.data_json())
             .build()
             .expect("all required CloudEvents attributes are set")
@@ -146,7 +186,7 @@ impl MirrorEvent {
     /// Structured mode JSON (`application/cloudevents+json`), with `time` in the
     /// contract's canonical form.
     pub fn to_structured_json(&self) -> Vec<u8> {
-        let v = json!({
+        let mut v = json!({
             "specversion": "1.0",
             "id": self.id.to_string(),
             "source": self.source,
@@ -157,6 +197,9 @@ impl MirrorEvent {
             "datacontenttype": "application/json",
             "data": self.data_json(),
         });
+        if let Some(at) = &self.published_at {
+            v[PUBLISH_TIME_ATTRIBUTE] = json!(format_time(at));
+        }
         serde_json::to_vec(&v).expect("JSON values serialize infallibly")
     }
 }
@@ -349,6 +392,12 @@ fn decode_cloudevent_with_time(
         .get("payload")
         .ok_or(DecodeError::Missing("data.payload"))?;
     let payload = Payload::from_json(event_type, payload_value)?;
+    let published_at = match event.extension(PUBLISH_TIME_ATTRIBUTE) {
+        Some(ExtensionValue::String(s)) => crate::parse_time(PUBLISH_TIME_ATTRIBUTE, s)
+            .ok()
+            .map(|t| t.trunc_subsecs_micros()),
+        _ => None,
+    };
 
     Ok(MirrorEvent {
         id: expected_id,
@@ -357,6 +406,7 @@ fn decode_cloudevent_with_time(
         subject,
         time,
         payload,
+        published_at,
     })
 }
 
@@ -456,6 +506,30 @@ mod tests {
         // and re-encodes to something that decodes to the same event
         assert_eq!(decode_structured(&ev.to_structured_json()).unwrap(), ev);
         assert_eq!(decode_cloudevent(&ev.to_cloudevent()).unwrap(), ev);
+    }
+
+    #[test]
+    fn the_publish_stamp_travels_without_touching_the_id() {
+        let bytes = serde_json::to_vec(&contract_example(&example_id())).unwrap();
+        let ev = decode_structured(&bytes).unwrap();
+        assert_eq!(ev.published_at(), None);
+        let at = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2025, 10, 8, 12, 34, 57).unwrap()
+            + chrono::Duration::nanoseconds(1_234_567);
+        let stamped = ev.clone().with_published_at(at);
+        assert_eq!(stamped.id(), ev.id());
+        assert_eq!(stamped, ev, "the stamp is metadata, not content");
+        let json: Value = serde_json::from_slice(&stamped.to_structured_json()).unwrap();
+        assert_eq!(json["publishtime"], "2025-10-08T12:34:57.001234Z");
+        let back = decode_structured(&stamped.to_structured_json()).unwrap();
+        assert_eq!(back.published_at(), stamped.published_at());
+        assert_eq!(back.id().to_string(), example_id());
+        let via_sdk = decode_cloudevent(&stamped.to_cloudevent()).unwrap();
+        assert_eq!(via_sdk.published_at(), stamped.published_at());
+        // An unreadable stamp is ignored, never a reason to reject the event.
+        let mut bad = contract_example(&example_id());
+        bad["publishtime"] = json!("yesterday");
+        let ev = decode_structured(&serde_json::to_vec(&bad).unwrap()).unwrap();
+        assert_eq!(ev.published_at(), None);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod wire;
 pub use error::DecodeError;
 pub use event::{
     decode_cloudevent, decode_structured, deterministic_id, MirrorEvent, ID_NAMESPACE,
+    PUBLISH_TIME_ATTRIBUTE,
 };
 pub use payload::{
     BlockPayload, BlockSource, ConversationKind, ConversationPayload, FollowEdgePayload,

@@ -102,6 +102,10 @@ pub struct WriterArgs {
     /// Apply pending migrations before consuming
     #[arg(long, env = "WRITER_MIGRATE", num_args = 0..=1, default_missing_value = "true")]
     pub migrate: Option<bool>,
+    /// Prune applied-event ledger rows older than this many days, hourly, in
+    /// small batches (see docs/runbook.md) [default: off]
+    #[arg(long, env = "WRITER_LEDGER_RETENTION_DAYS")]
+    pub ledger_retention_days: Option<u32>,
 }
 
 /// Everything the writer needs, validated.
@@ -113,6 +117,8 @@ pub struct Settings {
     pub metrics_addr: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub migrate: bool,
+    /// Prune the ledger hourly, keeping this window (None: never).
+    pub ledger_retention: Option<Duration>,
 }
 
 /// The optional TOML file's shape: the same options, flat.
@@ -239,6 +245,11 @@ impl Cli {
             metrics_addr: w.metrics_addr.or(f.metrics_addr),
             log_format: w.log_format.or(f.log_format).unwrap_or(LogFormat::Text),
             migrate: w.migrate.or(f.migrate).unwrap_or(false),
+            ledger_retention: match w.ledger_retention_days.or(f.ledger_retention_days) {
+                None => None,
+                Some(0) => return Err(bad("--ledger-retention-days", "must be at least 1")),
+                Some(days) => Some(Duration::from_secs(u64::from(days) * 24 * 3600)),
+            },
         })
     }
 }

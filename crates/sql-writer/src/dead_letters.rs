@@ -39,9 +39,12 @@ pub(crate) async fn flush_dead_letters<S: MirrorStore>(
             still.push(record);
             continue;
         }
-        if let Err(e) = answer(limit, store.record_dead_letter(&record)).await {
-            hung = is_no_answer(&e);
-            still.push(record);
+        match answer(limit, store.record_dead_letter(&record)).await {
+            Ok(()) => telemetry::dead_letter_row_written(&record.key, &record.reason),
+            Err(e) => {
+                hung = is_no_answer(&e);
+                still.push(record);
+            }
         }
     }
     let mut guard = pending.lock().expect("pending lock");
@@ -72,6 +75,7 @@ pub fn record_adapter_dead_letters<S: MirrorStore>(
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(60));
             }
+            telemetry::dead_letter_row_written(&record.key, &record.reason);
             telemetry::event_dead_lettered(None, event.map(|e| e.event_type()), &why);
         }
     });

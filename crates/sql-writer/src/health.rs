@@ -36,6 +36,7 @@ impl StoreHealth {
     pub fn note_failure(&self, worker: usize, e: &StoreError) {
         if store_unavailable(e) && !self.down.swap(true, Ordering::AcqRel) {
             tracing::warn!(worker, error = %e, "database unavailable: releasing messages and pausing intake until it answers");
+            crate::telemetry::intake_paused(true);
         }
     }
 
@@ -76,6 +77,7 @@ impl StoreHealth {
                 // Reachable (an error of another kind is the batch's to classify).
                 _ => {
                     if self.down.swap(false, Ordering::AcqRel) {
+                        crate::telemetry::intake_paused(false);
                         tracing::info!(worker, probes, "database reachable again; resuming");
                     }
                     return;

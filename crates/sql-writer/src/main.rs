@@ -1,10 +1,12 @@
-//! `sql-writer` binary: parse config, connect the adapters, run until SIGTERM/SIGINT.
+//! `sql-writer` binary: parse config, connect the adapters, serve health and
+//! metrics, run until SIGTERM/SIGINT.
 
 use anyhow::Context;
 use clap::Parser;
 use sql_writer::config::{Cli, LogFormat, Settings};
 use sql_writer::{with_bus, with_store, Deps};
 use std::sync::Arc;
+use std::time::Duration;
 
 fn main() -> std::process::ExitCode {
     // async-nats and azservicebus need a process-wide rustls provider.
@@ -30,25 +32,37 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    mirror_runtime::telemetry::init_logging(match format {
+        LogFormat::Text => mirror_runtime::telemetry::LogFormat::Text,
+        LogFormat::Json => mirror_runtime::telemetry::LogFormat::Json,
+    });
 }
 
+/// How often the background task probes the bus and the store for `/readyz`
+/// and samples the backlog gauges.
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+/// How often the ledger is pruned when `--ledger-retention-days` is set.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    if let Some(addr) = settings.metrics_addr {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
-        tracing::info!(%addr, "serving Prometheus metrics");
-    }
+    // Prometheus text for /metrics; also OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let metrics = mirror_runtime::telemetry::install_metrics();
+    let (system, topic) = settings.bus.messaging_destination();
+    sql_writer::telemetry::set_destination(system, topic);
+    // One signal stops the writer, the probe task and the server.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let health = mirror_runtime::health::Health::global();
+    let server = match settings.metrics_addr {
+        Some(addr) => Some(
+            mirror_runtime::health::serve(addr, health.clone(), metrics, stopped(stop_rx.clone()))
+                .await?,
+        ),
+        None => None,
+    };
     tracing::info!(route = %sql_writer::adapters::describe(&settings.bus, &settings.store), "starting");
     let report = with_store!(&settings.store, |store| {
         if settings.migrate {
@@ -61,6 +75,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             store.clone(),
             settings.writer.subscription.clone(),
         );
+        if let Some(retention) = settings.ledger_retention {
+            tokio::spawn(prune_ledger_every(
+                store.clone(),
+                retention,
+                stopped(stop_rx.clone()),
+            ));
+        }
         with_bus!(&settings.bus, |bus| {
             sql_writer::adapters::start_background(&bus, &settings.writer.subscription, hook)
                 .await?;
@@ -68,9 +89,25 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                 bus: Arc::new(bus),
                 store,
             };
-            sql_writer::run(deps, settings.writer.clone(), shutdown_signal()).await?
+            tokio::spawn(mirror_runtime::health::watch(
+                deps.bus.clone(),
+                deps.store.clone(),
+                health.clone(),
+                mirror_runtime::health::WatchOptions {
+                    subscription: Some(settings.writer.subscription.clone()),
+                    checkpoint: None,
+                    interval: PROBE_EVERY,
+                    timeout: settings.writer.apply_timeout.min(PROBE_EVERY),
+                },
+                stopped(stop_rx.clone()),
+            ));
+            sql_writer::run(deps, settings.writer.clone(), stopped(stop_rx.clone())).await?
         })
     });
+    if let Some(server) = server {
+        server.task.abort();
+    }
+    mirror_runtime::telemetry::shutdown_metrics();
     tracing::info!(
         applied = report.applied,
         duplicate = report.duplicate,
@@ -80,6 +117,38 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "stopped"
     );
     Ok(())
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Prune the applied-event ledger every [`PRUNE_EVERY`], keeping `retention`;
+/// small batches with pauses, so the writer is never blocked.
+async fn prune_ledger_every<S: mirror_store::ledger::LedgerPruning>(
+    store: Arc<S>,
+    retention: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        let before = chrono::Utc::now()
+            - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(30));
+        let prune = mirror_store::ledger::prune(&*store, before, Default::default());
+        tokio::select! {
+            _ = &mut shutdown => return,
+            r = prune => match r {
+                Ok(rows) => tracing::info!(rows, %before, "ledger pruned"),
+                Err(e) => tracing::warn!(error = %e, "ledger pruning failed; next attempt in an hour"),
+            },
+        }
+    }
 }
 
 /// Resolves on SIGTERM (container platforms, on every deploy) or SIGINT.

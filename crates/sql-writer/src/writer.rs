@@ -425,6 +425,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         deliveries: Vec<<B::Receiver as Receiver>::Delivery>,
     ) -> Result<(), WriterError> {
         let started = Instant::now();
+        let _in_flight = telemetry::InFlight::received(deliveries.len());
 
         // Each message decoded once: the events go to the store, the index of
         // each delivery's event (or its decode error) stays for settling.
@@ -495,6 +496,18 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
             };
             let event = decoded.as_ref().ok().map(|&i| &events[i]);
             let disposition = decide(outcome, delivery.delivery_count(), &self.settings.retry);
+            let span = telemetry::event_span(delivery.message_id(), event);
+            let error_type = match &disposition {
+                Disposition::Complete(_) => None,
+                Disposition::Retry { .. } => Some("transient"),
+                Disposition::DeadLetter(why) => Some(why.reason.as_str()),
+                Disposition::Fatal(_) => Some("fatal"),
+            };
+            telemetry::message_processed(
+                &self.settings.subscription,
+                started.elapsed(),
+                error_type,
+            );
             match disposition {
                 Disposition::Complete(outcome) => {
                     match outcome {
@@ -503,25 +516,30 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         ApplyOutcome::Stale => report.stale += 1,
                     }
                     if let Some(ev) = event {
-                        telemetry::event_completed(
-                            ev.event_type(),
-                            outcome,
-                            ev.time(),
-                            committed_at,
-                        );
+                        let path = telemetry::Path {
+                            source: ev.time(),
+                            published: ev.published_at(),
+                            enqueued: delivery.enqueued_at(),
+                            committed: committed_at,
+                        };
+                        span.in_scope(|| {
+                            telemetry::event_completed(ev.event_type(), outcome, path)
+                        });
                     }
                     let id = delivery.message_id().map(str::to_owned);
                     settles.push(Box::pin(async move { (id, delivery.complete().await) }));
                 }
                 Disposition::Retry { delay, reason } => {
                     report.retried += 1;
-                    telemetry::event_retried(
-                        delivery.message_id(),
-                        event.map(|e| e.event_type()),
-                        delivery.delivery_count(),
-                        delay,
-                        &reason,
-                    );
+                    span.in_scope(|| {
+                        telemetry::event_retried(
+                            delivery.message_id(),
+                            event.map(|e| e.event_type()),
+                            delivery.delivery_count(),
+                            delay,
+                            &reason,
+                        )
+                    });
                     let id = delivery.message_id().map(str::to_owned);
                     settles.push(Box::pin(async move { (id, delivery.retry(delay).await) }));
                 }
@@ -538,7 +556,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         .store_call(self.deps.store.record_dead_letter(&record))
                         .await
                     {
-                        Ok(()) => {}
+                        Ok(()) => telemetry::dead_letter_row_written(&record.key, &record.reason),
                         Err(e) if !last_attempt => {
                             self.note_store_failure(&e);
                             // Keep the message in the subscription until SQL can take the row.
@@ -568,11 +586,13 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         }
                     }
                     report.dead_lettered += 1;
-                    telemetry::event_dead_lettered(
-                        delivery.message_id(),
-                        event.map(|e| e.event_type()),
-                        &why,
-                    );
+                    span.in_scope(|| {
+                        telemetry::event_dead_lettered(
+                            delivery.message_id(),
+                            event.map(|e| e.event_type()),
+                            &why,
+                        )
+                    });
                     let id = delivery.message_id().map(str::to_owned);
                     settles.push(Box::pin(
                         async move { (id, delivery.dead_letter(&why).await) },

@@ -40,9 +40,11 @@ use chrono::{DateTime, Utc};
 use mirror_schema::MirrorEvent;
 use uuid::Uuid;
 
+pub mod ledger;
 pub mod model;
 pub mod plan;
 pub mod state;
+pub mod telemetry;
 
 #[cfg(feature = "mssql")]
 pub mod mssql;

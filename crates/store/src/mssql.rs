@@ -45,6 +45,7 @@
 pub mod call;
 pub mod config;
 pub mod connection;
+mod ledger;
 pub mod error;
 pub mod snapshot;
 

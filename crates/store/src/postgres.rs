@@ -47,6 +47,7 @@ use crate::{
 mod batch;
 mod call;
 mod error;
+mod ledger;
 mod snapshot;
 
 mod embedded {
@@ -537,10 +538,17 @@ impl PgStore {
             };
             let params = call.param_refs();
             // Pipelined: both go out before either answer comes back.
+            let started = std::time::Instant::now();
             let (savepoint, result) =
                 tokio::join!(tx.batch_execute(begin), tx.query_one(&statement, &params));
             savepoint.map_err(error::pg)?;
             let result = result.map_err(error::pg).and_then(|row| outcome(&row));
+            crate::telemetry::procedure_called(
+                crate::telemetry::POSTGRESQL,
+                crate::telemetry::pg_function(call.sql),
+                started.elapsed(),
+                result.as_ref().err(),
+            );
             match result {
                 Ok(o) => {
                     release_pending = true;

@@ -449,29 +449,9 @@ impl EventBus for JetStreamBus {
     }
 
     async fn publish(&self, message: &OutboundMessage) -> Result<PublishOutcome, BusError> {
-        let headers = wire::outbound_headers(message)?;
-        let body = bytes::Bytes::from(message.message.body.clone());
-        let size = body.len() + wire::headers_len(&headers);
-        let max_payload = self.inner.client.server_info().max_payload;
-        if max_payload > 0 && size > max_payload {
-            return Err(BusError::TooLarge {
-                message_id: message.message_id.clone(),
-                size,
-            });
-        }
-        let ack = self
-            .inner
-            .js
-            .publish_with_headers(self.inner.config.topic.clone(), headers, body)
-            .await
-            .map_err(|e| publish_error(&message.message_id, size, e))?
-            .await
-            .map_err(|e| publish_error(&message.message_id, size, e))?;
-        Ok(if ack.duplicate {
-            PublishOutcome::Duplicate
-        } else {
-            PublishOutcome::Published
-        })
+        let result = self.publish_untimed(message).await;
+        crate::telemetry::sent(crate::telemetry::NATS, &self.inner.config.topic, &result);
+        result
     }
 
     async fn subscribe(&self, subscription: &str) -> Result<JetStreamReceiver, BusError> {
@@ -543,6 +523,35 @@ fn is_not_found(e: &impl std::fmt::Display) -> bool {
 fn is_already_exists(e: &impl std::fmt::Display) -> bool {
     let s = e.to_string();
     s.contains("already in use") || s.contains("already exists") || s.contains("10058")
+}
+
+impl JetStreamBus {
+    /// [`EventBus::publish`] without its telemetry.
+    async fn publish_untimed(&self, message: &OutboundMessage) -> Result<PublishOutcome, BusError> {
+        let headers = wire::outbound_headers(message)?;
+        let body = bytes::Bytes::from(message.message.body.clone());
+        let size = body.len() + wire::headers_len(&headers);
+        let max_payload = self.inner.client.server_info().max_payload;
+        if max_payload > 0 && size > max_payload {
+            return Err(BusError::TooLarge {
+                message_id: message.message_id.clone(),
+                size,
+            });
+        }
+        let ack = self
+            .inner
+            .js
+            .publish_with_headers(self.inner.config.topic.clone(), headers, body)
+            .await
+            .map_err(|e| publish_error(&message.message_id, size, e))?
+            .await
+            .map_err(|e| publish_error(&message.message_id, size, e))?;
+        Ok(if ack.duplicate {
+            PublishOutcome::Duplicate
+        } else {
+            PublishOutcome::Published
+        })
+    }
 }
 
 #[cfg(test)]

@@ -140,7 +140,15 @@ impl Receiver for JetStreamReceiver {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let asked = tokio::time::Instant::now();
             match self.pull(max, remaining).await? {
-                Pulled::Messages(m) if !m.is_empty() => return Ok(m),
+                Pulled::Messages(m) if !m.is_empty() => {
+                    crate::telemetry::received(
+                        crate::telemetry::NATS,
+                        &self.bus.config().topic,
+                        &self.subscription,
+                        m.len(),
+                    );
+                    return Ok(m);
+                }
                 Pulled::Messages(_) => {}
                 // Nothing can be delivered until something is settled.
                 Pulled::Busy(why) => {
@@ -185,6 +193,7 @@ pub struct JetStreamDelivery {
     message_id: Option<String>,
     delivery_count: u32,
     stream_sequence: Option<u64>,
+    enqueued_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl std::fmt::Debug for JetStreamDelivery {
@@ -204,12 +213,16 @@ impl JetStreamDelivery {
         subscription: &str,
         message: jetstream::Message,
     ) -> JetStreamDelivery {
-        let (delivery_count, stream_sequence) = match message.info() {
+        let (delivery_count, stream_sequence, enqueued_at) = match message.info() {
             Ok(info) => (
                 u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX),
                 Some(info.stream_sequence),
+                // the time the stream stored the message
+                i64::try_from(info.published.unix_timestamp_nanos())
+                    .ok()
+                    .map(chrono::DateTime::from_timestamp_nanos),
             ),
-            Err(_) => (1, None),
+            Err(_) => (1, None, None),
         };
         let (wire, message_id) = wire::inbound(
             message.message.headers.as_ref(),
@@ -224,6 +237,7 @@ impl JetStreamDelivery {
             message_id,
             delivery_count,
             stream_sequence,
+            enqueued_at,
         }
     }
 
@@ -259,6 +273,10 @@ impl Delivery for JetStreamDelivery {
 
     fn delivery_count(&self) -> u32 {
         self.delivery_count
+    }
+
+    fn enqueued_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.enqueued_at
     }
 
     async fn keep_alive(&self) -> Result<(), BusError> {

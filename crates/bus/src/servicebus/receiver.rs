@@ -350,6 +350,9 @@ impl ServiceBusConsumer {
         let message_id = message.message_id().map(|c| c.into_owned());
         let delivery_count = message.delivery_count().unwrap_or(1);
         let sequence_number = message.sequence_number();
+        let enqueued_at = i64::try_from(message.enqueued_time().unix_timestamp_nanos())
+            .ok()
+            .map(chrono::DateTime::from_timestamp_nanos);
         let inner = Arc::new(Mutex::new(message));
         let renewal = self.config.lock_renewal.map(|max| {
             Renewal::spawn(
@@ -364,6 +367,7 @@ impl ServiceBusConsumer {
             message_id,
             delivery_count,
             sequence_number,
+            enqueued_at,
             max_delivery_count: self.config.max_delivery_count,
             inner,
             link: link.clone(),
@@ -435,6 +439,12 @@ impl Receiver for ServiceBusConsumer {
             };
             match received {
                 Ok((batch, _)) if !batch.is_empty() => {
+                    crate::telemetry::received(
+                        crate::telemetry::SERVICE_BUS,
+                        &self.config.topic,
+                        &self.subscription,
+                        batch.len(),
+                    );
                     return Ok(batch.into_iter().map(|m| self.delivery(m, &link)).collect());
                 }
                 Ok((_, had_stale)) => {
@@ -565,6 +575,8 @@ pub struct ServiceBusDelivery {
     message_id: Option<String>,
     delivery_count: u32,
     sequence_number: i64,
+    /// `EnqueuedTimeUtc`.
+    enqueued_at: Option<chrono::DateTime<chrono::Utc>>,
     max_delivery_count: u32,
     inner: Arc<Mutex<ServiceBusReceivedMessage>>,
     link: SharedLink,
@@ -680,6 +692,10 @@ impl Delivery for ServiceBusDelivery {
 
     fn delivery_count(&self) -> u32 {
         self.delivery_count
+    }
+
+    fn enqueued_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.enqueued_at
     }
 
     /// Runs in its own task, so a caller that stops waiting (a timeout, a

@@ -230,6 +230,21 @@ pub(crate) async fn run_call(
     client: &mut Client,
     call: &ProcedureCall,
 ) -> Result<ApplyOutcome, StoreError> {
+    let started = std::time::Instant::now();
+    let outcome = run_call_untimed(client, call).await;
+    crate::telemetry::procedure_called(
+        crate::telemetry::SQL_SERVER,
+        call.procedure,
+        started.elapsed(),
+        outcome.as_ref().err(),
+    );
+    outcome
+}
+
+async fn run_call_untimed(
+    client: &mut Client,
+    call: &ProcedureCall,
+) -> Result<ApplyOutcome, StoreError> {
     let result = command(call)
         .exec(client)
         .await
