@@ -34,6 +34,7 @@ use chrono::{DateTime, Utc};
 use mirror_schema::MirrorEvent;
 use uuid::Uuid;
 
+pub mod checksum;
 pub mod model;
 pub mod state;
 

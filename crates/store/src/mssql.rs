@@ -31,6 +31,7 @@
 //! are unit-tested, and CI (`.github/workflows/integration-mssql.yml`) runs the
 //! conformance suite against SQL Server 2022.
 
+mod checksum;
 pub mod config;
 pub mod errors;
 pub mod params;

@@ -39,6 +39,7 @@ use crate::{
 };
 
 mod call;
+mod checksum;
 mod error;
 mod snapshot;
 
@@ -449,6 +450,11 @@ const RECORD_METRICS: &str = "\
 
 impl MirrorStore for PgStore {
     async fn apply(&self, event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
+        if crate::checksum::is_repair(event) {
+            // A repair is prepared and applied in one transaction.
+            let mut results = self.apply_batch(std::slice::from_ref(event)).await?;
+            return results.pop().expect("one result per event");
+        }
         let client = self.client().await?;
         let call = call::call(event);
         let statement = client.prepare_cached(call.sql).await.map_err(error::pg)?;
@@ -492,8 +498,13 @@ impl MirrorStore for PgStore {
             };
             let params = call.param_refs();
             // Pipelined: both go out before either answer comes back.
-            let (savepoint, result) =
-                tokio::join!(tx.batch_execute(begin), tx.query_one(&statement, &params));
+            let event = &events[i];
+            let (savepoint, result) = tokio::join!(tx.batch_execute(begin), async {
+                if crate::checksum::is_repair(event) {
+                    checksum::prepare_repair(&tx, event).await?;
+                }
+                tx.query_one(&statement, &params).await
+            });
             savepoint.map_err(error::pg)?;
             let result = result.map_err(error::pg).and_then(|row| outcome(&row));
             match result {
