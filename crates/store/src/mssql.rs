@@ -103,6 +103,14 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "V9__sp_delete_follow_edge",
         include_str!("../../../sql/mssql/V9__sp_delete_follow_edge.sql"),
     ),
+    (
+        "V50__consistency_row_hash",
+        include_str!("../../../sql/mssql/V50__consistency_row_hash.sql"),
+    ),
+    (
+        "V51__prepare_repair",
+        include_str!("../../../sql/mssql/V51__prepare_repair.sql"),
+    ),
 ];
 
 /// The mirror's tables in schema order, as [`MirrorStore::table_counts`] names them.

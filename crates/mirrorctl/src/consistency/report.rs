@@ -303,7 +303,7 @@ impl Report {
                 );
                 for f in &r.examples {
                     sections.push_str(&format!(
-                        "<tr><td><code>{}</code></td><td><span class=\"kind {}\">{}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                        "<tr><td><code>{}</code></td><td><span class=\"kind {}\">{}</span></td><td class=\"v\">{}</td><td class=\"v\">{}</td><td>{}</td><td>{}</td></tr>\n",
                         esc(&f.key),
                         serde_json::to_value(f.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
                         esc(f.kind.label()),
@@ -354,7 +354,8 @@ th {{ background: #f6f8fa; }}
 td:first-child, th:first-child {{ text-align: left; }}
 tr.bad td {{ background: #fff8f7; }}
 tr.total td {{ font-weight: 600; background: #f6f8fa; }}
-table.examples td {{ text-align: left; }}
+table.examples td, table.examples th {{ text-align: left; }}
+table.examples td.v {{ white-space: nowrap; font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; }}
 table.examples td:last-child {{ max-width: 480px; word-break: break-word; }}
 code {{ font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; }}
 .kind {{ padding: 1px 6px; border-radius: 10px; font-size: 12px; white-space: nowrap; background: #eaeef2; }}
@@ -389,7 +390,7 @@ Generated: {at} in {secs:.1} s · in-flight lag {lag} s, grace {grace} s · {rec
                 .since
                 .map(|s| format!(" · since {}", s.to_rfc3339()))
                 .unwrap_or_default(),
-            at = self.generated_at.to_rfc3339(),
+            at = self.generated_at.format("%Y-%m-%d %H:%M:%S UTC"),
             secs = self.seconds,
             lag = self.lag_seconds,
             grace = self.grace_seconds,
