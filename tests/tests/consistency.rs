@@ -21,11 +21,16 @@ use mirror_store::MirrorStore;
 use mirror_tests::{events, FreshDb, FreshTopic};
 use mirrorctl::consistency::report::FindingKind;
 use mirrorctl::consistency::source::MemorySource;
-use mirrorctl::consistency::{check, repair, ExportSource, Module, Options, PagerSource, Report, SourceReader};
+use mirrorctl::consistency::{
+    check, repair, ExportSource, Module, Options, PagerSource, Report, SourceReader,
+};
 use secrecy::SecretString;
 use sql_writer::{Deps, WriterSettings};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/realtime_mirror_seed.json");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../fixtures/realtime_mirror_seed.json"
+);
 
 struct Rig {
     db: FreshDb,
@@ -101,7 +106,10 @@ async fn run_check<R: mirrorctl::consistency::SourceReader>(
     store: &PgStore,
     source: &R,
     opts: &Options,
-) -> (Report, std::collections::HashMap<(Table, String), MirrorEvent>) {
+) -> (
+    Report,
+    std::collections::HashMap<(Table, String), MirrorEvent>,
+) {
     check(store, source, opts, &ProgressBar::hidden())
         .await
         .expect("check runs")
@@ -121,7 +129,10 @@ async fn damage_is_found_by_kind_and_repair_through_the_bus_converges_to_zero_dr
     let text = std::fs::read_to_string(FIXTURES).unwrap();
     let seed = publisher::seed::load(&text).unwrap();
     for e in &seed {
-        rig.bus.publish(&OutboundMessage::from_event(e)).await.unwrap();
+        rig.bus
+            .publish(&OutboundMessage::from_event(e))
+            .await
+            .unwrap();
     }
     drain(&rig).await;
     let export = ExportSource::load(Path::new(FIXTURES)).unwrap();
@@ -130,16 +141,34 @@ async fn damage_is_found_by_kind_and_repair_through_the_bus_converges_to_zero_dr
     let (clean, _) = run_check(&rig.store, &export, &opts()).await;
     assert_eq!(clean.total.drifted(), 0, "{}", clean.to_text());
     assert!(!clean.alert);
-    assert_eq!(clean.total.source_docs, clean.total.sql_rows, "{}", clean.to_text());
+    assert_eq!(
+        clean.total.source_docs,
+        clean.total.sql_rows,
+        "{}",
+        clean.to_text()
+    );
     assert!(clean.total.source_docs > 250);
-    assert_eq!(clean.total.rows_read, 0, "a clean mirror is not read row by row");
+    assert_eq!(
+        clean.total.rows_read, 0,
+        "a clean mirror is not read row by row"
+    );
 
     // 2. Damage SQL behind the pipeline's back, one kind at a time.
     let sql = &rig.sql;
     let edge_gone = one_key(sql, "SELECT follower_user_id || '/' || target_user_id FROM mirror.follow_edge WHERE deleted_at IS NULL ORDER BY 1 LIMIT 1").await;
-    sql.execute("DELETE FROM mirror.follow_edge WHERE follower_user_id || '/' || target_user_id = $1", &[&edge_gone]).await.unwrap();
+    sql.execute(
+        "DELETE FROM mirror.follow_edge WHERE follower_user_id || '/' || target_user_id = $1",
+        &[&edge_gone],
+    )
+    .await
+    .unwrap();
     let block_gone = one_key(sql, "SELECT user_id || '/' || target_user_id FROM mirror.dm_block WHERE deleted_at IS NULL ORDER BY 1 LIMIT 1").await;
-    sql.execute("DELETE FROM mirror.dm_block WHERE user_id || '/' || target_user_id = $1", &[&block_gone]).await.unwrap();
+    sql.execute(
+        "DELETE FROM mirror.dm_block WHERE user_id || '/' || target_user_id = $1",
+        &[&block_gone],
+    )
+    .await
+    .unwrap();
     let body = one_key(sql, "SELECT c.firestore_id || '/' || m.firestore_id FROM mirror.dm_message m JOIN mirror.dm_conversation c USING (conversation_id) WHERE NOT m.tombstone ORDER BY 1 LIMIT 1").await;
     sql.execute("UPDATE mirror.dm_message m SET body_text = 'tampered' FROM mirror.dm_conversation c WHERE c.conversation_id = m.conversation_id AND c.firestore_id || '/' || m.firestore_id = $1", &[&body]).await.unwrap();
     let attach = one_key(sql, "SELECT c.firestore_id || '/' || m.firestore_id FROM mirror.dm_message m JOIN mirror.dm_conversation c USING (conversation_id) WHERE m.attachment_json IS NOT NULL AND jsonb_array_length(m.attachment_json) > 0 AND NOT m.tombstone ORDER BY 1 LIMIT 1").await;
@@ -163,8 +192,17 @@ async fn damage_is_found_by_kind_and_repair_through_the_bus_converges_to_zero_dr
     assert_eq!(count(&damaged, FindingKind::FieldMismatch), 3, "{text}");
     assert_eq!(damaged.total.drifted(), 8);
     assert!(damaged.alert, "8 of ~300 is above 0.5 %");
-    assert!(damaged.total.rows_read < damaged.total.sql_rows, "only differing buckets are read: {text}");
-    let find = |key: &str| damaged.findings.iter().find(|f| f.key == key).unwrap_or_else(|| panic!("{key} not reported: {text}"));
+    assert!(
+        damaged.total.rows_read < damaged.total.sql_rows,
+        "only differing buckets are read: {text}"
+    );
+    let find = |key: &str| {
+        damaged
+            .findings
+            .iter()
+            .find(|f| f.key == key)
+            .unwrap_or_else(|| panic!("{key} not reported: {text}"))
+    };
     assert!(find(&body).detail.contains("body_text"), "{text}");
     assert!(find(&attach).detail.contains("attachments"), "{text}");
     assert!(find(&muted).detail.contains("participants"), "{text}");
@@ -177,8 +215,16 @@ async fn damage_is_found_by_kind_and_repair_through_the_bus_converges_to_zero_dr
     assert_eq!(json["total"]["field_mismatch"], 3);
     assert_eq!(json["tables"].as_array().unwrap().len(), 4);
     let html = damaged.to_html();
-    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<script") && !html.contains("<link"));
-    assert!(html.contains("tampered"), "the field example is in the page");
+    assert!(
+        !html.contains("http://")
+            && !html.contains("https://")
+            && !html.contains("<script")
+            && !html.contains("<link")
+    );
+    assert!(
+        html.contains("tampered"),
+        "the field example is in the page"
+    );
     std::fs::write(html_dir.path().join("report.html"), &html).unwrap();
 
     // 4. Repair through the bus; the writer drains; the check is clean.
@@ -198,10 +244,16 @@ async fn damage_is_found_by_kind_and_repair_through_the_bus_converges_to_zero_dr
         .await
         .unwrap()
         .get(0);
-    assert_eq!(repaired, 8, "every repaired row records sync_source `repair`");
+    assert_eq!(
+        repaired, 8,
+        "every repaired row records sync_source `repair`"
+    );
     // The ghost edge is now a tombstone (the delete observed by the repair).
     let ghost: Option<chrono::DateTime<chrono::Utc>> = sql
-        .query_one("SELECT deleted_at FROM mirror.follow_edge WHERE follower_user_id = 'u_ghost'", &[])
+        .query_one(
+            "SELECT deleted_at FROM mirror.follow_edge WHERE follower_user_id = 'u_ghost'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -215,8 +267,20 @@ async fn damage_is_found_by_kind_and_repair_through_the_bus_converges_to_zero_dr
 #[tokio::test]
 async fn a_repair_never_moves_a_row_backwards() {
     let rig = rig().await;
-    let old = events::follow(Op::Create, "a", "b", mirror_schema::FollowState::Pending, events::t(10));
-    let new = events::follow(Op::Update, "a", "b", mirror_schema::FollowState::Accepted, events::t(20));
+    let old = events::follow(
+        Op::Create,
+        "a",
+        "b",
+        mirror_schema::FollowState::Pending,
+        events::t(10),
+    );
+    let new = events::follow(
+        Op::Update,
+        "a",
+        "b",
+        mirror_schema::FollowState::Accepted,
+        events::t(20),
+    );
     rig.store.apply(&new).await.unwrap();
     // The source (stale here) still says `old`: SQL is ahead of it.
     let source = MemorySource {
@@ -224,7 +288,12 @@ async fn a_repair_never_moves_a_row_backwards() {
         events: vec![old.clone()],
     };
     let (report, sources) = run_check(&rig.store, &source, &opts()).await;
-    assert_eq!(count(&report, FindingKind::VersionMismatch), 1, "{}", report.to_text());
+    assert_eq!(
+        count(&report, FindingKind::VersionMismatch),
+        1,
+        "{}",
+        report.to_text()
+    );
     let (repairs, skipped) = repair::plan("demo", &report.findings, &sources);
     assert!(repairs.is_empty());
     assert_eq!(skipped.len(), 1);
@@ -238,38 +307,92 @@ async fn a_repair_never_moves_a_row_backwards() {
         old.payload().clone(),
     )
     .unwrap();
-    assert_eq!(rig.store.apply(&forced).await.unwrap(), mirror_store::ApplyOutcome::Stale);
+    assert_eq!(
+        rig.store.apply(&forced).await.unwrap(),
+        mirror_store::ApplyOutcome::Stale
+    );
     let state = rig.store.snapshot().await.unwrap();
-    assert_eq!(state.follow_edges.values().next().unwrap().state.as_deref(), Some("accepted"));
+    assert_eq!(
+        state.follow_edges.values().next().unwrap().state.as_deref(),
+        Some("accepted")
+    );
 }
 
 #[tokio::test]
 async fn a_repair_at_the_same_version_rewrites_the_row_once() {
     let rig = rig().await;
     let e = events::message(Op::Create, "c1", "m1", "hello", events::t(5));
-    assert_eq!(rig.store.apply(&e).await.unwrap(), mirror_store::ApplyOutcome::Applied);
-    rig.sql.execute("UPDATE mirror.dm_message SET body_text = 'tampered'", &[]).await.unwrap();
+    assert_eq!(
+        rig.store.apply(&e).await.unwrap(),
+        mirror_store::ApplyOutcome::Applied
+    );
+    rig.sql
+        .execute("UPDATE mirror.dm_message SET body_text = 'tampered'", &[])
+        .await
+        .unwrap();
     // The same event again: a duplicate, nothing changes.
-    assert_eq!(rig.store.apply(&e).await.unwrap(), mirror_store::ApplyOutcome::Duplicate);
-    let repair = MirrorEvent::new(e.event_type(), e.subject().clone(), e.time(), repair::repair_source("demo", e.subject()), e.payload().clone()).unwrap();
-    assert_eq!(repair.id(), e.id(), "a repair keeps the contract's deterministic id");
-    assert_eq!(rig.store.apply(&repair).await.unwrap(), mirror_store::ApplyOutcome::Applied);
+    assert_eq!(
+        rig.store.apply(&e).await.unwrap(),
+        mirror_store::ApplyOutcome::Duplicate
+    );
+    let repair = MirrorEvent::new(
+        e.event_type(),
+        e.subject().clone(),
+        e.time(),
+        repair::repair_source("demo", e.subject()),
+        e.payload().clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        repair.id(),
+        e.id(),
+        "a repair keeps the contract's deterministic id"
+    );
+    assert_eq!(
+        rig.store.apply(&repair).await.unwrap(),
+        mirror_store::ApplyOutcome::Applied
+    );
     let state = rig.store.snapshot().await.unwrap();
     let m = state.messages.values().next().unwrap();
     assert_eq!(m.body_text.as_deref(), Some("hello"));
     assert_eq!(m.last_event_id, e.id());
     // Through apply_batch too, and the ledger still holds the id once.
-    assert_eq!(rig.store.apply_batch(std::slice::from_ref(&repair)).await.unwrap()[0].as_ref().unwrap(), &mirror_store::ApplyOutcome::Applied);
-    let n: i64 = rig.sql.query_one("SELECT count(*) FROM mirror.applied_event WHERE event_id = $1", &[&e.id()]).await.unwrap().get(0);
+    assert_eq!(
+        rig.store
+            .apply_batch(std::slice::from_ref(&repair))
+            .await
+            .unwrap()[0]
+            .as_ref()
+            .unwrap(),
+        &mirror_store::ApplyOutcome::Applied
+    );
+    let n: i64 = rig
+        .sql
+        .query_one(
+            "SELECT count(*) FROM mirror.applied_event WHERE event_id = $1",
+            &[&e.id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
-    assert_eq!(rig.store.apply(&e).await.unwrap(), mirror_store::ApplyOutcome::Duplicate);
+    assert_eq!(
+        rig.store.apply(&e).await.unwrap(),
+        mirror_store::ApplyOutcome::Duplicate
+    );
 }
 
 #[tokio::test]
 async fn differences_newer_than_the_watermark_are_rechecked_not_reported() {
     let rig = rig().await;
     let now = chrono::Utc::now();
-    let fresh = events::follow(Op::Create, "a", "b", mirror_schema::FollowState::Accepted, now);
+    let fresh = events::follow(
+        Op::Create,
+        "a",
+        "b",
+        mirror_schema::FollowState::Accepted,
+        now,
+    );
     let source = MemorySource {
         project: "demo".into(),
         events: vec![fresh.clone()],
@@ -293,7 +416,24 @@ async fn differences_newer_than_the_watermark_are_rechecked_not_reported() {
         grace: Duration::from_secs(2),
         ..opts()
     };
-    let (report, _) = run_check(&rig.store, &MemorySource { project: "demo".into(), events: vec![fresh.clone(), events::follow(Op::Create, "x", "y", mirror_schema::FollowState::Pending, now)] }, &o).await;
+    let (report, _) = run_check(
+        &rig.store,
+        &MemorySource {
+            project: "demo".into(),
+            events: vec![
+                fresh.clone(),
+                events::follow(
+                    Op::Create,
+                    "x",
+                    "y",
+                    mirror_schema::FollowState::Pending,
+                    now,
+                ),
+            ],
+        },
+        &o,
+    )
+    .await;
     applier.await.unwrap();
     assert_eq!(report.rechecked, 2);
     assert_eq!(report.total.in_flight, 1, "{}", report.to_text());
@@ -303,7 +443,21 @@ async fn differences_newer_than_the_watermark_are_rechecked_not_reported() {
         lag: Duration::ZERO,
         ..opts()
     };
-    let (report, _) = run_check(&rig.store, &MemorySource { project: "demo".into(), events: vec![events::follow(Op::Create, "x", "y", mirror_schema::FollowState::Pending, now)] }, &o).await;
+    let (report, _) = run_check(
+        &rig.store,
+        &MemorySource {
+            project: "demo".into(),
+            events: vec![events::follow(
+                Op::Create,
+                "x",
+                "y",
+                mirror_schema::FollowState::Pending,
+                now,
+            )],
+        },
+        &o,
+    )
+    .await;
     assert_eq!(count(&report, FindingKind::MissingInSql), 1);
     assert!(report.alert);
 }
@@ -315,21 +469,72 @@ async fn scopes_limit_both_sides() {
     let b = events::conversation(Op::Create, "cb", &["u1", "u3"], events::t(100));
     let ma = events::message(Op::Create, "ca", "m1", "hi", events::t(2));
     let mb = events::message(Op::Create, "cb", "m1", "yo", events::t(101));
-    let f = events::follow(Op::Create, "u1", "u2", mirror_schema::FollowState::Accepted, events::t(3));
+    let f = events::follow(
+        Op::Create,
+        "u1",
+        "u2",
+        mirror_schema::FollowState::Accepted,
+        events::t(3),
+    );
     for e in [&a, &b, &ma, &mb, &f] {
         rig.store.apply(e).await.unwrap();
     }
-    rig.sql.execute("UPDATE mirror.dm_message SET body_text = 'x'", &[]).await.unwrap();
-    let source = MemorySource { project: "demo".into(), events: vec![a, b, ma, mb, f] };
+    rig.sql
+        .execute("UPDATE mirror.dm_message SET body_text = 'x'", &[])
+        .await
+        .unwrap();
+    let source = MemorySource {
+        project: "demo".into(),
+        events: vec![a, b, ma, mb, f],
+    };
     let (all, _) = run_check(&rig.store, &source, &opts()).await;
     assert_eq!(all.total.field_mismatch, 2, "{}", all.to_text());
-    let (one, _) = run_check(&rig.store, &source, &Options { conversation: Some("ca".into()), ..opts() }).await;
-    assert_eq!((one.total.source_docs, one.total.field_mismatch), (2, 1), "{}", one.to_text());
+    let (one, _) = run_check(
+        &rig.store,
+        &source,
+        &Options {
+            conversation: Some("ca".into()),
+            ..opts()
+        },
+    )
+    .await;
+    assert_eq!(
+        (one.total.source_docs, one.total.field_mismatch),
+        (2, 1),
+        "{}",
+        one.to_text()
+    );
     assert_eq!(one.tables.len(), 2);
-    let (late, _) = run_check(&rig.store, &source, &Options { since: Some(events::t(50)), ..opts() }).await;
-    assert_eq!((late.total.source_docs, late.total.field_mismatch), (2, 1), "{}", late.to_text());
-    let (follow, _) = run_check(&rig.store, &source, &Options { module: Module::Follow, ..opts() }).await;
-    assert_eq!((follow.total.source_docs, follow.total.drifted()), (1, 0), "{}", follow.to_text());
+    let (late, _) = run_check(
+        &rig.store,
+        &source,
+        &Options {
+            since: Some(events::t(50)),
+            ..opts()
+        },
+    )
+    .await;
+    assert_eq!(
+        (late.total.source_docs, late.total.field_mismatch),
+        (2, 1),
+        "{}",
+        late.to_text()
+    );
+    let (follow, _) = run_check(
+        &rig.store,
+        &source,
+        &Options {
+            module: Module::Follow,
+            ..opts()
+        },
+    )
+    .await;
+    assert_eq!(
+        (follow.total.source_docs, follow.total.drifted()),
+        (1, 0),
+        "{}",
+        follow.to_text()
+    );
 }
 
 #[tokio::test]
@@ -341,12 +546,18 @@ async fn firestore_documents_through_the_publishers_pager_and_a_document_export(
         path: "conversations/c1".into(),
         fields: [
             ("type".to_owned(), Value::String("direct".into())),
-            ("participants".to_owned(), Value::Array(vec![Value::Map([
-                ("userId".to_owned(), Value::String("u1".into())),
-                ("role".to_owned(), Value::String("owner".into())),
-                ("joinedAt".to_owned(), Value::Timestamp(t(1))),
-                ("muteState".to_owned(), Value::String("none".into())),
-            ].into())])),
+            (
+                "participants".to_owned(),
+                Value::Array(vec![Value::Map(
+                    [
+                        ("userId".to_owned(), Value::String("u1".into())),
+                        ("role".to_owned(), Value::String("owner".into())),
+                        ("joinedAt".to_owned(), Value::Timestamp(t(1))),
+                        ("muteState".to_owned(), Value::String("none".into())),
+                    ]
+                    .into(),
+                )]),
+            ),
             ("createdAt".to_owned(), Value::Timestamp(t(1))),
             ("updatedAt".to_owned(), Value::Timestamp(t(1))),
         ]
@@ -361,7 +572,16 @@ async fn firestore_documents_through_the_publishers_pager_and_a_document_export(
             ("bodyText".to_owned(), Value::String("hi".into())),
             ("createdAt".to_owned(), Value::Timestamp(t(2))),
             ("updatedAt".to_owned(), Value::Timestamp(t(3))),
-            ("attachments".to_owned(), Value::Array(vec![Value::Map([("url".to_owned(), Value::String("gs://b/x.png".into())), ("size".to_owned(), Value::Integer(12))].into())])),
+            (
+                "attachments".to_owned(),
+                Value::Array(vec![Value::Map(
+                    [
+                        ("url".to_owned(), Value::String("gs://b/x.png".into())),
+                        ("size".to_owned(), Value::Integer(12)),
+                    ]
+                    .into(),
+                )]),
+            ),
         ]
         .into(),
         create_time: t(2),
@@ -369,15 +589,26 @@ async fn firestore_documents_through_the_publishers_pager_and_a_document_export(
     };
     let broken = Document {
         path: "conversations/c1/messages/m2".into(),
-        fields: [("bodyText".to_owned(), Value::Integer(4)), ("updatedAt".to_owned(), Value::Timestamp(t(4)))].into(),
+        fields: [
+            ("bodyText".to_owned(), Value::Integer(4)),
+            ("updatedAt".to_owned(), Value::Timestamp(t(4))),
+        ]
+        .into(),
         create_time: t(4),
         update_time: t(4),
     };
     let pager = publisher::testing::MemoryPager::new(vec![conv, msg, broken]);
-    let source = PagerSource::new(pager, publisher::mapping::SourceInfo::new("demo", "(default)"));
+    let source = PagerSource::new(
+        pager,
+        publisher::mapping::SourceInfo::new("demo", "(default)"),
+    );
     let (report, sources) = run_check(&rig.store, &source, &opts()).await;
     assert_eq!(report.total.missing_in_sql, 2, "{}", report.to_text());
-    assert_eq!(report.unmappable.len(), 1, "the broken document is reported, not skipped");
+    assert_eq!(
+        report.unmappable.len(),
+        1,
+        "the broken document is reported, not skipped"
+    );
     // Apply the publisher's events (as the pipeline would): clean.
     for e in sources.values() {
         rig.store.apply(e).await.unwrap();
@@ -411,7 +642,12 @@ async fn firestore_documents_through_the_publishers_pager_and_a_document_export(
 async fn the_html_report_renders_in_headless_chromium() {
     let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
-        .find(|b| std::process::Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
     else {
         if std::env::var("REQUIRE_CHROMIUM").is_ok_and(|v| v == "1") {
             panic!("chromium is not installed but REQUIRE_CHROMIUM=1 (deploy/local/setup.sh installs it)");
@@ -422,12 +658,27 @@ async fn the_html_report_renders_in_headless_chromium() {
     let rig = rig().await;
     let a = events::conversation(Op::Create, "c<1>", &["u1", "u2"], events::t(1));
     let m = events::message(Op::Create, "c<1>", "m1", "hello <b>world</b>", events::t(2));
-    let f = events::follow(Op::Create, "u1", "u2", mirror_schema::FollowState::Accepted, events::t(3));
+    let f = events::follow(
+        Op::Create,
+        "u1",
+        "u2",
+        mirror_schema::FollowState::Accepted,
+        events::t(3),
+    );
     for e in [&a, &m] {
         rig.store.apply(e).await.unwrap();
     }
-    rig.sql.execute("UPDATE mirror.dm_message SET body_text = 'tampered & <i>changed</i>'", &[]).await.unwrap();
-    let source = MemorySource { project: "demo".into(), events: vec![a, m, f] };
+    rig.sql
+        .execute(
+            "UPDATE mirror.dm_message SET body_text = 'tampered & <i>changed</i>'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let source = MemorySource {
+        project: "demo".into(),
+        events: vec![a, m, f],
+    };
     let (report, _) = run_check(&rig.store, &source, &opts()).await;
     let dir = tempfile::tempdir().unwrap();
     let html = dir.path().join("report.html");
@@ -457,7 +708,10 @@ async fn the_html_report_renders_in_headless_chromium() {
     assert!(dom.contains("realtime-mirror consistency report"), "{dom}");
     assert!(dom.contains("ALERT"));
     assert!(dom.contains("field mismatch") && dom.contains("missing in SQL"));
-    assert!(dom.contains("tampered &amp; &lt;i&gt;changed&lt;/i&gt;"), "text is escaped, not markup");
+    assert!(
+        dom.contains("tampered &amp; &lt;i&gt;changed&lt;/i&gt;"),
+        "text is escaped, not markup"
+    );
     let shot = std::process::Command::new(chromium)
         .args(common)
         .arg(format!("--user-data-dir={}", profile.display()))
@@ -465,7 +719,15 @@ async fn the_html_report_renders_in_headless_chromium() {
         .args(["--window-size=1280,900", &url])
         .output()
         .expect("run chromium");
-    assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
     let bytes = std::fs::read(&png).expect("screenshot written");
-    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "a real PNG: {} bytes", bytes.len());
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+        "a real PNG: {} bytes",
+        bytes.len()
+    );
 }

@@ -172,7 +172,10 @@ pub fn key_of(subject: &Subject) -> String {
 
 /// The subject of a key of `table` (the inverse of [`key_of`]).
 pub fn subject_of(table: Table, key: &str) -> Option<Subject> {
-    let two = || key.split_once('/').map(|(a, b)| (a.to_owned(), b.to_owned()));
+    let two = || {
+        key.split_once('/')
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    };
     Some(match table {
         Table::DmConversation => Subject::Conversation {
             conversation_id: key.to_owned(),
@@ -510,7 +513,10 @@ mod tests {
             jsonb_text(&v),
             r#"[{"x": [true, null], "a\"b": 1, "url": "gs://b/a.png", "size": 12.5, "mimeType": "image/png"}]"#
         );
-        assert_eq!(jsonb_text(&json!("tab\tnew\nü\u{1}")), "\"tab\\tnew\\nü\\u0001\"");
+        assert_eq!(
+            jsonb_text(&json!("tab\tnew\nü\u{1}")),
+            "\"tab\\tnew\\nü\\u0001\""
+        );
     }
 
     #[test]

@@ -16,7 +16,11 @@ use sqlparser::dialect::MsSqlDialect;
 use sqlparser::parser::Parser;
 
 fn read(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/../../sql/mssql/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(format!(
+        "{}/../../sql/mssql/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 fn parse(label: &str, sql: &str) -> Vec<Statement> {
@@ -58,5 +62,8 @@ fn the_prepare_repair_procedure_parses() {
     let sql = read("V51__prepare_repair.sql");
     let statements = parse("V51", &sql);
     assert_eq!(statements.len(), 1);
-    assert!(matches!(statements[0], Statement::CreateProcedure { or_alter: true, .. }));
+    assert!(matches!(
+        statements[0],
+        Statement::CreateProcedure { or_alter: true, .. }
+    ));
 }

@@ -246,7 +246,10 @@ fn tables_parse_and_match_the_plan() {
 fn every_procedure_parses_with_the_throw_rewrite_only() {
     let mut created = BTreeMap::new();
     // Procedure files (`V*__sp_*`); table files are parsed by their own tests.
-    for (name, sql) in migration_files().iter().filter(|(n, _)| n.contains("__sp_")) {
+    for (name, sql) in migration_files()
+        .iter()
+        .filter(|(n, _)| n.contains("__sp_"))
+    {
         assert_no_go(name, sql);
         assert_balanced(name, sql);
         assert!(

@@ -27,9 +27,7 @@ fn parse_source(s: &str) -> Result<SourceArg, String> {
     match s.split_once(':') {
         Some(("export", path)) if !path.is_empty() => Ok(SourceArg::Export(PathBuf::from(path))),
         None if s == "firestore" => Ok(SourceArg::Firestore),
-        _ => Err(format!(
-            "`{s}` is not `export:FILE` or `firestore`"
-        )),
+        _ => Err(format!("`{s}` is not `export:FILE` or `firestore`")),
     }
 }
 
@@ -89,7 +87,10 @@ pub struct ConsistencyArgs {
 impl ConsistencyArgs {
     fn options(&self) -> Result<Options> {
         if self.threshold.is_nan() || self.threshold < 0.0 {
-            bail!("--threshold must be a percentage ≥ 0, not {}", self.threshold);
+            bail!(
+                "--threshold must be a percentage ≥ 0, not {}",
+                self.threshold
+            );
         }
         if self.conversation.is_some() && self.module == Module::Follow {
             bail!("--conversation needs --module dm (or all)");
@@ -148,13 +149,9 @@ async fn with_reader<R: SourceReader>(
     json_stdout: bool,
 ) -> Result<u8> {
     let settings = args.store.clone().settings()?;
-    let (report, sources) = sql_writer::with_store!(&settings, |store| check(
-        &store,
-        reader,
-        opts,
-        &progress()
-    )
-    .await?);
+    let (report, sources) =
+        sql_writer::with_store!(&settings, |store| check(&store, reader, opts, &progress())
+            .await?);
     if json_stdout {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -165,7 +162,8 @@ async fn with_reader<R: SourceReader>(
         if path.as_os_str() == "-" {
             println!("{text}");
         } else {
-            std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             eprintln!("wrote {}", path.display());
         }
     }

@@ -39,8 +39,8 @@ use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 use mirror_schema::{format_time, MirrorEvent};
 use mirror_store::checksum::{
-    bucket_key, canonical_row, key_of, BucketSum, ChecksumStore, FieldKind, RowDigest, Scope, StoredRow,
-    Table, MAX_LEVEL,
+    bucket_key, canonical_row, key_of, BucketSum, ChecksumStore, FieldKind, RowDigest, Scope,
+    StoredRow, Table, MAX_LEVEL,
 };
 use mirror_store::StoreError;
 
@@ -133,7 +133,8 @@ fn source_tables(
     scope: &Scope,
     dialect: mirror_store::checksum::Dialect,
 ) -> HashMap<Table, SourceTable> {
-    let mut out: HashMap<Table, SourceTable> = tables.iter().map(|&t| (t, BTreeMap::new())).collect();
+    let mut out: HashMap<Table, SourceTable> =
+        tables.iter().map(|&t| (t, BTreeMap::new())).collect();
     for e in &docs.events {
         let table = Table::of(e.subject());
         let Some(t) = out.get_mut(&table) else {
@@ -227,11 +228,7 @@ fn classify(
                 .zip(expected.iter().zip(r.fields.iter()))
                 .filter(|((_, kind), (e, a))| !field_equal(*kind, e.as_deref(), a.as_deref()))
                 .map(|((name, _), (e, a))| {
-                    format!(
-                        "{name}: {} → {}",
-                        short(e.as_deref()),
-                        short(a.as_deref())
-                    )
+                    format!("{name}: {} → {}", short(e.as_deref()), short(a.as_deref()))
                 })
                 .collect();
             if differing.is_empty() {
@@ -271,7 +268,11 @@ fn short(s: Option<&str>) -> String {
     }
 }
 
-fn sums_of(source: &SourceTable, level: u8, parents: Option<&BTreeSet<u32>>) -> BTreeMap<u32, BucketSum> {
+fn sums_of(
+    source: &SourceTable,
+    level: u8,
+    parents: Option<&BTreeSet<u32>>,
+) -> BTreeMap<u32, BucketSum> {
     let mut out: BTreeMap<u32, BucketSum> = BTreeMap::new();
     for doc in source.values() {
         if let Some(p) = parents {
@@ -324,7 +325,8 @@ async fn check_table<S: ChecksumStore>(
         if level == 0 {
             report.sql_rows = sql.values().map(|s| s.rows).sum();
         }
-        report.buckets_compared += sql.keys().chain(src.keys()).collect::<BTreeSet<_>>().len() as u64;
+        report.buckets_compared +=
+            sql.keys().chain(src.keys()).collect::<BTreeSet<_>>().len() as u64;
         report.checksum_queries += 1;
         let mut leaf = Vec::new();
         let mut descend = BTreeSet::new();
@@ -364,7 +366,8 @@ async fn check_table<S: ChecksumStore>(
             let rows = store.rows_in_buckets(table, scope, level, chunk).await?;
             report.rows_read += rows.len() as u64;
             let wanted: BTreeSet<u32> = chunk.iter().copied().collect();
-            let sql: BTreeMap<&str, &StoredRow> = rows.iter().map(|r| (r.key.as_str(), r)).collect();
+            let sql: BTreeMap<&str, &StoredRow> =
+                rows.iter().map(|r| (r.key.as_str(), r)).collect();
             let mut keys: BTreeSet<&str> = sql.keys().copied().collect();
             keys.extend(
                 source
@@ -387,7 +390,9 @@ async fn check_table<S: ChecksumStore>(
                     continue;
                 };
                 let newest_source = s.map(|d| format_time(&d.event.time()));
-                if is_after(newest_source.as_deref(), watermark) || is_after(r.and_then(|r| r.version()), watermark) {
+                if is_after(newest_source.as_deref(), watermark)
+                    || is_after(r.and_then(|r| r.version()), watermark)
+                {
                     pending.push(key.to_owned());
                 } else {
                     findings.push(f);
@@ -428,7 +433,16 @@ pub async fn check<S: ChecksumStore, R: SourceReader>(
     let mut findings = Vec::new();
     let mut pending: Vec<(Table, String)> = Vec::new();
     for &table in &tables {
-        let pass = check_table(store, table, &source[&table], &scope, opts, &watermark, progress).await?;
+        let pass = check_table(
+            store,
+            table,
+            &source[&table],
+            &scope,
+            opts,
+            &watermark,
+            progress,
+        )
+        .await?;
         reports.push(pass.report);
         findings.extend(pass.findings);
         pending.extend(pass.pending.into_iter().map(|k| (table, k)));
@@ -453,7 +467,8 @@ pub async fn check<S: ChecksumStore, R: SourceReader>(
         }
         for (table, keys) in by_table {
             let rows = store.rows_by_key(table, &keys).await?;
-            let sql: BTreeMap<&str, &StoredRow> = rows.iter().map(|r| (r.key.as_str(), r)).collect();
+            let sql: BTreeMap<&str, &StoredRow> =
+                rows.iter().map(|r| (r.key.as_str(), r)).collect();
             for key in &keys {
                 let s = source[&table].get(key);
                 let r = sql.get(key.as_str()).copied();
@@ -461,7 +476,9 @@ pub async fn check<S: ChecksumStore, R: SourceReader>(
                     continue;
                 };
                 let newest_source = s.map(|d| format_time(&d.event.time()));
-                if is_after(newest_source.as_deref(), &watermark) || is_after(r.and_then(|r| r.version()), &watermark) {
+                if is_after(newest_source.as_deref(), &watermark)
+                    || is_after(r.and_then(|r| r.version()), &watermark)
+                {
                     *in_flight.entry(table).or_default() += 1;
                 } else {
                     findings.push(f);

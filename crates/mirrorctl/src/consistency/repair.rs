@@ -19,7 +19,7 @@
 use anyhow::Result;
 use chrono::Utc;
 use mirror_bus::{EventBus, OutboundMessage, PublishOutcome};
-use mirror_schema::{EventType, MirrorEvent, Op, Payload, MessageDeletePayload};
+use mirror_schema::{EventType, MessageDeletePayload, MirrorEvent, Op, Payload};
 use mirror_store::checksum::{subject_of, Table, REPAIR_SYNC_SOURCE};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -85,7 +85,11 @@ pub fn plan(
                 };
                 // Observed now; strictly after the version SQL holds.
                 let mut time = Utc::now();
-                if let Some(v) = f.sql_version.as_deref().and_then(|v| mirror_schema::parse_time("version", v).ok()) {
+                if let Some(v) = f
+                    .sql_version
+                    .as_deref()
+                    .and_then(|v| mirror_schema::parse_time("version", v).ok())
+                {
                     if time <= v {
                         time = v + chrono::Duration::microseconds(1);
                     }

@@ -244,7 +244,10 @@ impl Report {
             }
         }
         for u in self.unmappable.iter().take(20) {
-            out.push_str(&format!("  unmappable source document {}: {}\n", u.path, u.error));
+            out.push_str(&format!(
+                "  unmappable source document {}: {}\n",
+                u.path, u.error
+            ));
         }
         out.push_str(&format!(
             "{}: {} of {} compared keys differ, drift {:.3} % (threshold {:.2} %); {} in flight; \
@@ -326,7 +329,8 @@ impl Report {
         }
         let mut unmappable = String::new();
         if !self.unmappable.is_empty() {
-            unmappable.push_str("<section><h2>Source documents that could not be mapped</h2><ul>\n");
+            unmappable
+                .push_str("<section><h2>Source documents that could not be mapped</h2><ul>\n");
             for u in self.unmappable.iter().take(50) {
                 unmappable.push_str(&format!(
                     "<li><code>{}</code>: {}</li>\n",
@@ -380,7 +384,10 @@ Generated: {at} in {secs:.1} s · in-flight lag {lag} s, grace {grace} s · {rec
             pct = self.drift_pct,
             thr = self.threshold_pct,
             source = esc(&self.source),
-            module = serde_json::to_value(self.module).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            module = serde_json::to_value(self.module)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
             conversation = self
                 .conversation
                 .as_ref()

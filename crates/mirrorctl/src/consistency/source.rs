@@ -136,7 +136,8 @@ impl ExportSource {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format(e.to_string()))?;
         if value.get("changes").is_some() {
-            let file: SeedFile = serde_json::from_value(value).map_err(|e| format(e.to_string()))?;
+            let file: SeedFile =
+                serde_json::from_value(value).map_err(|e| format(e.to_string()))?;
             // The current state: the last change of each path; a delete removes it.
             let mut last: BTreeMap<String, SeedChange> = BTreeMap::new();
             for c in file.changes {

@@ -126,8 +126,14 @@ fn from(table: Table) -> (&'static str, &'static str, &'static str, &'static str
 fn hashes(table: Table) -> (String, String) {
     match table {
         Table::DmConversation => (
-            format!("CAST(HASHBYTES('SHA2_256', {}) AS binary(4))", bucket_key_expr(table)),
-            format!("CAST(HASHBYTES('SHA2_256', {}) AS binary(8))", row_text_expr(table)),
+            format!(
+                "CAST(HASHBYTES('SHA2_256', {}) AS binary(4))",
+                bucket_key_expr(table)
+            ),
+            format!(
+                "CAST(HASHBYTES('SHA2_256', {}) AS binary(8))",
+                row_text_expr(table)
+            ),
         ),
         _ => ("t.MirrorBucketHash".into(), "t.MirrorRowHash".into()),
     }
@@ -168,7 +174,10 @@ fn select_rows(table: Table, filter: &str) -> String {
         .enumerate()
         .map(|(i, e)| format!("NULLIF({e}, NCHAR(30)) AS f{i}"))
         .collect();
-    format!("SELECT {key} AS k, {} FROM {from} WHERE {filter}", fields.join(", "))
+    format!(
+        "SELECT {key} AS k, {} FROM {from} WHERE {filter}",
+        fields.join(", ")
+    )
 }
 
 fn to_json(buckets: &[u32]) -> String {
@@ -256,7 +265,10 @@ impl ChecksumStore for MssqlStore {
     ) -> Result<Vec<StoredRow>, StoreError> {
         let (_, _, _, conv) = from(table);
         let bucket = bucket_of(
-            &format!("CAST(HASHBYTES('SHA2_256', {}) AS binary(4))", bucket_key_expr(table)),
+            &format!(
+                "CAST(HASHBYTES('SHA2_256', {}) AS binary(4))",
+                bucket_key_expr(table)
+            ),
             level,
         );
         let sql = select_rows(
@@ -282,7 +294,11 @@ impl ChecksumStore for MssqlStore {
         .await
     }
 
-    async fn rows_by_key(&self, table: Table, keys: &[String]) -> Result<Vec<StoredRow>, StoreError> {
+    async fn rows_by_key(
+        &self,
+        table: Table,
+        keys: &[String],
+    ) -> Result<Vec<StoredRow>, StoreError> {
         let (_, key, _, _) = from(table);
         let sql = select_rows(
             table,
@@ -323,10 +339,12 @@ mod tests {
             let row = row_text_expr(table).replace("t.", "");
             assert!(sql.contains(&row), "{table:?}: V50 lacks\n{row}");
             let key = bucket_key_expr(table).replace("t.", "");
-            assert!(sql.contains(&format!("HASHBYTES('SHA2_256', {key})")), "{table:?}: {key}");
+            assert!(
+                sql.contains(&format!("HASHBYTES('SHA2_256', {key})")),
+                "{table:?}: {key}"
+            );
         }
         let proc = include_str!("../../../../sql/mssql/V51__prepare_repair.sql");
         assert!(proc.contains("dbo.sp_StoreMirror_PrepareRepair"));
     }
 }
-

@@ -235,7 +235,11 @@ impl ChecksumStore for PgStore {
         stored_rows(table, rows)
     }
 
-    async fn rows_by_key(&self, table: Table, keys: &[String]) -> Result<Vec<StoredRow>, StoreError> {
+    async fn rows_by_key(
+        &self,
+        table: Table,
+        keys: &[String],
+    ) -> Result<Vec<StoredRow>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(&rows_by_key_sql(table), &[&keys])
