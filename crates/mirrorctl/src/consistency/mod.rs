@@ -177,6 +177,7 @@ fn classify(
     source: Option<&SourceDoc>,
     sql: Option<&StoredRow>,
     dialect: mirror_store::checksum::Dialect,
+    since_scoped: bool,
 ) -> Option<Finding> {
     let finding = |kind: FindingKind, detail: String| Finding {
         table,
@@ -186,6 +187,7 @@ fn classify(
         source_version: source.map(|s| format_time(&s.event.time())),
         sql_version: sql.and_then(|r| r.version().map(str::to_owned)),
         sql_state: sql.map(|r| r.state().to_owned()),
+        since_scoped,
     };
     match (source, sql) {
         (None, None) => None,
@@ -196,7 +198,11 @@ fn classify(
         )),
         (None, Some(r)) if r.state() == "live" => Some(finding(
             FindingKind::MissingInSource,
-            "live in SQL, no document in the source (a delete that never reached SQL)".into(),
+            if since_scoped {
+                "live in SQL, no document updated since --since in the source (deleted, or SQL ahead of an older document)".into()
+            } else {
+                "live in SQL, no document in the source (a delete that never reached SQL)".into()
+            },
         )),
         (None, Some(_)) => None,
         (Some(s), Some(r)) => {
@@ -386,7 +392,7 @@ async fn check_table<S: ChecksumStore>(
                         }
                     }
                 }
-                let Some(f) = classify(table, key, s, r, dialect) else {
+                let Some(f) = classify(table, key, s, r, dialect, scope.since.is_some()) else {
                     continue;
                 };
                 let newest_source = s.map(|d| format_time(&d.event.time()));
@@ -427,7 +433,8 @@ pub async fn check<S: ChecksumStore, R: SourceReader>(
     let dialect = store.dialect();
     let mut source = source_tables(&docs, &tables, &scope, dialect);
     let lag = chrono::Duration::from_std(opts.lag).unwrap_or(chrono::Duration::zero());
-    let watermark = format_time(&(Utc::now() - lag));
+    let first_watermark = Utc::now() - lag;
+    let watermark = format_time(&first_watermark);
 
     let mut reports = Vec::new();
     let mut findings = Vec::new();
@@ -458,8 +465,13 @@ pub async fn check<S: ChecksumStore, R: SourceReader>(
             opts.grace
         ));
         tokio::time::sleep(opts.grace).await;
-        let fresh = reader.documents(opts.module, opts.since).await?;
-        source = source_tables(&fresh, &tables, &scope, dialect);
+        // Only documents changed since the first pass's watermark can have
+        // moved on (for Firestore: a small read, not the whole collection).
+        let recent_since = opts.since.max(Some(first_watermark));
+        let fresh = reader.documents(opts.module, recent_since).await?;
+        for (table, docs) in source_tables(&fresh, &tables, &scope, dialect) {
+            source.entry(table).or_default().extend(docs);
+        }
         let watermark = format_time(&(Utc::now() - lag));
         let mut by_table: BTreeMap<Table, Vec<String>> = BTreeMap::new();
         for (t, k) in pending {
@@ -472,7 +484,7 @@ pub async fn check<S: ChecksumStore, R: SourceReader>(
             for key in &keys {
                 let s = source[&table].get(key);
                 let r = sql.get(key.as_str()).copied();
-                let Some(f) = classify(table, key, s, r, dialect) else {
+                let Some(f) = classify(table, key, s, r, dialect, scope.since.is_some()) else {
                     continue;
                 };
                 let newest_source = s.map(|d| format_time(&d.event.time()));

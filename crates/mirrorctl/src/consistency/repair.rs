@@ -14,6 +14,7 @@
 //! | missing in SQL, SQL behind, field mismatch, tombstone older than the document | the document's current version |
 //! | missing in source (message, block, follow edge) | a delete observed now (`time` = now, after the SQL version) |
 //! | missing in source (conversation) | none: the contract has no conversation delete |
+//! | missing in source found by a `--since` run | none: the document may exist with an older update time; confirm without `--since` |
 //! | SQL ahead of the source, tombstone newer than the document | none: a repair never moves a row backwards; touch the document in Firestore so the publisher emits a newer version |
 
 use anyhow::Result;
@@ -66,6 +67,10 @@ pub fn plan(
             continue;
         }
         match (f.kind, sources.get(&(f.table, f.key.clone()))) {
+            (FindingKind::MissingInSource, _) if f.since_scoped => skipped.push((
+                label,
+                "found by a --since run: confirm without --since before a delete is published".into(),
+            )),
             (FindingKind::MissingInSource, _) => {
                 let Some(subject) = subject_of(f.table, &f.key) else {
                     skipped.push((label, "key is not a valid subject".into()));

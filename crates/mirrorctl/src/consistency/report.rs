@@ -49,6 +49,10 @@ pub struct Finding {
     pub sql_version: Option<String>,
     /// `live`, `tombstone` or `placeholder`; none when SQL has no row.
     pub sql_state: Option<String>,
+    /// Found by a run limited by `--since`: a document the source did not
+    /// return may exist with an older update time, so a `missing_in_source`
+    /// finding is not repaired (confirm it with a run without `--since`).
+    pub since_scoped: bool,
 }
 
 /// One table's result.
