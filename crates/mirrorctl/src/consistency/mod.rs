@@ -363,7 +363,7 @@ async fn check_table<S: ChecksumStore>(
     let mut findings = Vec::new();
     let mut pending = Vec::new();
     for (level, buckets) in leaves {
-        for chunk in buckets.chunks(4096) {
+        for chunk in buckets.chunks(65_536) {
             progress.set_message(format!(
                 "{}: reading {} differing bucket(s) at level {level}",
                 table.name(),
