@@ -736,8 +736,20 @@ async fn the_html_report_renders_in_headless_chromium() {
 async fn a_since_scoped_run_does_not_repair_a_document_it_did_not_read() {
     let rig = rig().await;
     // SQL holds a newer version than the source's (older) document.
-    let old = events::follow(Op::Create, "a", "b", mirror_schema::FollowState::Pending, events::t(10));
-    let newer = events::follow(Op::Update, "a", "b", mirror_schema::FollowState::Accepted, events::t(200));
+    let old = events::follow(
+        Op::Create,
+        "a",
+        "b",
+        mirror_schema::FollowState::Pending,
+        events::t(10),
+    );
+    let newer = events::follow(
+        Op::Update,
+        "a",
+        "b",
+        mirror_schema::FollowState::Accepted,
+        events::t(200),
+    );
     rig.store.apply(&newer).await.unwrap();
     let source = MemorySource {
         project: "demo".into(),
@@ -749,13 +761,28 @@ async fn a_since_scoped_run_does_not_repair_a_document_it_did_not_read() {
         ..opts()
     };
     let (report, sources) = run_check(&rig.store, &source, &o).await;
-    assert_eq!(count(&report, FindingKind::MissingInSource), 1, "{}", report.to_text());
+    assert_eq!(
+        count(&report, FindingKind::MissingInSource),
+        1,
+        "{}",
+        report.to_text()
+    );
     assert!(report.findings[0].since_scoped);
     let (repairs, skipped) = repair::plan("demo", &report.findings, &sources);
-    assert!(repairs.is_empty(), "no delete is published for a document the run did not read");
+    assert!(
+        repairs.is_empty(),
+        "no delete is published for a document the run did not read"
+    );
     assert!(skipped[0].1.contains("--since"), "{skipped:?}");
     // Without --since the same row is a version mismatch (SQL ahead), also not repaired.
     let (report, sources) = run_check(&rig.store, &source, &opts()).await;
-    assert_eq!(count(&report, FindingKind::VersionMismatch), 1, "{}", report.to_text());
-    assert!(repair::plan("demo", &report.findings, &sources).0.is_empty());
+    assert_eq!(
+        count(&report, FindingKind::VersionMismatch),
+        1,
+        "{}",
+        report.to_text()
+    );
+    assert!(repair::plan("demo", &report.findings, &sources)
+        .0
+        .is_empty());
 }

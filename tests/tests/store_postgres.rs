@@ -36,7 +36,13 @@ async fn migrate_is_idempotent_and_concurrent_safe() {
     // Every file of sql/postgres, applied once in total.
     let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/postgres"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "sql"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sql")
+        })
         .count();
     assert_eq!(
         a + b,

@@ -69,7 +69,8 @@ pub fn plan(
         match (f.kind, sources.get(&(f.table, f.key.clone()))) {
             (FindingKind::MissingInSource, _) if f.since_scoped => skipped.push((
                 label,
-                "found by a --since run: confirm without --since before a delete is published".into(),
+                "found by a --since run: confirm without --since before a delete is published"
+                    .into(),
             )),
             (FindingKind::MissingInSource, _) => {
                 let Some(subject) = subject_of(f.table, &f.key) else {
