@@ -48,6 +48,7 @@ chaos: setup
 
 bench: setup
 	$(CARGO) run --release -p mirrorctl -- bench
+	$(CARGO) run --release -p mirrorctl -- bench-consistency --rows 1000000
 
 # Fuzzing needs cargo-fuzz (installed from crates.io on first use) and a
 # nightly compiler for the sanitizer flags; with only a stable toolchain,

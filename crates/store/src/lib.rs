@@ -40,6 +40,7 @@ use chrono::{DateTime, Utc};
 use mirror_schema::MirrorEvent;
 use uuid::Uuid;
 
+pub mod checksum;
 pub mod ledger;
 pub mod model;
 pub mod plan;

@@ -43,6 +43,7 @@
 //! conformance suite against SQL Server 2022.
 
 pub mod call;
+mod checksum;
 pub mod config;
 pub mod connection;
 mod ledger;
@@ -160,6 +161,14 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "V21__sp_delete_follow_edge",
         include_str!("../../../sql/mssql/V21__sp_delete_follow_edge.sql"),
+    ),
+    (
+        "V22__consistency_row_hash",
+        include_str!("../../../sql/mssql/V22__consistency_row_hash.sql"),
+    ),
+    (
+        "V23__prepare_repair",
+        include_str!("../../../sql/mssql/V23__prepare_repair.sql"),
     ),
 ];
 

@@ -46,6 +46,7 @@ use crate::{
 
 mod batch;
 mod call;
+mod checksum;
 mod error;
 mod ledger;
 mod snapshot;
@@ -539,8 +540,13 @@ impl PgStore {
             let params = call.param_refs();
             // Pipelined: both go out before either answer comes back.
             let started = std::time::Instant::now();
-            let (savepoint, result) =
-                tokio::join!(tx.batch_execute(begin), tx.query_one(&statement, &params));
+            let event = &events[i];
+            let (savepoint, result) = tokio::join!(tx.batch_execute(begin), async {
+                if crate::checksum::is_repair(event) {
+                    checksum::prepare_repair(&tx, event).await?;
+                }
+                tx.query_one(&statement, &params).await
+            });
             savepoint.map_err(error::pg)?;
             let result = result.map_err(error::pg).and_then(|row| outcome(&row));
             crate::telemetry::procedure_called(
@@ -576,6 +582,11 @@ impl PgStore {
 
 impl MirrorStore for PgStore {
     async fn apply(&self, event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
+        if crate::checksum::is_repair(event) {
+            // A repair is prepared and applied in one transaction.
+            let mut results = self.apply_per_event(std::slice::from_ref(event)).await?;
+            return results.pop().expect("one result per event");
+        }
         let client = self.client().await?;
         let call = call::call(event);
         let statement = client.prepare_cached(call.sql).await.map_err(error::pg)?;
@@ -601,6 +612,11 @@ impl MirrorStore for PgStore {
     ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
+        }
+        // A repair (`sync_source = repair`) reopens its row just before it is
+        // applied, in the same transaction: only the per-event path can do that.
+        if events.iter().any(crate::checksum::is_repair) {
+            return self.apply_per_event(events).await;
         }
         match mode {
             ApplyMode::PerEvent => self.apply_per_event(events).await,

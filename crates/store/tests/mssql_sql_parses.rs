@@ -445,7 +445,11 @@ fn the_babelfish_scan_finds_what_it_looks_for() {
 #[test]
 fn every_object_parses_with_the_two_rewrites_only() {
     let mut created = BTreeMap::new();
-    for (name, sql) in migration_files().iter().skip(1) {
+    // Procedure files (`V*__sp_*`); table files are parsed by their own tests.
+    for (name, sql) in migration_files()
+        .iter()
+        .filter(|(n, _)| n.contains("__sp_"))
+    {
         assert_no_go(name, sql);
         assert_balanced(name, sql);
         let (rewritten, throws) = rewrite(name, sql);
