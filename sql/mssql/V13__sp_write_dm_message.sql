@@ -114,7 +114,9 @@ BEGIN
     END;
 
     -- History (v1.1): every update and delete event id, applied or stale, with its own payload.
-    IF @Deleted = 1 OR @EventType = N'dm.message.update'
+    -- (A redelivery after its ledger row was pruned finds its row already there.)
+    IF (@Deleted = 1 OR @EventType = N'dm.message.update')
+       AND NOT EXISTS (SELECT 1 FROM dbo.DmMessageAudit WHERE EventId = @EventId)
     BEGIN
         INSERT INTO dbo.DmMessageAudit (EventId, MessageId, Action, PerformedBy, PayloadJson, CreatedAt)
         VALUES (@EventId, @MessageId,

@@ -77,7 +77,9 @@ BEGIN
         WHERE FollowerUserIdKey = @FollowerKey AND TargetUserIdKey = @TargetKey;
     END;
 
-    -- History (v1.1): every event id is an observation, applied or stale.
+    -- History (v1.1): every event id is an observation, applied or stale
+    -- (a redelivery after its ledger row was pruned finds it already there).
+    IF NOT EXISTS (SELECT 1 FROM dbo.FollowEdgeObservation WHERE EventId = @EventId)
     INSERT INTO dbo.FollowEdgeObservation (EventId, FollowerUserId, FollowerUserIdKey, TargetUserId, TargetUserIdKey,
                                            SourceVersion, State, Source, SyncSource)
     VALUES (@EventId, @FollowerUserId, @FollowerKey, @TargetUserId, @TargetKey, @SourceVersion, @State, @Source, @SyncSource);

@@ -91,6 +91,8 @@ AS $$
                 ELSE 'edit' END,
            p_performed_by, p_payload, p_source_time
      WHERE p_event_type IN ('dm.message.update', 'dm.message.delete')
+    -- A redelivery after its ledger row was pruned: the history row is already there.
+    ON CONFLICT (event_id) DO NOTHING
 $$;
 
 DROP FUNCTION mirror.sp_store_mirror_upsert_dm_message(
@@ -288,7 +290,9 @@ BEGIN
     INSERT INTO mirror.follow_edge_observation (event_id, follower_user_id, target_user_id, source_time, state,
                                                 event_type, source, sync_source)
     VALUES (p_event_id, p_follower_user_id, p_target_user_id, p_source_time, p_state,
-            p_event_type, p_source, p_sync_source);
+            p_event_type, p_source, p_sync_source)
+    -- A redelivery after its ledger row was pruned: the observation is already there.
+    ON CONFLICT (event_id) DO NOTHING;
 
     SELECT true, source_version, event_id INTO v_found, v_version, v_event
       FROM mirror.follow_edge
@@ -492,7 +496,8 @@ BEGIN
                j.payload, j."time"
           FROM judged AS j
           LEFT JOIN inserted AS i ON i.conversation_id = j.conv AND i.firestore_id = j.mid
-         WHERE j.type IN ('dm.message.update', 'dm.message.delete'))
+         WHERE j.type IN ('dm.message.update', 'dm.message.delete')
+        ON CONFLICT (event_id) DO NOTHING)
     SELECT coalesce(array_agg(t.conversation_id), '{}') INTO v_msg_touched
       FROM (SELECT u.conversation_id FROM updated AS u
             UNION SELECT i.conversation_id FROM inserted AS i) AS t;
@@ -559,7 +564,8 @@ BEGIN
     observed AS (
         INSERT INTO mirror.follow_edge_observation (event_id, follower_user_id, target_user_id, source_time, state,
                                                     event_type, source, sync_source)
-        SELECT j.id, j.fid, j.tid, j."time", j.state, j.type, j.source, j.sync FROM judged AS j)
+        SELECT j.id, j.fid, j.tid, j."time", j.state, j.type, j.source, j.sync FROM judged AS j
+        ON CONFLICT (event_id) DO NOTHING)
     INSERT INTO mirror.follow_edge AS f (follower_user_id, target_user_id, state, source, created_at, deleted_at,
                                          source_version, event_id, sync_source)
     SELECT j.fid, j.tid, j.state, j.source, j.created, CASE WHEN j.state IS NULL THEN j."time" END,

@@ -575,7 +575,9 @@ async fn verify(
 ) -> Outcome {
     let expected = newest_only(&w.valid);
     let actual = store.snapshot().await.expect("snapshot");
-    let entities = actual.entities();
+    // Contract v1.1: history too is a function of the set of valid events, so
+    // every table is compared, not only the current-state ones.
+    let entities = actual.clone().normalized();
     let mut problems = Vec::new();
 
     let diff = MirrorState::diff(&expected, &entities);

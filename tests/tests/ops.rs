@@ -184,7 +184,8 @@ async fn a_running_writer_serves_health_readiness_and_metrics() {
         "messaging_client_sent_messages{",
         "db_client_operation_duration_bucket{",
         "db_system_name=\"postgresql\"",
-        "db_stored_procedure_name=\"mirror.sp_store_mirror_upsert_dm_message\"",
+        // the default apply mode is batched: one set-based call per batch
+        "db_stored_procedure_name=\"mirror.apply_batch\"",
         // per-hop latency
         "sql_mirror_latency_ms_bucket{",
         "hop=\"source_to_publish\"",

@@ -479,12 +479,22 @@ impl PgStore {
                 .prepare_cached(batch::APPLY_BATCH)
                 .await
                 .map_err(error::pg)?;
-            client.query(&statement, &params.refs()).await
+            let started = std::time::Instant::now();
+            let rows = client
+                .query(&statement, &params.refs())
+                .await
+                .map_err(error::pg);
+            crate::telemetry::procedure_called(
+                crate::telemetry::POSTGRESQL,
+                "mirror.apply_batch",
+                started.elapsed(),
+                rows.as_ref().err(),
+            );
+            rows
         };
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
-                let e = error::pg(e);
                 if e.kind == StoreErrorKind::Connect {
                     return Err(e);
                 }

@@ -325,7 +325,7 @@ impl ChecksumStore for MssqlStore {
 /// the adapter runs it in the event's transaction, before the event's procedure.
 #[allow(dead_code)] // wired by the SQL Server adapter owner (see V23)
 pub(crate) const PREPARE_REPAIR: &str =
-    "EXEC dbo.sp_StoreMirror_PrepareRepair @EventId = @P1, @EventType = @P2, @Subject = @P3, @SourceVersion = @P4";
+    "EXEC dbo.sp_StoreMirror_PrepareRepair @EventId = @P1, @EventType = @P2, @A = @P3, @B = @P4, @SourceVersion = @P5";
 
 #[cfg(test)]
 mod tests {
