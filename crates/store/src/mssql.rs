@@ -46,8 +46,8 @@ pub mod call;
 mod checksum;
 pub mod config;
 pub mod connection;
-mod ledger;
 pub mod error;
+mod ledger;
 pub mod snapshot;
 
 use std::sync::{Arc, Mutex};

@@ -61,11 +61,16 @@ fn the_row_hash_columns_and_indexes_parse() {
 fn the_prepare_repair_procedure_parses() {
     // The parameters' ` = NULL` defaults are removed first, as in
     // mssql_sql_parses.rs (sqlparser 0.59 lacks them).
-    let sql = read("V23__prepare_repair.sql").replace(" = NULL\n", "\n").replace(" = NULL,\n", ",\n");
+    let sql = read("V23__prepare_repair.sql")
+        .replace(" = NULL\n", "\n")
+        .replace(" = NULL,\n", ",\n");
     let statements = parse("V23", &sql);
     assert_eq!(statements.len(), 1);
     assert!(matches!(
         statements[0],
-        Statement::CreateProcedure { or_alter: false, .. }
+        Statement::CreateProcedure {
+            or_alter: false,
+            ..
+        }
     ));
 }
