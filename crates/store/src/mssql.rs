@@ -42,6 +42,7 @@
 //! are unit-tested, and CI (`.github/workflows/integration-mssql.yml`) runs the
 //! conformance suite against SQL Server 2022.
 
+mod batch;
 pub mod call;
 mod checksum;
 pub mod config;
@@ -64,13 +65,14 @@ pub use config::{MssqlAuth, MssqlConfig};
 pub use connection::{create_database_if_missing, drop_database, redirected, Manager};
 pub use error::{map_error, PROCEDURE_ERRORS};
 
-use call::{apply_batch_on, run_call};
+use call::{apply_batch_on, exec_sql, run_call, Step};
 use connection::timed;
 use snapshot::{get, req, req_text, rows, text, ts};
 
+use crate::plan::Plan;
 use crate::{
-    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError,
-    StoreErrorKind, StoredDeadLetter,
+    ApplyMode, ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore,
+    StoreError, StoreErrorKind, StoredDeadLetter,
 };
 
 /// A tiberius client over tokio TCP.
@@ -169,6 +171,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "V23__prepare_repair",
         include_str!("../../../sql/mssql/V23__prepare_repair.sql"),
+    ),
+    (
+        "V24__sp_apply_batch",
+        include_str!("../../../sql/mssql/V24__sp_apply_batch.sql"),
     ),
 ];
 
@@ -361,8 +367,86 @@ const DEAD_LETTER_COLUMNS: &str =
     "DeadLetterKey, EventId, EventType, Subject, Payload, Reason, Error, Attempts, Subscription, \
      FirstFailedAt, LastFailedAt, ReplayCount, LastReplayedAt";
 
+impl MssqlStore {
+    /// [`ApplyMode::Batched`]: the planned batch as one call of
+    /// `dbo.sp_StoreMirror_ApplyBatch` (one transaction). If the server
+    /// rejects it (a row breaking a constraint, a deadlock), it has rolled it
+    /// back, and the batch is applied again event by event on the same
+    /// connection, so only the events that fail on their own get an error.
+    async fn apply_set_based(
+        &self,
+        events: &[MirrorEvent],
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+        let plan = Plan::new(events);
+        let limit = self.config.command_timeout;
+        let mut conn = self.conn().await?;
+        let result = match timed(limit, batch::run(&mut conn.client, &plan)).await {
+            Err(e) if e.kind == StoreErrorKind::Database => {
+                tracing::debug!(error = %e, events = events.len(), "set-based batch rejected; applying it event by event");
+                match timed(
+                    limit,
+                    exec_sql(&mut conn.client, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION"),
+                )
+                .await
+                {
+                    Ok(()) => per_event_on(&mut conn.client, events, limit).await,
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
+        if result.is_err() {
+            // The stream may be mid-response or a transaction open: never
+            // hand this connection to anyone else.
+            conn.broken = true;
+        }
+        result
+    }
+
+    /// [`ApplyMode::PerEvent`]: one transaction, each event its own procedure
+    /// call inside its own savepoint, in lock order.
+    async fn apply_per_event(
+        &self,
+        events: &[MirrorEvent],
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+        let limit = self.config.command_timeout;
+        let mut conn = self.conn().await?;
+        let result = per_event_on(&mut conn.client, events, limit).await;
+        if result.is_err() {
+            conn.broken = true;
+        }
+        result
+    }
+}
+
+/// The per-event path on one connection: run in lock order (see
+/// [`lock_order`]), answer in input order.
+async fn per_event_on(
+    client: &mut Client,
+    events: &[MirrorEvent],
+    limit: std::time::Duration,
+) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+    let order = lock_order(events);
+    let steps: Vec<Step> = order.iter().map(|&i| Step::new(&events[i])).collect();
+    let sorted = apply_batch_on(client, &steps, limit).await?;
+    let mut results: Vec<Option<Result<ApplyOutcome, StoreError>>> =
+        (0..events.len()).map(|_| None).collect();
+    for (slot, r) in order.into_iter().zip(sorted) {
+        results[slot] = Some(r);
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every event has a result"))
+        .collect())
+}
+
 impl MirrorStore for MssqlStore {
     async fn apply(&self, event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
+        if crate::checksum::is_repair(event) {
+            // A repair is prepared and applied in one transaction.
+            let mut results = self.apply_per_event(std::slice::from_ref(event)).await?;
+            return results.pop().expect("one result per event");
+        }
         let call = procedure_call(event);
         self.run(move |c| Box::pin(async move { run_call(c, &call).await }))
             .await
@@ -372,33 +456,26 @@ impl MirrorStore for MssqlStore {
         &self,
         events: &[MirrorEvent],
     ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+        self.apply_batch_as(events, ApplyMode::Batched).await
+    }
+
+    async fn apply_batch_as(
+        &self,
+        events: &[MirrorEvent],
+        mode: ApplyMode,
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        // Run in lock order (see [`lock_order`]), answer in input order.
-        let order = lock_order(events);
-        let calls: Vec<ProcedureCall> = order.iter().map(|&i| procedure_call(&events[i])).collect();
-        let limit = self.config.command_timeout;
-        let mut conn = self.conn().await?;
-        let result = apply_batch_on(&mut conn.client, &calls, limit).await;
-        let sorted = match result {
-            Ok(r) => r,
-            Err(e) => {
-                // The transaction may still be open or the stream mid-response:
-                // never hand this connection to anyone else.
-                conn.broken = true;
-                return Err(e);
-            }
-        };
-        let mut results: Vec<Option<Result<ApplyOutcome, StoreError>>> =
-            (0..events.len()).map(|_| None).collect();
-        for (slot, r) in order.into_iter().zip(sorted) {
-            results[slot] = Some(r);
+        // A repair (`sync_source = repair`) reopens its row just before it is
+        // applied, in the same transaction: only the per-event path does that.
+        if events.iter().any(crate::checksum::is_repair) {
+            return self.apply_per_event(events).await;
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every event has a result"))
-            .collect())
+        match mode {
+            ApplyMode::PerEvent => self.apply_per_event(events).await,
+            ApplyMode::Batched => self.apply_set_based(events).await,
+        }
     }
 
     async fn record_dead_letter(&self, record: &DeadLetterRecord) -> Result<(), StoreError> {

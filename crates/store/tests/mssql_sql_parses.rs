@@ -406,6 +406,8 @@ fn no_construct_babelfish_lacks_in_any_sql_file() {
         "crates/store/src/mssql/connection.rs",
         "crates/store/src/mssql/call.rs",
         "crates/store/src/mssql/snapshot.rs",
+        "crates/store/src/mssql/batch.rs",
+        "crates/store/src/mssql/checksum.rs",
     ] {
         let text = std::fs::read_to_string(repo().join(file)).unwrap();
         let code: String = text
@@ -493,7 +495,27 @@ fn every_object_parses_with_the_two_rewrites_only() {
                         "{name}: the shared argument checks"
                     );
                 }
-                if sql.contains("BEGIN TRANSACTION") {
+                if proc_name == "dbo.sp_StoreMirror_ApplyBatch" {
+                    // The set-based batch (issue 9): the same helpers, set-based ledger.
+                    for needle in [
+                        "OPENJSON(@BatchJson, N'$.Locks')",
+                        "OPENJSON(@BatchJson, N'$.Events')",
+                        "EXEC dbo.sp_StoreMirror_Lock",
+                        "dbo.fn_StoreMirror_IsNewer(",
+                        "EXEC dbo.sp_StoreMirror_RefreshDmConversationSummary",
+                        "NOT EXISTS (SELECT 1 FROM dbo.AppliedEvent AS a WHERE a.EventId = e.EventId)",
+                        "INSERT INTO dbo.AppliedEvent",
+                        "INSERT INTO dbo.DmMessageAudit",
+                        "INSERT INTO dbo.FollowEdgeObservation",
+                        "N'duplicate'",
+                        "N'applied'",
+                        "N'stale'",
+                        "WITH (UPDLOCK)",
+                    ] {
+                        assert!(sql.contains(needle), "{name}: lacks {needle}");
+                    }
+                    assert!(!sql.contains("HOLDLOCK"), "{name}: HOLDLOCK");
+                } else if sql.contains("BEGIN TRANSACTION") {
                     for outcome in [
                         "N'applied'",
                         "N'duplicate' AS Outcome",
@@ -564,13 +586,14 @@ fn every_object_parses_with_the_two_rewrites_only() {
         "dbo.sp_StoreMirror_WriteDmBlock",
         "dbo.sp_StoreMirror_WriteFollowEdge",
         "dbo.sp_StoreMirror_PrepareRepair",
+        "dbo.sp_StoreMirror_ApplyBatch",
     ] {
         assert!(
             created.contains_key(helper),
             "{helper} is not created: {created:?}"
         );
     }
-    assert_eq!(created.len(), PROCEDURES.len() + 14, "{created:?}");
+    assert_eq!(created.len(), PROCEDURES.len() + 15, "{created:?}");
     // Every contract procedure either writes itself or hands its checked
     // arguments to its family's writer.
     for (name, sql) in migration_files().iter().skip(1) {
@@ -583,10 +606,11 @@ fn every_object_parses_with_the_two_rewrites_only() {
             );
         }
     }
-    // The only applock and the only ledger insert are the helpers'.
+    // The only applock is the helper's; the ledger is written by the
+    // per-event helper and, set-based, by the batch.
     let all: String = migration_files().into_iter().map(|(_, t)| t).collect();
     assert_eq!(all.matches("EXEC sys.sp_getapplock").count(), 1);
-    assert_eq!(all.matches("INSERT INTO dbo.AppliedEvent").count(), 1);
+    assert_eq!(all.matches("INSERT INTO dbo.AppliedEvent").count(), 2);
 }
 
 #[test]
@@ -599,9 +623,11 @@ fn conversation_lock_is_taken_before_message_lock() {
             assert!(c < m, "{name}: conversation lock first");
         }
         if let Some(lock) = sql.find("EXEC dbo.sp_StoreMirror_Lock") {
+            // The per-event check, or the batch's set-based read.
             let ledger = sql
                 .find("dbo.fn_StoreMirror_IsDuplicate(@EventId)")
-                .unwrap();
+                .or_else(|| sql.find("FROM dbo.AppliedEvent AS a"))
+                .unwrap_or_else(|| panic!("{name}: no ledger read"));
             assert!(lock < ledger, "{name}: entity locks before the ledger");
             let begin = sql.find("BEGIN TRANSACTION").unwrap();
             assert!(

@@ -75,6 +75,37 @@ fn json_array(v: &Option<Vec<serde_json::Value>>) -> SqlParam {
     )
 }
 
+/// The subject's ids as the named parameters every procedure of its family
+/// declares right after the four common ones.
+pub(crate) fn subject_params(subject: &Subject) -> Vec<(&'static str, SqlParam)> {
+    match subject {
+        Subject::Conversation { conversation_id } => {
+            vec![("@ConversationFirestoreId", text(conversation_id))]
+        }
+        Subject::Message {
+            conversation_id,
+            message_id,
+        } => vec![
+            ("@ConversationFirestoreId", text(conversation_id)),
+            ("@MessageFirestoreId", text(message_id)),
+        ],
+        Subject::Block {
+            user_id,
+            target_user_id,
+        } => vec![
+            ("@UserId", text(user_id)),
+            ("@TargetUserId", text(target_user_id)),
+        ],
+        Subject::FollowEdge {
+            follower_user_id,
+            target_user_id,
+        } => vec![
+            ("@FollowerUserId", text(follower_user_id)),
+            ("@TargetUserId", text(target_user_id)),
+        ],
+    }
+}
+
 /// The call that applies `event`.
 pub fn procedure_call(event: &MirrorEvent) -> ProcedureCall {
     let mut params: Vec<(&'static str, SqlParam)> = vec![
@@ -83,16 +114,18 @@ pub fn procedure_call(event: &MirrorEvent) -> ProcedureCall {
         ("@SourceVersion", time(event.time())),
         ("@SyncSource", text(event.sync_source())),
     ];
+    // MirrorEvent guarantees the payload fits the subject, so the subject's
+    // parameters and the payload's together are the procedure's.
+    params.extend(subject_params(event.subject()));
     let payload_json = || text(event.payload().to_json().to_string());
-    let procedure = match (event.subject(), event.payload()) {
-        (Subject::Conversation { conversation_id }, Payload::Conversation(p)) => {
+    let procedure = match event.payload() {
+        Payload::Conversation(p) => {
             let participants: Vec<serde_json::Value> = p
                 .participants
                 .iter()
                 .map(|x| serde_json::to_value(x).expect("participants serialize infallibly"))
                 .collect();
             params.extend([
-                ("@ConversationFirestoreId", text(conversation_id)),
                 ("@Type", text(p.kind.as_str())),
                 ("@CreatedAt", time(p.created_at)),
                 ("@UpdatedAt", time(p.updated_at)),
@@ -104,16 +137,8 @@ pub fn procedure_call(event: &MirrorEvent) -> ProcedureCall {
             ]);
             "dbo.sp_StoreMirror_UpsertDmConversation"
         }
-        (
-            Subject::Message {
-                conversation_id,
-                message_id,
-            },
-            Payload::Message(p),
-        ) => {
+        Payload::Message(p) => {
             params.extend([
-                ("@ConversationFirestoreId", text(conversation_id)),
-                ("@MessageFirestoreId", text(message_id)),
                 ("@AuthorUserId", text(&p.author_user_id)),
                 ("@BodyText", text(&p.body_text)),
                 ("@AttachmentJson", json_array(&p.attachments)),
@@ -126,82 +151,31 @@ pub fn procedure_call(event: &MirrorEvent) -> ProcedureCall {
             ]);
             "dbo.sp_StoreMirror_UpsertDmMessage"
         }
-        (
-            Subject::Message {
-                conversation_id,
-                message_id,
-            },
-            Payload::MessageDelete(d),
-        ) => {
+        Payload::MessageDelete(d) => {
             params.extend([
-                ("@ConversationFirestoreId", text(conversation_id)),
-                ("@MessageFirestoreId", text(message_id)),
                 ("@PerformedBy", opt_text(d.performed_by.as_ref())),
                 ("@PayloadJson", payload_json()),
             ]);
             "dbo.sp_StoreMirror_DeleteDmMessage"
         }
-        (
-            Subject::Block {
-                user_id,
-                target_user_id,
-            },
-            Payload::Block(p),
-        ) => {
+        Payload::Block(p) => {
             params.extend([
-                ("@UserId", text(user_id)),
-                ("@TargetUserId", text(target_user_id)),
                 ("@CreatedAt", time(p.created_at)),
                 ("@RevokedAt", SqlParam::Time(p.revoked_at)),
                 ("@Source", text(p.source.as_str())),
             ]);
             "dbo.sp_StoreMirror_UpsertDmBlock"
         }
-        (
-            Subject::Block {
-                user_id,
-                target_user_id,
-            },
-            Payload::BlockDelete,
-        ) => {
+        Payload::BlockDelete => "dbo.sp_StoreMirror_DeleteDmBlock",
+        Payload::FollowEdge(p) => {
             params.extend([
-                ("@UserId", text(user_id)),
-                ("@TargetUserId", text(target_user_id)),
-            ]);
-            "dbo.sp_StoreMirror_DeleteDmBlock"
-        }
-        (
-            Subject::FollowEdge {
-                follower_user_id,
-                target_user_id,
-            },
-            Payload::FollowEdge(p),
-        ) => {
-            params.extend([
-                ("@FollowerUserId", text(follower_user_id)),
-                ("@TargetUserId", text(target_user_id)),
                 ("@State", text(p.state.as_str())),
                 ("@Source", text(p.source.as_str())),
                 ("@CreatedAt", time(p.created_at)),
             ]);
             "dbo.sp_StoreMirror_UpsertFollowEdge"
         }
-        (
-            Subject::FollowEdge {
-                follower_user_id,
-                target_user_id,
-            },
-            Payload::FollowEdgeDelete,
-        ) => {
-            params.extend([
-                ("@FollowerUserId", text(follower_user_id)),
-                ("@TargetUserId", text(target_user_id)),
-            ]);
-            "dbo.sp_StoreMirror_DeleteFollowEdge"
-        }
-        (subject, payload) => unreachable!(
-            "MirrorEvent guarantees the payload fits the subject: {subject} / {payload:?}"
-        ),
+        Payload::FollowEdgeDelete => "dbo.sp_StoreMirror_DeleteFollowEdge",
     };
     ProcedureCall { procedure, params }
 }
@@ -223,6 +197,16 @@ pub(crate) fn command(call: &ProcedureCall) -> Command<'static> {
         }
     }
     cmd
+}
+
+/// The outcome text `procedure` returned, parsed.
+pub(crate) fn outcome(procedure: &str, text: &str) -> Result<ApplyOutcome, StoreError> {
+    ApplyOutcome::parse(text).ok_or_else(|| {
+        StoreError::new(
+            StoreErrorKind::Protocol,
+            format!("{procedure} returned the outcome `{text}`"),
+        )
+    })
 }
 
 /// Run one procedure call and read its `Outcome`.
@@ -255,12 +239,7 @@ async fn run_call_untimed(
     for rows in result {
         for row in rows {
             if let Ok(Some(text)) = row.try_get::<&str, _>("Outcome") {
-                return ApplyOutcome::parse(text).ok_or_else(|| {
-                    StoreError::new(
-                        StoreErrorKind::Protocol,
-                        format!("{} returned the outcome `{text}`", call.procedure),
-                    )
-                });
+                return outcome(call.procedure, text);
             }
         }
     }
@@ -268,6 +247,29 @@ async fn run_call_untimed(
         StoreErrorKind::Protocol,
         format!("{} returned no Outcome row", call.procedure),
     ))
+}
+
+/// Run a procedure that answers nothing (its result sets, if any, are read and dropped).
+async fn run_void(client: &mut Client, call: &ProcedureCall) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let result = async {
+        command(call)
+            .exec(client)
+            .await
+            .map_err(map_error)?
+            .into_command_result()
+            .await
+            .map_err(map_error)
+            .map(drop)
+    }
+    .await;
+    crate::telemetry::procedure_called(
+        crate::telemetry::SQL_SERVER,
+        call.procedure,
+        started.elapsed(),
+        result.as_ref().err(),
+    );
+    result
 }
 
 pub(crate) async fn exec_sql(client: &mut Client, sql: &str) -> Result<(), StoreError> {
@@ -306,24 +308,49 @@ async fn transaction_state(client: &mut Client) -> Result<(i32, i16), StoreError
 /// outcomes and the final state equal those of the input order.
 pub use crate::plan::lock_order;
 
+/// One event of a per-event batch: its procedure call, and for a repair
+/// (`mirrorctl consistency --repair`) the call that prepares it first, in the
+/// same savepoint (see [`super::checksum::prepare_repair`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Step {
+    pub prepare: Option<ProcedureCall>,
+    pub call: ProcedureCall,
+}
+
+impl Step {
+    pub fn new(event: &MirrorEvent) -> Step {
+        Step {
+            prepare: super::checksum::prepare_repair(event),
+            call: procedure_call(event),
+        }
+    }
+
+    async fn run(&self, client: &mut Client) -> Result<ApplyOutcome, StoreError> {
+        if let Some(prepare) = &self.prepare {
+            run_void(client, prepare).await?;
+        }
+        run_call(client, &self.call).await
+    }
+}
+
 /// One transaction, a savepoint per event; see the module docs for why a
 /// failed event restarts the batch without it.
 pub(crate) async fn apply_batch_on(
     client: &mut Client,
-    calls: &[ProcedureCall],
+    steps: &[Step],
     limit: Duration,
 ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
-    let mut rejected: Vec<Option<StoreError>> = vec![None; calls.len()];
+    let mut rejected: Vec<Option<StoreError>> = vec![None; steps.len()];
     'attempt: loop {
         timed(limit, exec_sql(client, "BEGIN TRANSACTION")).await?;
-        let mut results = Vec::with_capacity(calls.len());
-        for (i, call) in calls.iter().enumerate() {
+        let mut results = Vec::with_capacity(steps.len());
+        for (i, step) in steps.iter().enumerate() {
             if let Some(e) = &rejected[i] {
                 results.push(Err(e.clone()));
                 continue;
             }
             timed(limit, exec_sql(client, "SAVE TRANSACTION rm_event")).await?;
-            match timed(limit, run_call(client, call)).await {
+            match timed(limit, step.run(client)).await {
                 Ok(outcome) => results.push(Ok(outcome)),
                 // The connection or the driver failed: nothing is committed.
                 Err(e) if e.kind != StoreErrorKind::Database => return Err(e),

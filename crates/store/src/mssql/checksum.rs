@@ -18,6 +18,9 @@
 //! written `yyyy-mm-ddThh:mi:ss.ffffffZ` from the stored `DATETIMEOFFSET(6)`,
 //! which the adapter always stores at offset +00:00.
 
+use mirror_schema::MirrorEvent;
+
+use super::call::{subject_params, ProcedureCall, SqlParam};
 use super::error::map_error;
 use super::MssqlStore;
 use crate::checksum::{BucketSum, ChecksumStore, Dialect, Scope, StoredRow, Table, MAX_LEVEL};
@@ -321,15 +324,42 @@ impl ChecksumStore for MssqlStore {
     }
 }
 
-/// The T-SQL call that prepares a repair event (`dbo.sp_StoreMirror_PrepareRepair`);
-/// the adapter runs it in the event's transaction, before the event's procedure.
-#[allow(dead_code)] // wired by the SQL Server adapter owner (see V23)
-pub(crate) const PREPARE_REPAIR: &str =
-    "EXEC dbo.sp_StoreMirror_PrepareRepair @EventId = @P1, @EventType = @P2, @A = @P3, @B = @P4, @SourceVersion = @P5";
+/// The call that prepares a repair event (`dbo.sp_StoreMirror_PrepareRepair`,
+/// `sql/mssql/V23__prepare_repair.sql`), `None` for any other event. The
+/// adapter runs it in the event's transaction and savepoint, right before the
+/// event's own procedure ([`super::call::Step`]), as the PostgreSQL adapter
+/// runs `mirror.prepare_repair`. `@A`/`@B` are the subject's ids (`@B` left
+/// unbound, hence NULL, for a conversation).
+pub(crate) fn prepare_repair(event: &MirrorEvent) -> Option<ProcedureCall> {
+    if !crate::checksum::is_repair(event) {
+        return None;
+    }
+    let mut ids = subject_params(event.subject())
+        .into_iter()
+        .map(|(_, value)| value);
+    let a = ids.next().expect("every subject has an id");
+    let b = ids.next().unwrap_or(SqlParam::Text(None));
+    Some(ProcedureCall {
+        procedure: PREPARE_REPAIR,
+        params: vec![
+            ("@EventId", SqlParam::Uuid(event.id())),
+            (
+                "@EventType",
+                SqlParam::Text(Some(event.event_type().as_str().into())),
+            ),
+            ("@A", a),
+            ("@B", b),
+            ("@SourceVersion", SqlParam::Time(Some(event.time()))),
+        ],
+    })
+}
+
+const PREPARE_REPAIR: &str = "dbo.sp_StoreMirror_PrepareRepair";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mirror_schema::{EventType, Payload, Subject};
 
     /// The persisted columns of the migration hash exactly what the leaf reads return.
     #[test]
@@ -346,5 +376,60 @@ mod tests {
         }
         let proc = include_str!("../../../../sql/mssql/V23__prepare_repair.sql");
         assert!(proc.contains("dbo.sp_StoreMirror_PrepareRepair"));
+    }
+
+    fn event(source: &str, subject: Subject, payload: Payload, ty: EventType) -> MirrorEvent {
+        let t = chrono::DateTime::parse_from_rfc3339("2025-10-08T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        MirrorEvent::new(ty, subject, t, source, payload).unwrap()
+    }
+
+    /// Only repairs are prepared; the parameters are the ones V23 declares,
+    /// `@B` unbound (NULL by default) for a conversation.
+    #[test]
+    fn repairs_and_only_repairs_are_prepared_with_v23s_parameters() {
+        let proc = include_str!("../../../../sql/mssql/V23__prepare_repair.sql");
+        let follow = |source: &str| {
+            event(
+                source,
+                Subject::FollowEdge {
+                    follower_user_id: "u1".into(),
+                    target_user_id: "u2".into(),
+                },
+                Payload::FollowEdgeDelete,
+                EventType::FollowEdgeDelete,
+            )
+        };
+        assert_eq!(prepare_repair(&follow("firestore://projects/p")), None);
+        let repair = follow("repair://mirrorctl");
+        let call = prepare_repair(&repair).expect("a repair is prepared");
+        assert_eq!(call.procedure, PREPARE_REPAIR);
+        for (name, _) in &call.params {
+            assert!(
+                proc.contains(&format!("    {name} ")),
+                "V23 does not declare {name}"
+            );
+        }
+        assert_eq!(call.param("@A"), Some(&SqlParam::Text(Some("u1".into()))));
+        assert_eq!(call.param("@B"), Some(&SqlParam::Text(Some("u2".into()))));
+        assert_eq!(call.param("@EventId"), Some(&SqlParam::Uuid(repair.id())));
+        assert_eq!(
+            call.param("@SourceVersion"),
+            Some(&SqlParam::Time(Some(repair.time())))
+        );
+
+        let message = event(
+            "repair://mirrorctl",
+            Subject::Message {
+                conversation_id: "c1".into(),
+                message_id: "m1".into(),
+            },
+            Payload::MessageDelete(Default::default()),
+            EventType::DmMessageDelete,
+        );
+        let call = prepare_repair(&message).unwrap();
+        assert_eq!(call.param("@A"), Some(&SqlParam::Text(Some("c1".into()))));
+        assert_eq!(call.param("@B"), Some(&SqlParam::Text(Some("m1".into()))));
     }
 }
