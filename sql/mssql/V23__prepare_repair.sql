@@ -1,9 +1,10 @@
 -- dbo.sp_StoreMirror_PrepareRepair: prepares a repair event of
 -- `mirrorctl consistency --repair` (see sql/postgres/V5__consistency_repair.sql
--- for the semantics, which this mirrors). NOT RUN against a SQL Server yet,
--- and not yet called by the SQL Server adapter (it must EXEC it in the
--- event's transaction before the event's procedure, as the PostgreSQL adapter
--- does with mirror.prepare_repair). @A/@B are the subject's two ids
+-- for the semantics, which this mirrors). NOT RUN against a SQL Server yet.
+-- The SQL Server adapter calls it in the event's transaction and savepoint,
+-- right before the event's procedure (crates/store/src/mssql/checksum.rs
+-- prepare_repair), as the PostgreSQL adapter does with mirror.prepare_repair.
+-- @A/@B are the subject's two ids
 -- (conversation, message / user, target; @B NULL for a conversation); keys
 -- compare exact bytes, like every other procedure.
 CREATE PROCEDURE dbo.sp_StoreMirror_PrepareRepair (

@@ -9,10 +9,12 @@
 //!
 //! Layout (the same as `postgres/`): [`config`] (connection string),
 //! [`connection`] (login, pool manager, command timeout, create/drop
-//! database), [`call`] (event → procedure call, one call, a batch), [`error`]
-//! (tiberius errors → [`StoreError`], the procedures' THROW numbers),
-//! [`snapshot`] (rows → [`MirrorState`]); this file holds the store, its
-//! migrations and the bookkeeping statements.
+//! database), [`call`] (event → procedure call, one call, a per-event batch),
+//! `batch` (a planned batch → the one JSON parameter of the set-based
+//! procedure), `checksum` (consistency checks, repair preparation), `ledger`
+//! (pruning), [`error`] (tiberius errors → [`StoreError`], the procedures'
+//! THROW numbers), [`snapshot`] (rows → [`MirrorState`]); this file holds the
+//! store, its migrations and the bookkeeping statements.
 //!
 //! - Connections: a small bb8 pool of tiberius clients ([`MssqlConfig`] from an
 //!   ADO.NET string), TLS by rustls, SQL login or Entra ID access tokens
@@ -24,22 +26,29 @@
 //! - Every database call is bounded by the command timeout
 //!   ([`StoreErrorKind::Timeout`]); a connection that timed out or broke is
 //!   dropped by the pool, never reused mid-response.
-//! - [`MirrorStore::apply_batch`](crate::MirrorStore::apply_batch): one
-//!   transaction, `SAVE TRANSACTION` before each event. The procedures run with
-//!   `XACT_ABORT ON` (a rejected event dooms the whole transaction, as SQL
-//!   Server does for any error under it), so when an event fails the batch is
-//!   rolled back and re-run without it; the events before it are re-applied
-//!   with the same result, and every event still gets its own result. The
-//!   events run in [`call::lock_order`] (a stable sort by entity lock), so
-//!   concurrent batches take their applocks in one global order and cannot
-//!   deadlock on them; results come back in input order.
+//! - [`MirrorStore::apply_batch_as`](crate::MirrorStore::apply_batch_as):
+//!   [`ApplyMode::Batched`] (also `apply_batch`) sends the batch planned by
+//!   [`crate::plan::Plan`] as one call of `dbo.sp_StoreMirror_ApplyBatch`
+//!   (one transaction, set-based, the summary once per conversation); if the
+//!   server rejects it, the batch is applied again per event.
+//!   [`ApplyMode::PerEvent`]: one transaction, `SAVE TRANSACTION` before each
+//!   event. The procedures run with `XACT_ABORT ON` (a rejected event dooms
+//!   the whole transaction, as SQL Server does for any error under it), so
+//!   when an event fails the batch is rolled back and re-run without it; the
+//!   events before it are re-applied with the same result, and every event
+//!   still gets its own result. The events run in [`call::lock_order`] (a
+//!   stable sort by entity lock), so concurrent batches take their applocks
+//!   in one global order and cannot deadlock on them; results come back in
+//!   input order. A repair event (`mirrorctl consistency --repair`) is
+//!   prepared by `dbo.sp_StoreMirror_PrepareRepair` in its savepoint and
+//!   always takes the per-event path.
 //! - Errors: server errors keep their number ([`crate::DbCode::Mssql`]); the
 //!   writer's policy classifies them. The procedures' own numbers are in
 //!   [`PROCEDURE_ERRORS`].
 //!
 //! **Not run against a real SQL Server on the development machine** (none can
-//! run there): the SQL is parsed by `tests/mssql_sql_parses.rs`, the pure parts
-//! are unit-tested, and CI (`.github/workflows/integration-mssql.yml`) runs the
+//! run there; the set-based batch has never run anywhere): the SQL is parsed
+//! by `tests/mssql_sql_parses.rs`, the pure parts are unit-tested, and CI (`.github/workflows/integration-mssql.yml`) runs the
 //! conformance suite against SQL Server 2022.
 
 mod batch;
