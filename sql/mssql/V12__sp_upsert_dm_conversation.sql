@@ -18,8 +18,9 @@
 -- ParticipantHash: lower-case hex SHA-256 over the user ids sorted by their
 -- UTF-8 bytes and joined by ',', hashed as UTF-8 (state::participant_hash).
 --
--- Locking: the conversation key (dbo.sp_StoreMirror_Lock), then the ledger and
--- the conversation row; see "Locking" in V1__tables.sql.
+-- The checks are this procedure's; the locking, the ledger, the decision and
+-- the writes are the set-based batch's, applied to this one event
+-- (dbo.sp_StoreMirror_ApplyOne), so both apply modes share them.
 CREATE PROCEDURE dbo.sp_StoreMirror_UpsertDmConversation (
     @EventId UNIQUEIDENTIFIER = NULL,
     @EventType NVARCHAR(64) = NULL,
@@ -78,89 +79,29 @@ BEGIN
     IF EXISTS (SELECT p.UserIdKey FROM @Participants AS p GROUP BY p.UserIdKey HAVING COUNT(*) > 1)
         THROW 50013, N'a participant is listed twice', 1;
 
-    DECLARE @ConversationKey VARBINARY(512) = CAST(@ConversationFirestoreId AS VARBINARY(512));
-    DECLARE @Subject NVARCHAR(600) = CONCAT(N'conversations/', @ConversationFirestoreId);
-    DECLARE @ConversationId BIGINT;
-    DECLARE @StoredVersion DATETIMEOFFSET(6);
-    DECLARE @StoredEventId UNIQUEIDENTIFIER;
-    DECLARE @Outcome NVARCHAR(16);
+    -- The hash input: UTF-8 user ids in byte order, joined by ','.
+    DECLARE @Sorted TABLE (Position BIGINT NOT NULL PRIMARY KEY, UserIdUtf8 VARBINARY(1600) NOT NULL);
+    DECLARE @Joined VARBINARY(MAX) = CAST('' AS VARBINARY(MAX));
+    DECLARE @Position BIGINT = 1;
+    DECLARE @Count BIGINT = 0;
     DECLARE @Hash CHAR(64);
 
-    BEGIN TRANSACTION;
-
-    EXEC dbo.sp_StoreMirror_Lock @Kind = N'conversation', @Key = @ConversationKey;
-
-    IF dbo.fn_StoreMirror_IsDuplicate(@EventId) = 1
+    INSERT INTO @Sorted (Position, UserIdUtf8)
+    SELECT ROW_NUMBER() OVER (ORDER BY u.UserIdUtf8), u.UserIdUtf8
+    FROM (SELECT dbo.fn_StoreMirror_Utf8(p.UserId) AS UserIdUtf8 FROM @Participants AS p) AS u;
+    SELECT @Count = COUNT(*) FROM @Sorted;
+    WHILE @Position <= @Count
     BEGIN
-        COMMIT TRANSACTION;
-        SELECT N'duplicate' AS Outcome;
-        RETURN;
+        SELECT @Joined = @Joined + CASE WHEN @Position > 1 THEN CAST(',' AS VARBINARY(1)) ELSE CAST('' AS VARBINARY(1)) END + s.UserIdUtf8
+        FROM @Sorted AS s
+        WHERE s.Position = @Position;
+        SET @Position = @Position + 1;
     END;
+    SET @Hash = dbo.fn_StoreMirror_Hex(HASHBYTES('SHA2_256', @Joined));
 
-    SELECT @ConversationId = c.ConversationId,
-           @StoredVersion = c.SourceVersion,
-           @StoredEventId = c.LastSyncedEventId
-    FROM dbo.DmConversation AS c WITH (UPDLOCK)
-    WHERE c.FirestoreIdKey = @ConversationKey;
-
-    -- (time, id) must be strictly newer; a placeholder has no version.
-    SET @Outcome = CASE WHEN dbo.fn_StoreMirror_IsNewer(@SourceVersion, @EventId, @StoredVersion, @StoredEventId) = 1
-                        THEN N'applied' ELSE N'stale' END;
-
-    IF @Outcome = N'applied'
-    BEGIN
-        -- The hash input: UTF-8 user ids in byte order, joined by ','.
-        DECLARE @Sorted TABLE (Position BIGINT NOT NULL PRIMARY KEY, UserIdUtf8 VARBINARY(1600) NOT NULL);
-        DECLARE @Joined VARBINARY(MAX) = CAST('' AS VARBINARY(MAX));
-        DECLARE @Position BIGINT = 1;
-        DECLARE @Count BIGINT = 0;
-
-        INSERT INTO @Sorted (Position, UserIdUtf8)
-        SELECT ROW_NUMBER() OVER (ORDER BY u.UserIdUtf8), u.UserIdUtf8
-        FROM (SELECT dbo.fn_StoreMirror_Utf8(p.UserId) AS UserIdUtf8 FROM @Participants AS p) AS u;
-        SELECT @Count = COUNT(*) FROM @Sorted;
-        WHILE @Position <= @Count
-        BEGIN
-            SELECT @Joined = @Joined + CASE WHEN @Position > 1 THEN CAST(',' AS VARBINARY(1)) ELSE CAST('' AS VARBINARY(1)) END + s.UserIdUtf8
-            FROM @Sorted AS s
-            WHERE s.Position = @Position;
-            SET @Position = @Position + 1;
-        END;
-        SET @Hash = dbo.fn_StoreMirror_Hex(HASHBYTES('SHA2_256', @Joined));
-
-        IF @ConversationId IS NULL
-        BEGIN
-            INSERT INTO dbo.DmConversation (FirestoreId, FirestoreIdKey, Type, CreatedAt, DocUpdatedAt, ParticipantHash, IsPlaceholder,
-                                            SourceVersion, LastSyncedEventId, SyncSource)
-            VALUES (@ConversationFirestoreId, @ConversationKey, @Type, @CreatedAt, @UpdatedAt, @Hash, 0,
-                    @SourceVersion, @EventId, @SyncSource);
-            SET @ConversationId = CAST(SCOPE_IDENTITY() AS BIGINT);
-        END
-        ELSE
-        BEGIN
-            UPDATE dbo.DmConversation
-            SET Type = @Type,
-                CreatedAt = @CreatedAt,
-                DocUpdatedAt = @UpdatedAt,
-                ParticipantHash = @Hash,
-                IsPlaceholder = 0,
-                SourceVersion = @SourceVersion,
-                LastSyncedEventId = @EventId,
-                SyncSource = @SyncSource
-            WHERE ConversationId = @ConversationId;
-        END;
-
-        DELETE FROM dbo.DmParticipant WHERE ConversationId = @ConversationId;
-        INSERT INTO dbo.DmParticipant (ConversationId, UserId, UserIdKey, Role, JoinedAt, MuteState, ReadPointerMessageId, FirestorePointer)
-        SELECT @ConversationId, p.UserId, CAST(p.UserId AS VARBINARY(512)), p.Role, p.JoinedAt, p.MuteState, p.ReadPointerMessageId, @Subject
-        FROM @Participants AS p;
-
-        EXEC dbo.sp_StoreMirror_RefreshDmConversationSummary @ConversationId = @ConversationId;
-    END;
-
-    EXEC dbo.sp_StoreMirror_RecordEvent @EventId = @EventId, @EventType = @EventType, @Subject = @Subject,
-        @SourceVersion = @SourceVersion, @Outcome = @Outcome;
-
-    COMMIT TRANSACTION;
-    SELECT @Outcome AS Outcome;
+    EXEC dbo.sp_StoreMirror_ApplyOne @Family = N'conversation', @Deleted = 0, @EventId = @EventId,
+        @EventType = @EventType, @SourceVersion = @SourceVersion, @SyncSource = @SyncSource,
+        @ConversationFirestoreId = @ConversationFirestoreId, @Type = @Type, @CreatedAt = @CreatedAt,
+        @UpdatedAt = @UpdatedAt, @ParticipantsJson = @ParticipantsJson, @ParticipantHash = @Hash,
+        @PayloadJson = @PayloadJson;
 END;

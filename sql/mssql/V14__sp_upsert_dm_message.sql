@@ -15,7 +15,7 @@
 -- 'edit'; PerformedBy = its author; PayloadJson = its own payload.
 --
 -- The decision, the writes, the audit row and the locking are
--- dbo.sp_StoreMirror_WriteDmMessage's.
+-- dbo.sp_StoreMirror_ApplyOne's (the set-based batch applied to this one event).
 CREATE PROCEDURE dbo.sp_StoreMirror_UpsertDmMessage (
     @EventId UNIQUEIDENTIFIER = NULL,
     @EventType NVARCHAR(64) = NULL,
@@ -51,7 +51,7 @@ BEGIN
        OR (@ExternalMediaJson IS NOT NULL AND (ISJSON(@ExternalMediaJson) = 0 OR LEFT(LTRIM(@ExternalMediaJson), 1) <> N'['))
         THROW 50021, N'attachments or externalMedia is not a JSON array', 1;
 
-    EXEC dbo.sp_StoreMirror_WriteDmMessage @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
+    EXEC dbo.sp_StoreMirror_ApplyOne @Family = N'message', @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
         @SyncSource = @SyncSource, @ConversationFirestoreId = @ConversationFirestoreId,
         @MessageFirestoreId = @MessageFirestoreId, @AuthorUserId = @AuthorUserId, @BodyText = @BodyText,
         @AttachmentJson = @AttachmentJson, @ExternalMediaJson = @ExternalMediaJson, @CreatedAt = @CreatedAt,

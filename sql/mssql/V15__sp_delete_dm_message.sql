@@ -12,7 +12,7 @@
 -- placeholder conversation). Every delete event id writes one DmMessageAudit
 -- row 'delete', applied or stale (contract v1.1), with PerformedBy = the
 -- payload's performedBy and PayloadJson = its own payload. The decision, the
--- writes, the audit row and the locking are dbo.sp_StoreMirror_WriteDmMessage's.
+-- writes, the audit row and the locking are dbo.sp_StoreMirror_ApplyOne's (the set-based batch applied to this one event).
 CREATE PROCEDURE dbo.sp_StoreMirror_DeleteDmMessage (
     @EventId UNIQUEIDENTIFIER = NULL,
     @EventType NVARCHAR(64) = NULL,
@@ -37,7 +37,7 @@ BEGIN
     IF @PerformedBy IS NOT NULL AND dbo.fn_StoreMirror_IsValidId(@PerformedBy) = 0
         THROW 50003, N'performedBy is not a valid id', 1;
 
-    EXEC dbo.sp_StoreMirror_WriteDmMessage @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
+    EXEC dbo.sp_StoreMirror_ApplyOne @Family = N'message', @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
         @SyncSource = @SyncSource, @ConversationFirestoreId = @ConversationFirestoreId,
         @MessageFirestoreId = @MessageFirestoreId, @PerformedBy = @PerformedBy, @PayloadJson = @PayloadJson,
         @Deleted = 1;

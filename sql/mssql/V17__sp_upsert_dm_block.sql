@@ -6,7 +6,7 @@
 -- dbo.sp_StoreMirror_CheckEvent), 50003, 50030; 51205 (transient) if the block
 -- lock is not granted. Every parameter defaults to NULL (@RevokedAt is
 -- optional). A newer create/update clears a tombstone (DeletedAt = NULL); the
--- decision and the writes are dbo.sp_StoreMirror_WriteDmBlock's.
+-- decision and the writes are dbo.sp_StoreMirror_ApplyOne's (the set-based batch applied to this one event).
 CREATE PROCEDURE dbo.sp_StoreMirror_UpsertDmBlock (
     @EventId UNIQUEIDENTIFIER = NULL,
     @EventType NVARCHAR(64) = NULL,
@@ -30,7 +30,7 @@ BEGIN
     IF @Source IS NULL OR @Source NOT IN (N'client', N'admin') OR @CreatedAt IS NULL
         THROW 50030, N'block source is not client or admin, or createdAt is missing', 1;
 
-    EXEC dbo.sp_StoreMirror_WriteDmBlock @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
+    EXEC dbo.sp_StoreMirror_ApplyOne @Family = N'block', @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
         @SyncSource = @SyncSource, @UserId = @UserId, @TargetUserId = @TargetUserId, @CreatedAt = @CreatedAt,
         @RevokedAt = @RevokedAt, @Source = @Source, @Deleted = 0;
 END;

@@ -6,7 +6,7 @@
 -- dbo.sp_StoreMirror_CheckEvent), 50003; 51205 (transient) if the block lock
 -- is not granted. Every parameter defaults to NULL. The row is kept as a
 -- tombstone: content NULL, DeletedAt = the event time (the decision and the
--- writes are dbo.sp_StoreMirror_WriteDmBlock's).
+-- writes are dbo.sp_StoreMirror_ApplyOne's (the set-based batch applied to this one event)).
 CREATE PROCEDURE dbo.sp_StoreMirror_DeleteDmBlock (
     @EventId UNIQUEIDENTIFIER = NULL,
     @EventType NVARCHAR(64) = NULL,
@@ -25,6 +25,6 @@ BEGIN
     IF dbo.fn_StoreMirror_IsValidId(@UserId) = 0 OR dbo.fn_StoreMirror_IsValidId(@TargetUserId) = 0
         THROW 50003, N'user id or target user id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
 
-    EXEC dbo.sp_StoreMirror_WriteDmBlock @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
+    EXEC dbo.sp_StoreMirror_ApplyOne @Family = N'block', @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
         @SyncSource = @SyncSource, @UserId = @UserId, @TargetUserId = @TargetUserId, @Deleted = 1;
 END;

@@ -27,16 +27,17 @@
 --   and grouping use the binary twin, which compares byte for byte. (Not a
 --   computed column: Babelfish only accepts IMMUTABLE expressions in persisted
 --   computed columns, and its nvarchar -> varbinary cast is not declared so.)
---   Applocks hash the same bytes (dbo.fn_StoreMirror_LockName).
+--   Applocks hash the same bytes (dbo.sp_StoreMirror_Lock).
 -- * ParticipantHash = lower-case hex SHA-256 of the participants' user ids,
 --   sorted by their UTF-8 bytes and joined by `,`, hashed as UTF-8 (equal to
 --   state::participant_hash). UTF-8 bytes come from dbo.fn_StoreMirror_Utf8 and
 --   hex from dbo.fn_StoreMirror_Hex, not from a UTF-8 collation or CONVERT
 --   style 2, which Babelfish does not have.
 --
--- Locking (no MERGE anywhere): every procedure first takes sp_getapplock
--- (Exclusive, owned by the transaction) on its entity key, through
--- dbo.sp_StoreMirror_Lock: the conversation key, then the message key for
+-- Locking (no MERGE anywhere): dbo.sp_StoreMirror_ApplyBatch (every event,
+-- per-event ones as a batch of one) first takes sp_getapplock (Exclusive,
+-- owned by the transaction) on each entity key, through
+-- dbo.sp_StoreMirror_Lock: the conversation key for a conversation and its
 -- messages; the block key; the follow edge key. Every write to an entity's
 -- rows, its ledger entries (an event id is derived from its subject, so a
 -- duplicate always targets the same entity), the conversation's participants
@@ -46,8 +47,8 @@
 -- the applock is what serializes). HOLDLOCK is deliberately not used: its
 -- key-range locks would add nothing under the applock, and inside a
 -- multi-event batch transaction they make unrelated events whose keys share an
--- index gap block and deadlock. Lock order is always: entity applocks
--- (conversation before message), then rows; a deadlock still surfaces as 1205
+-- index gap block and deadlock. Lock order is always: entity applocks (in
+-- the plan's global order), then rows; a deadlock still surfaces as 1205
 -- or 51205, both transient.
 --
 -- History (contract v1.1): DmMessageAudit gets one row per dm.message.update /

@@ -6,7 +6,7 @@
 -- dbo.sp_StoreMirror_CheckEvent), 50003, 50040, 50041; 51205 (transient) if
 -- the edge lock is not granted. Every parameter defaults to NULL. The
 -- decision, the writes and the observation (contract v1.1) are
--- dbo.sp_StoreMirror_WriteFollowEdge's.
+-- dbo.sp_StoreMirror_ApplyOne's (the set-based batch applied to this one event).
 CREATE PROCEDURE dbo.sp_StoreMirror_UpsertFollowEdge (
     @EventId UNIQUEIDENTIFIER = NULL,
     @EventType NVARCHAR(64) = NULL,
@@ -32,7 +32,7 @@ BEGIN
     IF @Source IS NULL OR @Source NOT IN (N'mobile', N'web', N'admin') OR @CreatedAt IS NULL
         THROW 50041, N'follow source is not mobile, web or admin, or createdAt is missing', 1;
 
-    EXEC dbo.sp_StoreMirror_WriteFollowEdge @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
+    EXEC dbo.sp_StoreMirror_ApplyOne @Family = N'follow', @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
         @SyncSource = @SyncSource, @FollowerUserId = @FollowerUserId, @TargetUserId = @TargetUserId, @State = @State,
         @Source = @Source, @CreatedAt = @CreatedAt, @Deleted = 0;
 END;

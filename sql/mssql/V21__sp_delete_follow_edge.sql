@@ -25,6 +25,6 @@ BEGIN
     IF dbo.fn_StoreMirror_IsValidId(@FollowerUserId) = 0 OR dbo.fn_StoreMirror_IsValidId(@TargetUserId) = 0
         THROW 50003, N'follower or target user id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
 
-    EXEC dbo.sp_StoreMirror_WriteFollowEdge @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
+    EXEC dbo.sp_StoreMirror_ApplyOne @Family = N'follow', @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
         @SyncSource = @SyncSource, @FollowerUserId = @FollowerUserId, @TargetUserId = @TargetUserId, @Deleted = 1;
 END;

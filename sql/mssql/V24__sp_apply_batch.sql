@@ -36,8 +36,9 @@
 -- event, which isolates the event at fault.
 --
 -- Returns one row per event of @BatchJson, in its order: EventId, Outcome =
--- 'applied' | 'duplicate' | 'stale'. A batch of one event gives exactly the
--- answer of its per-event procedure.
+-- 'applied' | 'duplicate' | 'stale'. The per-event procedures apply their
+-- event as a batch of one through this procedure (dbo.sp_StoreMirror_ApplyOne),
+-- so both apply modes share one implementation.
 CREATE PROCEDURE dbo.sp_StoreMirror_ApplyBatch (
     @BatchJson NVARCHAR(MAX) = NULL
 )
@@ -198,7 +199,7 @@ BEGIN
         FROM dbo.FollowEdge AS f WITH (UPDLOCK)
         WHERE e.Family = N'follow' AND f.FollowerUserIdKey = e.FollowerKey AND f.TargetUserIdKey = e.TargetKey
     ) AS s
-    WHERE NOT EXISTS (SELECT 1 FROM dbo.AppliedEvent AS a WHERE a.EventId = e.EventId);
+    WHERE dbo.fn_StoreMirror_IsDuplicate(e.EventId) = 0;
 
     -- 3. Conversations: the winner's row and participants.
     UPDATE c

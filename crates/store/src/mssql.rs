@@ -126,10 +126,6 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../sql/mssql/V9__sp_lock.sql"),
     ),
     (
-        "V10__sp_record_event",
-        include_str!("../../../sql/mssql/V10__sp_record_event.sql"),
-    ),
-    (
         "V11__sp_refresh_dm_conversation_summary",
         include_str!("../../../sql/mssql/V11__sp_refresh_dm_conversation_summary.sql"),
     ),
@@ -138,8 +134,8 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../sql/mssql/V12__sp_upsert_dm_conversation.sql"),
     ),
     (
-        "V13__sp_write_dm_message",
-        include_str!("../../../sql/mssql/V13__sp_write_dm_message.sql"),
+        "V13__sp_apply_one",
+        include_str!("../../../sql/mssql/V13__sp_apply_one.sql"),
     ),
     (
         "V14__sp_upsert_dm_message",
@@ -150,20 +146,12 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../sql/mssql/V15__sp_delete_dm_message.sql"),
     ),
     (
-        "V16__sp_write_dm_block",
-        include_str!("../../../sql/mssql/V16__sp_write_dm_block.sql"),
-    ),
-    (
         "V17__sp_upsert_dm_block",
         include_str!("../../../sql/mssql/V17__sp_upsert_dm_block.sql"),
     ),
     (
         "V18__sp_delete_dm_block",
         include_str!("../../../sql/mssql/V18__sp_delete_dm_block.sql"),
-    ),
-    (
-        "V19__sp_write_follow_edge",
-        include_str!("../../../sql/mssql/V19__sp_write_follow_edge.sql"),
     ),
     (
         "V20__sp_upsert_follow_edge",

@@ -503,7 +503,9 @@ fn every_object_parses_with_the_two_rewrites_only() {
                         "EXEC dbo.sp_StoreMirror_Lock",
                         "dbo.fn_StoreMirror_IsNewer(",
                         "EXEC dbo.sp_StoreMirror_RefreshDmConversationSummary",
-                        "NOT EXISTS (SELECT 1 FROM dbo.AppliedEvent AS a WHERE a.EventId = e.EventId)",
+                        "dbo.fn_StoreMirror_IsDuplicate(e.EventId) = 0",
+                        "BEGIN TRANSACTION",
+                        "COMMIT TRANSACTION",
                         "INSERT INTO dbo.AppliedEvent",
                         "INSERT INTO dbo.DmMessageAudit",
                         "INSERT INTO dbo.FollowEdgeObservation",
@@ -515,23 +517,12 @@ fn every_object_parses_with_the_two_rewrites_only() {
                         assert!(sql.contains(needle), "{name}: lacks {needle}");
                     }
                     assert!(!sql.contains("HOLDLOCK"), "{name}: HOLDLOCK");
-                } else if sql.contains("BEGIN TRANSACTION") {
-                    for outcome in [
-                        "N'applied'",
-                        "N'duplicate' AS Outcome",
-                        "N'stale'",
-                        "SELECT @Outcome AS Outcome",
-                    ] {
-                        assert!(sql.contains(outcome), "{name}: returns {outcome}");
-                    }
+                } else {
+                    // Every other procedure leaves locking, the ledger and the
+                    // writes to the batch: one implementation for both modes.
                     assert!(
-                        sql.contains("WITH (UPDLOCK)")
-                            && !sql.contains("HOLDLOCK")
-                            && sql.contains("EXEC dbo.sp_StoreMirror_Lock")
-                            && sql.contains("dbo.fn_StoreMirror_IsDuplicate(@EventId)")
-                            && sql.contains("dbo.fn_StoreMirror_IsNewer(")
-                            && sql.contains("EXEC dbo.sp_StoreMirror_RecordEvent"),
-                        "{name}: locking, ledger and version through the shared helpers"
+                        !sql.contains("BEGIN TRANSACTION"),
+                        "{name}: only dbo.sp_StoreMirror_ApplyBatch opens a transaction"
                     );
                 }
                 assert!(
@@ -580,11 +571,8 @@ fn every_object_parses_with_the_two_rewrites_only() {
         "dbo.fn_StoreMirror_IsDuplicate",
         "dbo.sp_StoreMirror_CheckEvent",
         "dbo.sp_StoreMirror_Lock",
-        "dbo.sp_StoreMirror_RecordEvent",
         "dbo.sp_StoreMirror_RefreshDmConversationSummary",
-        "dbo.sp_StoreMirror_WriteDmMessage",
-        "dbo.sp_StoreMirror_WriteDmBlock",
-        "dbo.sp_StoreMirror_WriteFollowEdge",
+        "dbo.sp_StoreMirror_ApplyOne",
         "dbo.sp_StoreMirror_PrepareRepair",
         "dbo.sp_StoreMirror_ApplyBatch",
     ] {
@@ -593,7 +581,7 @@ fn every_object_parses_with_the_two_rewrites_only() {
             "{helper} is not created: {created:?}"
         );
     }
-    assert_eq!(created.len(), PROCEDURES.len() + 15, "{created:?}");
+    assert_eq!(created.len(), PROCEDURES.len() + 12, "{created:?}");
     // Every contract procedure either writes itself or hands its checked
     // arguments to its family's writer.
     for (name, sql) in migration_files().iter().skip(1) {
@@ -601,32 +589,33 @@ fn every_object_parses_with_the_two_rewrites_only() {
             || sql.contains("CREATE PROCEDURE dbo.sp_StoreMirror_Delete")
         {
             assert!(
-                sql.contains("BEGIN TRANSACTION") || sql.contains("EXEC dbo.sp_StoreMirror_Write"),
-                "{name}: neither writes nor calls a writer"
+                sql.contains("EXEC dbo.sp_StoreMirror_ApplyOne @Family = N'"),
+                "{name}: does not hand its checked arguments to dbo.sp_StoreMirror_ApplyOne"
             );
         }
     }
-    // The only applock is the helper's; the ledger is written by the
-    // per-event helper and, set-based, by the batch.
+    // The only applock is the helper's, the only ledger write the batch's,
+    // and every procedure of the event map goes through the batch.
     let all: String = migration_files().into_iter().map(|(_, t)| t).collect();
     assert_eq!(all.matches("EXEC sys.sp_getapplock").count(), 1);
-    assert_eq!(all.matches("INSERT INTO dbo.AppliedEvent").count(), 2);
+    assert_eq!(all.matches("INSERT INTO dbo.AppliedEvent").count(), 1);
+    assert_eq!(
+        all.matches("EXEC dbo.sp_StoreMirror_ApplyBatch").count(),
+        1,
+        "ApplyOne is the only per-event caller of the batch"
+    );
 }
 
 #[test]
-fn conversation_lock_is_taken_before_message_lock() {
+fn entity_locks_come_first_inside_the_transaction() {
+    // Only the batch locks (a batch of one for the per-event procedures):
+    // every applock in the plan's order, before the ledger is read.
+    let mut locking = 0;
     for (name, sql) in migration_files() {
-        if let (Some(c), Some(m)) = (
-            sql.find("@Kind = N'conversation'"),
-            sql.find("@Kind = N'message'"),
-        ) {
-            assert!(c < m, "{name}: conversation lock first");
-        }
         if let Some(lock) = sql.find("EXEC dbo.sp_StoreMirror_Lock") {
-            // The per-event check, or the batch's set-based read.
+            locking += 1;
             let ledger = sql
-                .find("dbo.fn_StoreMirror_IsDuplicate(@EventId)")
-                .or_else(|| sql.find("FROM dbo.AppliedEvent AS a"))
+                .find("dbo.fn_StoreMirror_IsDuplicate(")
                 .unwrap_or_else(|| panic!("{name}: no ledger read"));
             assert!(lock < ledger, "{name}: entity locks before the ledger");
             let begin = sql.find("BEGIN TRANSACTION").unwrap();
@@ -636,6 +625,7 @@ fn conversation_lock_is_taken_before_message_lock() {
             );
         }
     }
+    assert_eq!(locking, 1, "only dbo.sp_StoreMirror_ApplyBatch locks");
 }
 
 #[test]

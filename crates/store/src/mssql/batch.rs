@@ -427,15 +427,16 @@ mod tests {
             ]
         );
         assert_eq!(locks.len(), plan.locks.len());
-        // The kinds are the ones the per-event procedures pass to dbo.sp_StoreMirror_Lock.
-        let sql: String = [
-            include_str!("../../../../sql/mssql/V12__sp_upsert_dm_conversation.sql"),
-            include_str!("../../../../sql/mssql/V16__sp_write_dm_block.sql"),
-            include_str!("../../../../sql/mssql/V19__sp_write_follow_edge.sql"),
-        ]
-        .concat();
-        for kind in ["conversation", "block", "follow-edge"] {
-            assert!(sql.contains(&format!("@Kind = N'{kind}'")), "{kind}");
+        // The kinds and keys are the ones a batch of one gets from
+        // dbo.sp_StoreMirror_ApplyOne (the per-event path).
+        let one = include_str!("../../../../sql/mssql/V13__sp_apply_one.sql");
+        for needle in [
+            "THEN N'block'",
+            "THEN N'follow-edge'",
+            "ELSE N'conversation'",
+            "THEN @Subject ELSE @ConversationFirestoreId",
+        ] {
+            assert!(one.contains(needle), "{needle}");
         }
         // Conversations carry the hash the per-event procedure computes.
         let row = &json["Events"][0];
