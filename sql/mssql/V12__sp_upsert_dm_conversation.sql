@@ -39,9 +39,8 @@ BEGIN
     SET NOCOUNT ON;
 
     EXEC dbo.sp_StoreMirror_CheckEvent @EventId = @EventId, @SourceVersion = @SourceVersion, @EventType = @EventType,
-        @PayloadJson = @PayloadJson, @ExpectedType = N'dm.conversation.create', @OtherExpectedType = N'dm.conversation.update';
-    IF dbo.fn_StoreMirror_IsValidId(@ConversationFirestoreId) = 0
-        THROW 50003, N'conversation id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
+        @PayloadJson = @PayloadJson, @ExpectedType = N'dm.conversation.create', @OtherExpectedType = N'dm.conversation.update',
+        @FirstId = @ConversationFirestoreId, @IdCount = 1;
     IF @Type IS NULL OR @Type NOT IN (N'direct', N'group') OR @CreatedAt IS NULL OR @UpdatedAt IS NULL
         THROW 50010, N'conversation type is not direct or group, or createdAt/updatedAt is missing', 1;
     IF @ParticipantsJson IS NULL OR ISJSON(@ParticipantsJson) = 0 OR LEFT(LTRIM(@ParticipantsJson), 1) <> N'['

@@ -39,11 +39,8 @@ BEGIN
     SET NOCOUNT ON;
 
     EXEC dbo.sp_StoreMirror_CheckEvent @EventId = @EventId, @SourceVersion = @SourceVersion, @EventType = @EventType,
-        @PayloadJson = @PayloadJson, @ExpectedType = N'dm.message.create', @OtherExpectedType = N'dm.message.update';
-    IF dbo.fn_StoreMirror_IsValidId(@ConversationFirestoreId) = 0
-        THROW 50003, N'conversation id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
-    IF dbo.fn_StoreMirror_IsValidId(@MessageFirestoreId) = 0
-        THROW 50003, N'message id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
+        @PayloadJson = @PayloadJson, @ExpectedType = N'dm.message.create', @OtherExpectedType = N'dm.message.update',
+        @FirstId = @ConversationFirestoreId, @SecondId = @MessageFirestoreId, @IdCount = 2;
     IF dbo.fn_StoreMirror_IsValidId(@AuthorUserId) = 0 OR @BodyText IS NULL OR @CreatedAt IS NULL
        OR (@ClientMessageId IS NOT NULL AND dbo.fn_StoreMirror_IsValidId(@ClientMessageId) = 0)
         THROW 50020, N'message authorUserId, bodyText or createdAt is missing, or authorUserId/clientMessageId is not a valid id', 1;

@@ -29,11 +29,8 @@ BEGIN
     SET NOCOUNT ON;
 
     EXEC dbo.sp_StoreMirror_CheckEvent @EventId = @EventId, @SourceVersion = @SourceVersion, @EventType = @EventType,
-        @PayloadJson = @PayloadJson, @ExpectedType = N'dm.message.delete', @OtherExpectedType = NULL;
-    IF dbo.fn_StoreMirror_IsValidId(@ConversationFirestoreId) = 0
-        THROW 50003, N'conversation id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
-    IF dbo.fn_StoreMirror_IsValidId(@MessageFirestoreId) = 0
-        THROW 50003, N'message id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
+        @PayloadJson = @PayloadJson, @ExpectedType = N'dm.message.delete', @OtherExpectedType = NULL,
+        @FirstId = @ConversationFirestoreId, @SecondId = @MessageFirestoreId, @IdCount = 2;
     IF @PerformedBy IS NOT NULL AND dbo.fn_StoreMirror_IsValidId(@PerformedBy) = 0
         THROW 50003, N'performedBy is not a valid id', 1;
 

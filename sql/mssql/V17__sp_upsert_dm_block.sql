@@ -24,9 +24,8 @@ BEGIN
     SET NOCOUNT ON;
 
     EXEC dbo.sp_StoreMirror_CheckEvent @EventId = @EventId, @SourceVersion = @SourceVersion, @EventType = @EventType,
-        @PayloadJson = NULL, @ExpectedType = N'dm.block.create', @OtherExpectedType = N'dm.block.update';
-    IF dbo.fn_StoreMirror_IsValidId(@UserId) = 0 OR dbo.fn_StoreMirror_IsValidId(@TargetUserId) = 0
-        THROW 50003, N'user id or target user id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
+        @PayloadJson = NULL, @ExpectedType = N'dm.block.create', @OtherExpectedType = N'dm.block.update',
+        @FirstId = @UserId, @SecondId = @TargetUserId, @IdCount = 2;
     IF @Source IS NULL OR @Source NOT IN (N'client', N'admin') OR @CreatedAt IS NULL
         THROW 50030, N'block source is not client or admin, or createdAt is missing', 1;
 

@@ -21,9 +21,8 @@ BEGIN
     SET NOCOUNT ON;
 
     EXEC dbo.sp_StoreMirror_CheckEvent @EventId = @EventId, @SourceVersion = @SourceVersion, @EventType = @EventType,
-        @PayloadJson = NULL, @ExpectedType = N'dm.block.delete', @OtherExpectedType = NULL;
-    IF dbo.fn_StoreMirror_IsValidId(@UserId) = 0 OR dbo.fn_StoreMirror_IsValidId(@TargetUserId) = 0
-        THROW 50003, N'user id or target user id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
+        @PayloadJson = NULL, @ExpectedType = N'dm.block.delete', @OtherExpectedType = NULL,
+        @FirstId = @UserId, @SecondId = @TargetUserId, @IdCount = 2;
 
     EXEC dbo.sp_StoreMirror_ApplyOne @Family = N'block', @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
         @SyncSource = @SyncSource, @UserId = @UserId, @TargetUserId = @TargetUserId, @Deleted = 1;

@@ -24,9 +24,8 @@ BEGIN
     SET NOCOUNT ON;
 
     EXEC dbo.sp_StoreMirror_CheckEvent @EventId = @EventId, @SourceVersion = @SourceVersion, @EventType = @EventType,
-        @PayloadJson = NULL, @ExpectedType = N'follow.edge.create', @OtherExpectedType = N'follow.edge.update';
-    IF dbo.fn_StoreMirror_IsValidId(@FollowerUserId) = 0 OR dbo.fn_StoreMirror_IsValidId(@TargetUserId) = 0
-        THROW 50003, N'follower or target user id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
+        @PayloadJson = NULL, @ExpectedType = N'follow.edge.create', @OtherExpectedType = N'follow.edge.update',
+        @FirstId = @FollowerUserId, @SecondId = @TargetUserId, @IdCount = 2;
     IF @State IS NULL OR @State NOT IN (N'pending', N'accepted', N'blocked')
         THROW 50040, N'follow state is not pending, accepted or blocked', 1;
     IF @Source IS NULL OR @Source NOT IN (N'mobile', N'web', N'admin') OR @CreatedAt IS NULL

@@ -21,9 +21,8 @@ BEGIN
     SET NOCOUNT ON;
 
     EXEC dbo.sp_StoreMirror_CheckEvent @EventId = @EventId, @SourceVersion = @SourceVersion, @EventType = @EventType,
-        @PayloadJson = NULL, @ExpectedType = N'follow.edge.delete', @OtherExpectedType = NULL;
-    IF dbo.fn_StoreMirror_IsValidId(@FollowerUserId) = 0 OR dbo.fn_StoreMirror_IsValidId(@TargetUserId) = 0
-        THROW 50003, N'follower or target user id is not a valid id (null, empty, longer than 128 characters, . or .., or with / or a control character)', 1;
+        @PayloadJson = NULL, @ExpectedType = N'follow.edge.delete', @OtherExpectedType = NULL,
+        @FirstId = @FollowerUserId, @SecondId = @TargetUserId, @IdCount = 2;
 
     EXEC dbo.sp_StoreMirror_ApplyOne @Family = N'follow', @EventId = @EventId, @EventType = @EventType, @SourceVersion = @SourceVersion,
         @SyncSource = @SyncSource, @FollowerUserId = @FollowerUserId, @TargetUserId = @TargetUserId, @Deleted = 1;
