@@ -341,6 +341,40 @@ mod tests {
         assert_eq!(lock_keys, read);
     }
 
+    /// The aliases of the `FOR JSON PATH` select that follows `marker` in V13.
+    fn apply_one_sends(marker: &str) -> Vec<String> {
+        let sql = include_str!("../../../../sql/mssql/V13__sp_apply_one.sql");
+        let at = sql
+            .find(marker)
+            .unwrap_or_else(|| panic!("V13 lacks {marker}"));
+        let select = &sql[at..at + sql[at..].find("FOR JSON PATH").unwrap()];
+        let mut names: Vec<String> = select
+            .split(" AS ")
+            .skip(1)
+            .map(|rest| {
+                rest.trim_start_matches('[')
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .filter(|n| n != "BIT")
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The per-event path (a batch of one built by `dbo.sp_StoreMirror_ApplyOne`)
+    /// sends exactly the columns the batch reads.
+    #[test]
+    fn a_batch_of_one_sends_every_column_the_batch_reads() {
+        for (array, marker) in [("Locks", "N'{\"Locks\":'"), ("Events", "N',\"Events\":'")] {
+            let mut read = columns_read(array);
+            read.sort();
+            assert_eq!(apply_one_sends(marker), read, "{array}");
+        }
+    }
+
     #[test]
     fn rows_carry_the_per_event_parameters_and_the_plan() {
         let newer = message("c1", "m1", 5, "v5");
