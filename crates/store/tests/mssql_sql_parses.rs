@@ -917,3 +917,53 @@ fn powershell_wrapper_passes_the_right_flags() {
         "never pass a password on the command line"
     );
 }
+
+/// The parameters a `CREATE PROCEDURE` header declares.
+fn declared_params(sql: &str) -> Vec<String> {
+    let start = sql.find("\nCREATE PROCEDURE ").expect("a procedure");
+    let end = start + sql[start..].find("\nAS\n").expect("AS");
+    sql[start..end]
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix('@'))
+        .map(|l| format!("@{}", l.split_whitespace().next().unwrap()))
+        .collect()
+}
+
+#[test]
+fn every_named_argument_of_an_internal_call_is_declared_by_the_callee() {
+    // Named EXEC arguments are resolved only when the call runs; a typo would
+    // first show on a server. Check them against the callee's header here.
+    let files = migration_files();
+    let header = |proc_name: &str| {
+        let (_, sql) = files
+            .iter()
+            .find(|(_, t)| t.contains(&format!("CREATE PROCEDURE {proc_name} (")))
+            .unwrap_or_else(|| panic!("no file creates {proc_name}"));
+        declared_params(sql)
+    };
+    let mut calls = 0;
+    for callee in [
+        "dbo.sp_StoreMirror_ApplyOne",
+        "dbo.sp_StoreMirror_CheckEvent",
+        "dbo.sp_StoreMirror_ApplyBatch",
+        "dbo.sp_StoreMirror_Lock",
+        "dbo.sp_StoreMirror_RefreshDmConversationSummary",
+    ] {
+        let declared = header(callee);
+        for (name, sql) in &files {
+            let code = code_only(sql);
+            for call in code.split(&format!("EXEC {callee} ")).skip(1) {
+                let args = &call[..call.find(';').expect("EXEC ends with ;")];
+                for arg in args.split(',') {
+                    let param = arg.split('=').next().unwrap().trim();
+                    assert!(
+                        declared.iter().any(|d| d == param),
+                        "{name}: {callee} declares no {param} ({declared:?})"
+                    );
+                }
+                calls += 1;
+            }
+        }
+    }
+    assert!(calls >= 7 + 7 + 1 + 1 + 1, "{calls} calls checked");
+}
