@@ -965,5 +965,6 @@ fn every_named_argument_of_an_internal_call_is_declared_by_the_callee() {
             }
         }
     }
-    assert!(calls >= 7 + 7 + 1 + 1 + 1, "{calls} calls checked");
+    // 7 event procedures call ApplyOne and CheckEvent; one call each of the rest.
+    assert!(calls >= 17, "{calls} calls checked");
 }
