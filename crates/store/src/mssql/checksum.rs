@@ -163,7 +163,7 @@ fn bucket_sums_sql(table: Table, level: u8, with_parents: bool) -> String {
                 SUM(CAST(CAST(SUBSTRING(h.rh, 1, 4) AS binary(4)) AS bigint)) % 4294967296 AS hi,
                 SUM(CAST(CAST(SUBSTRING(h.rh, 5, 4) AS binary(4)) AS bigint)) % 4294967296 AS lo
            FROM (SELECT {bh} AS bh, {rh} AS rh FROM {from}
-                  WHERE {live} AND (@P1 IS NULL OR t.SourceVersion >= @P1) AND (@P2 IS NULL OR {conv} = @P2)) AS h
+                  WHERE {live} AND t.SourceVersion >= @P1 AND (DATALENGTH(@P2) = 0 OR {conv} = @P2)) AS h
           WHERE 1 = 1{parent}
           GROUP BY {b}",
         b = bucket_of("h.bh", level),
@@ -180,6 +180,19 @@ fn select_rows(table: Table, filter: &str) -> String {
     format!(
         "SELECT {key} AS k, {} FROM {from} WHERE {filter}",
         fields.join(", ")
+    )
+}
+
+/// The scope as always-typed parameters: tiberius sends a bound `None` as an
+/// untyped NULL, which Babelfish rejects, so "no lower bound" is the least
+/// DATETIMEOFFSET and "every conversation" the empty id (no valid id is empty;
+/// tested with DATALENGTH, since `=` would call an id of spaces empty).
+fn scope_params(scope: &Scope) -> (chrono::DateTime<chrono::FixedOffset>, String) {
+    let least = chrono::DateTime::parse_from_rfc3339("0001-01-01T00:00:00+00:00")
+        .expect("a valid constant");
+    (
+        scope.since.map(super::ts).unwrap_or(least),
+        scope.conversation.clone().unwrap_or_default(),
     )
 }
 
@@ -220,8 +233,7 @@ impl ChecksumStore for MssqlStore {
         parents: Option<&[u32]>,
     ) -> Result<Vec<(u32, BucketSum)>, StoreError> {
         let sql = bucket_sums_sql(table, level, parents.is_some());
-        let since = scope.since.map(super::ts);
-        let conv = scope.conversation.clone();
+        let (since, conv) = scope_params(scope);
         let parents = parents.map(to_json);
         self.run(move |c| {
             Box::pin(async move {
@@ -277,23 +289,14 @@ impl ChecksumStore for MssqlStore {
         let sql = select_rows(
             table,
             &format!(
-                "(@P1 IS NULL OR {conv} = @P1) AND {bucket} IN (SELECT CAST(value AS int) FROM OPENJSON(@P2))"
+                "(DATALENGTH(@P1) = 0 OR {conv} = @P1) AND {bucket} IN (SELECT CAST(value AS int) FROM OPENJSON(@P2))"
             ),
         );
-        let conversation = scope.conversation.clone();
-        let buckets = to_json(buckets);
-        self.run(move |c| {
-            Box::pin(async move {
-                let rows = c
-                    .query(sql, &[&conversation, &buckets])
-                    .await
-                    .map_err(map_error)?
-                    .into_first_result()
-                    .await
-                    .map_err(map_error)?;
-                stored_rows(table, rows)
-            })
-        })
+        self.leaf_rows(
+            table,
+            sql,
+            vec![Some(scope_params(scope).1), Some(to_json(buckets))],
+        )
         .await
     }
 
@@ -308,10 +311,26 @@ impl ChecksumStore for MssqlStore {
             &format!("{key} IN (SELECT value FROM OPENJSON(@P1))"),
         );
         let keys = serde_json::to_string(keys).expect("strings serialize");
+        self.leaf_rows(table, sql, vec![Some(keys)]).await
+    }
+}
+
+impl MssqlStore {
+    /// The rows of a leaf query (`@P1`, `@P2`, … bound to `params` in order).
+    async fn leaf_rows(
+        &self,
+        table: Table,
+        sql: String,
+        params: Vec<Option<String>>,
+    ) -> Result<Vec<StoredRow>, StoreError> {
         self.run(move |c| {
             Box::pin(async move {
-                let rows = c
-                    .query(sql, &[&keys])
+                let mut q = tiberius::Query::new(sql);
+                for p in params {
+                    q.bind(p);
+                }
+                let rows = q
+                    .query(c)
                     .await
                     .map_err(map_error)?
                     .into_first_result()
@@ -376,6 +395,37 @@ mod tests {
         }
         let proc = include_str!("../../../../sql/mssql/V23__prepare_repair.sql");
         assert!(proc.contains("dbo.sp_StoreMirror_PrepareRepair"));
+    }
+
+    /// No scope parameter is ever bound as `None` (tiberius' untyped NULL).
+    #[test]
+    fn scope_parameters_are_always_typed_values() {
+        let (since, conv) = scope_params(&Scope::default());
+        assert_eq!(since.to_rfc3339(), "0001-01-01T00:00:00+00:00");
+        assert_eq!(conv, "");
+        let t = chrono::DateTime::parse_from_rfc3339("2025-10-08T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let scoped = Scope {
+            since: Some(t),
+            conversation: Some("  ".into()),
+        };
+        assert_eq!(
+            scope_params(&scoped),
+            (super::super::ts(t), "  ".to_owned())
+        );
+        for table in [Table::DmConversation, Table::DmMessage, Table::FollowEdge] {
+            for sql in [
+                bucket_sums_sql(table, 1, true),
+                bucket_sums_sql(table, 0, false),
+            ] {
+                assert!(
+                    !sql.contains("@P1 IS NULL") && !sql.contains("@P2 IS NULL"),
+                    "{sql}"
+                );
+                assert!(sql.contains("DATALENGTH(@P2) = 0"), "{sql}");
+            }
+        }
     }
 
     fn event(source: &str, subject: Subject, payload: Payload, ty: EventType) -> MirrorEvent {

@@ -239,19 +239,7 @@ impl bb8::ManageConnection for Manager {
 
     fn is_valid(&self, conn: &mut Conn) -> impl Future<Output = Result<(), StoreError>> + Send {
         let timeout = self.config.command_timeout;
-        async move {
-            timed(timeout, async {
-                conn.client
-                    .simple_query("SELECT 1")
-                    .await
-                    .map_err(map_error)?
-                    .into_results()
-                    .await
-                    .map_err(map_error)?;
-                Ok(())
-            })
-            .await
-        }
+        async move { timed(timeout, super::call::exec_sql(&mut conn.client, "SELECT 1")).await }
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
