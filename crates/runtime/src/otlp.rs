@@ -43,6 +43,15 @@ impl OtlpExport {
             tracing::warn!(error = %e, "OTLP metrics: final export failed");
         }
     }
+
+    /// Export what was recorded and stop, saying whether the receiver took
+    /// it: the last act of a batch job, which nothing scrapes and which must
+    /// know its one push arrived ([`shutdown`](Self::shutdown) only logs).
+    pub fn finish(&self) -> Result<(), OtlpError> {
+        self.provider
+            .shutdown()
+            .map_err(|e| OtlpError(format!("final export: {e}")))
+    }
 }
 
 /// Build the exporter from the standard `OTEL_*` environment variables (the
