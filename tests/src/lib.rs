@@ -8,6 +8,7 @@ use std::time::Duration;
 pub mod bus_conformance;
 pub mod conformance_ids;
 pub mod events;
+pub mod firestore_fake;
 pub mod servers;
 pub mod store_conformance;
 
