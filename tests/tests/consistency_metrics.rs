@@ -61,8 +61,11 @@ async fn receiver() -> (Received, std::net::SocketAddr) {
     (received, addr)
 }
 
-/// (name, attributes, value) of every gauge point in an OTLP export.
-fn gauge_points(body: &[u8]) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One gauge point: (name, attributes, value).
+type Point = (String, Vec<(String, String)>, f64);
+
+/// Every gauge point in an OTLP export.
+fn gauge_points(body: &[u8]) -> Vec<Point> {
     let req = ExportMetricsServiceRequest::decode(body).expect("an OTLP metrics request");
     let mut out = Vec::new();
     for rm in req.resource_metrics {
