@@ -25,7 +25,6 @@ use mirrorctl::consistency::{
     check, repair, ExportSource, Module, Options, PagerSource, Report, SourceReader,
 };
 use secrecy::SecretString;
-use sql_writer::{Deps, WriterSettings};
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -73,25 +72,7 @@ async fn rig() -> Rig {
 }
 
 async fn drain(rig: &Rig) -> sql_writer::RunReport {
-    let settings = WriterSettings {
-        batch_size: 32,
-        concurrency: 2,
-        exit_when_idle: true,
-        receive_wait: Duration::from_millis(300),
-        metrics_flush_every: None,
-        ..WriterSettings::default()
-    };
-    let deps = Deps {
-        bus: rig.bus.clone(),
-        store: rig.store.clone(),
-    };
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        sql_writer::run(deps, settings, std::future::pending()),
-    )
-    .await
-    .expect("writer drains within 120 s")
-    .expect("writer runs")
+    mirror_tests::drain_writer(rig.bus.clone(), rig.store.clone()).await
 }
 
 fn opts() -> Options {

@@ -32,7 +32,6 @@ use mirror_tests::{FreshDb, FreshTopic};
 use mirrorctl::consistency::cli::ConsistencyArgs;
 use publisher::seed::SeedFile;
 use secrecy::SecretString;
-use sql_writer::{Deps, WriterSettings};
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -65,28 +64,6 @@ fn load_fixtures(fake: &FakeFirestore, seed: &SeedFile) -> usize {
         fake.put(path, &c.fields, t(created[path]), t(&c.update_time));
     }
     last.len()
-}
-
-async fn drain(bus: &Arc<JetStreamBus>, store: &Arc<PgStore>) -> sql_writer::RunReport {
-    let settings = WriterSettings {
-        batch_size: 32,
-        concurrency: 2,
-        exit_when_idle: true,
-        receive_wait: Duration::from_millis(300),
-        metrics_flush_every: None,
-        ..WriterSettings::default()
-    };
-    let deps = Deps {
-        bus: bus.clone(),
-        store: store.clone(),
-    };
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        sql_writer::run(deps, settings, std::future::pending()),
-    )
-    .await
-    .expect("writer drains within 120 s")
-    .expect("writer runs")
 }
 
 struct Run {
@@ -180,7 +157,7 @@ async fn firestore_source_over_grpc_finds_damage_and_repair_through_jetstream_co
     for e in seed.events().unwrap() {
         bus.publish(&OutboundMessage::from_event(&e)).await.unwrap();
     }
-    let first = drain(&bus, &store).await;
+    let first = mirror_tests::drain_writer(bus.clone(), store.clone()).await;
     assert_eq!(first.dead_lettered, 0, "{first:?}");
     let (sql, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
@@ -292,7 +269,7 @@ async fn firestore_source_over_grpc_finds_damage_and_repair_through_jetstream_co
     );
 
     // 4. The writer applies the repairs; a second run is clean.
-    let second = drain(&bus, &store).await;
+    let second = mirror_tests::drain_writer(bus.clone(), store.clone()).await;
     assert_eq!(second.dead_lettered, 0, "{second:?}");
     assert_eq!(second.applied, 4, "{second:?}");
     let after = consistency(&db, &topic, &[]).await;
