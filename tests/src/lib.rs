@@ -9,6 +9,7 @@ pub mod bus_conformance;
 pub mod conformance_ids;
 pub mod events;
 pub mod firestore_fake;
+pub mod http_sink;
 pub mod servers;
 pub mod store_conformance;
 

@@ -8,11 +8,9 @@
 //! Its own test binary: the OTLP endpoint is read from the process's
 //! environment, as the job reads it.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::Method;
 use indicatif::ProgressBar;
 use mirror_schema::{FollowState, Op};
 use mirror_store::postgres::{PgConfig, PgStore};
@@ -26,40 +24,6 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
 use prost::Message;
 use secrecy::SecretString;
-
-/// (method, path, content type, body) per request.
-type Received = Arc<Mutex<Vec<(Method, String, String, Vec<u8>)>>>;
-
-/// A receiver for both: OTLP on `POST /v1/metrics`, the Pushgateway on `PUT /metrics/...`;
-/// answers 500 to paths under `/refuse`.
-async fn receiver() -> (Received, std::net::SocketAddr) {
-    let received: Received = Arc::default();
-    let sink = received.clone();
-    let app = axum::Router::new().fallback(
-        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let sink = sink.clone();
-            async move {
-                let ct = headers
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                let path = uri.path().to_owned();
-                let refuse = path.starts_with("/refuse");
-                sink.lock().unwrap().push((method, path, ct, body.to_vec()));
-                if refuse {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                } else {
-                    StatusCode::OK
-                }
-            }
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (received, addr)
-}
 
 /// One gauge point: (name, attributes, value).
 type Point = (String, Vec<(String, String)>, f64);
@@ -105,7 +69,7 @@ fn has(attrs: &[(String, String)], key: &str, value: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_reaches_otlp_and_the_pushgateway_and_a_refusal_is_reported() {
-    let (received, addr) = receiver().await;
+    let (received, addr) = mirror_tests::http_sink::start().await;
     // Set before anything reads the environment; the default 15 s export
     // interval is left alone: the job's final flush must carry the push.
     std::env::set_var(
@@ -157,10 +121,10 @@ async fn drift_reaches_otlp_and_the_pushgateway_and_a_refusal_is_reported() {
 
     let got = received.lock().unwrap().clone();
     // OTLP: protobuf, with the drift gauge and its attributes.
-    let otlp: Vec<_> = got.iter().filter(|r| r.1 == "/v1/metrics").collect();
+    let otlp: Vec<_> = got.iter().filter(|r| r.path == "/v1/metrics").collect();
     assert!(!otlp.is_empty(), "no OTLP request: {got:?}");
-    assert_eq!(otlp[0].2, "application/x-protobuf");
-    let points: Vec<_> = otlp.iter().flat_map(|r| gauge_points(&r.3)).collect();
+    assert_eq!(otlp[0].content_type, "application/x-protobuf");
+    let points: Vec<_> = otlp.iter().flat_map(|r| gauge_points(&r.body)).collect();
     let find = |name: &str, extra: &[(&str, &str)]| {
         points
             .iter()
@@ -191,18 +155,18 @@ async fn drift_reaches_otlp_and_the_pushgateway_and_a_refusal_is_reported() {
     // Pushgateway: PUT of the text format to the run's group, grouping labels in the path only.
     let push = got
         .iter()
-        .find(|r| r.0 == Method::PUT)
+        .find(|r| r.method == Method::PUT)
         .unwrap_or_else(|| panic!("no PUT: {got:?}"));
     assert_eq!(
-        push.1,
+        push.path,
         "/metrics/job/realtime-mirror-consistency/module/all/scope/full"
     );
     assert!(
-        push.2.starts_with("text/plain; version=0.0.4"),
+        push.content_type.starts_with("text/plain; version=0.0.4"),
         "{}",
-        push.2
+        push.content_type
     );
-    let text = String::from_utf8(push.3.clone()).unwrap();
+    let text = String::from_utf8(push.body.clone()).unwrap();
     assert!(
         text.contains(
             "# TYPE mirror_consistency_drift_percent gauge\nmirror_consistency_drift_percent 33.33"
