@@ -229,7 +229,7 @@ pub enum ExportError {
     },
     #[error("Pushgateway {url}: {error}")]
     Pushgateway { url: String, error: String },
-    #[error("OTLP: {0}")]
+    #[error("{0}")]
     Otlp(String),
 }
 
