@@ -7,6 +7,7 @@ use std::time::Duration;
 
 pub mod bus_conformance;
 pub mod conformance_ids;
+pub mod consistency_run;
 pub mod events;
 pub mod firestore_fake;
 pub mod http_sink;

@@ -19,105 +19,24 @@
 //!
 //! Its own test binary: `FIRESTORE_EMULATOR_HOST` is process-wide.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use mirror_bus::jetstream::{JetStreamBus, JetStreamConfig};
 use mirror_bus::{EventBus, OutboundMessage};
 use mirror_store::postgres::{PgConfig, PgStore};
+use mirror_tests::consistency_run::{consistency, current_docs, examples, metric, seed};
 use mirror_tests::firestore_fake::FakeFirestore;
 use mirror_tests::{FreshDb, FreshTopic};
-use mirrorctl::consistency::cli::ConsistencyArgs;
-use publisher::seed::SeedFile;
 use secrecy::SecretString;
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../fixtures/realtime_mirror_seed.json"
-);
-
-#[derive(Parser)]
-struct Cmd {
-    #[command(flatten)]
-    args: ConsistencyArgs,
-}
-
-/// Put the fixtures' current state into the fake: the last change of every
-/// path (a delete removes it), created at the path's first change since it
-/// last came into existence.
-fn load_fixtures(fake: &FakeFirestore, seed: &SeedFile) -> usize {
-    let mut created: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut last: BTreeMap<&str, &publisher::seed::SeedChange> = BTreeMap::new();
-    for c in &seed.changes {
-        if c.op == "delete" {
-            last.remove(c.path.as_str());
-            created.remove(c.path.as_str());
-        } else {
-            created.entry(&c.path).or_insert(&c.update_time);
-            last.insert(&c.path, c);
-        }
+/// Put the fixtures' current documents into the fake; returns how many.
+fn load_fixtures(fake: &FakeFirestore) -> usize {
+    let docs = current_docs(&seed());
+    for d in &docs {
+        fake.put(&d.path, &d.fields, d.create_time, d.update_time);
     }
-    let t = |s: &str| mirror_schema::parse_time("t", s).unwrap();
-    for (path, c) in &last {
-        fake.put(path, &c.fields, t(created[path]), t(&c.update_time));
-    }
-    last.len()
-}
-
-struct Run {
-    code: u8,
-    report: serde_json::Value,
-    metrics: String,
-}
-
-async fn consistency(db: &FreshDb, topic: &FreshTopic, extra: &[&str]) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let prom = dir.path().join("consistency.prom");
-    let mut argv = vec![
-        "consistency".to_owned(),
-        "--source".into(),
-        "firestore".into(),
-        "--firestore-project".into(),
-        "demo".into(),
-        "--grace".into(),
-        "0".into(),
-        "--json-file".into(),
-        json.display().to_string(),
-        "--metrics-file".into(),
-        prom.display().to_string(),
-        "--store".into(),
-        "postgres".into(),
-        "--database-url".into(),
-        db.url.clone(),
-        "--bus".into(),
-        "nats".into(),
-        "--nats-url".into(),
-        topic.url.clone(),
-        "--topic".into(),
-        topic.topic.clone(),
-    ];
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    let cmd = Cmd::try_parse_from(&argv).expect("the flags an operator types parse");
-    let code = mirrorctl::consistency::cli::run(cmd.args, false)
-        .await
-        .expect("the check runs");
-    Run {
-        code,
-        report: serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap(),
-        metrics: std::fs::read_to_string(&prom).unwrap(),
-    }
-}
-
-fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    let prefix = format!("{name}{{{labels}}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
-        .parse()
-        .unwrap()
+    docs.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,8 +46,8 @@ async fn firestore_source_over_grpc_finds_damage_and_repair_through_jetstream_co
     // The only test in this binary; set before any client reads it.
     std::env::set_var("FIRESTORE_EMULATOR_HOST", addr.to_string());
 
-    let seed: SeedFile = serde_json::from_str(&std::fs::read_to_string(FIXTURES).unwrap()).unwrap();
-    let live = load_fixtures(&fake, &seed);
+    let seed = seed();
+    let live = load_fixtures(&fake);
     assert!(live > 250, "{live} live fixture documents");
 
     // The pipeline mirrors the fixtures: seed events → JetStream → writer → PostgreSQL.
@@ -165,7 +84,7 @@ async fn firestore_source_over_grpc_finds_damage_and_repair_through_jetstream_co
     tokio::spawn(conn);
 
     // 1. Clean: every live document read over gRPC matches its row.
-    let clean = consistency(&db, &topic, &[]).await;
+    let clean = consistency("demo", &db, &topic, &[]).await;
     let total = &clean.report["total"];
     assert_eq!(clean.code, 0, "{}", clean.report);
     assert_eq!(clean.report["drift_pct"], 0.0, "{}", clean.report);
@@ -221,20 +140,14 @@ async fn firestore_source_over_grpc_finds_damage_and_repair_through_jetstream_co
     sql.execute("UPDATE mirror.dm_message m SET body_text = 'tampered' FROM mirror.dm_conversation c WHERE c.conversation_id = m.conversation_id AND c.firestore_id || '/' || m.firestore_id = $1", &[&tampered]).await.unwrap();
 
     // 3. Found by kind, reported, exported; repaired through the bus.
-    let damaged = consistency(&db, &topic, &["--repair"]).await;
+    let damaged = consistency("demo", &db, &topic, &["--repair"]).await;
     let total = &damaged.report["total"];
     assert_eq!(damaged.code, 1, "4 of ~300 is above 0.5 %");
     assert_eq!(total["version_mismatch"], 1, "{}", damaged.report);
     assert_eq!(total["missing_in_source"], 1, "{}", damaged.report);
     assert_eq!(total["missing_in_sql"], 1, "{}", damaged.report);
     assert_eq!(total["field_mismatch"], 1, "{}", damaged.report);
-    let examples: Vec<String> = damaged.report["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|t| t["examples"].as_array().unwrap().clone())
-        .map(|f| format!("{} {}", f["kind"], f["key"]))
-        .collect();
+    let examples = examples(&damaged.report);
     let edited_key = edited
         .trim_start_matches("conversations/")
         .replace("/messages/", "/");
@@ -272,7 +185,7 @@ async fn firestore_source_over_grpc_finds_damage_and_repair_through_jetstream_co
     let second = mirror_tests::drain_writer(bus.clone(), store.clone()).await;
     assert_eq!(second.dead_lettered, 0, "{second:?}");
     assert_eq!(second.applied, 4, "{second:?}");
-    let after = consistency(&db, &topic, &[]).await;
+    let after = consistency("demo", &db, &topic, &[]).await;
     assert_eq!(after.code, 0, "{}", after.report);
     assert_eq!(after.report["drift_pct"], 0.0, "{}", after.report);
     let body: String = sql
