@@ -17,21 +17,14 @@
 //! before the check is in flight.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
 
-use mirror_bus::jetstream::{JetStreamBus, JetStreamConfig};
-use mirror_bus::EventBus;
-use mirror_store::postgres::{PgConfig, PgStore};
-use mirror_tests::consistency_run::{consistency, current_docs, examples, metric, seed};
+use mirror_tests::consistency_run::{current_docs, seed, Pipeline};
 use mirror_tests::firestore_fake::value;
-use mirror_tests::{FreshDb, FreshTopic};
 use publisher::backfill::{backfill, BackfillOptions, Group};
 use publisher::firestore::sdk::gcloud_sdk::google::firestore::v1 as pb;
 use publisher::firestore::{FirestoreDb, FirestorePager};
 use publisher::mapping::SourceInfo;
 use publisher::sink::Shard;
-use secrecy::SecretString;
 
 /// Write (set) or delete documents in one commit per 400.
 async fn commit(db: &FirestoreDb, sets: Vec<(String, serde_json::Value)>, deletes: Vec<String>) {
@@ -102,28 +95,7 @@ async fn emulator_source_backfilled_mirror_damage_repair_converges() {
     .await;
 
     // The pipeline: backfill from the emulator → JetStream → writer → PostgreSQL.
-    let db = FreshDb::create().await;
-    let topic = FreshTopic::new();
-    let store = Arc::new(
-        PgStore::connect(&PgConfig {
-            url: SecretString::from(db.url.clone()),
-            pool_size: 4,
-            statement_timeout: Duration::from_secs(30),
-        })
-        .await
-        .expect("connect store"),
-    );
-    store.migrate().await.expect("migrate");
-    let bus = Arc::new(
-        JetStreamBus::connect(JetStreamConfig {
-            url: topic.url.clone(),
-            topic: topic.topic.clone(),
-            ..JetStreamConfig::default()
-        })
-        .await
-        .expect("connect bus"),
-    );
-    bus.ensure_topology().await.expect("topology");
+    let p = Pipeline::new().await;
     let opts = BackfillOptions {
         groups: Group::ALL.to_vec(),
         since: None,
@@ -140,25 +112,21 @@ async fn emulator_source_backfilled_mirror_damage_repair_converges() {
     let report = backfill(
         &opts,
         &FirestorePager::new(fs.clone()),
-        bus.as_ref(),
-        store.as_ref(),
+        p.bus.as_ref(),
+        p.store.as_ref(),
         |_| {},
         std::future::pending(),
     )
     .await
     .expect("backfill from the emulator");
     println!("backfill: {report:?}");
-    let first = mirror_tests::drain_writer(bus.clone(), store.clone()).await;
+    let first = p.drain().await;
     assert_eq!(first.dead_lettered, 0, "{first:?}");
     assert_eq!(first.applied, live as u64, "{first:?}");
-    let (sql, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
 
     // 1. Clean.
     let lag0 = ["--lag", "0"];
-    let clean = consistency(&project, &db, &topic, &lag0).await;
+    let clean = p.consistency(&project, &lag0).await;
     assert_eq!(clean.code, 0, "{}", clean.report);
     assert_eq!(clean.report["drift_pct"], 0.0, "{}", clean.report);
     assert_eq!(
@@ -167,76 +135,32 @@ async fn emulator_source_backfilled_mirror_damage_repair_converges() {
         clean.report
     );
 
-    // 2. Damage on both sides.
-    let one = |q: &'static str| {
-        let sql = &sql;
-        async move { sql.query_one(q, &[]).await.expect(q).get::<_, String>(0) }
-    };
-    let edited = one("SELECT 'conversations/' || c.firestore_id || '/messages/' || m.firestore_id FROM mirror.dm_message m JOIN mirror.dm_conversation c USING (conversation_id) WHERE NOT m.tombstone ORDER BY 1 LIMIT 1").await;
+    // 2. Damage on both sides (the emulator's side: an edit and a delete).
+    let damage = p.damage().await;
     let mut fields = docs
         .iter()
-        .find(|d| d.path == edited)
+        .find(|d| d.path == damage.edited)
         .expect("the message is a fixture document")
         .fields
         .clone();
     fields["bodyText"] = "edited in the emulator".into();
-    let unfollowed = one("SELECT 'follows/' || follower_user_id || '/targets/' || target_user_id FROM mirror.follow_edge WHERE deleted_at IS NULL ORDER BY 1 LIMIT 1").await;
     commit(
         &fs,
-        vec![(edited.clone(), fields)],
-        vec![unfollowed.clone()],
+        vec![(damage.edited.clone(), fields)],
+        vec![damage.unfollowed.clone()],
     )
     .await;
-    let block_gone = one("SELECT user_id || '/' || target_user_id FROM mirror.dm_block WHERE deleted_at IS NULL ORDER BY 1 LIMIT 1").await;
-    sql.execute(
-        "DELETE FROM mirror.dm_block WHERE user_id || '/' || target_user_id = $1",
-        &[&block_gone],
-    )
-    .await
-    .unwrap();
-    let tampered = one("SELECT c.firestore_id || '/' || m.firestore_id FROM mirror.dm_message m JOIN mirror.dm_conversation c USING (conversation_id) WHERE NOT m.tombstone ORDER BY 1 DESC LIMIT 1").await;
-    sql.execute("UPDATE mirror.dm_message m SET body_text = 'tampered' FROM mirror.dm_conversation c WHERE c.conversation_id = m.conversation_id AND c.firestore_id || '/' || m.firestore_id = $1", &[&tampered]).await.unwrap();
 
     // 3. Found by kind; repaired through JetStream.
-    let damaged = consistency(&project, &db, &topic, &["--lag", "0", "--repair"]).await;
+    let damaged = p.consistency(&project, &["--lag", "0", "--repair"]).await;
     assert_eq!(damaged.code, 1, "{}", damaged.report);
-    let total = &damaged.report["total"];
-    for (kind, n) in [
-        ("version_mismatch", 1),
-        ("missing_in_source", 1),
-        ("missing_in_sql", 1),
-        ("field_mismatch", 1),
-    ] {
-        assert_eq!(total[kind], n, "{kind}: {}", damaged.report);
-    }
-    let examples = examples(&damaged.report);
-    let edited_key = edited
-        .trim_start_matches("conversations/")
-        .replace("/messages/", "/");
-    assert!(
-        examples.contains(&format!("\"version_mismatch\" \"{edited_key}\"")),
-        "{examples:?}"
-    );
-    assert!(
-        (metric(
-            &damaged.metrics,
-            "mirror_consistency_drift_percent",
-            "module=\"all\",scope=\"full\""
-        ) - damaged.report["drift_pct"].as_f64().unwrap())
-        .abs()
-            < 1e-9
-    );
+    damage.assert_found(&damaged);
 
     // 4. Drained: clean again.
-    let second = mirror_tests::drain_writer(bus.clone(), store.clone()).await;
+    let second = p.drain().await;
     assert_eq!(second.dead_lettered, 0, "{second:?}");
-    let after = consistency(&project, &db, &topic, &lag0).await;
+    let after = p.consistency(&project, &lag0).await;
     assert_eq!(after.code, 0, "{}", after.report);
     assert_eq!(after.report["drift_pct"], 0.0, "{}", after.report);
-    let body: String = sql
-        .query_one("SELECT m.body_text FROM mirror.dm_message m JOIN mirror.dm_conversation c USING (conversation_id) WHERE 'conversations/' || c.firestore_id || '/messages/' || m.firestore_id = $1", &[&edited])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(body, "edited in the emulator");
+    assert_eq!(p.body(&damage.edited).await, "edited in the emulator");
 }
