@@ -390,6 +390,60 @@ mod tests {
         );
     }
 
+    fn report(opts: &crate::consistency::Options) -> Report {
+        use mirror_store::checksum::Table;
+        let mut t = TableReport::new(Table::FollowEdge);
+        t.source_docs = 3;
+        t.missing_in_sql = 1;
+        Report::new(
+            "memory".into(),
+            opts,
+            vec![t],
+            vec![],
+            vec![],
+            0,
+            std::time::Duration::from_millis(1500),
+        )
+    }
+
+    #[test]
+    fn a_limited_run_is_labelled_so_the_alert_ignores_it() {
+        let full = report(&crate::consistency::Options::default());
+        let since = report(&crate::consistency::Options {
+            since: Some(chrono::Utc::now()),
+            module: crate::consistency::Module::Follow,
+            ..Default::default()
+        });
+        let one = report(&crate::consistency::Options {
+            conversation: Some("c1".into()),
+            since: Some(chrono::Utc::now()),
+            ..Default::default()
+        });
+        assert_eq!(
+            (scope(&full), scope(&since), scope(&one)),
+            ("full", "since", "conversation")
+        );
+        let s = samples(&since);
+        assert!(s.iter().all(|x| x.labels[..2]
+            == [
+                ("module", "follow".to_owned()),
+                ("scope", "since".to_owned())
+            ]));
+        let drift = s.iter().find(|x| x.name == names::DRIFT_PERCENT).unwrap();
+        assert!((drift.value - 100.0 / 3.0).abs() < 1e-9);
+        assert_eq!(
+            pushgateway_url("http://pg:9091/", &since),
+            "http://pg:9091/metrics/job/realtime-mirror-consistency/module/follow/scope/since"
+        );
+        let duration = s
+            .iter()
+            .find(|x| x.name == names::DURATION_SECONDS)
+            .unwrap();
+        assert_eq!(duration.value, 1.5);
+        // Every kind is sent, zeros included, so a fixed kind does not go stale.
+        assert_eq!(s.iter().filter(|x| x.name == names::FINDINGS).count(), 5);
+    }
+
     #[test]
     fn every_name_has_help() {
         for n in [
