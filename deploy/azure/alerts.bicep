@@ -151,8 +151,22 @@ resource appRules 'Microsoft.AlertsManagement/prometheusRuleGroups@2023-03-01' =
       }
       {
         alert: 'MirrorDriftHigh'
-        expression: 'max(mirror_consistency_drift_percent) > 0.5'
+        expression: 'max(last_over_time(mirror_consistency_drift_percent{scope="full"}[26h])) > 0.5'
         severity: 1
+        enabled: true
+        annotations: {
+          runbook: 'docs/runbook.md#drift-over-05'
+        }
+        actions: [
+          {
+            actionGroupId: actionGroupId
+          }
+        ]
+      }
+      {
+        alert: 'MirrorConsistencyNotRun'
+        expression: 'time() - max(last_over_time(mirror_consistency_last_run_timestamp_seconds{scope="full"}[7d])) > 93600'
+        severity: 2
         enabled: true
         annotations: {
           runbook: 'docs/runbook.md#drift-over-05'

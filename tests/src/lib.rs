@@ -7,7 +7,10 @@ use std::time::Duration;
 
 pub mod bus_conformance;
 pub mod conformance_ids;
+pub mod consistency_run;
 pub mod events;
+pub mod firestore_fake;
+pub mod http_sink;
 pub mod servers;
 pub mod store_conformance;
 
@@ -142,6 +145,34 @@ impl Drop for FreshTopic {
         })
         .join();
     }
+}
+
+/// Run the writer over `bus` into `store` until the subscription is idle
+/// (batches of 32, 2 workers), failing the test after 120 s.
+pub async fn drain_writer<B, S>(
+    bus: std::sync::Arc<B>,
+    store: std::sync::Arc<S>,
+) -> sql_writer::RunReport
+where
+    B: mirror_bus::EventBus,
+    S: mirror_store::MirrorStore,
+{
+    let settings = sql_writer::WriterSettings {
+        batch_size: 32,
+        concurrency: 2,
+        exit_when_idle: true,
+        receive_wait: Duration::from_millis(300),
+        metrics_flush_every: None,
+        ..sql_writer::WriterSettings::default()
+    };
+    let deps = sql_writer::Deps { bus, store };
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        sql_writer::run(deps, settings, std::future::pending()),
+    )
+    .await
+    .expect("writer drains within 120 s")
+    .expect("writer runs")
 }
 
 /// Gate for a server this machine cannot run. Returns the value of `var` if set.

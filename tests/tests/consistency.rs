@@ -8,90 +8,31 @@
 //! headless browser.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::ProgressBar;
-use mirror_bus::jetstream::{JetStreamBus, JetStreamConfig};
 use mirror_bus::{EventBus, OutboundMessage};
 use mirror_schema::{MirrorEvent, Op};
 use mirror_store::checksum::Table;
-use mirror_store::postgres::{PgConfig, PgStore};
+use mirror_store::postgres::PgStore;
 use mirror_store::MirrorStore;
-use mirror_tests::{events, FreshDb, FreshTopic};
+use mirror_tests::consistency_run::{Pipeline, FIXTURES};
+use mirror_tests::events;
 use mirrorctl::consistency::report::FindingKind;
 use mirrorctl::consistency::source::MemorySource;
 use mirrorctl::consistency::{
     check, repair, ExportSource, Module, Options, PagerSource, Report, SourceReader,
 };
-use secrecy::SecretString;
-use sql_writer::{Deps, WriterSettings};
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../fixtures/realtime_mirror_seed.json"
-);
-
-struct Rig {
-    db: FreshDb,
-    _topic: FreshTopic,
-    bus: Arc<JetStreamBus>,
-    store: Arc<PgStore>,
-    sql: tokio_postgres::Client,
-}
+/// A fresh database and topic, migrated, with a plain SQL connection.
+type Rig = Pipeline;
 
 async fn rig() -> Rig {
-    let db = FreshDb::create().await;
-    let topic = FreshTopic::new();
-    let store = PgStore::connect(&PgConfig {
-        url: SecretString::from(db.url.clone()),
-        pool_size: 4,
-        statement_timeout: Duration::from_secs(30),
-    })
-    .await
-    .expect("connect store");
-    store.migrate().await.expect("migrate");
-    let bus = JetStreamBus::connect(JetStreamConfig {
-        url: topic.url.clone(),
-        topic: topic.topic.clone(),
-        ..JetStreamConfig::default()
-    })
-    .await
-    .expect("connect bus");
-    bus.ensure_topology().await.expect("topology");
-    let (sql, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .expect("connect sql");
-    tokio::spawn(conn);
-    Rig {
-        db,
-        _topic: topic,
-        bus: Arc::new(bus),
-        store: Arc::new(store),
-        sql,
-    }
+    Pipeline::new().await
 }
 
 async fn drain(rig: &Rig) -> sql_writer::RunReport {
-    let settings = WriterSettings {
-        batch_size: 32,
-        concurrency: 2,
-        exit_when_idle: true,
-        receive_wait: Duration::from_millis(300),
-        metrics_flush_every: None,
-        ..WriterSettings::default()
-    };
-    let deps = Deps {
-        bus: rig.bus.clone(),
-        store: rig.store.clone(),
-    };
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        sql_writer::run(deps, settings, std::future::pending()),
-    )
-    .await
-    .expect("writer drains within 120 s")
-    .expect("writer runs")
+    rig.drain().await
 }
 
 fn opts() -> Options {

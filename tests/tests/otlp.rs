@@ -3,39 +3,12 @@
 //! serving Prometheus text. Its own test binary: the metrics recorder is
 //! process-wide and this one must be installed with the endpoint set.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use axum::body::Bytes;
-use axum::http::HeaderMap;
-use axum::routing::post;
-
-/// What the receiver got: (content type, body) per request.
-type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_reach_an_otlp_receiver_and_prometheus() {
-    // A minimal OTLP/HTTP receiver: keeps what is POSTed to /v1/metrics.
-    let received: Received = Arc::default();
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/v1/metrics",
-        post(move |headers: HeaderMap, body: Bytes| {
-            let sink = sink.clone();
-            async move {
-                let ct = headers
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                sink.lock().unwrap().push((ct, body.to_vec()));
-                ""
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // A local OTLP/HTTP receiver: keeps what is POSTed.
+    let (received, addr) = mirror_tests::http_sink::start().await;
 
     // SAFETY: set before any other thread of this test binary reads the environment.
     unsafe {
@@ -54,14 +27,15 @@ async fn metrics_reach_an_otlp_receiver_and_prometheus() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let got = received.lock().unwrap().clone();
-        let hit = got.iter().find(|(_, body)| {
-            let text = String::from_utf8_lossy(body);
+        let hit = got.iter().find(|r| {
+            let text = String::from_utf8_lossy(&r.body);
             text.contains("messaging.process.duration")
                 && text.contains("messaging.destination.subscription.name")
                 && text.contains("mirror_events_in_flight")
         });
-        if let Some((ct, _)) = hit {
-            assert_eq!(ct, "application/x-protobuf");
+        if let Some(r) = hit {
+            assert_eq!(r.path, "/v1/metrics");
+            assert_eq!(r.content_type, "application/x-protobuf");
             break;
         }
         assert!(

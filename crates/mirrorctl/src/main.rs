@@ -6,6 +6,7 @@
 //! progress bar on a terminal.
 
 mod bench;
+mod bench_firestore;
 mod drift;
 use publisher::seed;
 
@@ -29,6 +30,15 @@ struct Cli {
     /// Machine-readable JSON output instead of tables
     #[arg(long, global = true)]
     json: bool,
+    /// Log format on stderr: text (colours only on a terminal) or json (one object per line)
+    #[arg(
+        long,
+        global = true,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: mirror_runtime::telemetry::LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -182,13 +192,8 @@ enum DlqCmd {
 
 fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(code) => std::process::ExitCode::from(code),
@@ -381,7 +386,11 @@ async fn run(cli: Cli) -> Result<u8> {
                 .with_context(|| format!("cannot run {}", publisher.display()))?;
             Ok(status.code().map(|c| c as u8).unwrap_or(1))
         }
-        Cmd::Bench(args) => bench::run(args, json).await,
+        Cmd::Bench(args) => {
+            let code = bench::run(args, json).await?;
+            bench_firestore::print(json);
+            Ok(code)
+        }
         Cmd::Consistency(args) => mirrorctl::consistency::cli::run(*args, json).await,
         Cmd::BenchConsistency(args) => {
             let figures = mirrorctl::consistency::bench::run(&args).await?;
@@ -392,6 +401,23 @@ async fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
+    }
+}
+
+/// Logs on stderr, `warn` and above unless `RUST_LOG` says otherwise (an
+/// operator's tool: the output is the table or JSON on stdout).
+fn init_logging(format: mirror_runtime::telemetry::LogFormat) {
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        mirror_runtime::telemetry::LogFormat::Text => {
+            builder.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+        mirror_runtime::telemetry::LogFormat::Json => builder.json().init(),
     }
 }
 

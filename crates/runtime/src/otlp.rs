@@ -27,7 +27,7 @@ use crate::telemetry::{names, BUCKETS};
 
 /// The exporter could not be built (bad endpoint, no HTTP client).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up the OTLP metrics exporter: {0}")]
+#[error("OTLP metrics: {0}")]
 pub struct OtlpError(String);
 
 /// The meter provider; keep it alive for the process's lifetime (dropping it
@@ -43,6 +43,15 @@ impl OtlpExport {
             tracing::warn!(error = %e, "OTLP metrics: final export failed");
         }
     }
+
+    /// Export what was recorded and stop, saying whether the receiver took
+    /// it: the last act of a batch job, which nothing scrapes and which must
+    /// know its one push arrived ([`shutdown`](Self::shutdown) only logs).
+    pub fn finish(&self) -> Result<(), OtlpError> {
+        self.provider
+            .shutdown()
+            .map_err(|e| OtlpError(format!("final export: {e}")))
+    }
 }
 
 /// Build the exporter from the standard `OTEL_*` environment variables (the
@@ -51,7 +60,7 @@ pub fn recorder(service: &str) -> Result<(OtlpRecorder, OtlpExport), OtlpError> 
     let exporter = opentelemetry_otlp::MetricExporter::builder()
         .with_http()
         .build()
-        .map_err(|e| OtlpError(e.to_string()))?;
+        .map_err(|e| OtlpError(format!("cannot set up the exporter: {e}")))?;
     let mut reader = PeriodicReader::builder(exporter);
     if std::env::var_os("OTEL_METRIC_EXPORT_INTERVAL").is_none() {
         reader = reader.with_interval(std::time::Duration::from_secs(15));

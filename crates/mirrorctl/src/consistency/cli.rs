@@ -10,6 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sql_writer::config::{BusArgs, StoreArgs};
 
+use super::metrics::{self, Targets};
 use super::repair::{self, RepairSummary};
 use super::source::{ExportSource, PagerSource, SourceReader};
 use super::{check, Module, Options};
@@ -78,6 +79,13 @@ pub struct ConsistencyArgs {
     /// Largest bucket read row by row instead of split further
     #[arg(long, default_value_t = super::DEFAULT_LEAF_ROWS)]
     pub leaf_rows: u64,
+    /// Write the run's metrics (drift %, findings, last run) as a Prometheus
+    /// textfile here; they also go over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    #[arg(long, env = "CONSISTENCY_METRICS_FILE", value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+    /// Push the run's metrics to this Prometheus Pushgateway (plain HTTP, e.g. http://pushgateway:9091)
+    #[arg(long, env = "CONSISTENCY_PUSHGATEWAY", value_name = "URL")]
+    pub pushgateway: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -172,6 +180,13 @@ async fn with_reader<R: SourceReader>(
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
+    // Before the repair: the metrics say what this run found (a second run
+    // after the writer drains reports the repaired state).
+    let targets = Targets::from_env(args.metrics_file.clone(), args.pushgateway.clone());
+    let export_errors = metrics::export(&report, &targets).await;
+    for e in &export_errors {
+        eprintln!("mirrorctl consistency: metrics not delivered: {e}");
+    }
     if args.repair && !report.findings.is_empty() {
         let (events, not_repairable) = repair::plan(reader.project(), &report.findings, &sources);
         let bus = args.bus.clone().settings()?;
@@ -192,5 +207,15 @@ async fn with_reader<R: SourceReader>(
             summary.not_repairable.len()
         );
     }
-    Ok(if report.alert { 1 } else { 0 })
+    Ok(if report.alert {
+        1
+    } else if !export_errors.is_empty() {
+        // The check passed but the alerting pipeline did not hear of it.
+        EXIT_METRICS_NOT_DELIVERED
+    } else {
+        0
+    })
 }
+
+/// Exit code of a run within the threshold whose metrics did not reach a configured target.
+pub const EXIT_METRICS_NOT_DELIVERED: u8 = 3;

@@ -28,6 +28,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod metrics;
 pub mod repair;
 pub mod report;
 pub mod source;
