@@ -33,7 +33,11 @@ test: setup
 	$(CARGO) build --workspace --bins
 	@$(MAKE) --no-print-directory iac-check
 	@$(MAKE) --no-print-directory fuzz-short
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	@if (exec 3<>/dev/tcp/127.0.0.1/8686) 2>/dev/null; then \
+		export FIRESTORE_EMULATOR_HOST=$${FIRESTORE_EMULATOR_HOST:-127.0.0.1:8686}; \
+		echo "test: Firestore tests run against the emulator at $$FIRESTORE_EMULATOR_HOST"; \
+	fi; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \

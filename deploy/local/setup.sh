@@ -47,6 +47,22 @@ if ! port_open 4222; then
   for _ in $(seq 1 30); do port_open 4222 && break; sleep 0.5; done
 fi
 
+# The Firestore emulator, when this machine has it (Google's package
+# google-cloud-cli-firestore-emulator; Debian has no such package, so it is
+# started if present and never installed). `make test` points the Firestore
+# tests at it; without it they print `skipped: FIRESTORE_EMULATOR_HOST not set`.
+FIRESTORE_EMULATOR=/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator
+FIRESTORE_PORT=8686
+if [ -x "$FIRESTORE_EMULATOR" ] && command -v java >/dev/null 2>&1 && ! port_open "$FIRESTORE_PORT"; then
+  log "starting the Firestore emulator on 127.0.0.1:$FIRESTORE_PORT"
+  mkdir -p target
+  nohup "$FIRESTORE_EMULATOR" start --host=127.0.0.1 --port="$FIRESTORE_PORT" \
+    >target/firestore-emulator.log 2>&1 </dev/null &
+  for _ in $(seq 1 60); do port_open "$FIRESTORE_PORT" && break; sleep 0.5; done
+  port_open "$FIRESTORE_PORT" || log "the Firestore emulator did not start (target/firestore-emulator.log)"
+fi
+
 port_open 5432 || { log "PostgreSQL is not reachable on 127.0.0.1:5432"; exit 1; }
 port_open 4222 || { log "NATS is not reachable on 127.0.0.1:4222"; exit 1; }
 log "PostgreSQL 127.0.0.1:5432 and NATS 127.0.0.1:4222 are up"
+if port_open "$FIRESTORE_PORT"; then log "Firestore emulator 127.0.0.1:$FIRESTORE_PORT is up"; fi
