@@ -39,9 +39,38 @@ struct Script {
     outcomes: Arc<std::sync::Mutex<HashMap<i64, &'static str>>>,
     /// `com.microsoft:renew-lock` requests answered.
     renewals: Arc<AtomicUsize>,
+    /// How a renew-lock is answered: status (0 = 200 with a lock a minute
+    /// from now; Service Bus answers 410 for a lock that is gone), after this delay.
+    renew_status: u16,
+    renew_delay: Duration,
+    /// How many messages a `com.microsoft:peek-message` finds (0: answered 204).
+    peekable: Arc<AtomicUsize>,
 }
 
-type Replies = Arc<Mutex<HashMap<String, AmqpSender>>>;
+/// The reply link of each request address (`$cbs`, an entity's
+/// `$management`), fed through a channel to the task that owns the link.
+type Replies = Arc<Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Reply>>>>;
+type Reply = Message<fe2o3_amqp_types::messaging::AmqpValue<Value>>;
+
+/// Own a reply link: send what comes on `replies`, and answer the client's
+/// detach (a disposed receiver detaches its management link; an unanswered
+/// detach would hold the client's dispose until it gives up).
+async fn reply_link(
+    mut link: AmqpSender,
+    mut replies: tokio::sync::mpsc::UnboundedReceiver<Reply>,
+) {
+    loop {
+        tokio::select! {
+            reply = replies.recv() => match reply {
+                Some(reply) => {
+                    let _ = link.send(reply).await;
+                }
+                None => return,
+            },
+            _ = link.on_detach() => return, // dropping the link answers the detach
+        }
+    }
+}
 
 fn address_of_target(r: &AmqpReceiver) -> String {
     r.target()
@@ -64,7 +93,9 @@ async fn serve_session(mut session: ListenerSessionHandle, script: Script) {
                 if address.contains("/Subscriptions/") && !address.ends_with("$management") {
                     tokio::spawn(deliver(s, script.clone()));
                 } else {
-                    replies.lock().await.insert(address, s);
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    replies.lock().await.insert(address, tx);
+                    tokio::spawn(reply_link(s, rx));
                 }
             }
             LinkEndpoint::Receiver(r) => {
@@ -72,12 +103,7 @@ async fn serve_session(mut session: ListenerSessionHandle, script: Script) {
                 let replies = replies.clone();
                 let script = script.clone();
                 if address.ends_with("$cbs") || address.ends_with("$management") {
-                    tokio::spawn(answer_requests(
-                        r,
-                        address,
-                        replies,
-                        script.renewals.clone(),
-                    ));
+                    tokio::spawn(answer_requests(r, address, replies, script));
                 } else {
                     tokio::spawn(settle_publishes(r, script));
                 }
@@ -89,13 +115,14 @@ async fn serve_session(mut session: ListenerSessionHandle, script: Script) {
 }
 
 /// Answer every request on a `$cbs` / `$management` link, on the reply link
-/// of the same address: `com.microsoft:renew-lock` with 200 and a lock one
-/// minute from now; anything else (CBS `put-token`) with 202.
+/// of the same address: `com.microsoft:renew-lock` as the script says (by
+/// default 200 and a lock one minute from now); anything else (CBS
+/// `put-token`) with 202.
 async fn answer_requests(
     mut requests: AmqpReceiver,
     address: String,
     replies: Replies,
-    renewals: Arc<AtomicUsize>,
+    script: Script,
 ) {
     use fe2o3_amqp_types::primitives::{Array, OrderedMap, Timestamp};
     while let Ok(delivery) = requests.recv::<Body<Value>>().await {
@@ -117,15 +144,38 @@ async fn answer_requests(
             })
             .unwrap_or_default();
         let renew = operation == "com.microsoft:renew-lock";
+        let mut status = 202;
         if renew {
-            renewals.fetch_add(1, Ordering::SeqCst);
+            script.renewals.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(script.renew_delay).await;
+            status = match script.renew_status {
+                0 => 200,
+                s => i32::from(s),
+            };
+        }
+        if operation == "com.microsoft:peek-message" {
+            let count = match delivery.message().body {
+                Body::Value(fe2o3_amqp_types::messaging::AmqpValue(Value::Map(ref m))) => m
+                    .get(&Value::String("message-count".to_owned()))
+                    .and_then(|v| match v {
+                        Value::Int(n) => usize::try_from(*n).ok(),
+                        _ => None,
+                    })
+                    .unwrap_or(1),
+                _ => 1,
+            };
+            let n = script.peekable.load(Ordering::SeqCst).min(count);
+            send_reply(&replies, &address, peek_answer(message_id, n)).await;
+            continue;
         }
         let mut body = OrderedMap::new();
-        if renew {
+        if status == 200 {
             let until = chrono::Utc::now().timestamp_millis() + 60_000;
             body.insert(
-                "expirations".to_owned(),
-                Array(vec![Timestamp::from_milliseconds(until)]),
+                Value::String("expirations".to_owned()),
+                Value::Array(Array(vec![Value::Timestamp(Timestamp::from_milliseconds(
+                    until,
+                ))])),
             );
         }
         let reply = Message::builder()
@@ -134,23 +184,86 @@ async fn answer_requests(
                 ..Default::default()
             })
             .application_properties(ApplicationProperties(
-                [(
-                    "status-code".to_owned(),
-                    SimpleValue::Int(if renew { 200 } else { 202 }),
-                )]
+                [
+                    ("status-code".to_owned(), SimpleValue::Int(status)),
+                    (
+                        "status-description".to_owned(),
+                        SimpleValue::String(if status == 410 {
+                            "The lock supplied is invalid. Either the lock expired, or the message has already been removed from the queue.".to_owned()
+                        } else {
+                            "OK".to_owned()
+                        }),
+                    ),
+                ]
                 .into_iter()
                 .collect(),
             ))
-            .value(body)
+            .value(Value::Map(body))
             .build();
-        for _ in 0..100 {
-            if let Some(sender) = replies.lock().await.get_mut(&address) {
-                let _ = sender.send(reply).await;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        send_reply(&replies, &address, reply).await;
     }
+}
+
+/// Send `reply` on the reply link of `address` (waiting for it to attach).
+async fn send_reply(replies: &Replies, address: &str, reply: Reply) {
+    for _ in 0..100 {
+        if let Some(link) = replies.lock().await.get(address) {
+            let _ = link.send(reply);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `peek-message` answer with `n` messages (sequence numbers 1..=n), or
+/// 204 No Content when `n` is 0, as Service Bus answers.
+fn peek_answer(correlation_id: Option<fe2o3_amqp_types::messaging::MessageId>, n: usize) -> Reply {
+    use fe2o3_amqp_types::messaging::message::__private::Serializable;
+    use fe2o3_amqp_types::messaging::MessageAnnotations;
+    use fe2o3_amqp_types::primitives::{Binary, OrderedMap};
+    let messages: Vec<Value> = (1..=n as i64)
+        .map(|seq| {
+            let m = Message::builder()
+                .message_annotations(MessageAnnotations(
+                    [(
+                        Symbol::from("x-opt-sequence-number").into(),
+                        Value::Long(seq),
+                    )]
+                    .into_iter()
+                    .collect(),
+                ))
+                .data(fe2o3_amqp_types::messaging::Data(Binary::from(
+                    b"peeked".to_vec(),
+                )))
+                .build();
+            let encoded = serde_amqp::to_vec(&Serializable(m)).expect("encode");
+            Value::Map(
+                [(
+                    Value::String("message".to_owned()),
+                    Value::Binary(Binary::from(encoded)),
+                )]
+                .into_iter()
+                .collect(),
+            )
+        })
+        .collect();
+    let status = if n == 0 { 204 } else { 200 };
+    let mut body = OrderedMap::new();
+    if n > 0 {
+        body.insert(Value::String("messages".to_owned()), Value::List(messages));
+    }
+    Message::builder()
+        .properties(Properties {
+            correlation_id,
+            ..Default::default()
+        })
+        .application_properties(ApplicationProperties(
+            [("status-code".to_owned(), SimpleValue::Int(status))]
+                .into_iter()
+                .collect(),
+        ))
+        .value(Value::Map(body))
+        .build()
 }
 
 /// Deliver the scripted messages (peek-lock: unsettled, lock token in the
@@ -201,8 +314,8 @@ async fn deliver(mut link: AmqpSender, script: Script) {
             outcomes.lock().unwrap().insert(seq, what);
         });
     }
-    // keep the link open
-    std::future::pending::<()>().await;
+    // keep the link open until the client detaches it (dropping it answers)
+    let _ = link.on_detach().await;
 }
 
 async fn settle_publishes(mut topic: AmqpReceiver, script: Script) {
@@ -225,6 +338,9 @@ async fn settle_publishes(mut topic: AmqpReceiver, script: Script) {
 async fn start_peer(ip: &str, script: Script) -> Option<()> {
     let listener = match TcpListener::bind((ip, 5672)).await {
         Ok(l) => l,
+        Err(e) if std::env::var_os("REQUIRE_SCRIPTED_PEER").is_some() => {
+            panic!("cannot listen on {ip}:5672 ({e}) and REQUIRE_SCRIPTED_PEER is set")
+        }
         Err(e) => {
             eprintln!("skipped: cannot listen on {ip}:5672 ({e})");
             return None;
@@ -506,4 +622,169 @@ async fn keep_alive_pass_renews_each_lock() {
     for d in got {
         d.complete().await.expect("complete");
     }
+}
+
+/// Receive `n` deliveries from a fresh consumer on the peer at `ip`.
+async fn receive_n(
+    bus: &ServiceBusBus,
+    n: usize,
+) -> (
+    mirror_bus::servicebus::ServiceBusConsumer,
+    Vec<mirror_bus::servicebus::ServiceBusDelivery>,
+) {
+    use mirror_bus::Receiver;
+    let mut rx = tokio::time::timeout(Duration::from_secs(30), bus.subscribe("sql-writer"))
+        .await
+        .expect("subscribe within 30 s")
+        .expect("subscribe");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < n && Instant::now() < deadline {
+        got.extend(
+            rx.receive(n, Duration::from_millis(500))
+                .await
+                .expect("receive"),
+        );
+    }
+    assert_eq!(got.len(), n);
+    (rx, got)
+}
+
+/// Lost locks (the broker answers renew-lock with 410): the keep-alive pass
+/// reports each as failed, and the delivery is marked lost — a later pass
+/// sends no request for it, and settling it is `LockLost` with nothing sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_locks_are_reported_once_and_not_settled() {
+    use mirror_bus::servicebus::ServiceBusDelivery;
+    use mirror_bus::Delivery;
+    let ip = "127.0.0.46";
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let script = Script {
+        deliveries: (1..=4).map(|seq| (seq, now_ms + 60_000)).collect(),
+        renew_status: 410,
+        ..Script::default()
+    };
+    if start_peer(ip, script.clone()).await.is_none() {
+        return;
+    }
+    let bus = bus(ip).await;
+    let (_rx, mut got) = receive_n(&bus, 4).await;
+    let e = got[0].keep_alive().await.unwrap_err();
+    assert_eq!(
+        e.kind(),
+        BusErrorKind::LockLost,
+        "a 410 answer is a lost lock: {e}"
+    );
+    let asked = script.renewals.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&asked),
+        "{asked} requests (one library retry at most)"
+    );
+
+    let failed = ServiceBusDelivery::keep_alive_all(&got, Duration::from_secs(10)).await;
+    assert_eq!(failed, 4);
+    let after_first_pass = script.renewals.load(Ordering::SeqCst);
+    assert!(
+        after_first_pass - asked <= 2 * 3,
+        "no request for the lock already known lost ({} requests)",
+        after_first_pass - asked
+    );
+    let failed = ServiceBusDelivery::keep_alive_all(&got, Duration::from_secs(10)).await;
+    assert_eq!(failed, 4);
+    assert_eq!(
+        script.renewals.load(Ordering::SeqCst),
+        after_first_pass,
+        "a second pass asks nothing"
+    );
+    let e = got.pop().unwrap().complete().await.unwrap_err();
+    assert_eq!(e.kind(), BusErrorKind::LockLost, "{e}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        script.outcomes.lock().unwrap().get(&4),
+        None,
+        "nothing sent"
+    );
+}
+
+/// A broker slow to answer renewals (here 1.5 s each, lost locks): a
+/// keep-alive pass over 8 deliveries with a 1 s budget returns within the
+/// budget (plus scheduling slack), counting what it did not get to as failed
+/// — it does not hold the writer for 8 × (1.5 s + a library retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_pass_stays_within_its_budget() {
+    use mirror_bus::servicebus::ServiceBusDelivery;
+    use mirror_bus::Delivery;
+    let ip = "127.0.0.47";
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let script = Script {
+        deliveries: (1..=8).map(|seq| (seq, now_ms + 60_000)).collect(),
+        renew_status: 410,
+        renew_delay: Duration::from_millis(1500),
+        ..Script::default()
+    };
+    if start_peer(ip, script.clone()).await.is_none() {
+        return;
+    }
+    let bus = bus(ip).await;
+    let (_rx, got) = receive_n(&bus, 8).await;
+    let budget = Duration::from_secs(1);
+    let started = Instant::now();
+    let failed = ServiceBusDelivery::keep_alive_all(&got, budget).await;
+    let took = started.elapsed();
+    eprintln!("pass took {took:?}, {failed} failed");
+    assert_eq!(failed, 8, "nothing was renewed");
+    assert!(took < budget + Duration::from_millis(300), "{took:?}");
+    // A second pass right away waits behind the first's request, within its budget too.
+    let started = Instant::now();
+    let failed = ServiceBusDelivery::keep_alive_all(&got, budget).await;
+    assert_eq!(failed, 8);
+    assert!(
+        started.elapsed() < budget + Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// `backlog()` from a peek (Listen rights): the consumer's figure is what the
+/// peek saw less its own unsettled deliveries; the bus's (for metrics, on a
+/// receiver that locks nothing) is what the peek saw; an empty subscription
+/// (the broker answers 204) is pending 0 — what `--exit-when-idle` waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_is_peeked() {
+    use mirror_bus::{Delivery, Receiver};
+    let ip = "127.0.0.48";
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let script = Script {
+        deliveries: vec![(1, now_ms + 60_000)],
+        ..Script::default()
+    };
+    script.peekable.store(3, Ordering::SeqCst);
+    if start_peer(ip, script.clone()).await.is_none() {
+        return;
+    }
+    let bus = bus(ip).await;
+    let seen = bus
+        .peek_backlog("sql-writer")
+        .await
+        .expect("peek")
+        .expect("a figure");
+    assert_eq!((seen.pending, seen.in_flight), (3, 0));
+
+    let (mut rx, mut got) = receive_n(&bus, 1).await;
+    let b = rx.backlog().await.expect("backlog").expect("a figure");
+    assert_eq!(
+        (b.pending, b.in_flight),
+        (2, 1),
+        "the peek counts the locked delivery too"
+    );
+    got.pop().unwrap().complete().await.expect("complete");
+    script.peekable.store(0, Ordering::SeqCst);
+    let b = rx.backlog().await.expect("backlog").expect("a figure");
+    assert_eq!((b.pending, b.in_flight), (0, 0), "drained");
+    let seen = bus
+        .peek_backlog("sql-writer")
+        .await
+        .expect("peek")
+        .expect("a figure");
+    assert_eq!(seen.pending, 0);
 }
