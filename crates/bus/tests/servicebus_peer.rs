@@ -47,6 +47,27 @@ struct Script {
     peekable: Arc<AtomicUsize>,
     /// How long the peer takes to settle a publish (a network round trip).
     settle_delay: Duration,
+    /// Sessions: the id given to an `accept_next_session` attach (a receive
+    /// link with a `com.microsoft:session-filter`), after this delay; the
+    /// first `fail_session_accepts` such attaches end their AMQP session instead.
+    session_id: Option<String>,
+    session_accept_delay: Duration,
+    fail_session_accepts: Arc<AtomicUsize>,
+    /// Session attaches seen, and AMQP connections accepted.
+    session_attaches: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+}
+
+const SESSION_FILTER: &str = "com.microsoft:session-filter";
+
+/// Whether `attach` is a client's receive link asking for a session.
+fn asks_for_session(attach: &fe2o3_amqp_types::performatives::Attach) -> bool {
+    attach.role == fe2o3_amqp_types::definitions::Role::Receiver
+        && attach
+            .source
+            .as_ref()
+            .and_then(|s| s.filter.as_ref())
+            .is_some_and(|f| f.contains_key(&Symbol::from(SESSION_FILTER)))
 }
 
 /// The reply link of each request address (`$cbs`, an entity's
@@ -84,7 +105,52 @@ fn address_of_target(r: &AmqpReceiver) -> String {
 async fn serve_session(mut session: ListenerSessionHandle, script: Script) {
     let links = LinkAcceptor::new();
     let replies: Replies = Arc::new(Mutex::new(HashMap::new()));
-    while let Ok(link) = links.accept(&mut session).await {
+    while let Some(mut attach) = session.next_incoming_attach().await {
+        let mut session_links = None;
+        if asks_for_session(&attach) {
+            script.session_attaches.fetch_add(1, Ordering::SeqCst);
+            let fail = script
+                .fail_session_accepts
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if fail {
+                return; // ends this AMQP session under the pending attach
+            }
+            tokio::time::sleep(script.session_accept_delay).await;
+            let id = script
+                .session_id
+                .clone()
+                .unwrap_or_else(|| "s-1".to_owned());
+            if let Some(source) = attach.source.as_mut() {
+                source
+                    .filter
+                    .get_or_insert_with(Default::default)
+                    .insert(Symbol::from(SESSION_FILTER), Value::String(id));
+            }
+            let until = chrono::Utc::now().timestamp_millis() + 60_000;
+            session_links = Some(
+                LinkAcceptor::builder()
+                    .properties(
+                        [(
+                            Symbol::from("com.microsoft:locked-until-utc"),
+                            Value::Timestamp(
+                                fe2o3_amqp_types::primitives::Timestamp::from_milliseconds(until),
+                            ),
+                        )]
+                        .into_iter()
+                        .collect(),
+                    )
+                    .build(),
+            );
+        }
+        let Ok(link) = session_links
+            .as_ref()
+            .unwrap_or(&links)
+            .accept_incoming_attach(attach, &mut session)
+            .await
+        else {
+            break;
+        };
         match link {
             LinkEndpoint::Sender(s) => {
                 let address = s
@@ -360,6 +426,7 @@ async fn start_peer(ip: &str, script: Script) -> Option<()> {
                 let Ok(mut connection) = acceptor.accept(stream).await else {
                     return;
                 };
+                script.connections.fetch_add(1, Ordering::SeqCst);
                 let sessions = SessionAcceptor::new();
                 while let Ok(session) = sessions.accept(&mut connection).await {
                     tokio::spawn(serve_session(session, script.clone()));
@@ -383,10 +450,15 @@ fn outbound(id: &str) -> OutboundMessage {
 }
 
 async fn bus(ip: &str) -> ServiceBusBus {
+    bus_with(ip, |_| {}).await
+}
+
+async fn bus_with(ip: &str, adjust: impl FnOnce(&mut ServiceBusConfig)) -> ServiceBusBus {
     let cs = format!(
         "Endpoint=sb://{ip};SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=not-a-secret;UseDevelopmentEmulator=true;"
     );
-    let config = ServiceBusConfig::from_connection_string(&cs, "realtime-mirror").unwrap();
+    let mut config = ServiceBusConfig::from_connection_string(&cs, "realtime-mirror").unwrap();
+    adjust(&mut config);
     tokio::time::timeout(Duration::from_secs(30), ServiceBusBus::connect(config))
         .await
         .expect("connect within 30 s")
@@ -825,4 +897,102 @@ async fn outcome_race_experiment() {
             script.transfers.load(Ordering::SeqCst)
         );
     }
+}
+
+/// Sessions: an `accept_next_session` the broker is slow to answer (1.5 s
+/// here) is kept across receives — each receive returns empty after its own
+/// wait while the same accept runs on, never cancelled (a cancelled accept
+/// leaves its link registered in fe2o3 and the broker's late Attach then ends
+/// the AMQP session). One session attach, no new connection, and the
+/// session's message arrives once the accept completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_session_accept_is_kept_across_receives() {
+    use mirror_bus::{Delivery, Receiver};
+    let ip = "127.0.0.51";
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let script = Script {
+        deliveries: vec![(1, now_ms + 60_000)],
+        session_id: Some("order-17".to_owned()),
+        session_accept_delay: Duration::from_millis(1500),
+        ..Script::default()
+    };
+    if start_peer(ip, script.clone()).await.is_none() {
+        return;
+    }
+    let bus = bus_with(ip, |c| c.sessions = true).await;
+    let connected = script.connections.load(Ordering::SeqCst);
+    let mut rx = bus.subscribe("sql-writer").await.expect("subscribe");
+    let mut empty = 0;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while got.is_empty() && Instant::now() < deadline {
+        got = rx
+            .receive(1, Duration::from_millis(300))
+            .await
+            .expect("receive");
+        if got.is_empty() {
+            empty += 1;
+        }
+    }
+    assert_eq!(got.len(), 1, "the session's message arrived");
+    assert!(empty >= 3, "{empty} receives returned while the accept ran");
+    assert_eq!(
+        script.session_attaches.load(Ordering::SeqCst),
+        1,
+        "one accept, kept"
+    );
+    assert_eq!(
+        script.connections.load(Ordering::SeqCst),
+        connected + 1,
+        "the consumer's one connection, not rebuilt"
+    );
+    got.pop().unwrap().complete().await.expect("complete");
+}
+
+/// Sessions: an accept that fails for a reason other than "no session
+/// available" (here the peer ends the AMQP session under it, twice, so the
+/// library's one retry fails too) makes the consumer rebuild its connection,
+/// and the next accept on the new connection gets the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_session_accept_rebuilds_the_connection() {
+    use mirror_bus::Receiver;
+    let ip = "127.0.0.52";
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let script = Script {
+        deliveries: vec![(1, now_ms + 60_000)],
+        session_id: Some("order-18".to_owned()),
+        ..Script::default()
+    };
+    script.fail_session_accepts.store(2, Ordering::SeqCst);
+    if start_peer(ip, script.clone()).await.is_none() {
+        return;
+    }
+    let bus = bus_with(ip, |c| c.sessions = true).await;
+    let connected = script.connections.load(Ordering::SeqCst);
+    let mut rx = bus.subscribe("sql-writer").await.expect("subscribe");
+    let mut errors = 0;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.is_empty() && Instant::now() < deadline {
+        match rx.receive(1, Duration::from_millis(500)).await {
+            Ok(batch) => got = batch,
+            Err(e) => {
+                eprintln!("receive: {e}");
+                errors += 1;
+            }
+        }
+    }
+    let connections = script.connections.load(Ordering::SeqCst) - connected;
+    let attaches = script.session_attaches.load(Ordering::SeqCst);
+    eprintln!(
+        "{errors} failed receives, {connections} consumer connections, {attaches} session attaches"
+    );
+    assert_eq!(
+        got.len(),
+        1,
+        "the session's message arrived after the rebuild"
+    );
+    assert!(errors >= 1, "the failed accept was reported");
+    assert!(connections >= 2, "the connection was rebuilt");
+    assert!(attaches >= 3);
 }
