@@ -22,7 +22,7 @@
 //! | [`WireMessage`](mirror_schema::WireMessage) | content-type, application properties (native AMQP types), one `data` body section |
 //! | [`EventBus::publish`] | send with the library's retries **off**; the adapter retries (backon, [`convert::PUBLISH_BUDGET`]), ≥ 10 s after `server-busy`; a rejected send is an error, never `Published`; `message-size-exceeded` (or over the link's size less [`convert::SIZE_MARGIN`], measured by `try_add_message`) is [`BusError::TooLarge`] |
 //! | peek-lock, [`Delivery::keep_alive`] | PeekLock receive; `renew-lock` (session lock with sessions) |
-//! | [`Delivery::keep_alive_all`] | one `renew-session-lock` per session; without sessions one `renew-lock` per message (azservicebus 0.25 sends a one-token request; its multi-token call is crate-private), within the pass's time budget, skipping locks already lost |
+//! | [`Delivery::keep_alive_all`] | one `renew-session-lock` per session; without sessions one `renew-lock` per message (azservicebus 0.25 sends a one-token request; its multi-token call, request types and management link are crate-private); the caller waits at most the budget; locks past `locked_until` or answered 410 (lost) are skipped and never settled |
 //! | [`Delivery::complete`] / [`Delivery::dead_letter`] | complete / dead-letter with `DeadLetterReason`, `DeadLetterErrorDescription`, `DeadLetterAttempts`, `DeadLetteredAt` — **outcome unknown** (fe2o3-amqp queues the disposition and returns); a delivery more than [`convert::CLOCK_SKEW_ALLOWANCE`] past its `locked_until` is refused with [`crate::BusErrorKind::LockLost`] instead |
 //! | [`Delivery::retry`] | keep renewing the lock for `delay` (at most [`receiver::MAX_RETRY_HOLD`]), then abandon; under a second: abandon at once |
 //! | [`EventBus::list_dead_letters`] | peek `{topic}/Subscriptions/{sub}/$deadletterqueue`; handle = sequence number; partition key = `SessionId` |
@@ -39,6 +39,13 @@
 //! library retry (it reattaches a link the broker detached, e.g. an idle
 //! management link) and a short delay, so a lost lock fails in well under a
 //! second instead of ~11 s.
+//!
+//! Tokens: azservicebus's CBS link puts a new token exactly at the old one's
+//! expiry, and Service Bus detaches links whose token expired. Entra ID
+//! tokens are reported 5 minutes early by the credential wrapper; SAS
+//! connections (30-minute signatures, no hook) are replaced at their next use
+//! after 15 minutes when nothing received on them is unsettled, after 20 in
+//! any case ([`convert::renew_connection`]).
 //!
 //! Concurrency: azservicebus receivers take `&mut self` for receive and for
 //! settlement, and a message must be settled on the link that received it. A
