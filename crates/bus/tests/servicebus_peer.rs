@@ -699,19 +699,12 @@ async fn keep_alive_pass_renews_each_lock() {
     }
 }
 
-/// Receive `n` deliveries from a fresh consumer on the peer at `ip`.
+/// Receive `n` deliveries from `rx` (within 10 s).
 async fn receive_n(
-    bus: &ServiceBusBus,
+    rx: &mut mirror_bus::servicebus::ServiceBusConsumer,
     n: usize,
-) -> (
-    mirror_bus::servicebus::ServiceBusConsumer,
-    Vec<mirror_bus::servicebus::ServiceBusDelivery>,
-) {
+) -> Vec<mirror_bus::servicebus::ServiceBusDelivery> {
     use mirror_bus::Receiver;
-    let mut rx = tokio::time::timeout(Duration::from_secs(30), bus.subscribe("sql-writer"))
-        .await
-        .expect("subscribe within 30 s")
-        .expect("subscribe");
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while got.len() < n && Instant::now() < deadline {
@@ -722,7 +715,7 @@ async fn receive_n(
         );
     }
     assert_eq!(got.len(), n);
-    (rx, got)
+    got
 }
 
 /// Lost locks (the broker answers renew-lock with 410): the keep-alive pass
@@ -739,11 +732,10 @@ async fn lost_locks_are_reported_once_and_not_settled() {
         renew_status: 410,
         ..Script::default()
     };
-    if start_peer(ip, script.clone()).await.is_none() {
+    let Some((_bus, mut rx, _)) = peer_consumer(ip, &script, false).await else {
         return;
-    }
-    let bus = bus(ip).await;
-    let (_rx, mut got) = receive_n(&bus, 4).await;
+    };
+    let mut got = receive_n(&mut rx, 4).await;
     let e = got[0].keep_alive().await.unwrap_err();
     assert_eq!(
         e.kind(),
@@ -797,11 +789,10 @@ async fn a_keep_alive_pass_stays_within_its_budget() {
         renew_delay: Duration::from_millis(1500),
         ..Script::default()
     };
-    if start_peer(ip, script.clone()).await.is_none() {
+    let Some((_bus, mut rx, _)) = peer_consumer(ip, &script, false).await else {
         return;
-    }
-    let bus = bus(ip).await;
-    let (_rx, got) = receive_n(&bus, 8).await;
+    };
+    let got = receive_n(&mut rx, 8).await;
     let budget = Duration::from_secs(1);
     let started = Instant::now();
     let failed = ServiceBusDelivery::keep_alive_all(&got, budget).await;
@@ -834,10 +825,9 @@ async fn backlog_is_peeked() {
         ..Script::default()
     };
     script.peekable.store(3, Ordering::SeqCst);
-    if start_peer(ip, script.clone()).await.is_none() {
+    let Some((bus, mut rx, _)) = peer_consumer(ip, &script, false).await else {
         return;
-    }
-    let bus = bus(ip).await;
+    };
     let seen = bus
         .peek_backlog("sql-writer")
         .await
@@ -845,7 +835,7 @@ async fn backlog_is_peeked() {
         .expect("a figure");
     assert_eq!((seen.pending, seen.in_flight), (3, 0));
 
-    let (mut rx, mut got) = receive_n(&bus, 1).await;
+    let mut got = receive_n(&mut rx, 1).await;
     let b = rx.backlog().await.expect("backlog").expect("a figure");
     assert_eq!(
         (b.pending, b.in_flight),
@@ -899,6 +889,25 @@ async fn outcome_race_experiment() {
     }
 }
 
+/// A peer on `ip` with `script`, a bus (sessions on or off), and a consumer
+/// of `sql-writer`; with the connections the peer had accepted before the
+/// consumer's. `None` if the peer cannot listen.
+async fn peer_consumer(
+    ip: &str,
+    script: &Script,
+    sessions: bool,
+) -> Option<(
+    ServiceBusBus,
+    mirror_bus::servicebus::ServiceBusConsumer,
+    usize,
+)> {
+    start_peer(ip, script.clone()).await?;
+    let bus = bus_with(ip, |c| c.sessions = sessions).await;
+    let connected = script.connections.load(Ordering::SeqCst);
+    let rx = bus.subscribe("sql-writer").await.expect("subscribe");
+    Some((bus, rx, connected))
+}
+
 /// Sessions: an `accept_next_session` the broker is slow to answer (1.5 s
 /// here) is kept across receives — each receive returns empty after its own
 /// wait while the same accept runs on, never cancelled (a cancelled accept
@@ -916,12 +925,9 @@ async fn a_slow_session_accept_is_kept_across_receives() {
         session_accept_delay: Duration::from_millis(1500),
         ..Script::default()
     };
-    if start_peer(ip, script.clone()).await.is_none() {
+    let Some((_bus, mut rx, connected)) = peer_consumer(ip, &script, true).await else {
         return;
-    }
-    let bus = bus_with(ip, |c| c.sessions = true).await;
-    let connected = script.connections.load(Ordering::SeqCst);
-    let mut rx = bus.subscribe("sql-writer").await.expect("subscribe");
+    };
     let mut empty = 0;
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -964,12 +970,9 @@ async fn a_failed_session_accept_rebuilds_the_connection() {
         ..Script::default()
     };
     script.fail_session_accepts.store(2, Ordering::SeqCst);
-    if start_peer(ip, script.clone()).await.is_none() {
+    let Some((_bus, mut rx, connected)) = peer_consumer(ip, &script, true).await else {
         return;
-    }
-    let bus = bus_with(ip, |c| c.sessions = true).await;
-    let connected = script.connections.load(Ordering::SeqCst);
-    let mut rx = bus.subscribe("sql-writer").await.expect("subscribe");
+    };
     let mut errors = 0;
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
