@@ -35,6 +35,7 @@ pub async fn servicebus(
     topic: &str,
     sessions: bool,
     max_delivery_count: u32,
+    prefetch: u32,
 ) -> Result<ServiceBusBus, BusError> {
     let mut config = match auth {
         ServiceBusAuth::ConnectionString(cs) => {
@@ -44,6 +45,14 @@ pub async fn servicebus(
     };
     config.sessions = sessions;
     config.max_delivery_count = max_delivery_count;
+    if prefetch < config.prefetch {
+        tracing::info!(
+            prefetch,
+            default = config.prefetch,
+            "Service Bus prefetch lowered to the batch size: prefetched messages are locked while they wait"
+        );
+    }
+    config.prefetch = prefetch;
     let bus = ServiceBusBus::connect(config).await?;
     mirror_bus::EventBus::ensure_topology(&bus).await?;
     Ok(bus)
@@ -102,10 +111,16 @@ macro_rules! with_bus {
                 topic,
                 sessions,
                 max_delivery_count,
+                prefetch,
             } => {
-                let $bus =
-                    $crate::adapters::servicebus(auth, topic, *sessions, *max_delivery_count)
-                        .await?;
+                let $bus = $crate::adapters::servicebus(
+                    auth,
+                    topic,
+                    *sessions,
+                    *max_delivery_count,
+                    *prefetch,
+                )
+                .await?;
                 $body
             }
         }

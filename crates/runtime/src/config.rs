@@ -101,6 +101,9 @@ pub enum BusSettings {
         topic: String,
         sessions: bool,
         max_delivery_count: u32,
+        /// Messages each receive link locks ahead; at most the batch a
+        /// consumer takes (the writer lowers it to its batch size).
+        prefetch: u32,
     },
 }
 
@@ -219,6 +222,7 @@ impl BusArgs {
                     topic,
                     sessions: self.servicebus_sessions.unwrap_or(false),
                     max_delivery_count: 5,
+                    prefetch: mirror_bus::servicebus::DEFAULT_PREFETCH,
                 })
             }
         }

@@ -227,9 +227,21 @@ pub async fn watch<B: EventBus, S: MirrorStore>(
                 );
             }
         }
-        // Backlog: JetStream reports it per consumer. (A Service Bus receiver
-        // would prefetch and lock messages, and its AMQP adapter cannot read
-        // counts anyway; there the KEDA scaler reads them from ARM.)
+        // Backlog: JetStream reports it per consumer. Service Bus: a peek on
+        // the bus's own connection (a consumer would prefetch and lock
+        // messages), `pending` only and at most the peek's size; exact counts
+        // are in ARM, where the KEDA scaler reads them.
+        if let (Some(sb), Some(subscription)) = (
+            (&*bus as &dyn std::any::Any).downcast_ref::<mirror_bus::servicebus::ServiceBusBus>(),
+            &options.subscription,
+        ) {
+            if let Ok(Ok(Some(b))) =
+                tokio::time::timeout(options.timeout, sb.peek_backlog(subscription)).await
+            {
+                gauge!(names::BACKLOG, "subscription" => subscription.clone(), "state" => "pending")
+                    .set(b.pending as f64);
+            }
+        }
         if let (true, Some(subscription)) = (is_jetstream, &options.subscription) {
             let sampled = tokio::time::timeout(options.timeout, async {
                 if receiver.is_none() {

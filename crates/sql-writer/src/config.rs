@@ -212,11 +212,18 @@ impl Cli {
         // limit (JetStream's consumer is configured with it; Service Bus's
         // `maxDeliveryCount` comes from IaC and must match — the adapter
         // checks the dead-letter queue for evidence that it does not).
+        // Service Bus locks prefetched messages as they arrive: never more
+        // than one batch waits locked (the adapter logs the lowered figure).
         match &mut bus {
             BusSettings::Nats { max_deliver, .. } => *max_deliver = max_attempts,
             BusSettings::ServiceBus {
-                max_delivery_count, ..
-            } => *max_delivery_count = max_attempts,
+                max_delivery_count,
+                prefetch,
+                ..
+            } => {
+                *max_delivery_count = max_attempts;
+                *prefetch = (*prefetch).min(u32::try_from(batch_size).unwrap_or(u32::MAX));
+            }
         }
         Ok(Settings {
             bus,
@@ -358,6 +365,29 @@ mod tests {
         );
         let s = parse(&["--bus", "nats", "--max-attempts", "7"]).unwrap();
         assert!(matches!(s.bus, BusSettings::Nats { max_deliver: 7, .. }));
+    }
+
+    /// Service Bus prefetch is at most one batch (prefetched messages wait locked).
+    #[test]
+    fn service_bus_prefetch_is_at_most_a_batch() {
+        let cs = "Endpoint=sb://localhost;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true;";
+        let prefetch = |batch: &str| {
+            let s = parse(&[
+                "--bus",
+                "servicebus",
+                "--servicebus-connection-string",
+                cs,
+                "--batch-size",
+                batch,
+            ])
+            .unwrap();
+            match s.bus {
+                BusSettings::ServiceBus { prefetch, .. } => prefetch,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(prefetch("7"), 7);
+        assert_eq!(prefetch("64"), mirror_bus::servicebus::DEFAULT_PREFETCH);
     }
 
     #[test]

@@ -21,6 +21,9 @@ const PUBLIC_KEYS: [&str; 4] = [
     "UseDevelopmentEmulator",
 ];
 
+/// Messages a receive link locks ahead by default (see [`ServiceBusConfig::prefetch`]).
+pub const DEFAULT_PREFETCH: u32 = 20;
+
 /// How to authenticate to the namespace.
 #[derive(Clone)]
 pub enum ServiceBusAuth {
@@ -123,7 +126,7 @@ impl ServiceBusConfig {
             auth,
             topic: topic.into(),
             sessions: false,
-            prefetch: 20,
+            prefetch: DEFAULT_PREFETCH,
             max_delivery_count: 5,
             lock_renewal: None,
             duplicate_detection_window: Duration::from_secs(600),
@@ -205,6 +208,19 @@ impl ServiceBusConfig {
         }
     }
 
+    /// Whether the library signs SAS tokens from this configuration's key —
+    /// 30-minute signatures its CBS link refreshes only at their expiry, so the
+    /// adapter replaces such connections ahead of it
+    /// (see [`super::convert::renew_connection`]).
+    pub(crate) fn signs_sas(&self) -> bool {
+        match &self.auth {
+            ServiceBusAuth::ConnectionString(cs) => ConnectionString::parse(cs.expose_secret())
+                .map(|c| c.signed_with_key)
+                .unwrap_or(false),
+            ServiceBusAuth::Entra { .. } => false,
+        }
+    }
+
     /// The namespace host, for logs.
     pub fn namespace(&self) -> String {
         match &self.auth {
@@ -240,6 +256,9 @@ pub(crate) struct ConnectionString {
     pub host: String,
     pub entity_path: Option<String>,
     pub emulator: bool,
+    /// Signed by the library from `SharedAccessKey` (a fixed
+    /// `SharedAccessSignature` is used as given, until it expires).
+    pub signed_with_key: bool,
 }
 
 impl ConnectionString {
@@ -286,6 +305,7 @@ impl ConnectionString {
             host,
             entity_path,
             emulator,
+            signed_with_key: key_name && key && !signature,
         })
     }
 }
@@ -420,6 +440,21 @@ mod tests {
         assert_eq!(c.verify_subscriptions, ["sql-writer", "monitoring"]);
         assert!(!c.is_emulator());
         c.validate().unwrap();
+    }
+
+    /// Only key-signed connections are replaced by age: Entra ID tokens are
+    /// refreshed ahead by the credential, a fixed signature cannot be renewed.
+    #[test]
+    fn only_key_signed_connections_renew_by_age() {
+        let keyed = ServiceBusConfig::from_connection_string(&cs(), "t").unwrap();
+        assert!(keyed.signs_sas());
+        let fixed = ServiceBusConfig::from_connection_string(
+            "Endpoint=sb://demo.servicebus.windows.net/;SharedAccessSignature=SharedAccessSignature sr=x&sig=y&se=1&skn=z",
+            "t",
+        )
+        .unwrap();
+        assert!(!fixed.signs_sas());
+        assert!(!ServiceBusConfig::entra("demo.servicebus.windows.net", "t").signs_sas());
     }
 
     #[test]

@@ -407,7 +407,14 @@ pub fn classify_send_error(text: &str) -> SendFailure {
         SendFailure::TooLarge
     } else if has("resourcelimitexceeded") || has("quotaexceeded") {
         SendFailure::EntityFull
-    } else if has("messagelocklost") || has("sessionlocklost") || has("locklost") {
+    } else if has("messagelocklost")
+        || has("sessionlocklost")
+        || has("locklost")
+        // a management answer's status 410 Gone (fe2o3-amqp-management's
+        // `StatusError`: azservicebus drops the `errorCondition` beside it) —
+        // what Service Bus answers a renew-lock on a lock that is gone
+        || has("statuscode410")
+    {
         SendFailure::LockLost
     } else if has("notfound") || has("couldnotbefound") {
         SendFailure::NotFound
@@ -554,6 +561,39 @@ pub fn token_refresh_at(expires_on: i64, now: i64) -> i64 {
 /// How far ahead of its expiry an Entra ID token is refreshed.
 pub const TOKEN_REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
 
+/// How long azservicebus's SAS signatures (from a connection string with a
+/// `SharedAccessKey`) are valid: it signs one when the client connects and,
+/// asked for a token within 10 minutes of that signature's expiry, signs a new
+/// one for another 30 minutes.
+pub const SAS_SIGNATURE_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+/// A connection authenticated by SAS is replaced at its next use after this
+/// age when nothing received on it is unsettled (so nothing is cut off).
+pub const SAS_RENEW_WHEN_IDLE: Duration = Duration::from_secs(15 * 60);
+
+/// ... and after this age in any case. Every link attached before this age
+/// got the connection's first signature (it is only re-signed within 10
+/// minutes of its expiry), so every token of the connection expires
+/// [`SAS_SIGNATURE_LIFETIME`] after it connected — the moment azservicebus's
+/// CBS link would `put-token` again, racing the broker detaching the links —
+/// and replacing the connection by now keeps [`SAS_SIGNATURE_LIFETIME`] less
+/// this (10 minutes) for deliveries already received on it to be settled.
+pub const SAS_RENEW_BY: Duration = Duration::from_secs(20 * 60);
+
+/// Whether a connection that authenticates with a SAS connection string
+/// (`by_sas`; Entra ID tokens are refreshed ahead by the credential, see
+/// [`token_refresh_at`]) and is `age` old must be replaced before its next
+/// use: from [`SAS_RENEW_WHEN_IDLE`] when `idle` (nothing received on it is
+/// unsettled), from [`SAS_RENEW_BY`] regardless.
+///
+/// azservicebus gives no hook to refresh a SAS token early: its CBS link
+/// schedules the next `put-token` exactly at the token's expiry, and the
+/// signing type is crate-private, so a fresh connection (with a fresh
+/// signature) is the only way to stay ahead of it.
+pub fn renew_connection(by_sas: bool, age: Duration, idle: bool) -> bool {
+    by_sas && (age >= SAS_RENEW_BY || (idle && age >= SAS_RENEW_WHEN_IDLE))
+}
+
 #[cfg(test)]
 mod logic_tests {
     use super::*;
@@ -608,6 +648,9 @@ mod logic_tests {
             "com.microsoft:message-lock-lost",
         )));
         assert_eq!(classify_send_error(&lock), SendFailure::LockLost, "{lock}");
+        // fe2o3-amqp-management's `StatusError` text for a 410 answer
+        let gone = "Management error: StatusError {code: StatusCode(410), description: Some(\"The lock supplied is invalid.\") }";
+        assert_eq!(classify_send_error(gone), SendFailure::LockLost, "{gone}");
         // the symbol spelling, as Service Bus puts it in detach errors
         assert_eq!(
             classify_send_error(
@@ -677,6 +720,36 @@ mod logic_tests {
         assert!(!lock_usable(Duration::ZERO));
         assert!(!lock_usable(Duration::from_millis(1999)));
         assert!(lock_usable(Duration::from_secs(2)));
+    }
+
+    /// SAS connections are replaced before azservicebus's CBS refresher would
+    /// put a new token at the old one's expiry: when idle from 15 minutes, in
+    /// any case from 20 — always with time left before the signature lapses.
+    #[test]
+    fn sas_connections_are_replaced_ahead_of_their_token_expiry() {
+        let min = |m: u64| Duration::from_secs(m * 60);
+        assert!(!renew_connection(true, min(14), true));
+        assert!(renew_connection(true, min(15), true));
+        assert!(!renew_connection(true, min(15), false), "busy: wait");
+        assert!(!renew_connection(true, min(19), false));
+        assert!(
+            renew_connection(true, min(20), false),
+            "busy or not, by 20 minutes"
+        );
+        assert!(
+            renew_connection(true, min(45), false),
+            "a connection nobody used for long"
+        );
+        assert!(
+            !renew_connection(false, min(45), false),
+            "Entra ID refreshes its tokens"
+        );
+        // the deadline leaves time to settle what was received before it
+        assert!(SAS_RENEW_WHEN_IDLE < SAS_RENEW_BY);
+        assert!(SAS_SIGNATURE_LIFETIME - SAS_RENEW_BY >= min(5));
+        // no link attached before the deadline gets a re-signed token (the
+        // library re-signs within 10 minutes of the signature's expiry)
+        assert!(SAS_RENEW_BY <= SAS_SIGNATURE_LIFETIME - min(10));
     }
 
     #[test]

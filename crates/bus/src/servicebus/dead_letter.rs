@@ -35,7 +35,7 @@ pub(super) async fn list(
             let batch = receiver
                 .peek_messages(want, from)
                 .await
-                .map_err(|e| bus.err("list dead letters", e))?;
+                .map_err(|e| bus.admin_err("list dead letters", e))?;
             if batch.is_empty() {
                 break;
             }
@@ -58,7 +58,7 @@ pub(super) async fn list(
         Ok::<(), BusError>(())
     }
     .await;
-    let _ = receiver.dispose().await;
+    bus.release(receiver).await;
     result?;
     out.truncate(limit);
     Ok(out)
@@ -83,7 +83,7 @@ pub(super) async fn remove(
             let present = receiver
                 .peek_messages(1, Some(sequence_number))
                 .await
-                .map_err(|e| bus.err("remove dead letter", e))?
+                .map_err(|e| bus.admin_err("remove dead letter", e))?
                 .first()
                 .map(|p| p.sequence_number() == sequence_number)
                 .unwrap_or(false);
@@ -97,7 +97,7 @@ pub(super) async fn remove(
                 let batch = receiver
                     .receive_messages_with_max_wait_time(32, Duration::from_secs(2))
                     .await
-                    .map_err(|e| bus.err("remove dead letter", e))?;
+                    .map_err(|e| bus.admin_err("remove dead letter", e))?;
                 if batch.is_empty() {
                     break;
                 }
@@ -106,7 +106,7 @@ pub(super) async fn remove(
                         receiver
                             .complete_message(&m)
                             .await
-                            .map_err(|e| bus.err("remove dead letter", e))?;
+                            .map_err(|e| bus.admin_err("remove dead letter", e))?;
                         found = true;
                     } else {
                         held.push(m);
@@ -126,7 +126,7 @@ pub(super) async fn remove(
             }
         }
         .await;
-    let _ = receiver.dispose().await;
+    bus.release(receiver).await;
     result
 }
 
@@ -251,8 +251,8 @@ async fn list_after(
     let result = receiver
         .peek_messages(want, Some(after.saturating_add(1)))
         .await
-        .map_err(|e| bus.err("sweep dead letters", e));
-    let _ = receiver.dispose().await;
+        .map_err(|e| bus.admin_err("sweep dead letters", e));
+    bus.release(receiver).await;
     Ok(result?
         .into_iter()
         .map(|peeked| {

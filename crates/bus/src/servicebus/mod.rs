@@ -22,7 +22,7 @@
 //! | [`WireMessage`](mirror_schema::WireMessage) | content-type, application properties (native AMQP types), one `data` body section |
 //! | [`EventBus::publish`] | send with the library's retries **off**; the adapter retries (backon, [`convert::PUBLISH_BUDGET`]), ≥ 10 s after `server-busy`; a rejected send is an error, never `Published`; `message-size-exceeded` (or over the link's size less [`convert::SIZE_MARGIN`], measured by `try_add_message`) is [`BusError::TooLarge`] |
 //! | peek-lock, [`Delivery::keep_alive`] | PeekLock receive; `renew-lock` (session lock with sessions) |
-//! | [`Delivery::keep_alive_all`] | one `renew-session-lock` per session; without sessions one `renew-lock` per message (azservicebus 0.25 sends a one-token request; its multi-token call is crate-private), within the pass's time budget, skipping locks already lost |
+//! | [`Delivery::keep_alive_all`] | one `renew-session-lock` per session; without sessions one `renew-lock` per message (azservicebus 0.25 sends a one-token request; its multi-token call, request types and management link are crate-private); the caller waits at most the budget; locks past `locked_until` or answered 410 (lost) are skipped and never settled |
 //! | [`Delivery::complete`] / [`Delivery::dead_letter`] | complete / dead-letter with `DeadLetterReason`, `DeadLetterErrorDescription`, `DeadLetterAttempts`, `DeadLetteredAt` — **outcome unknown** (fe2o3-amqp queues the disposition and returns); a delivery more than [`convert::CLOCK_SKEW_ALLOWANCE`] past its `locked_until` is refused with [`crate::BusErrorKind::LockLost`] instead |
 //! | [`Delivery::retry`] | keep renewing the lock for `delay` (at most [`receiver::MAX_RETRY_HOLD`]), then abandon; under a second: abandon at once |
 //! | [`EventBus::list_dead_letters`] | peek `{topic}/Subscriptions/{sub}/$deadletterqueue`; handle = sequence number; partition key = `SessionId` |
@@ -39,6 +39,13 @@
 //! library retry (it reattaches a link the broker detached, e.g. an idle
 //! management link) and a short delay, so a lost lock fails in well under a
 //! second instead of ~11 s.
+//!
+//! Tokens: azservicebus's CBS link puts a new token exactly at the old one's
+//! expiry, and Service Bus detaches links whose token expired. Entra ID
+//! tokens are reported 5 minutes early by the credential wrapper; SAS
+//! connections (30-minute signatures, no hook) are replaced at their next use
+//! after 15 minutes when nothing received on them is unsettled, after 20 in
+//! any case ([`convert::renew_connection`]).
 //!
 //! Concurrency: azservicebus receivers take `&mut self` for receive and for
 //! settlement, and a message must be settled on the link that received it. A
@@ -64,11 +71,13 @@ use azure_core::credentials::TokenCredential;
 use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 
-pub use config::{EntraCredential, ServiceBusAuth, ServiceBusConfig};
+pub use config::{EntraCredential, ServiceBusAuth, ServiceBusConfig, DEFAULT_PREFETCH};
 use convert::{AttachFailure, SendFailure};
 pub use receiver::{ServiceBusConsumer, ServiceBusDelivery};
 
-use crate::{BusError, DeadLetterHook, DeadLettered, EventBus, OutboundMessage, PublishOutcome};
+use crate::{
+    Backlog, BusError, DeadLetterHook, DeadLettered, EventBus, OutboundMessage, PublishOutcome,
+};
 
 /// Longest a receive holds its link before letting settlements through.
 pub const POLL_SLICE: Duration = Duration::from_millis(250);
@@ -80,6 +89,18 @@ const RECENT_IDS: usize = 100_000;
 /// rebuilt too, not only the sender: the library's own recovery gives up for
 /// good after an outage longer than its retries, and never rebuilds the client.
 const REBUILD_CLIENT_AFTER: u32 = 3;
+/// Longest one send (or sender attach) may take before the adapter gives up
+/// on it and sends again (same `MessageId`; duplicate detection drops a
+/// repeat). fe2o3-amqp 0.14 registers a sent delivery in its link's unsettled
+/// map only *after* handing the transfer to the session
+/// (`link/sender_link.rs`, `send_payload_with_transfer`); a broker that
+/// settles it before then (`link/mod.rs`, `on_incoming_disposition` finds
+/// nothing to settle) leaves the send waiting for an outcome that has already
+/// come and gone, until this timeout. Not observed here (0 stalls in 20
+/// publishes to a scripted peer that settles at once), but nothing in the
+/// library prevents it, so the stall it would cause is bounded. The library's
+/// default (and Service Bus's SDKs') is 60 s.
+const PUBLISH_TRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a dispose (detach/close handshake) may take before it is dropped.
 const DISPOSE_LIMIT: Duration = Duration::from_secs(5);
 
@@ -99,7 +120,7 @@ impl Role {
         match self {
             Role::Publisher => ServiceBusRetryOptions {
                 max_retries: 0,
-                try_timeout: Duration::from_secs(30),
+                try_timeout: PUBLISH_TRY_TIMEOUT,
                 ..ServiceBusRetryOptions::default()
             },
             Role::Consumer => ServiceBusRetryOptions {
@@ -122,6 +143,13 @@ pub struct ServiceBusBus {
     sender: Mutex<Option<ServiceBusSender>>,
     /// Dead-letter administration and topology checks (one library retry).
     admin: Mutex<Client>,
+    /// When `client` / `admin` connected (see [`convert::renew_connection`]).
+    client_since: std::sync::Mutex<Instant>,
+    admin_since: std::sync::Mutex<Instant>,
+    /// An administration call failed in a way that may have broken the
+    /// connection's AMQP session (a connection error, a dispose that did not
+    /// finish): replace it before the next use.
+    admin_broken: std::sync::atomic::AtomicBool,
     failures_in_a_row: AtomicU32,
     recent: std::sync::Mutex<recent::RecentIds>,
 }
@@ -160,6 +188,21 @@ where
         .await
 }
 
+/// How long ago `since` was set.
+pub(crate) fn age(since: &std::sync::Mutex<Instant>) -> Duration {
+    since
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .elapsed()
+}
+
+/// Set `since` to now.
+pub(crate) fn reset(since: &std::sync::Mutex<Instant>) {
+    *since
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now();
+}
+
 async fn dispose_sender(sender: ServiceBusSender) {
     let _ = tokio::time::timeout(DISPOSE_LIMIT, sender.dispose()).await;
 }
@@ -188,6 +231,7 @@ impl ServiceBusBus {
             namespace = %config.namespace(),
             topic = %config.topic,
             sessions = config.sessions,
+            prefetch = config.prefetch,
             emulator = config.is_emulator(),
             "connected to Service Bus"
         );
@@ -198,6 +242,9 @@ impl ServiceBusBus {
             client: Mutex::new(client),
             sender: Mutex::new(None),
             admin: Mutex::new(admin),
+            client_since: std::sync::Mutex::new(Instant::now()),
+            admin_since: std::sync::Mutex::new(Instant::now()),
+            admin_broken: std::sync::atomic::AtomicBool::new(false),
             failures_in_a_row: AtomicU32::new(0),
             recent: std::sync::Mutex::new(recent),
         })
@@ -227,6 +274,17 @@ impl ServiceBusBus {
     /// so the next attempt starts fresh.
     async fn send_once(&self, message: &ServiceBusMessage) -> Result<(), Failed> {
         let mut sender = self.sender.lock().await;
+        // Nothing is in flight between sends: a SAS connection is replaced as
+        // soon as it is old enough (see `convert::renew_connection`).
+        if convert::renew_connection(self.config.signs_sas(), age(&self.client_since), true) {
+            tracing::info!(
+                "Service Bus: replacing the publishing connection before its SAS token expires"
+            );
+            if let Some(old) = sender.take() {
+                dispose_sender(old).await;
+            }
+            self.rebuild_publisher_client().await;
+        }
         let result = async {
             if sender.is_none() {
                 let created = self
@@ -289,6 +347,7 @@ impl ServiceBusBus {
         match open_client(&self.config, self.credential.as_ref(), Role::Publisher).await {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut *self.client.lock().await, fresh);
+                reset(&self.client_since);
                 self.failures_in_a_row.store(0, Ordering::Relaxed);
                 tracing::info!("Service Bus: publishing connection rebuilt");
                 dispose_client(old).await;
@@ -297,6 +356,31 @@ impl ServiceBusBus {
                 tracing::warn!(error = %e, "Service Bus: could not rebuild the publishing connection")
             }
         }
+    }
+
+    /// The administration client, replaced first when an earlier call may
+    /// have broken it or it is a SAS connection old enough (see
+    /// [`convert::renew_connection`]). The old one is dropped, not disposed:
+    /// receivers opened on it that are still at work keep its connection until
+    /// they are done.
+    async fn admin(&self) -> tokio::sync::MutexGuard<'_, Client> {
+        let mut admin = self.admin.lock().await;
+        let broken = self.admin_broken.swap(false, Ordering::Relaxed);
+        if broken
+            || convert::renew_connection(self.config.signs_sas(), age(&self.admin_since), true)
+        {
+            match open_client(&self.config, self.credential.as_ref(), Role::Consumer).await {
+                Ok(fresh) => {
+                    drop(std::mem::replace(&mut *admin, fresh));
+                    reset(&self.admin_since);
+                    tracing::info!(broken, "Service Bus: administration connection replaced");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Service Bus: could not replace the administration connection")
+                }
+            }
+        }
+        admin
     }
 
     /// A receiver (prefetch 0, so nothing is locked until asked) on
@@ -317,12 +401,62 @@ impl ServiceBusBus {
                 SubQueue::None
             },
         };
-        self.admin
-            .lock()
+        let opened = self
+            .admin()
             .await
             .create_receiver_for_subscription(&self.config.topic, subscription, options)
-            .await
-            .map_err(|e| self.err("open receiver", e))
+            .await;
+        opened.map_err(|e| self.admin_err("open receiver", e))
+    }
+
+    /// An administration error; one that may have broken the connection
+    /// marks it for replacement.
+    pub(crate) fn admin_err(&self, op: &'static str, e: impl std::fmt::Display) -> BusError {
+        let e = self.err(op, e);
+        if e.kind() == crate::BusErrorKind::Connect {
+            self.admin_broken.store(true, Ordering::Relaxed);
+        }
+        e
+    }
+
+    /// Detach an administration receiver, bounded; one that does not detach
+    /// cleanly may leave the AMQP session in a state where the next attach
+    /// fails (`IllegalSessionState`), so the connection is replaced.
+    pub(crate) async fn release(&self, receiver: ServiceBusReceiver) {
+        if !matches!(
+            tokio::time::timeout(DISPOSE_LIMIT, receiver.dispose()).await,
+            Ok(Ok(()))
+        ) {
+            tracing::debug!("Service Bus: an administration receiver did not detach cleanly; replacing the connection");
+            self.admin_broken.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// What `subscription` holds, seen from outside any consumer (for metrics):
+    /// a peek from sequence number 0 (Listen rights) on the administration
+    /// connection — a receiver with prefetch 0, so nothing is locked — of up
+    /// to [`receiver::BACKLOG_PEEK`] messages, locked and scheduled ones
+    /// included. `pending` is that count (a lower bound once it reaches the
+    /// peek size), `in_flight` 0: which of them are locked is not visible to a
+    /// peek. `None` with sessions (a session-less receiver cannot attach to a
+    /// session subscription, and a session one would take a session from the
+    /// writers). Exact counts (active, dead-lettered, scheduled) need the
+    /// management plane instead: ARM (`countDetails`, an Azure RBAC read role
+    /// such as Reader on the namespace) or the entity's ATOM feed (the `Manage`
+    /// claim), neither of which this adapter asks for.
+    pub async fn peek_backlog(&self, subscription: &str) -> Result<Option<Backlog>, BusError> {
+        if self.config.sessions {
+            return Ok(None);
+        }
+        let mut receiver = self
+            .admin_receiver(subscription, false, ServiceBusReceiveMode::PeekLock)
+            .await?;
+        let peeked = receiver
+            .peek_messages(receiver::BACKLOG_PEEK, Some(0))
+            .await;
+        self.release(receiver).await;
+        let peeked = peeked.map_err(|e| self.admin_err("backlog", e))?;
+        Ok(Some(convert::backlog_from_peek(peeked.len() as u64, 0)))
     }
 
     /// Delete every message of `subscription` (or of its dead-letter queue),
@@ -359,10 +493,10 @@ impl ServiceBusBus {
                     deleted += batch.len();
                     last = Instant::now();
                 }
-                Err(e) => break Err(self.err("purge", e)),
+                Err(e) => break Err(self.admin_err("purge", e)),
             }
         };
-        let _ = receiver.dispose().await;
+        self.release(receiver).await;
         result
     }
 
@@ -437,14 +571,19 @@ impl EventBus for ServiceBusBus {
     async fn ensure_topology(&self) -> Result<(), BusError> {
         let topic = self.config.topic.clone();
         let attempt = {
-            let mut client = self.admin.lock().await;
+            let mut client = self.admin().await;
             client
                 .create_sender(&topic, ServiceBusSenderOptions::default())
                 .await
         };
         match attempt {
             Ok(sender) => {
-                let _ = sender.dispose().await;
+                if !matches!(
+                    tokio::time::timeout(DISPOSE_LIMIT, sender.dispose()).await,
+                    Ok(Ok(()))
+                ) {
+                    self.admin_broken.store(true, Ordering::Relaxed);
+                }
             }
             Err(e) => self.verify_error(format!("topic `{topic}`"), e)?,
         }
@@ -456,7 +595,7 @@ impl EventBus for ServiceBusBus {
                 sub_queue: SubQueue::None,
             };
             let attempt = {
-                let mut client = self.admin.lock().await;
+                let mut client = self.admin().await;
                 client
                     .create_receiver_for_subscription(&topic, subscription, options)
                     .await
@@ -466,7 +605,7 @@ impl EventBus for ServiceBusBus {
                     // The attach is what proves the entity exists; a peek goes
                     // through the management link and surfaces a session mismatch.
                     let peek = receiver.peek_messages(1, None).await;
-                    let _ = receiver.dispose().await;
+                    self.release(receiver).await;
                     if let Err(e) = peek {
                         self.verify_error(format!("subscription `{topic}/{subscription}`"), e)?;
                     }

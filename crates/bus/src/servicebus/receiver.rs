@@ -10,7 +10,7 @@
 //! consumer's client and is awaited across receives; when it fails for any
 //! reason other than "no session available", the client is rebuilt.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -141,6 +141,8 @@ pub struct ServiceBusConsumer {
     credential: Option<Arc<dyn TokenCredential>>,
     /// `None` while an accept task holds it.
     client: Option<Client>,
+    /// When `client` connected (see [`convert::renew_connection`]).
+    connected_at: Instant,
     accepting: Option<Accepting>,
     subscription: String,
     /// The current link; with sessions, `None` until a session is accepted.
@@ -195,6 +197,7 @@ impl ServiceBusConsumer {
             config: config.clone(),
             credential,
             client: Some(client),
+            connected_at: Instant::now(),
             accepting: None,
             subscription: subscription.to_owned(),
             link: None,
@@ -232,18 +235,44 @@ impl ServiceBusConsumer {
     }
 
     /// Throw the client away and open a new connection (after a failed
-    /// accept or a broken link: the library never rebuilds a client itself).
+    /// accept or a broken link: the library never rebuilds a client itself;
+    /// or ahead of a SAS token's expiry). With deliveries in flight the old
+    /// client is dropped rather than disposed: their links hold its connection
+    /// open until they are settled.
     async fn rebuild_client(&mut self) -> Result<(), BusError> {
         if let Some(task) = self.accepting.take() {
             task.abort();
         }
         if let Some(old) = self.client.take() {
-            let _ = tokio::time::timeout(DISPOSE_LIMIT, old.dispose()).await;
+            if self.in_flight.load(Ordering::Relaxed) == 0 {
+                let _ = tokio::time::timeout(DISPOSE_LIMIT, old.dispose()).await;
+            }
         }
         let fresh = open_client(&self.config, self.credential.as_ref(), Role::Consumer).await?;
         self.client = Some(fresh);
+        self.connected_at = Instant::now();
         tracing::info!(subscription = %self.subscription, "Service Bus: consumer connection rebuilt");
         Ok(())
+    }
+
+    /// Replace a SAS connection old enough (see [`convert::renew_connection`])
+    /// before receiving on it: the link (or session) is given up and a new
+    /// connection opened. Not while a session accept owns the client (it is
+    /// never cut short); the next receive looks again.
+    async fn renew_connection_if_due(&mut self) -> Result<(), BusError> {
+        let idle = self.in_flight.load(Ordering::Relaxed) == 0;
+        if self.accepting.is_some()
+            || !convert::renew_connection(
+                self.config.signs_sas(),
+                self.connected_at.elapsed(),
+                idle,
+            )
+        {
+            return Ok(());
+        }
+        tracing::info!(subscription = %self.subscription, idle, "Service Bus: replacing the consumer connection before its SAS token expires");
+        self.release_link().await;
+        self.rebuild_client().await
     }
 
     /// The link to receive from; with sessions, the accepted session, waiting
@@ -372,6 +401,7 @@ impl ServiceBusConsumer {
             inner,
             link: link.clone(),
             renewal,
+            lost: Arc::new(AtomicBool::new(false)),
             _in_flight: InFlight::new(&self.in_flight),
         }
     }
@@ -398,6 +428,7 @@ impl Receiver for ServiceBusConsumer {
         let max = u32::try_from(max).unwrap_or(MAX_BATCH).min(MAX_BATCH);
         let deadline = Instant::now() + wait;
         loop {
+            self.renew_connection_if_due().await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let Some(link) = self.current_link(remaining).await? else {
                 return Ok(Vec::new());
@@ -581,6 +612,9 @@ pub struct ServiceBusDelivery {
     inner: Arc<Mutex<ServiceBusReceivedMessage>>,
     link: SharedLink,
     renewal: Option<Renewal>,
+    /// The broker answered a renewal with "lock lost" (410): no later renewal
+    /// or settlement is sent for it.
+    lost: Arc<AtomicBool>,
     _in_flight: InFlight,
 }
 
@@ -645,7 +679,7 @@ impl ServiceBusDelivery {
         self.renewal.take();
         let m = self.inner.lock().await;
         let mut l = self.link.lock().await;
-        if l.lock_lost(&m) {
+        if self.lost.load(Ordering::Relaxed) || l.lock_lost(&m) {
             return Err(lock_lost(op, self.sequence_number));
         }
         f(&mut l, &m).await.map_err(|e| settle_error(op, e))
@@ -703,66 +737,120 @@ impl Delivery for ServiceBusDelivery {
     /// management client does not correlate answers, and would hand the late
     /// answer to the link's next request.
     async fn keep_alive(&self) -> Result<(), BusError> {
-        let (inner, link, sequence_number) =
-            (self.inner.clone(), self.link.clone(), self.sequence_number);
+        let (inner, link, lost, sequence_number) = (
+            self.inner.clone(),
+            self.link.clone(),
+            self.lost.clone(),
+            self.sequence_number,
+        );
         let task = tokio::spawn(async move {
             let mut m = inner.lock().await;
             let mut l = link.lock().await;
-            if l.lock_lost(&m) {
+            if lost.load(Ordering::Relaxed) || l.lock_lost(&m) {
                 return Err(lock_lost("renew lock", sequence_number));
             }
-            l.renew(&mut m)
+            let renewed = l
+                .renew(&mut m)
                 .await
-                .map_err(|e| settle_error("renew lock", e))
+                .map_err(|e| settle_error("renew lock", e));
+            if matches!(&renewed, Err(e) if e.kind() == BusErrorKind::LockLost) {
+                lost.store(true, Ordering::Relaxed);
+            }
+            renewed
         });
         task.await
             .unwrap_or_else(|e| Err(BusError::op("renew lock", e)))
     }
 
     /// One `renew-session-lock` per session; without sessions one request per
-    /// message (see the module docs). Locks already gone are counted as
-    /// failed without a request, and the budget is checked between requests.
-    /// Runs in its own task, for the reason given at [`Self::keep_alive`].
+    /// message (see the module docs). Locks already gone — past `locked_until`,
+    /// or answered "lock lost" by an earlier renewal — are counted as failed
+    /// without a request, and the budget is checked between requests.
+    ///
+    /// The requests run in their own task, for the reason given at
+    /// [`Self::keep_alive`]; the caller waits for it at most `budget`, so one
+    /// request the broker is slow to answer (the library waits up to its try
+    /// timeout, 30 s) does not hold the caller past the budget. What the task
+    /// had not got to by then counts as failed; it stops at its next check.
     async fn keep_alive_all(deliveries: &[Self], budget: Duration) -> usize {
         let work: Vec<_> = deliveries
             .iter()
-            .map(|d| (d.inner.clone(), d.link.clone(), d.sequence_number))
+            .map(|d| {
+                (
+                    d.inner.clone(),
+                    d.link.clone(),
+                    d.lost.clone(),
+                    d.sequence_number,
+                )
+            })
             .collect();
         let total = work.len();
+        // deliveries the task has decided (renewed or failed), and failures
+        let decided = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let (done, bad) = (decided.clone(), failed.clone());
+        let deadline = Instant::now() + budget;
         let task = tokio::spawn(async move {
-            let deadline = Instant::now() + budget;
-            let mut failed = 0;
+            let fail = || {
+                bad.fetch_add(1, Ordering::Relaxed);
+                done.fetch_add(1, Ordering::Relaxed);
+            };
             let mut renewed_sessions: Vec<SharedLink> = Vec::new();
-            for (i, (inner, link, sequence_number)) in work.into_iter().enumerate() {
+            let mut lost_sessions: Vec<SharedLink> = Vec::new();
+            for (i, (inner, link, lost, sequence_number)) in work.into_iter().enumerate() {
                 if Instant::now() >= deadline {
                     tracing::warn!(left = total - i, "keep-alive pass over its time budget");
-                    return failed + total - i;
+                    return;
                 }
                 let mut m = inner.lock().await;
                 let mut l = link.lock().await;
                 let session = l.is_session();
                 if session && renewed_sessions.iter().any(|s| Arc::ptr_eq(s, &link)) {
+                    done.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if l.lock_lost(&m) {
-                    failed += 1;
+                if lost.load(Ordering::Relaxed)
+                    || l.lock_lost(&m)
+                    || (session && lost_sessions.iter().any(|s| Arc::ptr_eq(s, &link)))
+                {
+                    lost.store(true, Ordering::Relaxed);
+                    fail();
                     continue;
                 }
                 match l.renew(&mut m).await {
                     Ok(()) if session => {
                         drop(l);
                         renewed_sessions.push(link.clone());
+                        done.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(()) => {}
+                    Ok(()) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) => {
+                        let e = settle_error("renew lock", e);
                         tracing::warn!(sequence_number, error = %e, "could not extend a message lock");
-                        failed += 1;
+                        if e.kind() == BusErrorKind::LockLost {
+                            lost.store(true, Ordering::Relaxed);
+                            if session {
+                                drop(l);
+                                lost_sessions.push(link.clone());
+                            }
+                        }
+                        fail();
                     }
                 }
             }
-            failed
         });
-        task.await.unwrap_or(total)
+        if tokio::time::timeout_at(deadline.into(), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = total - decided.load(Ordering::Relaxed).min(total),
+                "keep-alive pass: the broker did not answer within the budget"
+            );
+        }
+        failed.load(Ordering::Relaxed) + total - decided.load(Ordering::Relaxed).min(total)
     }
 
     async fn complete(self) -> Result<(), BusError> {
