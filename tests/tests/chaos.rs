@@ -43,7 +43,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use secrecy::SecretString;
 use serde::Serialize;
-use sql_writer::policy::RetryPolicy;
+use sql_writer::policy::{Backoff, RetryPolicy};
 use sql_writer::{Deps, RunReport, WriterSettings};
 
 // ---------------------------------------------------------------------------
@@ -335,10 +335,8 @@ fn writer_settings(concurrency: usize) -> WriterSettings {
         apply_timeout: Duration::from_secs(2),
         metrics_flush_every: None,
         retry: RetryPolicy {
-            max_attempts: 5,
-            min_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(2),
-            jitter: true,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)).with_jitter(),
+            ..RetryPolicy::default()
         },
         ..WriterSettings::default()
     }

@@ -192,7 +192,7 @@ impl BusArgs {
                 Ok(BusSettings::Nats {
                     url,
                     topic,
-                    max_deliver: 5,
+                    max_deliver: mirror_bus::DEFAULT_MAX_DELIVERIES,
                 })
             }
             BusKind::Servicebus => {
@@ -218,7 +218,7 @@ impl BusArgs {
                     auth,
                     topic,
                     sessions: self.servicebus_sessions.unwrap_or(false),
-                    max_delivery_count: 5,
+                    max_delivery_count: mirror_bus::DEFAULT_MAX_DELIVERIES,
                 })
             }
         }
