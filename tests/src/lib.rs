@@ -8,8 +8,10 @@ use std::time::Duration;
 pub mod bus_conformance;
 pub mod conformance_ids;
 pub mod events;
+pub mod factories;
 pub mod servers;
 pub mod store_conformance;
+pub mod store_property;
 
 /// PostgreSQL server used by the tests (`TEST_PG_URL`, default local trust auth).
 pub fn pg_server_url() -> String {
