@@ -61,6 +61,20 @@ fn same(expected: &MirrorState, actual: &MirrorState, what: &str) -> Result<(), 
     Ok(())
 }
 
+/// The store's snapshot equals `expected`; the store (and its guard) is done with.
+async fn snapshot_is<S: MirrorStore, G>(
+    (store, guard): (S, G),
+    expected: &MirrorState,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    let actual = store
+        .snapshot()
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    drop((store, guard));
+    same(expected, &actual, what)
+}
+
 /// The outcomes `Model` gives for `events` in this order, and its final state.
 fn model_run(events: &[MirrorEvent]) -> (Vec<ApplyOutcome>, MirrorState) {
     let mut model = Model::new();
@@ -111,16 +125,12 @@ async fn check<F: StoreFactory>(
             e.subject()
         );
     }
-    let actual = store
-        .snapshot()
-        .await
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    drop((store, guard));
-    same(
+    snapshot_is(
+        (store, guard),
         &expected,
-        &actual,
         "apply one by one vs newest_only (every table)",
-    )?;
+    )
+    .await?;
 
     // In batches, both modes.
     for mode in [ApplyMode::PerEvent, ApplyMode::Batched] {
@@ -145,16 +155,12 @@ async fn check<F: StoreFactory>(
                 );
             }
         }
-        let actual = store
-            .snapshot()
-            .await
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        drop((store, guard));
-        same(
+        snapshot_is(
+            (store, guard),
             &expected,
-            &actual,
             &format!("apply_batch_as {mode:?} vs newest_only (every table)"),
-        )?;
+        )
+        .await?;
     }
     Ok(())
 }

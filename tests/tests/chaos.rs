@@ -1273,53 +1273,51 @@ struct InProcess {
     faults: fn(&Workload, usize) -> String,
 }
 
-const D_POISON: InProcess = InProcess {
-    name: "d poison",
+/// What the rows below do unless they say otherwise: one writer of 4
+/// workers, the workload as drawn, published while the writer runs.
+const PLAIN: InProcess = InProcess {
+    name: "",
     workload: |w, _| w,
-    publish_first: true,
-    writers: 1,
-    concurrency: 4,
-    flaky: false,
-    faults: |w, _| {
-        let kinds: BTreeSet<&str> = w.poison.iter().map(|p| p.kind).collect();
-        format!("{} ({} kinds)", w.describe_poison(), kinds.len())
-    },
-};
-const E_THREE_DELIVERIES: InProcess = InProcess {
-    name: "e ×3 delivery",
-    workload: |w, rng| w.copies(3, rng),
     publish_first: false,
     writers: 1,
     concurrency: 4,
     flaky: false,
+    faults: |w, _| w.describe_poison(),
+};
+const D_POISON: InProcess = InProcess {
+    name: "d poison",
+    publish_first: true,
+    faults: |w, _| {
+        let kinds: BTreeSet<&str> = w.poison.iter().map(|p| p.kind).collect();
+        format!("{} ({} kinds)", w.describe_poison(), kinds.len())
+    },
+    ..PLAIN
+};
+const E_THREE_DELIVERIES: InProcess = InProcess {
+    name: "e ×3 delivery",
+    workload: |w, rng| w.copies(3, rng),
     faults: |w, _| format!("each ×3, {}", w.describe_poison()),
+    ..PLAIN
 };
 const F_SHUFFLED: InProcess = InProcess {
     name: "f shuffled",
     workload: |w, rng| w.shuffled(rng),
     publish_first: true,
-    writers: 1,
     // One worker: the shuffled order is the apply order.
     concurrency: 1,
-    flaky: false,
     faults: |w, _| format!("shuffled, {}", w.describe_poison()),
+    ..PLAIN
 };
 const G_TWO_WRITERS: InProcess = InProcess {
     name: "g two writers",
     // Copies make the same event race in both writers at once.
     workload: |w, rng| w.copies(2, rng),
-    publish_first: false,
     writers: 2,
-    concurrency: 4,
-    flaky: false,
     faults: |w, _| format!("2 writers × 4 workers, each ×2, {}", w.describe_poison()),
+    ..PLAIN
 };
 const I_DATABASE_ERRORS: InProcess = InProcess {
     name: "i injected DB errors",
-    workload: |w, _| w,
-    publish_first: false,
-    writers: 1,
-    concurrency: 4,
     flaky: true,
     faults: |w, injected| {
         format!(
@@ -1327,6 +1325,7 @@ const I_DATABASE_ERRORS: InProcess = InProcess {
             w.describe_poison()
         )
     },
+    ..PLAIN
 };
 
 /// Run `scenario` on a fresh bus and store from the factories (`None`: the
