@@ -27,6 +27,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+
+
+def rust_u32(name: str) -> int | None:
+    """A `pub const NAME: u32 = N;` of crates/bus/src/lib.rs: the one definition of a default."""
+    text = (ROOT / "crates" / "bus" / "src" / "lib.rs").read_text()
+    m = re.search(rf"pub const {name}: u32 = (\d+);", text)
+    return int(m.group(1)) if m else None
+
+
+# The delivery limit's default (= the writer's --max-attempts default).
+MAX_DELIVERIES = rust_u32("DEFAULT_MAX_DELIVERIES")
 SENDER = "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39"
 RECEIVER = "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0"
 
@@ -97,7 +108,7 @@ def check_bicep() -> dict:
         check(f"bicep: {key} is a subscription of the topic", cfg.get("parent") == "topic" and sub.get("type", "").endswith("/subscriptions"))
         check(f"bicep: {key} uses the shared subscription properties", cfg.get("properties") == "subscriptionProperties")
     check("bicep: subscriptions sql-writer and monitoring", names == {"sql-writer", "monitoring"}, str(names))
-    check("bicep: maxDeliveryCount from parameter, default 5", sub_props.get("maxDeliveryCount") == "maxDeliveryCount" and default("maxDeliveryCount") == 5)
+    check(f"bicep: maxDeliveryCount from parameter, default {MAX_DELIVERIES} (mirror_bus::DEFAULT_MAX_DELIVERIES)", MAX_DELIVERIES is not None and sub_props.get("maxDeliveryCount") == "maxDeliveryCount" and default("maxDeliveryCount") == MAX_DELIVERIES)
     check("bicep: lockDuration from parameter, default PT1M", sub_props.get("lockDuration") == "lockDuration" and default("lockDuration") == "PT1M")
     check("bicep: deadLetteringOnMessageExpiration", sub_props.get("deadLetteringOnMessageExpiration") is True)
     check("bicep: requiresSession parameter, default false", sub_props.get("requiresSession") == "requiresSession" and default("requiresSession") is False)
@@ -163,7 +174,7 @@ def check_terraform() -> dict:
     check("terraform: duplicate detection on", topic.get("requires_duplicate_detection") is True)
     check("terraform: duplicate window from a variable", "var.duplicate_detection_window" in str(topic.get("duplicate_detection_history_time_window")))
     sub = resources.get(("azurerm_servicebus_subscription", "mirror"), {})
-    check("terraform: max_delivery_count from a variable, default 5", "var.max_delivery_count" in str(sub.get("max_delivery_count")) and default("max_delivery_count") == 5)
+    check(f"terraform: max_delivery_count from a variable, default {MAX_DELIVERIES} (mirror_bus::DEFAULT_MAX_DELIVERIES)", MAX_DELIVERIES is not None and "var.max_delivery_count" in str(sub.get("max_delivery_count")) and default("max_delivery_count") == MAX_DELIVERIES)
     check("terraform: lock_duration from a variable, default PT1M", "var.lock_duration" in str(sub.get("lock_duration")) and default("lock_duration") == "PT1M")
     check("terraform: dead_lettering_on_message_expiration", sub.get("dead_lettering_on_message_expiration") is True)
     check("terraform: requires_session variable, default false", "var.requires_session" in str(sub.get("requires_session")) and default("requires_session") is False)

@@ -15,25 +15,7 @@ use mirror_store::model::Model;
 use mirror_store::{ApplyOutcome, MirrorStore};
 
 use crate::events::{block, follow, participant, t};
-use crate::store_conformance::{apply_all, assert_matches_model, Case};
-
-/// The id cases, appended to the suite's own.
-pub fn cases<S: MirrorStore>() -> Vec<Case<S>> {
-    vec![
-        Case {
-            name: "ids_differing_only_in_spaces_are_distinct",
-            run: |store| Box::pin(ids_differing_only_in_spaces_are_distinct(store)),
-        },
-        Case {
-            name: "longest_ids_with_characters_outside_the_bmp_are_stored",
-            run: |store| {
-                Box::pin(longest_ids_with_characters_outside_the_bmp_are_stored(
-                    store,
-                ))
-            },
-        },
-    ]
-}
+use crate::store_conformance::{apply_all, assert_matches_model};
 
 /// 127 ASCII letters and an emoji: 128 characters, 129 UTF-16 code units.
 pub fn longest_mixed_id(fill: char) -> String {
@@ -132,7 +114,7 @@ fn message_by(
     )
 }
 
-async fn ids_differing_only_in_spaces_are_distinct<S: MirrorStore>(store: S) {
+pub async fn ids_differing_only_in_spaces_are_distinct<S: MirrorStore>(store: S) {
     // Leading, trailing (one and two) and inner spaces; every one its own entity.
     let conversations = ["c1", "c1 ", " c1", "c 1", "c1  "];
     let users = ["u1", "u1 ", " u1", "u 1"];
@@ -222,7 +204,7 @@ async fn ids_differing_only_in_spaces_are_distinct<S: MirrorStore>(store: S) {
     }
 }
 
-async fn longest_ids_with_characters_outside_the_bmp_are_stored<S: MirrorStore>(store: S) {
+pub async fn longest_ids_with_characters_outside_the_bmp_are_stored<S: MirrorStore>(store: S) {
     let mixed = longest_mixed_id('a');
     let mixed_b = longest_mixed_id('b');
     let emoji = longest_emoji_id();

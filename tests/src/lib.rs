@@ -9,10 +9,12 @@ pub mod bus_conformance;
 pub mod conformance_ids;
 pub mod consistency_run;
 pub mod events;
+pub mod factories;
 pub mod firestore_fake;
 pub mod http_sink;
 pub mod servers;
 pub mod store_conformance;
+pub mod store_property;
 
 /// PostgreSQL server used by the tests (`TEST_PG_URL`, default local trust auth).
 pub fn pg_server_url() -> String {

@@ -7,17 +7,17 @@
 //! bookkeeping methods (dead letters, checkpoints, metrics, table counts) are
 //! checked directly.
 //!
-//! A runner calls [`run_all`] with a factory that returns a fresh store and a
-//! guard (dropped after the case, e.g. a [`crate::FreshDb`]). Set
-//! `STORE_CASE=<substring>` to run only matching cases.
+//! [`store_conformance_tests!`](crate::store_conformance_tests) expands to one
+//! `#[tokio::test]` per case (as the bus suite does), each on a fresh store
+//! from a [`StoreFactory`], so the test runner runs, filters and reports the
+//! cases one by one (`cargo nextest run -p mirror-tests --test store_postgres
+//! conformance::checkpoints`). Every case is bounded by [`CASE_TIMEOUT`].
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
-use futures::StreamExt;
 use mirror_schema::*;
 use mirror_store::model::{newest_only, Model};
 use mirror_store::{
@@ -29,119 +29,119 @@ use rand::SeedableRng;
 
 use crate::events::{block, conversation, follow, message, message_with, t};
 
-/// One named conformance case: an async check run on a fresh store.
-pub struct Case<S> {
-    pub name: &'static str,
-    pub run: fn(S) -> BoxFuture<'static, ()>,
+/// No case may take longer than this.
+pub const CASE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Makes a fresh, migrated, empty store per case, with a guard dropped after
+/// the case (e.g. a [`crate::FreshDb`] that drops its database). Any
+/// `Fn() -> impl Future<Output = (store, guard)>` is one.
+pub trait StoreFactory: Send + Sync {
+    type Store: MirrorStore;
+    type Guard: Send + 'static;
+    fn fresh(&self) -> impl Future<Output = (Self::Store, Self::Guard)> + Send;
 }
 
-macro_rules! cases {
-    ($($name:ident),* $(,)?) => {
-        /// Every case of the suite, in a stable order.
-        pub fn cases<S: MirrorStore>() -> Vec<Case<S>> {
-            let mut all = vec![$(Case { name: stringify!($name), run: |store| Box::pin($name(store)) }),*];
-            all.extend(crate::conformance_ids::cases());
-            all
-        }
+impl<F, Fut, S, G> StoreFactory for F
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = (S, G)> + Send,
+    S: MirrorStore,
+    G: Send + 'static,
+{
+    type Store = S;
+    type Guard = G;
+    fn fresh(&self) -> impl Future<Output = (S, G)> + Send {
+        self()
+    }
+}
+
+/// Every case of the suite, once: calls `$callback!` with the list (module
+/// and function of each case), so the test macro and anything else that
+/// needs the cases read the same list.
+#[macro_export]
+macro_rules! store_conformance_cases {
+    ($callback:ident!($($args:tt)*)) => {
+        $crate::$callback!($($args)*;
+            store_conformance::empty_store_snapshot_is_empty,
+            store_conformance::every_event_type_applies,
+            store_conformance::duplicate_event_is_a_noop,
+            store_conformance::older_version_is_stale,
+            store_conformance::equal_time_is_ordered_by_event_id,
+            store_conformance::delete_then_late_create_stays_deleted,
+            store_conformance::newer_update_after_delete_clears_the_tombstone,
+            store_conformance::placeholder_conversation_is_completed_by_its_event,
+            store_conformance::conversation_participants_are_replaced,
+            store_conformance::conversation_summary_follows_live_messages,
+            store_conformance::follow_transitions_write_follow_events,
+            store_conformance::message_edits_and_deletes_are_audited,
+            store_conformance::apply_batch_equals_applying_one_by_one,
+            store_conformance::per_event_batches_equal_applying_one_by_one,
+            store_conformance::set_based_batches_equal_applying_one_by_one,
+            store_conformance::one_batch_with_many_versions_of_each_entity,
+            store_conformance::apply_batch_isolates_a_rejected_event,
+            store_conformance::per_event_batch_isolates_a_rejected_event,
+            store_conformance::set_based_batch_isolates_a_rejected_event,
+            store_conformance::late_message_events_are_audited_with_their_own_payload,
+            store_conformance::late_follow_event_re_derives_its_neighbours,
+            store_conformance::late_history_is_the_same_in_batches,
+            store_conformance::apply_batch_of_nothing_is_empty,
+            store_conformance::concurrent_writers_converge,
+            store_conformance::dead_letter_same_key_keeps_first_failure,
+            store_conformance::dead_letter_replays_are_counted,
+            store_conformance::checkpoints_round_trip,
+            store_conformance::metrics_are_recorded,
+            store_conformance::table_counts_cover_every_table_in_schema_order,
+            conformance_ids::ids_differing_only_in_spaces_are_distinct,
+            conformance_ids::longest_ids_with_characters_outside_the_bmp_are_stored,
+        );
     };
 }
 
-cases!(
-    empty_store_snapshot_is_empty,
-    every_event_type_applies,
-    duplicate_event_is_a_noop,
-    older_version_is_stale,
-    equal_time_is_ordered_by_event_id,
-    delete_then_late_create_stays_deleted,
-    newer_update_after_delete_clears_the_tombstone,
-    placeholder_conversation_is_completed_by_its_event,
-    conversation_participants_are_replaced,
-    conversation_summary_follows_live_messages,
-    follow_transitions_write_follow_events,
-    message_edits_and_deletes_are_audited,
-    apply_batch_equals_applying_one_by_one,
-    per_event_batches_equal_applying_one_by_one,
-    set_based_batches_equal_applying_one_by_one,
-    one_batch_with_many_versions_of_each_entity,
-    apply_batch_isolates_a_rejected_event,
-    per_event_batch_isolates_a_rejected_event,
-    set_based_batch_isolates_a_rejected_event,
-    late_message_events_are_audited_with_their_own_payload,
-    late_follow_event_re_derives_its_neighbours,
-    late_history_is_the_same_in_batches,
-    apply_batch_of_nothing_is_empty,
-    concurrent_writers_converge,
-    dead_letter_same_key_keeps_first_failure,
-    dead_letter_replays_are_counted,
-    checkpoints_round_trip,
-    metrics_are_recorded,
-    table_counts_cover_every_table_in_schema_order,
-);
-
-/// Run every case (or those matching `STORE_CASE`) on its own fresh store,
-/// a few at a time, and fail naming every failed case.
-pub async fn run_all<S, F, Fut, G>(adapter: &str, fresh: F)
-where
-    S: MirrorStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = (S, G)> + Send + 'static,
-    G: Send + 'static,
-{
-    let filter = std::env::var("STORE_CASE").ok().filter(|f| !f.is_empty());
-    let selected: Vec<Case<S>> = cases::<S>()
-        .into_iter()
-        .filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f)))
-        .collect();
-    assert!(
-        !selected.is_empty(),
-        "STORE_CASE={filter:?} matches no case"
-    );
-    let total = selected.len();
-    let runs = selected.into_iter().map(|case| {
-        let setup = fresh();
-        async move {
-            let started = Instant::now();
-            let task = tokio::spawn(async move {
-                let (store, guard) = setup.await;
-                (case.run)(store).await;
-                drop(guard);
-            });
-            let result = task.await.map_err(|e| match e.try_into_panic() {
-                Ok(p) => p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panicked".to_owned()),
-                Err(e) => e.to_string(),
-            });
-            (case.name, started.elapsed(), result)
+/// One `#[tokio::test]` per conformance case, in a module `conformance`.
+/// `$factory` is an expression of type `Option<impl StoreFactory>`; `None`
+/// means the adapter is gated off (the gate has already printed its
+/// `skipped:` line) and the test passes.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($factory:expr) => {
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::store_conformance_cases!(store_conformance_tests!(@cases $factory));
         }
-    });
-    let results: Vec<_> = futures::stream::iter(runs)
-        .buffer_unordered(3)
-        .collect()
-        .await;
-    let mut failed = Vec::new();
-    for (name, took, result) in &results {
-        match result {
-            Ok(()) => println!(
-                "store conformance [{adapter}] {name} ... ok ({} ms)",
-                took.as_millis()
-            ),
-            Err(msg) => {
-                println!("store conformance [{adapter}] {name} ... FAILED");
-                failed.push(format!("--- {name}\n{msg}"));
+    };
+    (@cases $factory:expr; $($module:ident::$case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::init();
+                if let Some(factory) = $factory {
+                    $crate::store_conformance::run(
+                        stringify!($case),
+                        &factory,
+                        $crate::$module::$case,
+                    )
+                    .await;
+                }
             }
-        }
+        )*
+    };
+}
+
+/// Run one case on a fresh store from `factory`, bounded by [`CASE_TIMEOUT`].
+pub async fn run<F: StoreFactory, Fut: Future<Output = ()>>(
+    name: &str,
+    factory: &F,
+    case: impl FnOnce(F::Store) -> Fut,
+) {
+    let (store, guard) = factory.fresh().await;
+    if tokio::time::timeout(CASE_TIMEOUT, case(store))
+        .await
+        .is_err()
+    {
+        panic!("store conformance case `{name}` did not finish within {CASE_TIMEOUT:?}");
     }
-    if !failed.is_empty() {
-        panic!(
-            "{} of {total} store conformance cases failed on {adapter}:\n{}",
-            failed.len(),
-            failed.join("\n")
-        );
-    }
-    println!("store conformance [{adapter}]: all {total} cases passed");
+    drop(guard);
 }
 
 // ---------------------------------------------------------------------------
@@ -340,13 +340,13 @@ fn dead_letter(key: &str, attempts: u32, failed_at: DateTime<Utc>) -> DeadLetter
 // ---------------------------------------------------------------------------
 // Cases
 
-async fn empty_store_snapshot_is_empty<S: MirrorStore>(store: S) {
+pub async fn empty_store_snapshot_is_empty<S: MirrorStore>(store: S) {
     assert_matches_model(&store, &Model::new(), "fresh store").await;
     assert!(store.list_dead_letters(10).await.unwrap().is_empty());
     assert_eq!(store.load_checkpoint("publisher", "0").await.unwrap(), None);
 }
 
-async fn every_event_type_applies<S: MirrorStore>(store: S) {
+pub async fn every_event_type_applies<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     let events = vec![
         conversation(Op::Create, "c1", &["u1", "u2"], t(10)),
@@ -390,7 +390,7 @@ async fn every_event_type_applies<S: MirrorStore>(store: S) {
     assert_eq!(state.follow_edges[&("u3".into(), "u2".into())].state, None);
 }
 
-async fn duplicate_event_is_a_noop<S: MirrorStore>(store: S) {
+pub async fn duplicate_event_is_a_noop<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     let events = vec![
         conversation(Op::Create, "c1", &["u1", "u2"], t(1)),
@@ -440,7 +440,7 @@ async fn duplicate_event_is_a_noop<S: MirrorStore>(store: S) {
     );
 }
 
-async fn older_version_is_stale<S: MirrorStore>(store: S) {
+pub async fn older_version_is_stale<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     let newer = vec![
         conversation(Op::Update, "c1", &["u1", "u2"], t(20)),
@@ -473,7 +473,7 @@ async fn older_version_is_stale<S: MirrorStore>(store: S) {
     assert_eq!(state.participants.len(), 2);
 }
 
-async fn equal_time_is_ordered_by_event_id<S: MirrorStore>(store: S) {
+pub async fn equal_time_is_ordered_by_event_id<S: MirrorStore>(store: S) {
     // Same time, different types: the event id decides, whatever the arrival order.
     let a = message(Op::Update, "c1", "m1", "update", t(5));
     let b = message(Op::Delete, "c1", "m1", "", t(5));
@@ -490,7 +490,7 @@ async fn equal_time_is_ordered_by_event_id<S: MirrorStore>(store: S) {
     entities_equal(&newest_only(&[a, b, c, d]), &state, "ties on time");
 }
 
-async fn delete_then_late_create_stays_deleted<S: MirrorStore>(store: S) {
+pub async fn delete_then_late_create_stays_deleted<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     let events = vec![
         message(Op::Delete, "c1", "m1", "", t(10)),
@@ -541,7 +541,7 @@ async fn delete_then_late_create_stays_deleted<S: MirrorStore>(store: S) {
     );
 }
 
-async fn newer_update_after_delete_clears_the_tombstone<S: MirrorStore>(store: S) {
+pub async fn newer_update_after_delete_clears_the_tombstone<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     let events = vec![
         message(Op::Create, "c1", "m1", "v1", t(1)),
@@ -582,7 +582,7 @@ async fn newer_update_after_delete_clears_the_tombstone<S: MirrorStore>(store: S
     );
 }
 
-async fn placeholder_conversation_is_completed_by_its_event<S: MirrorStore>(store: S) {
+pub async fn placeholder_conversation_is_completed_by_its_event<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     apply_all(
         &store,
@@ -632,7 +632,7 @@ async fn placeholder_conversation_is_completed_by_its_event<S: MirrorStore>(stor
     assert_matches_model(&store, &model, "orphan delete").await;
 }
 
-async fn conversation_participants_are_replaced<S: MirrorStore>(store: S) {
+pub async fn conversation_participants_are_replaced<S: MirrorStore>(store: S) {
     let p = |u: &str, role: ParticipantRole, mute: MuteState, pointer: Option<&str>| Participant {
         user_id: u.into(),
         role,
@@ -718,7 +718,7 @@ async fn summary_step<S: MirrorStore>(
     state.conversations["c1"].clone()
 }
 
-async fn conversation_summary_follows_live_messages<S: MirrorStore>(store: S) {
+pub async fn conversation_summary_follows_live_messages<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     let c = summary_step(
         &store,
@@ -813,7 +813,7 @@ async fn conversation_summary_follows_live_messages<S: MirrorStore>(store: S) {
     );
 }
 
-async fn follow_transitions_write_follow_events<S: MirrorStore>(store: S) {
+pub async fn follow_transitions_write_follow_events<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     let events = vec![
         follow(Op::Create, "u1", "u2", FollowState::Pending, t(1)), // request
@@ -859,7 +859,7 @@ async fn follow_transitions_write_follow_events<S: MirrorStore>(store: S) {
     );
 }
 
-async fn message_edits_and_deletes_are_audited<S: MirrorStore>(store: S) {
+pub async fn message_edits_and_deletes_are_audited<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     let create = message(Op::Create, "c1", "m1", "v1", t(1));
     let edit = message(Op::Update, "c1", "m1", "v2", t(2));
@@ -931,21 +931,21 @@ async fn message_edits_and_deletes_are_audited<S: MirrorStore>(store: S) {
     }
 }
 
-async fn apply_batch_equals_applying_one_by_one<S: MirrorStore>(store: S) {
+pub async fn apply_batch_equals_applying_one_by_one<S: MirrorStore>(store: S) {
     batches_equal_one_by_one(&store, None, 9).await;
 }
 
-async fn per_event_batches_equal_applying_one_by_one<S: MirrorStore>(store: S) {
+pub async fn per_event_batches_equal_applying_one_by_one<S: MirrorStore>(store: S) {
     batches_equal_one_by_one(&store, Some(ApplyMode::PerEvent), 9).await;
 }
 
-async fn set_based_batches_equal_applying_one_by_one<S: MirrorStore>(store: S) {
+pub async fn set_based_batches_equal_applying_one_by_one<S: MirrorStore>(store: S) {
     batches_equal_one_by_one(&store, Some(ApplyMode::Batched), 9).await;
 }
 
 /// Batches of 40 over a history of a handful of entities: every batch holds
 /// several versions of most entities, repeats of one id, late parents.
-async fn one_batch_with_many_versions_of_each_entity<S: MirrorStore>(store: S) {
+pub async fn one_batch_with_many_versions_of_each_entity<S: MirrorStore>(store: S) {
     batches_equal_one_by_one(&store, Some(ApplyMode::Batched), 40).await;
 }
 
@@ -994,15 +994,15 @@ async fn batches_equal_one_by_one<S: MirrorStore>(
     }
 }
 
-async fn apply_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
+pub async fn apply_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
     batch_isolates_a_rejected_event(&store, None).await;
 }
 
-async fn per_event_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
+pub async fn per_event_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
     batch_isolates_a_rejected_event(&store, Some(ApplyMode::PerEvent)).await;
 }
 
-async fn set_based_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
+pub async fn set_based_batch_isolates_a_rejected_event<S: MirrorStore>(store: S) {
     batch_isolates_a_rejected_event(&store, Some(ApplyMode::Batched)).await;
 }
 
@@ -1051,7 +1051,7 @@ async fn batch_isolates_a_rejected_event<S: MirrorStore>(store: &S, mode: Option
     }
 }
 
-async fn late_message_events_are_audited_with_their_own_payload<S: MirrorStore>(store: S) {
+pub async fn late_message_events_are_audited_with_their_own_payload<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     let create = message(Op::Create, "c1", "m1", "v1", t(1));
     let v3 = message(Op::Update, "c1", "m1", "v3", t(3));
@@ -1117,7 +1117,7 @@ async fn late_message_events_are_audited_with_their_own_payload<S: MirrorStore>(
     );
 }
 
-async fn late_follow_event_re_derives_its_neighbours<S: MirrorStore>(store: S) {
+pub async fn late_follow_event_re_derives_its_neighbours<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     let pending = follow(Op::Create, "u1", "u2", FollowState::Pending, t(1));
     let accepted = follow(Op::Update, "u1", "u2", FollowState::Accepted, t(3));
@@ -1156,7 +1156,7 @@ async fn late_follow_event_re_derives_its_neighbours<S: MirrorStore>(store: S) {
 
 /// The same late-arriving history through batches of both modes gives the
 /// same tables as the model fed it one by one.
-async fn late_history_is_the_same_in_batches<S: MirrorStore>(store: S) {
+pub async fn late_history_is_the_same_in_batches<S: MirrorStore>(store: S) {
     let events = vec![
         follow(Op::Update, "u1", "u2", FollowState::Accepted, t(3)),
         message(Op::Update, "c1", "m1", "v3", t(3)),
@@ -1185,11 +1185,11 @@ async fn late_history_is_the_same_in_batches<S: MirrorStore>(store: S) {
     assert_eq!(model.state(), newest_only(&events));
 }
 
-async fn apply_batch_of_nothing_is_empty<S: MirrorStore>(store: S) {
+pub async fn apply_batch_of_nothing_is_empty<S: MirrorStore>(store: S) {
     assert!(store.apply_batch(&[]).await.unwrap().is_empty());
 }
 
-async fn concurrent_writers_converge<S: MirrorStore>(store: S) {
+pub async fn concurrent_writers_converge<S: MirrorStore>(store: S) {
     let store = Arc::new(store);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_0002);
     let history = canonical(crate::events::random_history(&mut rng, 150, 40));
@@ -1263,7 +1263,7 @@ async fn concurrent_writers_converge<S: MirrorStore>(store: S) {
     }
 }
 
-async fn dead_letter_same_key_keeps_first_failure<S: MirrorStore>(store: S) {
+pub async fn dead_letter_same_key_keeps_first_failure<S: MirrorStore>(store: S) {
     let first = dead_letter("5f0c3b9e-8e0f-5c8a-9d57-1d7a0c1f2b3c", 2, t(100));
     store.record_dead_letter(&first).await.unwrap();
     let mut second = dead_letter("5f0c3b9e-8e0f-5c8a-9d57-1d7a0c1f2b3c", 3, t(200));
@@ -1310,7 +1310,7 @@ async fn dead_letter_same_key_keeps_first_failure<S: MirrorStore>(store: S) {
     );
 }
 
-async fn dead_letter_replays_are_counted<S: MirrorStore>(store: S) {
+pub async fn dead_letter_replays_are_counted<S: MirrorStore>(store: S) {
     let record = dead_letter("replayed-key", 5, t(100));
     store.record_dead_letter(&record).await.unwrap();
     store.record_replay("replayed-key", t(300)).await.unwrap();
@@ -1324,7 +1324,7 @@ async fn dead_letter_replays_are_counted<S: MirrorStore>(store: S) {
     assert_eq!(rows[0].first_failed_at, t(100));
 }
 
-async fn checkpoints_round_trip<S: MirrorStore>(store: S) {
+pub async fn checkpoints_round_trip<S: MirrorStore>(store: S) {
     assert_eq!(
         store
             .load_checkpoint("listen", "conversations")
@@ -1393,7 +1393,7 @@ async fn count_of<S: MirrorStore>(store: &S, table: &str) -> i64 {
         .1
 }
 
-async fn metrics_are_recorded<S: MirrorStore>(store: S) {
+pub async fn metrics_are_recorded<S: MirrorStore>(store: S) {
     store.record_metrics(&[]).await.unwrap();
     let samples: Vec<MetricSample> = (0..5)
         .map(|i| MetricSample {
@@ -1408,7 +1408,7 @@ async fn metrics_are_recorded<S: MirrorStore>(store: S) {
     assert_eq!(count_of(&store, "realtime_mirror_metrics").await, 7);
 }
 
-async fn table_counts_cover_every_table_in_schema_order<S: MirrorStore>(store: S) {
+pub async fn table_counts_cover_every_table_in_schema_order<S: MirrorStore>(store: S) {
     let mut model = Model::new();
     let events = vec![
         conversation(Op::Create, "c1", &["u1", "u2", "u3"], t(1)),

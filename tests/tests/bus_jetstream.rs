@@ -10,34 +10,11 @@ use mirror_bus::{
     SQL_WRITER_SUBSCRIPTION,
 };
 use mirror_schema::{Op, WireValue};
-use mirror_tests::bus_conformance::{Fresh, Options};
+use mirror_tests::bus_conformance::Options;
+use mirror_tests::factories::{jetstream, jetstream_config as config};
 use mirror_tests::{events, FreshTopic};
 
-fn config(topic: &FreshTopic, options: Options) -> JetStreamConfig {
-    JetStreamConfig {
-        url: topic.url.clone(),
-        topic: topic.topic.clone(),
-        ack_wait: options.lock,
-        max_deliver: options.max_deliver,
-        ..JetStreamConfig::default()
-    }
-}
-
-async fn fresh(options: Options) -> Fresh<JetStreamBus> {
-    let topic = FreshTopic::new();
-    let bus = JetStreamBus::connect(config(&topic, options))
-        .await
-        .unwrap_or_else(|e| panic!("{e} (is nats-server -js running? see README)"));
-    bus.ensure_topology().await.expect("ensure topology");
-    Fresh {
-        bus,
-        lock: options.lock,
-        max_deliver: options.max_deliver,
-        guard: Box::new(topic),
-    }
-}
-
-mirror_tests::bus_conformance_tests!(Some(fresh));
+mirror_tests::bus_conformance_tests!(Some(jetstream));
 
 fn sample(n: u32) -> OutboundMessage {
     OutboundMessage::from_event(&events::message(

@@ -21,85 +21,11 @@
 
 use std::time::Duration;
 
-use mirror_bus::servicebus::{ServiceBusBus, ServiceBusConfig};
-use mirror_bus::{
-    Delivery, EventBus, OutboundMessage, Receiver, MONITORING_SUBSCRIPTION,
-    SQL_WRITER_SUBSCRIPTION, TOPIC,
-};
+use mirror_bus::{Delivery, EventBus, OutboundMessage, Receiver, SQL_WRITER_SUBSCRIPTION};
 use mirror_schema::Op;
-use mirror_tests::bus_conformance::{BusFactory, Fresh, Options};
-use mirror_tests::{events, gate};
-
-/// Cases share the deployed topic, so they run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The connection string, or `None` after printing `skipped: SERVICEBUS_CONNECTION_STRING not set`.
-fn connection_string() -> Option<String> {
-    gate("SERVICEBUS_CONNECTION_STRING", "REQUIRE_SERVICEBUS")
-}
-
-fn topic() -> String {
-    std::env::var("SERVICEBUS_TOPIC")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| TOPIC.to_owned())
-}
-
-/// The subscriptions' lock duration as deployed.
-fn lock() -> Duration {
-    let secs = std::env::var("SERVICEBUS_LOCK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    Duration::from_secs(secs)
-}
-
-/// The subscriptions' `maxDeliveryCount` as deployed (`SERVICEBUS_MAX_DELIVERY`,
-/// default 5: deploy/azure/emulator/Config.json).
-fn max_delivery_count() -> u32 {
-    std::env::var("SERVICEBUS_MAX_DELIVERY")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5)
-}
-
-fn servicebus() -> Option<impl BusFactory<Bus = ServiceBusBus>> {
-    let cs = connection_string()?;
-    Some(move |_options: Options| {
-        let cs = cs.clone();
-        async move {
-            let serial = SERIAL.lock().await;
-            let mut config = ServiceBusConfig::from_connection_string(&cs, &topic())
-                .expect("Service Bus config");
-            config.max_delivery_count = max_delivery_count();
-            let bus = ServiceBusBus::connect(config)
-                .await
-                .unwrap_or_else(|e| panic!("{e} (is the Service Bus emulator running?)"));
-            bus.ensure_topology().await.expect("ensure topology");
-            let lock = lock();
-            // Cases settle what they receive; a message a failed case left
-            // locked would only reappear after the lock (PT1M on the
-            // emulator), longer than a case's budget, so it is not waited for.
-            let quiet = Duration::from_secs(1);
-            for (subscription, dlq) in [
-                (SQL_WRITER_SUBSCRIPTION, false),
-                (MONITORING_SUBSCRIPTION, false),
-                (SQL_WRITER_SUBSCRIPTION, true),
-                (MONITORING_SUBSCRIPTION, true),
-            ] {
-                bus.purge(subscription, dlq, quiet)
-                    .await
-                    .unwrap_or_else(|e| panic!("purge {subscription} (dead letters: {dlq}): {e}"));
-            }
-            Fresh {
-                bus,
-                lock,
-                max_deliver: max_delivery_count(),
-                guard: Box::new(serial),
-            }
-        }
-    })
-}
+use mirror_tests::bus_conformance::{BusFactory, Options};
+use mirror_tests::events;
+use mirror_tests::factories::servicebus;
 
 mirror_tests::bus_conformance_tests!(servicebus());
 

@@ -17,6 +17,14 @@
 //! injected into private servers (`mirror_tests::servers`); the rest use the
 //! shared local servers with a fresh database and topic.
 //!
+//! The in-process scenarios that differ only in their workload and writers
+//! ((d) poison, (e) ×3 delivery, (f) shuffled, (g) two writers, (i) injected
+//! database errors) are one table ([`InProcess`]) run by one function,
+//! generic over the bus and store factories of `mirror_tests::factories`:
+//! `nats_postgres::*` here, `nats_mssql::*` where `MSSQL_URL` is set (the SQL
+//! Server CI job). The scenarios that kill or pause servers and processes
+//! stay PostgreSQL/NATS-specific.
+//!
 //! `cargo test -p mirror-tests --test chaos` runs the short form (a few hundred
 //! events per scenario); `CHAOS=full` (used by `make chaos`) runs thousands of
 //! events and more faults. `CHAOS_SEED=<n>` replays a run. Each scenario prints
@@ -36,14 +44,16 @@ use mirror_schema::{decode_wire, MirrorEvent, Op, WireMessage, STRUCTURED_CONTEN
 use mirror_store::model::newest_only;
 use mirror_store::postgres::{PgConfig, PgStore};
 use mirror_store::{MirrorState, MirrorStore};
+use mirror_tests::bus_conformance::{BusFactory, Options};
 use mirror_tests::servers::{NatsServer, PgServer, WriterProcess};
-use mirror_tests::{events, FreshDb, FreshTopic};
+use mirror_tests::store_conformance::StoreFactory;
+use mirror_tests::{events, factories, FreshDb, FreshTopic};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use secrecy::SecretString;
 use serde::Serialize;
-use sql_writer::policy::RetryPolicy;
+use sql_writer::policy::{Backoff, RetryPolicy};
 use sql_writer::{Deps, RunReport, WriterSettings};
 
 // ---------------------------------------------------------------------------
@@ -335,10 +345,8 @@ fn writer_settings(concurrency: usize) -> WriterSettings {
         apply_timeout: Duration::from_secs(2),
         metrics_flush_every: None,
         retry: RetryPolicy {
-            max_attempts: 5,
-            min_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(2),
-            jitter: true,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)).with_jitter(),
+            ..RetryPolicy::default()
         },
         ..WriterSettings::default()
     }
@@ -440,7 +448,7 @@ async fn drain_with_process(env: &[(&'static str, String)], timeout: Duration) {
 
 /// Publish, retrying each message (same id: the broker drops a stored repeat)
 /// while the bus is unavailable, for at most a minute per message.
-async fn publish_retrying(bus: &JetStreamBus, m: &OutboundMessage) {
+async fn publish_retrying<B: EventBus>(bus: &B, m: &OutboundMessage) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match bus.publish(m).await {
@@ -455,8 +463,8 @@ async fn publish_retrying(bus: &JetStreamBus, m: &OutboundMessage) {
 }
 
 /// Publish `messages` spread over about `span`, in the background.
-fn publish_paced(
-    bus: Arc<JetStreamBus>,
+fn publish_paced<B: EventBus>(
+    bus: Arc<B>,
     messages: Vec<OutboundMessage>,
     span: Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -466,21 +474,21 @@ fn publish_paced(
         let pause = span / chunks as u32;
         for chunk in messages.chunks(per) {
             for m in chunk {
-                publish_retrying(&bus, m).await;
+                publish_retrying(&*bus, m).await;
             }
             tokio::time::sleep(pause).await;
         }
     })
 }
 
-async fn publish_all(bus: &JetStreamBus, messages: &[OutboundMessage]) {
+async fn publish_all<B: EventBus>(bus: &B, messages: &[OutboundMessage]) {
     for m in messages {
         publish_retrying(bus, m).await;
     }
 }
 
 /// Wait until the subscription holds nothing (pending or unsettled), bounded.
-async fn wait_drained(bus: &JetStreamBus, timeout: Duration) -> Duration {
+async fn wait_drained<B: EventBus>(bus: &B, timeout: Duration) -> Duration {
     let started = Instant::now();
     let mut receiver = loop {
         match bus.subscribe("sql-writer").await {
@@ -564,11 +572,11 @@ struct Outcome {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn verify(
+async fn verify<B: EventBus, S: MirrorStore>(
     scenario: &str,
     seed: u64,
-    bus: &JetStreamBus,
-    store: &PgStore,
+    bus: &B,
+    store: &S,
     w: &Workload,
     faults: String,
     drain: Duration,
@@ -875,8 +883,8 @@ async fn a_kill9_writer_process_repeatedly() {
     let outcome = verify(
         "a kill -9 writer",
         seed,
-        &rig.bus,
-        &rig.store,
+        &*rig.bus,
+        &*rig.store,
         &w,
         format!("{kills}× kill -9, {}", w.describe_poison()),
         drain,
@@ -930,7 +938,7 @@ async fn b_restart_postgres_mid_stream() {
     bounded("publishing", Duration::from_secs(120), publisher)
         .await
         .expect("publisher");
-    wait_drained(&bus, size.drain_timeout).await;
+    wait_drained(&*bus, size.drain_timeout).await;
     let drain = fault_end.elapsed();
     let report = writer.stop().await;
     println!("[b] writer report: {report:?}");
@@ -944,8 +952,8 @@ async fn b_restart_postgres_mid_stream() {
     let outcome = verify(
         "b PostgreSQL restart",
         seed,
-        &bus,
-        &store,
+        &*bus,
+        &*store,
         &w,
         faults,
         drain,
@@ -989,7 +997,7 @@ async fn c_restart_nats_mid_stream() {
     bounded("publishing", Duration::from_secs(180), publisher)
         .await
         .expect("publisher");
-    wait_drained(&bus, size.drain_timeout).await;
+    wait_drained(&*bus, size.drain_timeout).await;
     let drain = fault_end.elapsed();
     let report = writer.stop().await;
     println!("[c] writer report: {report:?}");
@@ -1003,128 +1011,14 @@ async fn c_restart_nats_mid_stream() {
     let outcome = verify(
         "c nats-server restart",
         seed,
-        &bus,
-        &store,
+        &*bus,
+        &*store,
         &w,
         faults,
         drain,
     )
     .await;
     finish(outcome, || nats.log_tail(40));
-}
-
-// ---------------------------------------------------------------------------
-// (d) poison mixed in (every kind), nothing else
-
-#[tokio::test(flavor = "multi_thread")]
-async fn d_poison_events_mixed_in() {
-    let size = size();
-    let (mut rng, seed) = seeded_rng("d");
-    let rig = shared_rig(TEST_ACK_WAIT).await;
-    let w = Workload::new(&mut rng, size.events);
-    publish_all(&rig.bus, &w.messages).await;
-    let started = Instant::now();
-    let writer = InProcessWriter::start(rig.bus.clone(), rig.store.clone(), 4);
-    wait_drained(&rig.bus, size.drain_timeout).await;
-    let drain = started.elapsed();
-    let report = writer.stop().await;
-    println!("[d] writer report: {report:?}");
-    let kinds: BTreeSet<&str> = w.poison.iter().map(|p| p.kind).collect();
-    let faults = format!("{} ({} kinds)", w.describe_poison(), kinds.len());
-    let outcome = verify("d poison", seed, &rig.bus, &rig.store, &w, faults, drain).await;
-    finish(outcome, || format!("{report:?}"));
-}
-
-// ---------------------------------------------------------------------------
-// (e) every message delivered three times
-
-#[tokio::test(flavor = "multi_thread")]
-async fn e_every_event_delivered_three_times() {
-    let size = size();
-    let (mut rng, seed) = seeded_rng("e");
-    let rig = shared_rig(TEST_ACK_WAIT).await;
-    let w = Workload::new(&mut rng, size.events).copies(3, &mut rng);
-    let started = Instant::now();
-    let writer = InProcessWriter::start(rig.bus.clone(), rig.store.clone(), 4);
-    publish_all(&rig.bus, &w.messages).await;
-    wait_drained(&rig.bus, size.drain_timeout).await;
-    let drain = started.elapsed();
-    let report = writer.stop().await;
-    println!("[e] writer report: {report:?}");
-    let outcome = verify(
-        "e ×3 delivery",
-        seed,
-        &rig.bus,
-        &rig.store,
-        &w,
-        format!("each ×3, {}", w.describe_poison()),
-        drain,
-    )
-    .await;
-    finish(outcome, || format!("{report:?}"));
-}
-
-// ---------------------------------------------------------------------------
-// (f) fully shuffled order
-
-#[tokio::test(flavor = "multi_thread")]
-async fn f_fully_shuffled_order() {
-    let size = size();
-    let (mut rng, seed) = seeded_rng("f");
-    let rig = shared_rig(TEST_ACK_WAIT).await;
-    let w = Workload::new(&mut rng, size.events).shuffled(&mut rng);
-    publish_all(&rig.bus, &w.messages).await;
-    let started = Instant::now();
-    // One worker: the shuffled order is the apply order.
-    let writer = InProcessWriter::start(rig.bus.clone(), rig.store.clone(), 1);
-    wait_drained(&rig.bus, size.drain_timeout).await;
-    let drain = started.elapsed();
-    let report = writer.stop().await;
-    println!("[f] writer report: {report:?}");
-    let outcome = verify(
-        "f shuffled",
-        seed,
-        &rig.bus,
-        &rig.store,
-        &w,
-        format!("shuffled, {}", w.describe_poison()),
-        drain,
-    )
-    .await;
-    finish(outcome, || format!("{report:?}"));
-}
-
-// ---------------------------------------------------------------------------
-// (g) two writers racing on the same entities
-
-#[tokio::test(flavor = "multi_thread")]
-async fn g_two_writers_racing() {
-    let size = size();
-    let (mut rng, seed) = seeded_rng("g");
-    let rig = shared_rig(TEST_ACK_WAIT).await;
-    // Copies make the same event race in both writers at once.
-    let w = Workload::new(&mut rng, size.events).copies(2, &mut rng);
-    let bus2 = connect_bus(bus_config(&rig.topic.url, &rig.topic.topic, TEST_ACK_WAIT)).await;
-    let store2 = connect_store(&rig.db.url).await;
-    let started = Instant::now();
-    let w1 = InProcessWriter::start(rig.bus.clone(), rig.store.clone(), 4);
-    let w2 = InProcessWriter::start(bus2, store2, 4);
-    publish_all(&rig.bus, &w.messages).await;
-    wait_drained(&rig.bus, size.drain_timeout).await;
-    let drain = started.elapsed();
-    let (r1, r2) = (w1.stop().await, w2.stop().await);
-    println!("[g] writer reports: {r1:?} / {r2:?}");
-    let outcome = verify(
-        "g two writers",
-        seed,
-        &rig.bus,
-        &rig.store,
-        &w,
-        format!("2 writers × 4 workers, each ×2, {}", w.describe_poison()),
-        drain,
-    )
-    .await;
-    finish(outcome, || format!("{r1:?}\n{r2:?}"));
 }
 
 // ---------------------------------------------------------------------------
@@ -1187,8 +1081,8 @@ async fn h_sigterm_mid_stream() {
     let mut outcome = verify(
         "h SIGTERM",
         seed,
-        &rig.bus,
-        &rig.store,
+        &*rig.bus,
+        &*rig.store,
         &w,
         format!(
             "SIGTERM (exit {:.1} s), {}",
@@ -1355,42 +1249,189 @@ impl<S: MirrorStore> MirrorStore for FlakyStore<S> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn i_injected_database_errors() {
+// ---------------------------------------------------------------------------
+// In-process scenarios on any bus and any store: (d) poison, (e) ×3
+// delivery, (f) shuffled order, (g) two writers racing, (i) injected
+// database errors. They differ only in their workload and writers, so they
+// are one table, run by one function on every pair of adapters the
+// environment has (`in_process_scenarios!` below).
+
+/// One in-process scenario: its workload and its writers.
+struct InProcess {
+    /// The scenario's letter and name in the report.
+    name: &'static str,
+    /// The random history (`Workload::new`) made into this scenario's.
+    workload: fn(Workload, &mut StdRng) -> Workload,
+    /// Publish everything before the writers start (else while they run).
+    publish_first: bool,
+    writers: usize,
+    /// Workers per writer.
+    concurrency: usize,
+    /// Wrap the store in a [`FlakyStore`] injecting database errors.
+    flaky: bool,
+    /// The "faults injected" cell, given the number of injected errors.
+    faults: fn(&Workload, usize) -> String,
+}
+
+/// What the rows below do unless they say otherwise: one writer of 4
+/// workers, the workload as drawn, published while the writer runs.
+const PLAIN: InProcess = InProcess {
+    name: "",
+    workload: |w, _| w,
+    publish_first: false,
+    writers: 1,
+    concurrency: 4,
+    flaky: false,
+    faults: |w, _| w.describe_poison(),
+};
+const D_POISON: InProcess = InProcess {
+    name: "d poison",
+    publish_first: true,
+    faults: |w, _| {
+        let kinds: BTreeSet<&str> = w.poison.iter().map(|p| p.kind).collect();
+        format!("{} ({} kinds)", w.describe_poison(), kinds.len())
+    },
+    ..PLAIN
+};
+const E_THREE_DELIVERIES: InProcess = InProcess {
+    name: "e ×3 delivery",
+    workload: |w, rng| w.copies(3, rng),
+    faults: |w, _| format!("each ×3, {}", w.describe_poison()),
+    ..PLAIN
+};
+const F_SHUFFLED: InProcess = InProcess {
+    name: "f shuffled",
+    workload: |w, rng| w.shuffled(rng),
+    publish_first: true,
+    // One worker: the shuffled order is the apply order.
+    concurrency: 1,
+    faults: |w, _| format!("shuffled, {}", w.describe_poison()),
+    ..PLAIN
+};
+const G_TWO_WRITERS: InProcess = InProcess {
+    name: "g two writers",
+    // Copies make the same event race in both writers at once.
+    workload: |w, rng| w.copies(2, rng),
+    writers: 2,
+    faults: |w, _| format!("2 writers × 4 workers, each ×2, {}", w.describe_poison()),
+    ..PLAIN
+};
+const I_DATABASE_ERRORS: InProcess = InProcess {
+    name: "i injected DB errors",
+    flaky: true,
+    faults: |w, injected| {
+        format!(
+            "{injected} injected DB errors (deadlock, reset after commit, 1 of batch), {}",
+            w.describe_poison()
+        )
+    },
+    ..PLAIN
+};
+
+/// Run `scenario` on a fresh bus and store from the factories (`None`: the
+/// adapter is gated off and has printed its `skipped:` line).
+async fn in_process<BF: BusFactory, SF: StoreFactory>(
+    scenario: &InProcess,
+    adapters: &str,
+    buses: Option<BF>,
+    stores: Option<SF>,
+) {
+    let (Some(buses), Some(stores)) = (buses, stores) else {
+        return;
+    };
     let size = size();
-    let (mut rng, seed) = seeded_rng("i");
-    let rig = shared_rig(TEST_ACK_WAIT).await;
-    let w = Workload::new(&mut rng, size.events);
+    let name = format!("{} [{adapters}]", scenario.name);
+    let (mut rng, seed) = seeded_rng(&name);
+    let settings = writer_settings(scenario.concurrency);
+    let fresh = buses
+        .fresh(Options {
+            lock: TEST_ACK_WAIT,
+            max_deliver: settings.retry.max_attempts,
+        })
+        .await;
+    // The writer's attempt limit is the broker's (one setting).
+    let settings = WriterSettings {
+        exit_when_idle: false,
+        retry: RetryPolicy {
+            max_attempts: fresh.max_deliver,
+            ..settings.retry
+        },
+        ..settings
+    };
+    let bus = Arc::new(fresh.bus);
+    let (store, _store_guard) = stores.fresh().await;
+    let store = Arc::new(store);
     let flaky = Arc::new(FlakyStore {
-        inner: rig.store.clone(),
+        inner: store.clone(),
         rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x5eed)),
         hits: Mutex::new(HashMap::new()),
         injected: std::sync::atomic::AtomicUsize::new(0),
     });
+    let w = (scenario.workload)(Workload::new(&mut rng, size.events), &mut rng);
+    if scenario.publish_first {
+        publish_all(&*bus, &w.messages).await;
+    }
     let started = Instant::now();
-    let writer = InProcessWriter::start(rig.bus.clone(), flaky.clone(), 4);
-    publish_all(&rig.bus, &w.messages).await;
-    wait_drained(&rig.bus, size.drain_timeout).await;
+    let writers: Vec<InProcessWriter> = (0..scenario.writers)
+        .map(|_| match scenario.flaky {
+            true => InProcessWriter::start_with(bus.clone(), flaky.clone(), settings.clone()),
+            false => InProcessWriter::start_with(bus.clone(), store.clone(), settings.clone()),
+        })
+        .collect();
+    if !scenario.publish_first {
+        publish_all(&*bus, &w.messages).await;
+    }
+    wait_drained(&*bus, size.drain_timeout).await;
     let drain = started.elapsed();
-    let report = writer.stop().await;
-    println!("[i] writer report: {report:?}");
+    let mut reports = Vec::new();
+    for writer in writers {
+        reports.push(writer.stop().await);
+    }
+    println!("[{name}] writer reports: {reports:?}");
     let injected = flaky.injected.load(std::sync::atomic::Ordering::Relaxed);
-    let faults = format!(
-        "{injected} injected DB errors (deadlock, reset after commit, 1 of batch), {}",
-        w.describe_poison()
-    );
-    let outcome = verify(
-        "i injected DB errors",
-        seed,
-        &rig.bus,
-        &rig.store,
-        &w,
-        faults,
-        drain,
-    )
-    .await;
-    finish(outcome, || format!("{report:?}"));
+    let faults = (scenario.faults)(&w, injected);
+    let outcome = verify(&name, seed, &*bus, &*store, &w, faults, drain).await;
+    drop(fresh.guard);
+    finish(outcome, || format!("{reports:?}"));
 }
+
+/// The in-process scenarios on one pair of adapters, as a module of tests.
+macro_rules! in_process_scenarios {
+    ($adapters:ident: $buses:expr, $stores:expr) => {
+        mod $adapters {
+            use super::*;
+
+            async fn run(scenario: &InProcess) {
+                in_process(scenario, stringify!($adapters), $buses, $stores).await
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn d_poison_events_mixed_in() {
+                run(&D_POISON).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn e_every_event_delivered_three_times() {
+                run(&E_THREE_DELIVERIES).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn f_fully_shuffled_order() {
+                run(&F_SHUFFLED).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn g_two_writers_racing() {
+                run(&G_TWO_WRITERS).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn i_injected_database_errors() {
+                run(&I_DATABASE_ERRORS).await
+            }
+        }
+    };
+}
+
+in_process_scenarios!(nats_postgres: Some(factories::jetstream), Some(factories::postgres));
+// The SQL Server CI job (MSSQL_URL, REQUIRE_MSSQL=1) runs these against SQL Server.
+in_process_scenarios!(nats_mssql: Some(factories::jetstream), factories::mssql());
 
 // ---------------------------------------------------------------------------
 // (j) PostgreSQL hangs (SIGSTOP) mid-stream: nothing answers, nothing fails
@@ -1470,7 +1511,7 @@ async fn j_postgres_hangs_mid_stream() {
         .await
         .expect("publisher");
     let writer = InProcessWriter::start(bus.clone(), connect_store(&db_url).await, 4);
-    wait_drained(&bus, size.drain_timeout).await;
+    wait_drained(&*bus, size.drain_timeout).await;
     let drain = fault_end.elapsed();
     let report = writer.stop().await;
     println!(
@@ -1483,7 +1524,16 @@ async fn j_postgres_hangs_mid_stream() {
         stop_took.as_secs_f64(),
         w.describe_poison()
     );
-    let mut outcome = verify("j PostgreSQL hangs", seed, &bus, &store, &w, faults, drain).await;
+    let mut outcome = verify(
+        "j PostgreSQL hangs",
+        seed,
+        &*bus,
+        &*store,
+        &w,
+        faults,
+        drain,
+    )
+    .await;
     if released.is_none() {
         outcome.row.pass = false;
         outcome.problems.push(format!(

@@ -1,7 +1,8 @@
 //! The store conformance suite on SQL Server, when `MSSQL_URL` (an ADO
 //! connection string to a server where the test may create databases) is set.
 //! Every case runs on a database of its own, created on that server and
-//! dropped afterwards. Unset: prints `skipped: MSSQL_URL not set`;
+//! dropped afterwards; the store property test runs there too. Unset: prints
+//! `skipped: MSSQL_URL not set`;
 //! `REQUIRE_MSSQL=1` makes that a failure.
 //!
 //! The connection-error tests need no SQL Server and always run: a port
@@ -11,9 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use mirror_store::mssql::{self, MssqlConfig, MssqlStore};
+use mirror_store::mssql::{MssqlConfig, MssqlStore};
 use mirror_store::StoreErrorKind;
-use mirror_tests::{gate, store_conformance};
+use mirror_tests::factories::mssql;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PASSWORD: &str = "Not-the-Pa55word";
@@ -127,56 +128,24 @@ async fn a_silent_peer_is_reported_after_the_connect_timeout() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mssql_store_conforms() {
-    let Some(ado) = gate("MSSQL_URL", "REQUIRE_MSSQL") else {
+mirror_tests::store_conformance_tests!(mssql());
+
+/// The store property test, a database per store: fewer cases than on
+/// PostgreSQL by default (`STORE_PROPERTY_CASES` overrides).
+#[test]
+fn any_order_of_any_history_converges_to_newest_only() {
+    let Some(factory) = mssql() else {
         return;
     };
     mirror_tests::init();
-    let base = MssqlConfig::from_ado(&ado).expect("MSSQL_URL is an ADO connection string");
-    store_conformance::run_all("mssql", move || fresh_mssql_store(base.clone())).await;
-}
-
-/// A database created for one case and dropped when this value is dropped.
-struct FreshMssqlDb {
-    config: MssqlConfig,
-}
-
-impl Drop for FreshMssqlDb {
-    fn drop(&mut self) {
-        let config = self.config.clone();
-        // Drop runs inside or outside a runtime; use a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            if let Err(e) = rt.block_on(mssql::drop_database(&config)) {
-                eprintln!("could not drop test database {:?}: {e}", config.database());
-            }
-        })
-        .join();
-    }
-}
-
-/// A migrated SQL Server store on a new, empty database. The runner prepares
-/// a few cases at once; `create_database_if_missing` runs one `CREATE
-/// DATABASE` at a time (Babelfish fails concurrent ones).
-async fn fresh_mssql_store(base: MssqlConfig) -> (MssqlStore, FreshMssqlDb) {
-    let name = format!(
-        "rm_test_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    mirror_tests::store_property::any_order_of_any_history_converges(
+        &rt,
+        &factory,
+        mirror_tests::store_property::cases_from_env(8),
     );
-    let config = base.for_database(&name);
-    mssql::create_database_if_missing(&config)
-        .await
-        .expect("create the test database");
-    let guard = FreshMssqlDb {
-        config: config.clone(),
-    };
-    let store = MssqlStore::connect(&config)
-        .await
-        .expect("connect to the test database");
-    store.migrate().await.expect("migrate");
-    (store, guard)
 }

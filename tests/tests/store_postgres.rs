@@ -1,29 +1,15 @@
-//! The store conformance suite on PostgreSQL: every case on its own fresh
-//! database, plus the PostgreSQL-only checks (migrations, rejections with
+//! The store conformance suite on PostgreSQL: every case a test of its own
+//! on its own fresh database, plus the PostgreSQL-only checks (migrations, rejections with
 //! their SQLSTATEs, the ledger).
 
 use mirror_schema::{FollowState, Op};
 use mirror_store::postgres::{PgConfig, PgStore};
 use mirror_store::{ApplyOutcome, DbCode, MirrorStore, StoreErrorKind};
 use mirror_tests::events::{follow, message, t};
-use mirror_tests::{store_conformance, FreshDb};
+use mirror_tests::factories::postgres as fresh_store;
+use mirror_tests::FreshDb;
 
-async fn fresh_store() -> (PgStore, FreshDb) {
-    let db = FreshDb::create().await;
-    let mut config = PgConfig::from_url(db.url.clone());
-    config.pool_size = 4;
-    let store = PgStore::connect(&config)
-        .await
-        .expect("connect to the fresh database");
-    let applied = store.migrate().await.expect("migrate");
-    assert!(applied >= 3, "every migration applied, got {applied}");
-    (store, db)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_store_conforms() {
-    store_conformance::run_all("postgres", fresh_store).await;
-}
+mirror_tests::store_conformance_tests!(Some(fresh_store));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_is_idempotent_and_concurrent_safe() {

@@ -59,8 +59,11 @@ fn settings() -> WriterSettings {
         receive_wait: Duration::from_millis(300),
         metrics_flush_every: None,
         retry: sql_writer::policy::RetryPolicy {
-            min_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(200),
+            backoff: sql_writer::policy::Backoff::new(
+                Duration::from_millis(50),
+                Duration::from_millis(200),
+            )
+            .with_jitter(),
             ..Default::default()
         },
         ..WriterSettings::default()

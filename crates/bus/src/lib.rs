@@ -53,6 +53,14 @@ pub const TOPIC: &str = "realtime-mirror";
 pub const SQL_WRITER_SUBSCRIPTION: &str = "sql-writer";
 pub const MONITORING_SUBSCRIPTION: &str = "monitoring";
 
+/// Deliveries of a message before it is dead-lettered, by default: the
+/// broker's limit (JetStream `max_deliver`, Service Bus `maxDeliveryCount`)
+/// and the writer's `--max-attempts` are one setting with this default. The
+/// IaC states it too (Bicep, Terraform, the emulator config):
+/// `deploy/azure/validate.py` and `tests/tests/defaults.rs` check them
+/// against this line.
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundMessage {

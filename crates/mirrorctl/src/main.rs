@@ -18,10 +18,10 @@ use clap::{Parser, Subcommand};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use mirror_bus::{EventBus, OutboundMessage, PublishOutcome};
-use mirror_schema::{decode_structured, MirrorEvent};
+use mirror_schema::{decode_structured, ClaimedAttributes, MirrorEvent};
 use mirror_store::{model::Model, MirrorStore};
 use sql_writer::config::{BusArgs, StoreArgs};
-use sql_writer::writer::{dead_letter_key, peek_attributes};
+use sql_writer::writer::dead_letter_key;
 use sql_writer::{with_bus, with_store};
 
 #[derive(Debug, Parser)]
@@ -533,7 +533,11 @@ async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
                 let out: Vec<_> = rows
                     .iter()
                     .map(|d| {
-                        let (_, ty, subject) = peek_attributes(&d.message);
+                        let ClaimedAttributes {
+                            event_type: ty,
+                            subject,
+                            ..
+                        } = ClaimedAttributes::of(&d.message);
                         let key = dead_letter_key(&d.message);
                         serde_json::json!({
                             "handle": d.handle, "key": key, "type": ty, "subject": subject,
@@ -557,7 +561,11 @@ async fn dlq(cmd: DlqCmd, json: bool) -> Result<u8> {
                     "replays",
                 ]);
                 for d in &rows {
-                    let (_, ty, subject) = peek_attributes(&d.message);
+                    let ClaimedAttributes {
+                        event_type: ty,
+                        subject,
+                        ..
+                    } = ClaimedAttributes::of(&d.message);
                     let key = dead_letter_key(&d.message);
                     t.add_row([
                         d.handle.clone(),

@@ -18,13 +18,14 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 use mirror_bus::EventBus;
+use mirror_runtime::backoff::Backoff;
 use mirror_store::{Checkpoint, MirrorStore, StoreError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::listen::{
-    Backoff, Change, ListenCore, ListenRequest, ListenResponse, Notice, Output, ResumeState,
-    StreamEnd, TargetFailure, TargetId, UpsertOp,
+    Backoff as ListenBackoff, Change, ListenCore, ListenRequest, ListenResponse, Notice, Output,
+    ResumeState, StreamEnd, TargetFailure, TargetId, UpsertOp,
 };
 use crate::mapping::SourceInfo;
 use crate::sink::{Disposition, KeyRange, Shard, Sink, SinkError, Tally};
@@ -158,9 +159,10 @@ pub trait ListenTransport: Send + Sync {
 pub struct LiveConfig {
     pub source: SourceInfo,
     pub shard: Shard,
-    /// First reconnect delay; doubles up to `max_retry_delay`, reset by progress.
-    pub retry_delay: Duration,
-    pub max_retry_delay: Duration,
+    /// Waits before reconnecting: growing while streams end without
+    /// progress, from the first delay again after a snapshot, the longest
+    /// at once when the server asks to back off.
+    pub reconnect: Backoff,
     /// A snapshot without changes still saves its (newer) token at most this often.
     pub idle_checkpoint_interval: Duration,
     /// Upserts published concurrently (awaited before any checkpoint).
@@ -183,8 +185,7 @@ impl LiveConfig {
         LiveConfig {
             source,
             shard,
-            retry_delay: Duration::from_secs(1),
-            max_retry_delay: Duration::from_secs(60),
+            reconnect: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             idle_checkpoint_interval: Duration::from_secs(10),
             publish_window: 64,
             large_checkpoint_interval: Duration::from_secs(30),
@@ -415,7 +416,7 @@ where
         }
     }
     let mut shutdown = pin!(shutdown.fuse());
-    let mut delay = config.retry_delay;
+    let mut delays = config.reconnect.delays();
     let mut rejected_in_a_row = 0u32;
     let mut last_save = Instant::now();
     let window = config.publish_window.max(1);
@@ -429,7 +430,7 @@ where
             _ = shutdown.as_mut() => return Ok(report),
             r = transport.open(rx).fuse() => r,
         };
-        let mut backoff = Backoff::Normal;
+        let mut backoff = ListenBackoff::Normal;
         let end = match opened {
             Err(e) => classify(e, &mut rejected_in_a_row)?,
             Ok(mut stream) => {
@@ -453,8 +454,8 @@ where
                             }
                             Output::Reconnect(b) => {
                                 reconnect = true;
-                                if b == Backoff::Max {
-                                    backoff = Backoff::Max;
+                                if b == ListenBackoff::Max {
+                                    backoff = ListenBackoff::Max;
                                 }
                             }
                             Output::Notice(notice) => note(&mut report, notice),
@@ -476,7 +477,7 @@ where
                             Output::Emit(snapshot) => {
                                 report.snapshots += 1;
                                 rejected_in_a_row = 0;
-                                delay = config.retry_delay;
+                                delays = config.reconnect.delays();
                                 let upserts = !inflight.is_empty();
                                 drain(&mut inflight, &mut report.tally).await?;
                                 let changes =
@@ -519,15 +520,16 @@ where
             }
         };
         core.on_stream_end(end);
-        if backoff == Backoff::Max {
-            delay = config.max_retry_delay;
-        }
+        let delay = if backoff == ListenBackoff::Max {
+            config.reconnect.max_delay
+        } else {
+            delays.next_delay()
+        };
         tracing::info!(?end, ?delay, "listen stream ended; reconnecting");
         futures::select! {
             _ = shutdown.as_mut() => return Ok(report),
             _ = tokio::time::sleep(delay).fuse() => {}
         }
-        delay = (delay * 2).min(config.max_retry_delay);
     }
 }
 

@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use mirror_bus::{BusError, EventBus, OutboundMessage, PublishOutcome};
+use mirror_bus::{BusError, BusErrorKind, EventBus, OutboundMessage, PublishOutcome};
+use mirror_runtime::backoff::Backoff;
 use mirror_store::{DeadLetterRecord, MirrorStore, StoreError};
 use sha2::{Digest, Sha256};
 
@@ -19,6 +20,13 @@ use crate::value::{Document, Timestamp};
 
 /// The `subscription` column of dead letters the publisher records.
 pub const DEAD_LETTER_SUBSCRIPTION: &str = "publisher";
+
+/// Publish attempts before a document's event is given up on (each waits
+/// for the broker's confirmation).
+pub const PUBLISH_ATTEMPTS: u32 = 5;
+
+/// The waits between publish attempts.
+const PUBLISH_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
 /// This instance's share of the documents: partition key hash mod `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +204,7 @@ pub struct Sink<'a, B, S> {
     pub source: &'a SourceInfo,
     pub shard: Shard,
     pub dry_run: bool,
-    /// Publish attempts before giving up (each waits for the broker).
+    /// Publish attempts before giving up (default [`PUBLISH_ATTEMPTS`]).
     pub attempts: u32,
     /// Only these event families (a backfill `--module`); `None`: all.
     pub families: Option<Vec<mirror_schema::EventFamily>>,
@@ -213,7 +221,7 @@ impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
             source,
             shard,
             dry_run: false,
-            attempts: 5,
+            attempts: PUBLISH_ATTEMPTS,
             families: None,
             range: None,
         }
@@ -285,31 +293,22 @@ impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
     async fn publish(&self, event: &mirror_schema::MirrorEvent) -> Result<Disposition, SinkError> {
         // Stamped once: retries of this publish keep the first attempt's time.
         let msg = OutboundMessage::from_event_published_at(event, chrono::Utc::now());
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 1;
-        loop {
-            match self.bus.publish(&msg).await {
-                Ok(PublishOutcome::Published) => return Ok(Disposition::Published),
-                Ok(PublishOutcome::Duplicate) => return Ok(Disposition::Duplicate),
-                Err(BusError::Config(m)) => {
-                    return Err(SinkError::Bus {
-                        subject: event.subject().to_string(),
-                        source: BusError::Config(m),
-                    })
-                }
-                Err(e) if attempt >= self.attempts => {
-                    return Err(SinkError::Bus {
-                        subject: event.subject().to_string(),
-                        source: e,
-                    })
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, subject = %event.subject(), "publish failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                    attempt += 1;
-                }
-            }
+        let published = PUBLISH_BACKOFF
+            .retry(
+                self.attempts,
+                || self.bus.publish(&msg),
+                // A misconfigured bus fails every attempt alike.
+                |e: &BusError| e.kind() != BusErrorKind::Config,
+                |e, delay| tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, subject = %event.subject(), "publish failed; retrying"),
+            )
+            .await;
+        match published {
+            Ok(PublishOutcome::Published) => Ok(Disposition::Published),
+            Ok(PublishOutcome::Duplicate) => Ok(Disposition::Duplicate),
+            Err(source) => Err(SinkError::Bus {
+                subject: event.subject().to_string(),
+                source,
+            }),
         }
     }
 

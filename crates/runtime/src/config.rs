@@ -195,7 +195,7 @@ impl BusArgs {
                 Ok(BusSettings::Nats {
                     url,
                     topic,
-                    max_deliver: 5,
+                    max_deliver: mirror_bus::DEFAULT_MAX_DELIVERIES,
                 })
             }
             BusKind::Servicebus => {
@@ -221,7 +221,7 @@ impl BusArgs {
                     auth,
                     topic,
                     sessions: self.servicebus_sessions.unwrap_or(false),
-                    max_delivery_count: 5,
+                    max_delivery_count: mirror_bus::DEFAULT_MAX_DELIVERIES,
                     prefetch: mirror_bus::servicebus::DEFAULT_PREFETCH,
                 })
             }

@@ -34,7 +34,7 @@ pub use payload::{
 pub use subject::{Subject, MAX_ID_LEN};
 pub use time::{format_time, parse_time, SourceTime};
 pub use types::{EventFamily, EventType, Op};
-pub use wire::{decode_wire, WireMessage, WireValue};
+pub use wire::{decode_wire, ClaimedAttributes, WireMessage, WireValue};
 
 /// Largest encoded event the mirror accepts (256 KiB, the Service Bus Standard limit).
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;

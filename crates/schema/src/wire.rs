@@ -86,6 +86,57 @@ impl WireMessage {
     }
 }
 
+/// The `id`, `type` and `subject` a message claims, read best-effort and not
+/// validated: what names a message that failed validation (its dead-letter
+/// row, `mirrorctl dead-letters`). Strings are clipped to
+/// [`ClaimedAttributes::MAX_CHARS`] characters. Never a key: any producer can
+/// put any id there (see `sql_writer::dead_letters::dead_letter_key`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimedAttributes {
+    pub id: Option<uuid::Uuid>,
+    pub event_type: Option<String>,
+    pub subject: Option<String>,
+}
+
+impl ClaimedAttributes {
+    /// Longest attribute string kept.
+    pub const MAX_CHARS: usize = 128;
+
+    /// Read from the CloudEvents properties (binary mode, either prefix) or
+    /// the JSON body (structured mode); whatever is missing or unreadable
+    /// stays `None`.
+    pub fn of(message: &WireMessage) -> ClaimedAttributes {
+        let clip = |s: &str| s.chars().take(Self::MAX_CHARS).collect::<String>();
+        if message.is_binary_mode() {
+            let get = |name: &str| {
+                crate::amqp::PREFIXES.iter().find_map(|p| {
+                    match message.property(&format!("{p}{name}")) {
+                        Some(WireValue::String(s)) => Some(clip(s)),
+                        Some(WireValue::Uuid(u)) => Some(u.to_string()),
+                        _ => None,
+                    }
+                })
+            };
+            return ClaimedAttributes {
+                id: get("id").and_then(|s| s.parse().ok()),
+                event_type: get("type"),
+                subject: get("subject"),
+            };
+        }
+        let Ok(serde_json::Value::Object(obj)) =
+            serde_json::from_slice::<serde_json::Value>(&message.body)
+        else {
+            return ClaimedAttributes::default();
+        };
+        let get = |k: &str| obj.get(k).and_then(|v| v.as_str()).map(clip);
+        ClaimedAttributes {
+            id: get("id").and_then(|i| i.parse().ok()),
+            event_type: get("type"),
+            subject: get("subject"),
+        }
+    }
+}
+
 /// Decode a message from any transport: structured mode when the content type
 /// says so or no CloudEvents properties are present, binary mode otherwise.
 pub fn decode_wire(message: &WireMessage) -> Result<MirrorEvent, DecodeError> {
@@ -100,5 +151,62 @@ pub fn decode_wire(message: &WireMessage) -> Result<MirrorEvent, DecodeError> {
         crate::amqp::decode_binary(message)
     } else {
         crate::decode_structured(&message.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claimed_attributes_are_read_from_either_mode_without_validation() {
+        let id = uuid::Uuid::from_u128(7);
+        let structured = WireMessage {
+            content_type: Some(STRUCTURED_CONTENT_TYPE.to_owned()),
+            properties: Vec::new(),
+            body: serde_json::json!({"id": id.to_string(), "type": "x.nonsense", "subject": "s".repeat(300)})
+                .to_string()
+                .into_bytes(),
+        };
+        let got = ClaimedAttributes::of(&structured);
+        assert_eq!(got.id, Some(id));
+        assert_eq!(got.event_type.as_deref(), Some("x.nonsense"));
+        assert_eq!(
+            got.subject.map(|s| s.len()),
+            Some(ClaimedAttributes::MAX_CHARS)
+        );
+
+        for prefix in crate::amqp::PREFIXES {
+            let binary = WireMessage {
+                content_type: Some("application/json".to_owned()),
+                properties: vec![
+                    (
+                        format!("{prefix}specversion"),
+                        WireValue::String("1.0".into()),
+                    ),
+                    (format!("{prefix}id"), WireValue::Uuid(id)),
+                    (format!("{prefix}type"), WireValue::String("t".into())),
+                    (format!("{prefix}subject"), WireValue::Int(3)),
+                ],
+                body: b"not json".to_vec(),
+            };
+            assert_eq!(
+                ClaimedAttributes::of(&binary),
+                ClaimedAttributes {
+                    id: Some(id),
+                    event_type: Some("t".into()),
+                    subject: None,
+                },
+                "{prefix}"
+            );
+        }
+        let garbage = WireMessage {
+            body: b"\xff{".to_vec(),
+            ..WireMessage::default()
+        };
+        assert_eq!(
+            ClaimedAttributes::of(&garbage),
+            ClaimedAttributes::default()
+        );
     }
 }

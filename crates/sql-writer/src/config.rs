@@ -23,7 +23,8 @@ pub use mirror_runtime::config::{
 
 use mirror_store::ApplyMode;
 
-use crate::policy::RetryPolicy;
+use crate::defaults;
+use crate::policy::{Backoff, RetryPolicy};
 use crate::writer::WriterSettings;
 
 /// Log output format.
@@ -58,40 +59,50 @@ pub struct Cli {
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 #[serde(default)]
 pub struct WriterArgs {
-    /// Subscription (durable consumer) to read [default: sql-writer]
-    #[arg(long, env = "WRITER_SUBSCRIPTION")]
+    /// Subscription (durable consumer) to read
+    #[arg(long, env = "WRITER_SUBSCRIPTION",
+          help = defaults::help("Subscription (durable consumer) to read", defaults::SUBSCRIPTION))]
     pub subscription: Option<String>,
-    /// Most events per batch and per SQL transaction [default: 256]
-    #[arg(long, env = "WRITER_BATCH_SIZE")]
+    /// Most events per batch and per SQL transaction
+    #[arg(long, env = "WRITER_BATCH_SIZE",
+          help = defaults::help("Most events per batch and per SQL transaction", defaults::BATCH_SIZE))]
     pub batch_size: Option<usize>,
-    /// Milliseconds a batch that is not full waits for more events (0: never) [default: 5]
-    #[arg(long, env = "WRITER_LINGER_MS")]
+    /// Milliseconds a batch that is not full waits for more events (0: never)
+    #[arg(long, env = "WRITER_LINGER_MS",
+          help = defaults::help("Milliseconds a batch that is not full waits for more events (0: never)", defaults::LINGER.as_millis()))]
     pub linger_ms: Option<u64>,
-    /// How the store applies a batch: `batched` (set-based) or `per-event` [default: batched]
-    #[arg(long = "apply", env = "WRITER_APPLY", value_parser = parse_apply_mode)]
+    /// How the store applies a batch: `batched` (set-based) or `per-event`
+    #[arg(long = "apply", env = "WRITER_APPLY", value_parser = parse_apply_mode,
+          help = defaults::help("How the store applies a batch: `batched` (set-based) or `per-event`", defaults::APPLY_MODE.as_str()))]
     #[serde(default, deserialize_with = "de_apply_mode")]
     pub apply: Option<ApplyMode>,
-    /// Concurrent workers (each with its own receiver and transaction) [default: 4]
-    #[arg(long, env = "WRITER_CONCURRENCY")]
+    /// Concurrent workers (each with its own receiver and transaction)
+    #[arg(long, env = "WRITER_CONCURRENCY",
+          help = defaults::help("Concurrent workers (each with its own receiver and transaction)", defaults::CONCURRENCY))]
     pub concurrency: Option<usize>,
-    /// Deliveries before a transiently failing event is dead-lettered [default: 5]
-    #[arg(long, env = "WRITER_MAX_ATTEMPTS")]
+    /// Deliveries before a transiently failing event is dead-lettered (also the broker's delivery limit)
+    #[arg(long, env = "WRITER_MAX_ATTEMPTS",
+          help = defaults::help("Deliveries before a transiently failing event is dead-lettered (also the broker's delivery limit)", defaults::MAX_ATTEMPTS))]
     pub max_attempts: Option<u32>,
-    /// First retry delay in milliseconds (doubles per attempt, with jitter) [default: 500]
-    #[arg(long, env = "WRITER_MIN_BACKOFF_MS")]
+    /// First retry delay in milliseconds (doubles per attempt, with jitter)
+    #[arg(long, env = "WRITER_MIN_BACKOFF_MS",
+          help = defaults::help("First retry delay in milliseconds (doubles per attempt, with jitter)", defaults::MIN_BACKOFF.as_millis()))]
     pub min_backoff_ms: Option<u64>,
-    /// Longest retry delay in milliseconds [default: 60000]
-    #[arg(long, env = "WRITER_MAX_BACKOFF_MS")]
+    /// Longest retry delay in milliseconds
+    #[arg(long, env = "WRITER_MAX_BACKOFF_MS",
+          help = defaults::help("Longest retry delay in milliseconds", defaults::MAX_BACKOFF.as_millis()))]
     pub max_backoff_ms: Option<u64>,
     /// Drain the subscription, then exit 0 (for tests and batch jobs)
     #[arg(long, env = "WRITER_EXIT_WHEN_IDLE", num_args = 0..=1, default_missing_value = "true")]
     pub exit_when_idle: Option<bool>,
     /// Seconds a batch (or any database call) may take before its messages are
-    /// released and the database is treated as unavailable [default: 60]
-    #[arg(long, env = "WRITER_APPLY_TIMEOUT_SECS")]
+    /// released and the database is treated as unavailable
+    #[arg(long, env = "WRITER_APPLY_TIMEOUT_SECS",
+          help = defaults::help("Seconds a batch (or any database call) may take before its messages are released and the database is treated as unavailable", defaults::APPLY_TIMEOUT.as_secs()))]
     pub apply_timeout_secs: Option<u64>,
-    /// Seconds the batch in flight may take after SIGTERM/SIGINT [default: 20]
-    #[arg(long, env = "WRITER_SHUTDOWN_DEADLINE_SECS")]
+    /// Seconds the batch in flight may take after SIGTERM/SIGINT
+    #[arg(long, env = "WRITER_SHUTDOWN_DEADLINE_SECS",
+          help = defaults::help("Seconds the batch in flight may take after SIGTERM/SIGINT", defaults::SHUTDOWN_DEADLINE.as_secs()))]
     pub shutdown_deadline_secs: Option<u64>,
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9464) [default: off]
     #[arg(long, env = "METRICS_ADDR")]
@@ -156,31 +167,44 @@ impl Cli {
         };
         let w = self.writer;
         let f = file.writer;
-        let defaults = WriterSettings::default();
-        let batch_size = w.batch_size.or(f.batch_size).unwrap_or(defaults.batch_size);
+        let batch_size = w
+            .batch_size
+            .or(f.batch_size)
+            .unwrap_or(defaults::BATCH_SIZE);
         if !(1..=1000).contains(&batch_size) {
             return Err(bad(
                 "--batch-size / WRITER_BATCH_SIZE",
                 "must be between 1 and 1000",
             ));
         }
-        let concurrency = w.concurrency.or(f.concurrency).unwrap_or(4);
+        let concurrency = w
+            .concurrency
+            .or(f.concurrency)
+            .unwrap_or(defaults::CONCURRENCY);
         if !(1..=64).contains(&concurrency) {
             return Err(bad(
                 "--concurrency / WRITER_CONCURRENCY",
                 "must be between 1 and 64",
             ));
         }
-        let max_attempts = w.max_attempts.or(f.max_attempts).unwrap_or(5);
+        let max_attempts = w
+            .max_attempts
+            .or(f.max_attempts)
+            .unwrap_or(defaults::MAX_ATTEMPTS);
         if !(1..=100).contains(&max_attempts) {
             return Err(bad(
                 "--max-attempts / WRITER_MAX_ATTEMPTS",
                 "must be between 1 and 100",
             ));
         }
-        let min_delay = Duration::from_millis(w.min_backoff_ms.or(f.min_backoff_ms).unwrap_or(500));
-        let max_delay =
-            Duration::from_millis(w.max_backoff_ms.or(f.max_backoff_ms).unwrap_or(60_000));
+        let min_delay = w
+            .min_backoff_ms
+            .or(f.min_backoff_ms)
+            .map_or(defaults::MIN_BACKOFF, Duration::from_millis);
+        let max_delay = w
+            .max_backoff_ms
+            .or(f.max_backoff_ms)
+            .map_or(defaults::MAX_BACKOFF, Duration::from_millis);
         if min_delay > max_delay {
             return Err(bad("--min-backoff-ms", "must not exceed --max-backoff-ms"));
         }
@@ -188,16 +212,19 @@ impl Cli {
             .linger_ms
             .or(f.linger_ms)
             .map(Duration::from_millis)
-            .unwrap_or(defaults.linger);
+            .unwrap_or(defaults::LINGER);
         if linger > Duration::from_secs(1) {
             return Err(bad(
                 "--linger-ms / WRITER_LINGER_MS",
                 "must be at most 1000",
             ));
         }
-        let apply_mode = w.apply.or(f.apply).unwrap_or(defaults.apply_mode);
-        let apply_timeout_secs = w.apply_timeout_secs.or(f.apply_timeout_secs).unwrap_or(60);
-        if apply_timeout_secs == 0 {
+        let apply_mode = w.apply.or(f.apply).unwrap_or(defaults::APPLY_MODE);
+        let apply_timeout = w
+            .apply_timeout_secs
+            .or(f.apply_timeout_secs)
+            .map_or(defaults::APPLY_TIMEOUT, Duration::from_secs);
+        if apply_timeout.is_zero() {
             return Err(bad(
                 "--apply-timeout-secs / WRITER_APPLY_TIMEOUT_SECS",
                 "must be at least 1",
@@ -206,7 +233,7 @@ impl Cli {
         let subscription = w
             .subscription
             .or(f.subscription)
-            .unwrap_or_else(|| mirror_bus::SQL_WRITER_SUBSCRIPTION.to_owned());
+            .unwrap_or_else(|| defaults::SUBSCRIPTION.to_owned());
         let mut bus = self.bus.or(file.bus).settings()?;
         // One setting: the broker's delivery limit is the writer's attempt
         // limit (JetStream's consumer is configured with it; Service Bus's
@@ -237,16 +264,13 @@ impl Cli {
                 exit_when_idle: w.exit_when_idle.or(f.exit_when_idle).unwrap_or(false),
                 retry: RetryPolicy {
                     max_attempts,
-                    min_delay,
-                    max_delay,
-                    jitter: true,
+                    backoff: Backoff::new(min_delay, max_delay).with_jitter(),
                 },
-                shutdown_deadline: Duration::from_secs(
-                    w.shutdown_deadline_secs
-                        .or(f.shutdown_deadline_secs)
-                        .unwrap_or(20),
-                ),
-                apply_timeout: Duration::from_secs(apply_timeout_secs),
+                shutdown_deadline: w
+                    .shutdown_deadline_secs
+                    .or(f.shutdown_deadline_secs)
+                    .map_or(defaults::SHUTDOWN_DEADLINE, Duration::from_secs),
+                apply_timeout,
                 ..WriterSettings::default()
             },
             metrics_addr: w.metrics_addr.or(f.metrics_addr),
@@ -339,6 +363,68 @@ mod tests {
         assert_eq!(s.writer.linger, Duration::from_millis(5));
         assert_eq!(s.writer.retry.max_attempts, 5);
         assert_eq!(s.store.describe(), "postgres 127.0.0.1:5432/mirror");
+    }
+
+    #[test]
+    fn help_shows_the_defaults_the_settings_use() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_help().to_string();
+        let d = WriterSettings::default();
+        for (flag, shown) in [
+            ("--subscription", d.subscription.clone()),
+            ("--batch-size", d.batch_size.to_string()),
+            ("--linger-ms", d.linger.as_millis().to_string()),
+            ("--apply", d.apply_mode.as_str().to_owned()),
+            ("--concurrency", d.concurrency.to_string()),
+            ("--max-attempts", d.retry.max_attempts.to_string()),
+            (
+                "--min-backoff-ms",
+                d.retry.backoff.min_delay.as_millis().to_string(),
+            ),
+            (
+                "--max-backoff-ms",
+                d.retry.backoff.max_delay.as_millis().to_string(),
+            ),
+            (
+                "--apply-timeout-secs",
+                d.apply_timeout.as_secs().to_string(),
+            ),
+            (
+                "--shutdown-deadline-secs",
+                d.shutdown_deadline.as_secs().to_string(),
+            ),
+        ] {
+            let line = help
+                .split("\n  -")
+                .find(|opt| opt.contains(&format!("{flag} <")))
+                .unwrap_or_else(|| panic!("{flag} not in the help:\n{help}"));
+            assert!(
+                line.contains(&format!("[default: {shown}]")),
+                "{flag} shows another default than the settings use ({shown}):\n{line}"
+            );
+        }
+        // With no flags, no environment and no file, the settings are the defaults.
+        if std::env::vars().all(|(k, _)| !k.starts_with("WRITER_")) {
+            let w = parse(&["--bus", "nats", "--store", "postgres"])
+                .unwrap()
+                .writer;
+            assert_eq!(
+                (
+                    w.batch_size,
+                    w.concurrency,
+                    w.linger,
+                    w.apply_timeout,
+                    w.retry
+                ),
+                (
+                    d.batch_size,
+                    d.concurrency,
+                    d.linger,
+                    d.apply_timeout,
+                    d.retry
+                )
+            );
+        }
     }
 
     #[test]

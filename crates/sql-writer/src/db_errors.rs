@@ -1,8 +1,8 @@
 //! The one table of database errors per database: each code the writer
 //! knows, its [`Class`] (retry, dead-letter, stop), whether it means the
 //! database itself is unavailable, and why. [`crate::policy`] classifies by
-//! these tables and nothing else; `docs/sqlserver.md` prints the SQL Server
-//! table and a test checks the two agree; the tests use them too.
+//! these tables and nothing else; `docs/sqlserver.md` and `docs/postgres.md`
+//! print them and tests check each agrees; the tests use them too.
 //!
 //! A code in neither table is transient: a wrong guess then costs a bounded
 //! number of retries before the event is dead-lettered as
@@ -278,16 +278,29 @@ pub fn postgres_unavailable(code: &str) -> bool {
 pub fn mssql_markdown_rows() -> Vec<String> {
     MSSQL
         .iter()
-        .map(|e| {
-            format!(
-                "| {} | {} | {} | {} |",
-                e.number,
-                class_name(e.class),
-                if e.unavailable { "yes" } else { "" },
-                e.meaning
-            )
-        })
+        .map(|e| markdown_row(e.number, e.class, e.unavailable, e.meaning))
         .collect()
+}
+
+/// The PostgreSQL table as the Markdown rows `docs/postgres.md` shows.
+pub fn postgres_markdown_rows() -> Vec<String> {
+    POSTGRES
+        .iter()
+        .map(|e| markdown_row(e.code, e.class, e.unavailable, e.meaning))
+        .collect()
+}
+
+fn markdown_row(
+    code: impl std::fmt::Display,
+    class: Class,
+    unavailable: bool,
+    meaning: &str,
+) -> String {
+    format!(
+        "| {code} | {} | {} | {meaning} |",
+        class_name(class),
+        if unavailable { "yes" } else { "" },
+    )
 }
 
 fn class_name(class: Class) -> &'static str {
@@ -357,27 +370,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn docs_sqlserver_md_shows_this_table() {
-        let docs = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/sqlserver.md"
-        ))
-        .unwrap();
+    /// The rows of the Markdown table after `marker` in `docs/<doc>`.
+    fn docs_table(doc: &str, marker: &str) -> Vec<String> {
+        let path = format!("{}/../../docs/{doc}", env!("CARGO_MANIFEST_DIR"));
+        let docs = std::fs::read_to_string(&path).unwrap();
         let start = docs
-            .find("<!-- db_errors::MSSQL -->")
-            .expect("docs/sqlserver.md marks the error table with <!-- db_errors::MSSQL -->");
-        let rows: Vec<&str> = docs[start..]
+            .find(marker)
+            .unwrap_or_else(|| panic!("docs/{doc} marks the error table with {marker}"));
+        docs[start..]
             .lines()
             .skip(1)
             .skip_while(|l| !l.starts_with("| "))
             .take_while(|l| l.starts_with('|'))
             .skip(2)
-            .collect();
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn docs_sqlserver_md_shows_this_table() {
         assert_eq!(
-            rows,
+            docs_table("sqlserver.md", "<!-- db_errors::MSSQL -->"),
             mssql_markdown_rows(),
             "docs/sqlserver.md's error table differs from sql_writer::db_errors::MSSQL; print mssql_markdown_rows() and paste"
+        );
+    }
+
+    #[test]
+    fn docs_postgres_md_shows_this_table() {
+        assert_eq!(
+            docs_table("postgres.md", "<!-- db_errors::POSTGRES -->"),
+            postgres_markdown_rows(),
+            "docs/postgres.md's error table differs from sql_writer::db_errors::POSTGRES; print postgres_markdown_rows() and paste"
         );
     }
 }

@@ -1,5 +1,6 @@
-//! Dead-letter records: the `realtime_mirror_dead_letter` row of a message,
-//! its key, the attributes read from a message that does not decode, the rows
+//! Dead-letter records: the `realtime_mirror_dead_letter` row of a message
+//! (a message that does not decode is named by the attributes it claims,
+//! [`ClaimedAttributes`]), its key, the rows
 //! that wait in memory while the database is down, and the task that records
 //! the messages a bus adapter dead-letters on its own.
 
@@ -7,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use mirror_schema::{decode_wire, EventType, MirrorEvent, WireMessage, WireValue};
-use mirror_store::{DeadLetterRecord, MirrorStore};
+use mirror_schema::{decode_wire, ClaimedAttributes, MirrorEvent, WireMessage};
+use mirror_store::{answer, DeadLetterRecord, MirrorStore, StoreErrorKind};
 
-use crate::health::{answer, is_no_answer};
+use crate::policy::ADAPTER_DEAD_LETTER_ROW;
 use crate::telemetry;
 
 /// Dead-letter rows waiting for the database to come back.
@@ -42,7 +43,7 @@ pub(crate) async fn flush_dead_letters<S: MirrorStore>(
         match answer(limit, store.record_dead_letter(&record)).await {
             Ok(()) => telemetry::dead_letter_row_written(&record.key, &record.reason),
             Err(e) => {
-                hung = is_no_answer(&e);
+                hung = e.kind == StoreErrorKind::NoAnswer;
                 still.push(record);
             }
         }
@@ -69,12 +70,16 @@ pub fn record_adapter_dead_letters<S: MirrorStore>(
         while let Some((message, why)) = rx.recv().await {
             let event = decode_wire(&message).ok();
             let record = dead_letter_record(&message, event.as_ref(), &why, &subscription);
-            let mut delay = Duration::from_secs(1);
-            while let Err(e) = store.record_dead_letter(&record).await {
-                tracing::warn!(key = %record.key, error = %e, "dead-letter row not written yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(60));
-            }
+            // Only written rows end the loop: the policy's backoff, no limit.
+            let written = ADAPTER_DEAD_LETTER_ROW
+                .retry(
+                    u32::MAX,
+                    || store.record_dead_letter(&record),
+                    |_| true,
+                    |e, delay| tracing::warn!(key = %record.key, error = %e, delay_ms = delay.as_millis() as u64, "dead-letter row not written yet; retrying"),
+                )
+                .await;
+            debug_assert!(written.is_ok(), "retried without a limit");
             telemetry::dead_letter_row_written(&record.key, &record.reason);
             telemetry::event_dead_lettered(None, event.map(|e| e.event_type()), &why);
         }
@@ -96,7 +101,10 @@ pub fn dead_letter_record(
             Some(e.event_type().as_str().to_owned()),
             Some(e.entity_key()),
         ),
-        None => peek_attributes(message),
+        None => {
+            let claimed = ClaimedAttributes::of(message);
+            (claimed.id, claimed.event_type, claimed.subject)
+        }
     };
     // Keyed by the id of the event as decoded once by the caller; an
     // undecodable message by the hash of its body (see `dead_letter_key`).
@@ -116,43 +124,6 @@ pub fn dead_letter_record(
         failed_at: Utc::now(),
         subscription: subscription.to_owned(),
     }
-}
-
-/// `id`, `type`, `subject` of a message that failed validation, if readable.
-pub fn peek_attributes(
-    message: &WireMessage,
-) -> (Option<uuid::Uuid>, Option<String>, Option<String>) {
-    let clip = |s: &str| s.chars().take(128).collect::<String>();
-    if message.is_binary_mode() {
-        let get = |name: &str| {
-            mirror_schema::amqp::PREFIXES.iter().find_map(|p| {
-                match message.property(&format!("{p}{name}")) {
-                    Some(WireValue::String(s)) => Some(clip(s)),
-                    Some(WireValue::Uuid(u)) => Some(u.to_string()),
-                    _ => None,
-                }
-            })
-        };
-        return (
-            get("id").and_then(|s| s.parse().ok()),
-            get("type"),
-            get("subject"),
-        );
-    }
-    let Ok(serde_json::Value::Object(obj)) =
-        serde_json::from_slice::<serde_json::Value>(&message.body)
-    else {
-        return (None, None, None);
-    };
-    let s = |k: &str| obj.get(k).and_then(|v| v.as_str()).map(clip);
-    let event_type = s("type")
-        .filter(|t| t.parse::<EventType>().is_ok())
-        .or(s("type"));
-    (
-        s("id").and_then(|i| i.parse().ok()),
-        event_type,
-        s("subject"),
-    )
 }
 
 /// The key of a message's `realtime_mirror_dead_letter` row: its event id when

@@ -6,11 +6,10 @@
 //! delays until the database answers again, so an outage costs a message one
 //! delivery attempt, not all of them.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use mirror_store::{MirrorStore, StoreError};
+use mirror_store::{answer, MirrorStore, StoreError};
 use tokio::sync::watch;
 
 use crate::policy::{store_unavailable, RetryPolicy};
@@ -51,9 +50,10 @@ impl StoreHealth {
         stop: &mut watch::Receiver<bool>,
     ) {
         let mut probes = 0u32;
+        let mut delays = retry.backoff.capped(MAX_PROBE_DELAY).delays();
         while self.is_down() && !*stop.borrow() {
             probes += 1;
-            let delay = retry.delay_after(probes).min(MAX_PROBE_DELAY);
+            let delay = delays.next_delay();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = stop.changed() => {}
@@ -85,31 +85,4 @@ impl StoreHealth {
             }
         }
     }
-}
-
-/// The database did not answer within `timeout`: treated like a broken
-/// connection (the database is unavailable), not like a failing event.
-pub fn no_answer(timeout: Duration) -> StoreError {
-    StoreError::new(
-        mirror_store::StoreErrorKind::Connect,
-        format!(
-            "no answer from the database within {:.1} s",
-            timeout.as_secs_f64()
-        ),
-    )
-}
-
-/// Whether `e` is a [`no_answer`] failure.
-pub fn is_no_answer(e: &StoreError) -> bool {
-    e.message.starts_with("no answer")
-}
-
-/// `call`'s result, or a "no answer" connection failure after `limit`.
-pub async fn answer<T>(
-    limit: Duration,
-    call: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, call)
-        .await
-        .unwrap_or_else(|_| Err(no_answer(limit)))
 }

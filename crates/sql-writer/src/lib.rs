@@ -10,6 +10,7 @@
 pub mod config;
 pub mod db_errors;
 pub mod dead_letters;
+pub mod defaults;
 pub mod health;
 pub mod policy;
 pub mod replay;

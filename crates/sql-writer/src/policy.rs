@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use mirror_bus::{BusError, BusErrorKind, DeadLetter};
+pub use mirror_runtime::backoff::Backoff;
 use mirror_schema::DecodeError;
 use mirror_store::{ApplyOutcome, DbCode, StoreError, StoreErrorKind};
 
@@ -62,9 +62,10 @@ pub fn classify(failure: &Failure<'_>) -> Class {
 fn classify_store(e: &StoreError) -> Class {
     match e.kind {
         StoreErrorKind::Config | StoreErrorKind::Migration => return Class::Fatal,
-        StoreErrorKind::Connect | StoreErrorKind::PoolTimeout | StoreErrorKind::Timeout => {
-            return Class::Transient
-        }
+        StoreErrorKind::Connect
+        | StoreErrorKind::PoolTimeout
+        | StoreErrorKind::Timeout
+        | StoreErrorKind::NoAnswer => return Class::Transient,
         _ => {}
     }
     match &e.code {
@@ -82,13 +83,13 @@ pub fn classify_sqlstate(code: &str) -> Class {
 }
 
 /// Whether `e` says the database is unavailable (down, restarting, failing
-/// over, refusing connections) rather than that this batch failed: the
+/// over, refusing connections, hung: [`StoreErrorKind::NoAnswer`]) rather than that this batch failed: the
 /// writer then stops taking messages until the database answers again,
 /// instead of spending every message's delivery attempts on an outage and
 /// dead-lettering valid events with `retries_exhausted`.
 pub fn store_unavailable(e: &StoreError) -> bool {
     match e.kind {
-        StoreErrorKind::Connect | StoreErrorKind::PoolTimeout => true,
+        StoreErrorKind::Connect | StoreErrorKind::PoolTimeout | StoreErrorKind::NoAnswer => true,
         _ => match &e.code {
             Some(DbCode::Sqlstate(s)) => crate::db_errors::postgres_unavailable(s),
             Some(DbCode::Mssql(n)) => crate::db_errors::mssql_unavailable(*n),
@@ -106,37 +107,56 @@ pub fn classify_mssql(number: u32) -> Class {
 /// Retry settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
-    /// Deliveries before a transiently failing event is dead-lettered (default 5).
+    /// Deliveries before a transiently failing event is dead-lettered
+    /// (default [`crate::defaults::MAX_ATTEMPTS`]).
     pub max_attempts: u32,
-    pub min_delay: Duration,
-    pub max_delay: Duration,
-    pub jitter: bool,
+    /// The broker-side delay before the next delivery.
+    pub backoff: Backoff,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
+        use crate::defaults;
         RetryPolicy {
-            max_attempts: 5,
-            min_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(60),
-            jitter: true,
+            max_attempts: defaults::MAX_ATTEMPTS,
+            backoff: Backoff::new(defaults::MIN_BACKOFF, defaults::MAX_BACKOFF).with_jitter(),
         }
     }
 }
 
 impl RetryPolicy {
-    /// The broker-side delay before attempt `delivery_count + 1`: exponential
-    /// (factor 2) from `min_delay`, capped at `max_delay`, with jitter.
+    /// The broker-side delay before attempt `delivery_count + 1` (see [`Backoff`]).
     pub fn delay_after(&self, delivery_count: u32) -> Duration {
-        let mut builder = ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .with_factor(2.0)
-            .with_max_times(delivery_count.max(1) as usize);
-        if self.jitter {
-            builder = builder.with_jitter();
+        self.backoff.delay_after(delivery_count)
+    }
+}
+
+/// The waits of the task that writes the SQL rows of messages a bus adapter
+/// dead-lettered on its own: nothing else holds those messages for us, so
+/// it tries until the database takes each row.
+pub const ADAPTER_DEAD_LETTER_ROW: Backoff =
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+
+/// What to do with a message the policy dead-lettered when its
+/// `realtime_mirror_dead_letter` row could not be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowNotWritten {
+    /// Attempts remain: release the message for redelivery after `delay`, so
+    /// it stays safe in the subscription until SQL can take the row.
+    Release { delay: Duration },
+    /// Its last attempt: dead-letter it on the bus anyway and keep the row in
+    /// memory until the database is back.
+    Park,
+}
+
+/// Decide [`RowNotWritten`] for a delivery (1 = first).
+pub fn dead_letter_row_failed(delivery_count: u32, policy: &RetryPolicy) -> RowNotWritten {
+    if delivery_count >= policy.max_attempts {
+        RowNotWritten::Park
+    } else {
+        RowNotWritten::Release {
+            delay: policy.delay_after(delivery_count),
         }
-        builder.build().last().unwrap_or(self.min_delay)
     }
 }
 
@@ -273,6 +293,14 @@ mod tests {
             StoreErrorKind::PoolTimeout,
             "pool"
         )));
+        // A hung database is told by the kind the store gave, never by text.
+        let hung = StoreError::no_answer(Duration::from_secs(60));
+        assert!(store_unavailable(&hung));
+        assert_eq!(classify(&Failure::Store(&hung)), Class::Transient);
+        assert!(!store_unavailable(&StoreError::new(
+            StoreErrorKind::Database,
+            "no answer from the database"
+        )));
         assert!(store_unavailable(&pg("57P03")));
         assert!(store_unavailable(&pg("08006")));
         assert!(store_unavailable(&ms(40613)));
@@ -317,9 +345,32 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_letter_row_not_written_releases_until_the_last_attempt() {
+        let policy = RetryPolicy::default();
+        for n in 1..policy.max_attempts {
+            assert!(matches!(
+                dead_letter_row_failed(n, &policy),
+                RowNotWritten::Release { .. }
+            ));
+        }
+        assert_eq!(
+            dead_letter_row_failed(policy.max_attempts, &policy),
+            RowNotWritten::Park
+        );
+        assert_eq!(
+            dead_letter_row_failed(policy.max_attempts + 3, &policy),
+            RowNotWritten::Park,
+            "a broker that redelivers past the limit"
+        );
+    }
+
+    #[test]
     fn backoff_grows_and_is_capped() {
         let policy = RetryPolicy {
-            jitter: false,
+            backoff: Backoff {
+                jitter: false,
+                ..RetryPolicy::default().backoff
+            },
             ..RetryPolicy::default()
         };
         assert_eq!(policy.delay_after(1), Duration::from_millis(500));

@@ -13,10 +13,10 @@
 
 use chrono::{DateTime, Utc};
 use mirror_bus::{BusError, EventBus, OutboundMessage};
-use mirror_schema::decode_wire;
+use mirror_schema::{decode_wire, ClaimedAttributes};
 use mirror_store::{MirrorStore, StoreError};
 
-use crate::writer::{dead_letter_key, peek_attributes};
+use crate::writer::dead_letter_key;
 
 /// Longest broker message id (Service Bus `MessageId`).
 const MAX_MESSAGE_ID: usize = 128;
@@ -90,7 +90,11 @@ pub async fn replay<B: EventBus, S: MirrorStore>(
         .collect();
     let mut out = Vec::new();
     for d in rows {
-        let (_, event_type, subject) = peek_attributes(&d.message);
+        let ClaimedAttributes {
+            event_type,
+            subject,
+            ..
+        } = ClaimedAttributes::of(&d.message);
         let reason_differs = filter.reason.as_deref().is_some_and(|r| r != d.reason);
         let type_differs = filter
             .event_type

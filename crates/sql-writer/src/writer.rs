@@ -33,16 +33,16 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use mirror_bus::{BusError, Delivery, EventBus, Receiver};
 use mirror_schema::{decode_wire, DecodeError, MirrorEvent};
-use mirror_store::{ApplyMode, ApplyOutcome, MetricSample, MirrorStore, StoreError};
+use mirror_store::{answer, ApplyMode, ApplyOutcome, MetricSample, MirrorStore, StoreError};
 use tokio::sync::watch;
 
-pub use crate::dead_letters::{
-    dead_letter_key, dead_letter_record, peek_attributes, record_adapter_dead_letters,
-};
+pub use crate::dead_letters::{dead_letter_key, dead_letter_record, record_adapter_dead_letters};
 use crate::dead_letters::{flush_dead_letters, PendingDeadLetters, LAST_WRITES_LIMIT};
-use crate::health::{answer, no_answer, StoreHealth};
+use crate::defaults;
+use crate::health::StoreHealth;
 use crate::policy::{
-    classify, decide, store_unavailable, Class, Disposition, Failure, RetryPolicy,
+    classify, dead_letter_row_failed, decide, store_unavailable, Class, Disposition, Failure,
+    RetryPolicy, RowNotWritten,
 };
 use crate::telemetry;
 
@@ -85,17 +85,17 @@ pub struct WriterSettings {
 impl Default for WriterSettings {
     fn default() -> Self {
         WriterSettings {
-            subscription: mirror_bus::SQL_WRITER_SUBSCRIPTION.to_owned(),
-            batch_size: 256,
-            linger: Duration::from_millis(5),
-            apply_mode: ApplyMode::Batched,
-            concurrency: 4,
+            subscription: defaults::SUBSCRIPTION.to_owned(),
+            batch_size: defaults::BATCH_SIZE,
+            linger: defaults::LINGER,
+            apply_mode: defaults::APPLY_MODE,
+            concurrency: defaults::CONCURRENCY,
             receive_wait: Duration::from_secs(1),
             exit_when_idle: false,
             retry: RetryPolicy::default(),
             keep_alive_every: Duration::from_secs(10),
-            shutdown_deadline: Duration::from_secs(20),
-            apply_timeout: Duration::from_secs(60),
+            shutdown_deadline: defaults::SHUTDOWN_DEADLINE,
+            apply_timeout: defaults::APPLY_TIMEOUT,
             metrics_flush_every: Some(Duration::from_secs(30)),
         }
     }
@@ -375,7 +375,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         };
         tokio::select! {
             r = answer(self.settings.apply_timeout, call) => r,
-            () = aborted => Err(no_answer(self.settings.shutdown_deadline)),
+            () = aborted => Err(StoreError::no_answer(self.settings.shutdown_deadline)),
         }
     }
 
@@ -550,40 +550,43 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                         &why,
                         &self.settings.subscription,
                     );
-                    let last_attempt =
-                        delivery.delivery_count() >= self.settings.retry.max_attempts;
-                    match self
+                    let written = self
                         .store_call(self.deps.store.record_dead_letter(&record))
-                        .await
-                    {
-                        Ok(()) => telemetry::dead_letter_row_written(&record.key, &record.reason),
-                        Err(e) if !last_attempt => {
-                            self.note_store_failure(&e);
-                            // Keep the message in the subscription until SQL can take the row.
-                            report.retried += 1;
-                            let delay = self.settings.retry.delay_after(delivery.delivery_count());
-                            telemetry::event_retried(
-                                delivery.message_id(),
-                                event.map(|e| e.event_type()),
-                                delivery.delivery_count(),
-                                delay,
-                                &format!("dead-letter row not written: {e}"),
-                            );
-                            let id = delivery.message_id().map(str::to_owned);
-                            settles
-                                .push(Box::pin(async move { (id, delivery.retry(delay).await) }));
-                            continue;
+                        .await;
+                    if let Err(e) = written {
+                        self.note_store_failure(&e);
+                        match dead_letter_row_failed(
+                            delivery.delivery_count(),
+                            &self.settings.retry,
+                        ) {
+                            RowNotWritten::Release { delay } => {
+                                // Kept in the subscription until SQL can take the row.
+                                report.retried += 1;
+                                telemetry::event_retried(
+                                    delivery.message_id(),
+                                    event.map(|e| e.event_type()),
+                                    delivery.delivery_count(),
+                                    delay,
+                                    &format!("dead-letter row not written: {e}"),
+                                );
+                                let id = delivery.message_id().map(str::to_owned);
+                                settles.push(Box::pin(
+                                    async move { (id, delivery.retry(delay).await) },
+                                ));
+                                continue;
+                            }
+                            RowNotWritten::Park => {
+                                let mut pending = self
+                                    .shared
+                                    .pending_dead_letters
+                                    .lock()
+                                    .expect("pending lock");
+                                pending.push(record);
+                                telemetry::dead_letter_rows_pending(pending.len());
+                            }
                         }
-                        Err(e) => {
-                            self.note_store_failure(&e);
-                            let mut pending = self
-                                .shared
-                                .pending_dead_letters
-                                .lock()
-                                .expect("pending lock");
-                            pending.push(record);
-                            telemetry::dead_letter_rows_pending(pending.len());
-                        }
+                    } else {
+                        telemetry::dead_letter_row_written(&record.key, &record.reason);
                     }
                     report.dead_lettered += 1;
                     span.in_scope(|| {
@@ -662,7 +665,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                     // or if COMMIT was already on its way, committed: then the
                     // redelivery is a duplicate). Either way nothing is lost.
                     tracing::warn!(timeout_s = self.settings.apply_timeout.as_secs_f64(), "database gave no answer for the batch; releasing it");
-                    return Some(Err(no_answer(self.settings.apply_timeout)));
+                    return Some(Err(StoreError::no_answer(self.settings.apply_timeout)));
                 }
                 _ = &mut keeper => {}
                 Ok(()) = abort.changed() => {

@@ -136,8 +136,14 @@ pub enum StoreErrorKind {
     Connect,
     /// No pooled connection became free in time.
     PoolTimeout,
-    /// The statement did not finish within the command timeout.
+    /// The statement did not finish within the command timeout (the database
+    /// said so, or the adapter's own bound on one statement ran out).
     Timeout,
+    /// The database gave no answer at all within a bound: hung, partitioned,
+    /// or the connection silently dead (see [`StoreError::no_answer`]). The
+    /// policy treats it as the database being unavailable, not as a failing
+    /// event.
+    NoAnswer,
     /// The database answered with an error (see [`StoreError::code`]).
     Database,
     /// The database answered something the adapter did not expect.
@@ -164,6 +170,17 @@ impl StoreError {
         }
     }
 
+    /// The database gave no answer within `limit` ([`StoreErrorKind::NoAnswer`]).
+    pub fn no_answer(limit: std::time::Duration) -> StoreError {
+        StoreError::new(
+            StoreErrorKind::NoAnswer,
+            format!(
+                "no answer from the database within {:.1} s",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
     pub fn database(code: DbCode, message: impl Into<String>) -> StoreError {
         StoreError {
             kind: StoreErrorKind::Database,
@@ -171,6 +188,17 @@ impl StoreError {
             message: message.into(),
         }
     }
+}
+
+/// `call`'s result, or a [`StoreError::no_answer`] failure once `limit` passed
+/// without one (the call is dropped: a transaction in it is abandoned).
+pub async fn answer<T>(
+    limit: std::time::Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::no_answer(limit)))
 }
 
 /// A dead-lettered event as the SQL `realtime_mirror_dead_letter` table keeps it.

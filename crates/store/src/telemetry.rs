@@ -56,6 +56,7 @@ pub fn error_type(e: &StoreError) -> &'static str {
         StoreErrorKind::Connect => "connect",
         StoreErrorKind::PoolTimeout => "pool_timeout",
         StoreErrorKind::Timeout => "timeout",
+        StoreErrorKind::NoAnswer => "no_answer",
         StoreErrorKind::Database => "database",
         StoreErrorKind::Protocol => "protocol",
         StoreErrorKind::Migration => "migration",

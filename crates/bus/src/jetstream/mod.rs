@@ -125,7 +125,7 @@ impl Default for JetStreamConfig {
             ],
             duplicate_window: Duration::from_secs(120),
             ack_wait: Duration::from_secs(30),
-            max_deliver: 5,
+            max_deliver: crate::DEFAULT_MAX_DELIVERIES,
             max_age: Duration::from_secs(7 * 24 * 3600),
             dead_letter_max_age: Duration::from_secs(30 * 24 * 3600),
             max_ack_pending: 1000,

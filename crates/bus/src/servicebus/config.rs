@@ -127,7 +127,7 @@ impl ServiceBusConfig {
             topic: topic.into(),
             sessions: false,
             prefetch: DEFAULT_PREFETCH,
-            max_delivery_count: 5,
+            max_delivery_count: crate::DEFAULT_MAX_DELIVERIES,
             lock_renewal: None,
             duplicate_detection_window: Duration::from_secs(600),
             verify_subscriptions: vec![

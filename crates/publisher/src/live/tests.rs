@@ -151,7 +151,10 @@ fn initial(docs: Vec<Document>, token: &str, at: i64) -> Vec<Step> {
 
 fn config() -> LiveConfig {
     LiveConfig {
-        retry_delay: Duration::from_millis(1),
+        reconnect: mirror_runtime::backoff::Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+        ),
         ..LiveConfig::new(SourceInfo::new("demo", "(default)"), Shard::SINGLE)
     }
 }
@@ -635,7 +638,10 @@ async fn a_sharded_instance_publishes_exactly_its_key_range() {
             bus: bus.clone(),
             store: store.clone(),
             config: LiveConfig {
-                retry_delay: Duration::from_millis(1),
+                reconnect: mirror_runtime::backoff::Backoff::new(
+                    Duration::from_millis(1),
+                    Duration::from_secs(60),
+                ),
                 ..LiveConfig::new(SourceInfo::new("demo", "(default)"), shard)
             },
         };

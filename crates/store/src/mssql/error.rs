@@ -46,7 +46,8 @@ pub const PROCEDURE_ERRORS: &[(u32, &str)] = &[
 ];
 
 /// Map a tiberius error: server errors keep their number (`Database`), broken
-/// IO/TLS/redirects are `Connect`, an IO timeout is `Timeout`, anything the
+/// IO/TLS/redirects are `Connect`, an IO timeout (the server sent nothing)
+/// is `NoAnswer`, anything the
 /// driver could not make sense of is `Protocol`.
 pub fn map_error(e: tiberius::error::Error) -> StoreError {
     use tiberius::error::Error;
@@ -56,7 +57,7 @@ pub fn map_error(e: tiberius::error::Error) -> StoreError {
             kind: std::io::ErrorKind::TimedOut,
             message,
         } => StoreError::new(
-            StoreErrorKind::Timeout,
+            StoreErrorKind::NoAnswer,
             format!("SQL Server did not answer in time: {message}"),
         ),
         Error::Io { message, .. } => StoreError::new(
@@ -120,7 +121,7 @@ mod tests {
         };
         assert_eq!(
             map_error(io(std::io::ErrorKind::TimedOut)).kind,
-            StoreErrorKind::Timeout
+            StoreErrorKind::NoAnswer
         );
         assert_eq!(
             map_error(io(std::io::ErrorKind::ConnectionReset)).kind,
