@@ -12,7 +12,7 @@
 
 use mirror_schema::MirrorEvent;
 use mirror_store::model::{newest_only, Model};
-use mirror_store::{ApplyMode, ApplyOutcome, MirrorState, MirrorStore};
+use mirror_store::{ApplyEvents, ApplyMode, ApplyOutcome, MirrorState, MirrorStore};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rand::seq::SliceRandom;

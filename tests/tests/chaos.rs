@@ -33,6 +33,7 @@
 //!
 //! The `sql-writer` binary must be built (`cargo build --bins`, done by `make test`).
 
+use mirror_store::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -1170,7 +1171,7 @@ fn pg_error(code: &str, message: &str) -> mirror_store::StoreError {
     mirror_store::StoreError::database(mirror_store::DbCode::Sqlstate(code.into()), message)
 }
 
-impl<S: MirrorStore> MirrorStore for FlakyStore<S> {
+impl<S: MirrorStore> mirror_store::ApplyEvents for FlakyStore<S> {
     async fn apply(
         &self,
         event: &MirrorEvent,
@@ -1202,52 +1203,10 @@ impl<S: MirrorStore> MirrorStore for FlakyStore<S> {
             _ => Ok(results),
         }
     }
-
-    async fn record_dead_letter(
-        &self,
-        record: &mirror_store::DeadLetterRecord,
-    ) -> Result<(), mirror_store::StoreError> {
-        self.inner.record_dead_letter(record).await
-    }
-    async fn list_dead_letters(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<mirror_store::StoredDeadLetter>, mirror_store::StoreError> {
-        self.inner.list_dead_letters(limit).await
-    }
-    async fn record_replay(
-        &self,
-        key: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), mirror_store::StoreError> {
-        self.inner.record_replay(key, at).await
-    }
-    async fn load_checkpoint(
-        &self,
-        module: &str,
-        shard: &str,
-    ) -> Result<Option<mirror_store::Checkpoint>, mirror_store::StoreError> {
-        self.inner.load_checkpoint(module, shard).await
-    }
-    async fn save_checkpoint(
-        &self,
-        checkpoint: &mirror_store::Checkpoint,
-    ) -> Result<(), mirror_store::StoreError> {
-        self.inner.save_checkpoint(checkpoint).await
-    }
-    async fn record_metrics(
-        &self,
-        samples: &[mirror_store::MetricSample],
-    ) -> Result<(), mirror_store::StoreError> {
-        self.inner.record_metrics(samples).await
-    }
-    async fn table_counts(&self) -> Result<Vec<(String, i64)>, mirror_store::StoreError> {
-        self.inner.table_counts().await
-    }
-    async fn snapshot(&self) -> Result<MirrorState, mirror_store::StoreError> {
-        self.inner.snapshot().await
-    }
 }
+
+mirror_store::delegate_store!(impl[S: MirrorStore] FlakyStore<S> => inner:
+    DeadLetterStore, CheckpointStore, MetricsStore, InspectStore);
 
 // ---------------------------------------------------------------------------
 // In-process scenarios on any bus and any store: (d) poison, (e) ×3

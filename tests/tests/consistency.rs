@@ -7,6 +7,7 @@
 //! path through the publisher's pager port, and the HTML report in a real
 //! headless browser.
 
+use mirror_store::prelude::*;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,7 +16,6 @@ use mirror_bus::{EventBus, OutboundMessage};
 use mirror_schema::{MirrorEvent, Op};
 use mirror_store::checksum::Table;
 use mirror_store::postgres::PgStore;
-use mirror_store::MirrorStore;
 use mirror_tests::consistency_run::{Pipeline, FIXTURES};
 use mirror_tests::events;
 use mirrorctl::consistency::report::FindingKind;

@@ -8,13 +8,13 @@
 //! Its own test binary: the OTLP endpoint is read from the process's
 //! environment, as the job reads it.
 
+use mirror_store::prelude::*;
 use std::time::Duration;
 
 use axum::http::Method;
 use indicatif::ProgressBar;
 use mirror_schema::{FollowState, Op};
 use mirror_store::postgres::{PgConfig, PgStore};
-use mirror_store::MirrorStore;
 use mirror_tests::{events, FreshDb};
 use mirrorctl::consistency::metrics::{self, names, Targets};
 use mirrorctl::consistency::source::MemorySource;

@@ -3,6 +3,7 @@
 //! requests), per-hop latency from the publish stamp and the broker's enqueue
 //! time, and ledger pruning that leaves redeliveries harmless.
 
+use mirror_store::prelude::*;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use mirror_runtime::health::{self, Health, WatchOptions};
 use mirror_schema::MirrorEvent;
 use mirror_store::ledger::{self, PruneOptions};
 use mirror_store::postgres::{PgConfig, PgStore};
-use mirror_store::{ApplyOutcome, MirrorStore};
+use mirror_store::ApplyOutcome;
 use mirror_tests::{FreshDb, FreshTopic};
 use secrecy::SecretString;
 use sql_writer::{Deps, WriterSettings};

@@ -4,7 +4,8 @@
 
 use mirror_schema::{FollowState, Op};
 use mirror_store::postgres::{PgConfig, PgStore};
-use mirror_store::{ApplyOutcome, DbCode, MirrorStore, StoreErrorKind};
+use mirror_store::prelude::*;
+use mirror_store::{ApplyOutcome, DbCode, StoreErrorKind};
 use mirror_tests::events::{follow, message, t};
 use mirror_tests::factories::postgres as fresh_store;
 use mirror_tests::FreshDb;

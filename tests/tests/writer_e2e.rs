@@ -2,6 +2,7 @@
 //! fixture dataset, invalid input of every kind, broker duplicates, random
 //! shuffled histories with duplicates, and graceful shutdown.
 
+use mirror_store::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use mirror_bus::{EventBus, OutboundMessage, PublishOutcome};
 use mirror_schema::{MirrorEvent, WireMessage, STRUCTURED_CONTENT_TYPE};
 use mirror_store::model::{newest_only, Model};
 use mirror_store::postgres::{PgConfig, PgStore};
-use mirror_store::{MirrorState, MirrorStore};
+use mirror_store::MirrorState;
 use mirror_tests::{events, FreshDb, FreshTopic};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

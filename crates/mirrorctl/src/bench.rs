@@ -32,10 +32,7 @@ use mirror_bus::jetstream::{JetStreamBus, JetStreamConfig};
 use mirror_bus::{EventBus, OutboundMessage};
 use mirror_schema::*;
 use mirror_store::postgres::{PgConfig, PgStore};
-use mirror_store::{
-    ApplyMode, ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore,
-    StoreError, StoredDeadLetter,
-};
+use mirror_store::{ApplyEvents, ApplyMode, ApplyOutcome, MirrorStore, StoreError};
 use secrecy::SecretString;
 use serde::Serialize;
 use sql_writer::{Deps, WriterSettings};
@@ -113,7 +110,7 @@ struct Timed<S> {
     latencies_ms: Arc<Mutex<Vec<f64>>>,
 }
 
-impl<S: MirrorStore> MirrorStore for Timed<S> {
+impl<S: MirrorStore> ApplyEvents for Timed<S> {
     async fn apply(&self, event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
         let r = self.inner.apply(event).await;
         self.note(std::slice::from_ref(event), std::slice::from_ref(&r));
@@ -136,35 +133,10 @@ impl<S: MirrorStore> MirrorStore for Timed<S> {
         self.note(events, &r);
         Ok(r)
     }
-    async fn record_dead_letter(&self, record: &DeadLetterRecord) -> Result<(), StoreError> {
-        self.inner.record_dead_letter(record).await
-    }
-    async fn list_dead_letters(&self, limit: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
-        self.inner.list_dead_letters(limit).await
-    }
-    async fn record_replay(&self, key: &str, at: chrono::DateTime<Utc>) -> Result<(), StoreError> {
-        self.inner.record_replay(key, at).await
-    }
-    async fn load_checkpoint(
-        &self,
-        module: &str,
-        shard: &str,
-    ) -> Result<Option<Checkpoint>, StoreError> {
-        self.inner.load_checkpoint(module, shard).await
-    }
-    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        self.inner.save_checkpoint(checkpoint).await
-    }
-    async fn record_metrics(&self, samples: &[MetricSample]) -> Result<(), StoreError> {
-        self.inner.record_metrics(samples).await
-    }
-    async fn table_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.inner.table_counts().await
-    }
-    async fn snapshot(&self) -> Result<MirrorState, StoreError> {
-        self.inner.snapshot().await
-    }
 }
+
+mirror_store::delegate_store!(impl[S: MirrorStore] Timed<S> => inner:
+    DeadLetterStore, CheckpointStore, MetricsStore, InspectStore);
 
 impl<S> Timed<S> {
     fn note<E>(&self, events: &[MirrorEvent], results: &[Result<ApplyOutcome, E>]) {

@@ -8,6 +8,7 @@
 mod bench;
 mod bench_firestore;
 mod drift;
+use mirror_store::prelude::*;
 use publisher::seed;
 
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use mirror_bus::{EventBus, OutboundMessage, PublishOutcome};
 use mirror_schema::{decode_structured, ClaimedAttributes, MirrorEvent};
-use mirror_store::{model::Model, MirrorStore};
+use mirror_store::model::Model;
 use sql_writer::config::{BusArgs, StoreArgs};
 use sql_writer::writer::dead_letter_key;
 use sql_writer::{with_bus, with_store};

@@ -31,12 +31,13 @@
 //! - Deletions cannot be backfilled (the documents are gone); the live path
 //!   and the drift check cover them.
 
+use crate::PublisherStore;
 use std::future::Future;
 use std::pin::pin;
 
 use futures::FutureExt;
 use mirror_bus::EventBus;
-use mirror_store::{Checkpoint, MirrorStore, StoreError};
+use mirror_store::{Checkpoint, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::mapping::SourceInfo;
@@ -325,7 +326,7 @@ struct Saved {
 
 /// Run a backfill (see the module docs). `shutdown` is checked between pages;
 /// when it resolves the run stops after the current page's checkpoint.
-pub async fn backfill<S: MirrorStore, B: EventBus, P: DocumentPager>(
+pub async fn backfill<S: PublisherStore, B: EventBus, P: DocumentPager>(
     opts: &BackfillOptions,
     pager: &P,
     bus: &B,

@@ -28,3 +28,17 @@ pub mod value;
 pub mod firestore;
 
 pub use live::run;
+
+/// What the publisher needs of a store: its resume positions, the SQL rows of
+/// documents it could not turn into events, and the mirror's rows (what an
+/// earlier run published, when a restart resumes). Any
+/// [`mirror_store::MirrorStore`] has them; test fakes implement only these.
+pub trait PublisherStore:
+    mirror_store::CheckpointStore + mirror_store::DeadLetterStore + mirror_store::InspectStore
+{
+}
+
+impl<T> PublisherStore for T where
+    T: mirror_store::CheckpointStore + mirror_store::DeadLetterStore + mirror_store::InspectStore
+{
+}

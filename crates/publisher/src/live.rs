@@ -11,6 +11,7 @@
 //! earlier ones) was published and awaited, so a crash re-publishes (harmless:
 //! deterministic ids) and never skips.
 
+use crate::PublisherStore;
 use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 use mirror_bus::EventBus;
 use mirror_runtime::backoff::Backoff;
-use mirror_store::{Checkpoint, MirrorStore, StoreError};
+use mirror_store::{Checkpoint, StoreError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -261,7 +262,7 @@ pub fn checkpoint_age(checkpoint: &Checkpoint, now: Timestamp) -> Option<Duratio
 
 /// [`checkpoint_age`] of this shard's live checkpoint, read from the store
 /// (for a gauge or an alert at [`CHECKPOINT_AGE_ALERT`]).
-pub async fn live_checkpoint_age<S: MirrorStore>(
+pub async fn live_checkpoint_age<S: PublisherStore>(
     store: &S,
     shard: &Shard,
     now: Timestamp,
@@ -327,7 +328,7 @@ pub async fn run<T, B, S>(
 where
     T: ListenTransport,
     B: EventBus,
-    S: MirrorStore,
+    S: PublisherStore,
 {
     let LiveDeps {
         transport,
@@ -542,7 +543,7 @@ fn note(report: &mut LiveReport, notice: Notice) {
 }
 
 /// One upsert's publication, owning its change (so many can be in flight).
-async fn publish_owned<B: EventBus, S: MirrorStore>(
+async fn publish_owned<B: EventBus, S: PublisherStore>(
     sink: &Sink<'_, B, S>,
     change: Change,
 ) -> Result<Disposition, SinkError> {

@@ -238,8 +238,8 @@ mod adapters {
     use super::*;
     use futures::future::BoxFuture;
     use mirror_bus::EventBus;
-    use mirror_store::MirrorStore;
     use publisher::firestore::{FirestorePager, FirestoreTransport};
+    use publisher::PublisherStore;
 
     pub fn start(settings: Settings) -> BoxFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
@@ -289,7 +289,7 @@ mod adapters {
         Ok(())
     }
 
-    async fn execute<B: EventBus, S: MirrorStore>(
+    async fn execute<B: EventBus, S: PublisherStore>(
         settings: Settings,
         db: publisher::firestore::FirestoreDb,
         bus: B,

@@ -6,12 +6,13 @@
 //! broker's confirmation) or not (dead-letter to `realtime_mirror_dead_letter`
 //! with the mapping error, never a crash and never a silent drop).
 
+use crate::PublisherStore;
 use std::time::Duration;
 
 use chrono::Utc;
 use mirror_bus::{BusError, BusErrorKind, EventBus, OutboundMessage, PublishOutcome};
 use mirror_runtime::backoff::Backoff;
-use mirror_store::{DeadLetterRecord, MirrorStore, StoreError};
+use mirror_store::{DeadLetterRecord, StoreError};
 use sha2::{Digest, Sha256};
 
 use crate::listen::{Change, UpsertOp};
@@ -213,7 +214,7 @@ pub struct Sink<'a, B, S> {
     pub range: Option<KeyRange>,
 }
 
-impl<'a, B: EventBus, S: MirrorStore> Sink<'a, B, S> {
+impl<'a, B: EventBus, S: PublisherStore> Sink<'a, B, S> {
     pub fn new(bus: &'a B, store: &'a S, source: &'a SourceInfo, shard: Shard) -> Self {
         Sink {
             bus,

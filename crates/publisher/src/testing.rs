@@ -18,8 +18,8 @@ use mirror_bus::{
 };
 use mirror_schema::{MirrorEvent, WireMessage};
 use mirror_store::{
-    ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore, StoreError,
-    StoredDeadLetter,
+    Checkpoint, CheckpointStore, DeadLetterRecord, DeadLetterStore, InspectStore, MirrorState,
+    StoreError, StoredDeadLetter,
 };
 
 /// A bus that records what is published.
@@ -165,18 +165,7 @@ impl MemoryStore {
     }
 }
 
-impl MirrorStore for MemoryStore {
-    async fn apply(&self, _event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
-        Ok(ApplyOutcome::Applied)
-    }
-
-    async fn apply_batch(
-        &self,
-        events: &[MirrorEvent],
-    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
-        Ok(events.iter().map(|_| Ok(ApplyOutcome::Applied)).collect())
-    }
-
+impl DeadLetterStore for MemoryStore {
     async fn record_dead_letter(&self, record: &DeadLetterRecord) -> Result<(), StoreError> {
         let mut all = self.dead_letters.lock().unwrap();
         all.retain(|r| r.key != record.key);
@@ -191,7 +180,9 @@ impl MirrorStore for MemoryStore {
     async fn record_replay(&self, _key: &str, _at: DateTime<Utc>) -> Result<(), StoreError> {
         Ok(())
     }
+}
 
+impl CheckpointStore for MemoryStore {
     async fn load_checkpoint(
         &self,
         module: &str,
@@ -207,18 +198,6 @@ impl MirrorStore for MemoryStore {
             checkpoint.clone(),
         );
         Ok(())
-    }
-
-    async fn record_metrics(&self, _samples: &[MetricSample]) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    async fn table_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    async fn snapshot(&self) -> Result<MirrorState, StoreError> {
-        Ok(MirrorState::default())
     }
 }
 
@@ -373,5 +352,16 @@ impl crate::backfill::DocumentPager for MemoryPager {
             docs: n,
             reads: n.div_ceil(1000).max(1),
         })
+    }
+}
+
+/// Holds no mirror rows: a restart finds nothing published before.
+impl InspectStore for MemoryStore {
+    async fn table_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn snapshot(&self) -> Result<MirrorState, StoreError> {
+        Ok(MirrorState::default())
     }
 }

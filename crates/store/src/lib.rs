@@ -251,8 +251,8 @@ pub struct MetricSample {
     pub recorded_at: DateTime<Utc>,
 }
 
-/// Where contract events become SQL rows (see the module docs for the contract).
-pub trait MirrorStore: Send + Sync + 'static {
+/// Applies contract events: the hot path, and the contract in the module docs.
+pub trait ApplyEvents: Send + Sync + 'static {
     /// Apply one event in its own transaction.
     fn apply(
         &self,
@@ -269,7 +269,7 @@ pub trait MirrorStore: Send + Sync + 'static {
         events: &[MirrorEvent],
     ) -> impl Future<Output = Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError>> + Send;
 
-    /// [`MirrorStore::apply_batch`] in a chosen [`ApplyMode`]; both modes give
+    /// [`ApplyEvents::apply_batch`] in a chosen [`ApplyMode`]; both modes give
     /// the same results and rows. Adapters with one way of applying a batch
     /// keep this default, which ignores the mode.
     fn apply_batch_as(
@@ -281,8 +281,12 @@ pub trait MirrorStore: Send + Sync + 'static {
         let _ = mode;
         self.apply_batch(events)
     }
+}
 
-    /// Insert or update a dead-letter row (keyed by [`DeadLetterRecord::key`]).
+/// The SQL side of dead letters: one row per dead-letter key, idempotent.
+pub trait DeadLetterStore: Send + Sync + 'static {
+    /// Insert or update a dead-letter row (keyed by [`DeadLetterRecord::key`]):
+    /// recording the same key twice leaves one row.
     fn record_dead_letter(
         &self,
         record: &DeadLetterRecord,
@@ -300,25 +304,198 @@ pub trait MirrorStore: Send + Sync + 'static {
         key: &str,
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
 
+/// The publisher's resume positions, one per `(module, shard)`.
+pub trait CheckpointStore: Send + Sync + 'static {
+    /// The saved checkpoint, or `None` before the first save.
     fn load_checkpoint(
         &self,
         module: &str,
         shard: &str,
     ) -> impl Future<Output = Result<Option<Checkpoint>, StoreError>> + Send;
+    /// Replace the checkpoint of `(checkpoint.module, checkpoint.shard)`.
     fn save_checkpoint(
         &self,
         checkpoint: &Checkpoint,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
 
+/// Rows of `realtime_mirror_metrics` (per-batch figures kept in SQL).
+pub trait MetricsStore: Send + Sync + 'static {
+    /// Append `samples`.
     fn record_metrics(
         &self,
         samples: &[MetricSample],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
 
+/// Reading the mirror back: counts for people, snapshots for tests and checks.
+pub trait InspectStore: Send + Sync + 'static {
     /// Row counts of every mirror table, by table name, in schema order.
     fn table_counts(&self) -> impl Future<Output = Result<Vec<(String, i64)>, StoreError>> + Send;
 
     /// Every mirrored row, normalised (Firestore ids instead of surrogate keys).
     fn snapshot(&self) -> impl Future<Output = Result<MirrorState, StoreError>> + Send;
 }
+
+/// A whole store: every seam above. Implemented for any type that has them
+/// all, so adapters implement the small traits and code that needs only one
+/// seam asks for only that one. A decorator that changes one seam implements
+/// that trait and forwards the rest with [`delegate_store!`].
+pub trait MirrorStore:
+    ApplyEvents + DeadLetterStore + CheckpointStore + MetricsStore + InspectStore
+{
+}
+
+impl<T> MirrorStore for T where
+    T: ApplyEvents + DeadLetterStore + CheckpointStore + MetricsStore + InspectStore
+{
+}
+
+/// Forward whole store traits of a decorator to one of its fields:
+///
+/// ```ignore
+/// mirror_store::delegate_store!(impl[S: MirrorStore] Timed<S> => inner:
+///     DeadLetterStore, CheckpointStore, MetricsStore, InspectStore);
+/// ```
+///
+/// The decorator then implements only the trait it changes (here
+/// [`ApplyEvents`]). The field may be the store itself or anything that
+/// dereferences to it (`Arc<S>`).
+#[macro_export]
+macro_rules! delegate_store {
+    (impl $g:tt $ty:ty => $f:ident: $($part:ident),+ $(,)?) => {
+        $( $crate::delegate_store!(@$part $g $ty, $f); )+
+    };
+    (@ApplyEvents [$($g:tt)*] $ty:ty, $f:ident) => {
+        impl<$($g)*> $crate::ApplyEvents for $ty {
+            async fn apply(
+                &self,
+                event: &$crate::__MirrorEvent,
+            ) -> Result<$crate::ApplyOutcome, $crate::StoreError> {
+                {
+                    use $crate::ApplyEvents as _;
+                    self.$f.apply(event).await
+                }
+            }
+            async fn apply_batch(
+                &self,
+                events: &[$crate::__MirrorEvent],
+            ) -> Result<Vec<Result<$crate::ApplyOutcome, $crate::StoreError>>, $crate::StoreError> {
+                {
+                    use $crate::ApplyEvents as _;
+                    self.$f.apply_batch(events).await
+                }
+            }
+            async fn apply_batch_as(
+                &self,
+                events: &[$crate::__MirrorEvent],
+                mode: $crate::ApplyMode,
+            ) -> Result<Vec<Result<$crate::ApplyOutcome, $crate::StoreError>>, $crate::StoreError> {
+                {
+                    use $crate::ApplyEvents as _;
+                    self.$f.apply_batch_as(events, mode).await
+                }
+            }
+        }
+    };
+    (@DeadLetterStore [$($g:tt)*] $ty:ty, $f:ident) => {
+        impl<$($g)*> $crate::DeadLetterStore for $ty {
+            async fn record_dead_letter(
+                &self,
+                record: &$crate::DeadLetterRecord,
+            ) -> Result<(), $crate::StoreError> {
+                {
+                    use $crate::DeadLetterStore as _;
+                    self.$f.record_dead_letter(record).await
+                }
+            }
+            async fn list_dead_letters(
+                &self,
+                limit: usize,
+            ) -> Result<Vec<$crate::StoredDeadLetter>, $crate::StoreError> {
+                {
+                    use $crate::DeadLetterStore as _;
+                    self.$f.list_dead_letters(limit).await
+                }
+            }
+            async fn record_replay(
+                &self,
+                key: &str,
+                at: $crate::__DateTime<$crate::__Utc>,
+            ) -> Result<(), $crate::StoreError> {
+                {
+                    use $crate::DeadLetterStore as _;
+                    self.$f.record_replay(key, at).await
+                }
+            }
+        }
+    };
+    (@CheckpointStore [$($g:tt)*] $ty:ty, $f:ident) => {
+        impl<$($g)*> $crate::CheckpointStore for $ty {
+            async fn load_checkpoint(
+                &self,
+                module: &str,
+                shard: &str,
+            ) -> Result<Option<$crate::Checkpoint>, $crate::StoreError> {
+                {
+                    use $crate::CheckpointStore as _;
+                    self.$f.load_checkpoint(module, shard).await
+                }
+            }
+            async fn save_checkpoint(
+                &self,
+                checkpoint: &$crate::Checkpoint,
+            ) -> Result<(), $crate::StoreError> {
+                {
+                    use $crate::CheckpointStore as _;
+                    self.$f.save_checkpoint(checkpoint).await
+                }
+            }
+        }
+    };
+    (@MetricsStore [$($g:tt)*] $ty:ty, $f:ident) => {
+        impl<$($g)*> $crate::MetricsStore for $ty {
+            async fn record_metrics(
+                &self,
+                samples: &[$crate::MetricSample],
+            ) -> Result<(), $crate::StoreError> {
+                {
+                    use $crate::MetricsStore as _;
+                    self.$f.record_metrics(samples).await
+                }
+            }
+        }
+    };
+    (@InspectStore [$($g:tt)*] $ty:ty, $f:ident) => {
+        impl<$($g)*> $crate::InspectStore for $ty {
+            async fn table_counts(&self) -> Result<Vec<(String, i64)>, $crate::StoreError> {
+                {
+                    use $crate::InspectStore as _;
+                    self.$f.table_counts().await
+                }
+            }
+            async fn snapshot(&self) -> Result<$crate::MirrorState, $crate::StoreError> {
+                {
+                    use $crate::InspectStore as _;
+                    self.$f.snapshot().await
+                }
+            }
+        }
+    };
+}
+
+/// Every store trait, for code that calls store methods on a concrete adapter
+/// type (`use mirror_store::prelude::*;`).
+pub mod prelude {
+    pub use crate::{
+        ApplyEvents, CheckpointStore, DeadLetterStore, InspectStore, MetricsStore, MirrorStore,
+    };
+}
+
+// Paths the macro names, so its users need not depend on chrono or the schema.
+#[doc(hidden)]
+pub use chrono::{DateTime as __DateTime, Utc as __Utc};
+#[doc(hidden)]
+pub use mirror_schema::MirrorEvent as __MirrorEvent;

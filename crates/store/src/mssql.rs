@@ -80,8 +80,9 @@ use snapshot::{get, req, req_text, rows, text, ts};
 
 use crate::plan::Plan;
 use crate::{
-    ApplyMode, ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore,
-    StoreError, StoreErrorKind, StoredDeadLetter,
+    ApplyEvents, ApplyMode, ApplyOutcome, Checkpoint, CheckpointStore, DeadLetterRecord,
+    DeadLetterStore, InspectStore, MetricSample, MetricsStore, MirrorState, StoreError,
+    StoreErrorKind, StoredDeadLetter,
 };
 
 /// A tiberius client over tokio TCP.
@@ -437,7 +438,7 @@ async fn per_event_on(
         .collect())
 }
 
-impl MirrorStore for MssqlStore {
+impl ApplyEvents for MssqlStore {
     async fn apply(&self, event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
         if crate::checksum::is_repair(event) {
             // A repair is prepared and applied in one transaction.
@@ -474,7 +475,9 @@ impl MirrorStore for MssqlStore {
             ApplyMode::Batched => self.apply_set_based(events).await,
         }
     }
+}
 
+impl DeadLetterStore for MssqlStore {
     async fn record_dead_letter(&self, record: &DeadLetterRecord) -> Result<(), StoreError> {
         let r = record.clone();
         self.run(move |c| {
@@ -556,7 +559,9 @@ impl MirrorStore for MssqlStore {
         })
         .await
     }
+}
 
+impl CheckpointStore for MssqlStore {
     async fn load_checkpoint(
         &self,
         module: &str,
@@ -613,7 +618,9 @@ impl MirrorStore for MssqlStore {
         })
         .await
     }
+}
 
+impl MetricsStore for MssqlStore {
     async fn record_metrics(&self, samples: &[MetricSample]) -> Result<(), StoreError> {
         if samples.is_empty() {
             return Ok(());
@@ -644,7 +651,9 @@ impl MirrorStore for MssqlStore {
         })
         .await
     }
+}
 
+impl InspectStore for MssqlStore {
     async fn table_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.run(|c| {
             Box::pin(async move {

@@ -40,8 +40,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::plan::Plan;
 use crate::{
-    ApplyMode, ApplyOutcome, Checkpoint, DeadLetterRecord, MetricSample, MirrorState, MirrorStore,
-    StoreError, StoreErrorKind, StoredDeadLetter,
+    ApplyEvents, ApplyMode, ApplyOutcome, Checkpoint, CheckpointStore, DeadLetterRecord,
+    DeadLetterStore, InspectStore, MetricSample, MetricsStore, MirrorState, StoreError,
+    StoreErrorKind, StoredDeadLetter,
 };
 
 mod batch;
@@ -590,7 +591,7 @@ impl PgStore {
     }
 }
 
-impl MirrorStore for PgStore {
+impl ApplyEvents for PgStore {
     async fn apply(&self, event: &MirrorEvent) -> Result<ApplyOutcome, StoreError> {
         if crate::checksum::is_repair(event) {
             // A repair is prepared and applied in one transaction.
@@ -633,7 +634,9 @@ impl MirrorStore for PgStore {
             ApplyMode::Batched => self.apply_set_based(events).await,
         }
     }
+}
 
+impl DeadLetterStore for PgStore {
     async fn record_dead_letter(&self, record: &DeadLetterRecord) -> Result<(), StoreError> {
         let client = self.client().await?;
         let statement = client
@@ -704,7 +707,9 @@ impl MirrorStore for PgStore {
             .map_err(error::pg)?;
         Ok(())
     }
+}
 
+impl CheckpointStore for PgStore {
     async fn load_checkpoint(
         &self,
         module: &str,
@@ -742,7 +747,9 @@ impl MirrorStore for PgStore {
             .map_err(error::pg)?;
         Ok(())
     }
+}
 
+impl MetricsStore for PgStore {
     async fn record_metrics(&self, samples: &[MetricSample]) -> Result<(), StoreError> {
         if samples.is_empty() {
             return Ok(());
@@ -758,7 +765,9 @@ impl MirrorStore for PgStore {
             .map_err(error::pg)?;
         Ok(())
     }
+}
 
+impl InspectStore for PgStore {
     async fn table_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let sql = TABLES
             .iter()

@@ -10,6 +10,7 @@ use super::*;
 use crate::listen::{TargetChange, TargetChangeKind};
 use crate::testing::{MemoryBus, MemoryStore};
 use crate::value::{Document, Timestamp, Value};
+use mirror_store::CheckpointStore;
 
 #[derive(Debug, Clone)]
 enum Step {
