@@ -474,10 +474,8 @@ fn mode_name(mode: ApplyMode) -> String {
     mode.as_str().to_owned()
 }
 
-async fn drain(args: &BenchArgs, mode: ApplyMode, progress: &Progress) -> Result<Row> {
-    let scratch = Scratch::new(args, &format!("drain_{}", mode.as_str().replace('-', ""))).await?;
-    let bus = scratch.bus().await?;
-    let store = scratch.store(args.concurrency + 1).await?;
+/// The `--events` messages a drain publishes before the writer starts.
+fn drain_messages(args: &BenchArgs) -> Vec<OutboundMessage> {
     let mut workload = Workload::new(args);
     let base = Utc::now() - chrono::Duration::hours(1);
     let mut messages = Vec::with_capacity(args.events + args.events / 10);
@@ -485,6 +483,14 @@ async fn drain(args: &BenchArgs, mode: ApplyMode, progress: &Progress) -> Result
         let e = workload.next(base + chrono::Duration::microseconds(i as i64 * 10));
         messages.extend(workload.messages(&e));
     }
+    messages
+}
+
+async fn drain(args: &BenchArgs, mode: ApplyMode, progress: &Progress) -> Result<Row> {
+    let scratch = Scratch::new(args, &format!("drain_{}", mode.as_str().replace('-', ""))).await?;
+    let bus = scratch.bus().await?;
+    let store = scratch.store(args.concurrency + 1).await?;
+    let messages = drain_messages(args);
     let published = messages.len();
     progress.note(&format!(
         "drain {}: publishing {published} messages",
@@ -556,13 +562,7 @@ async fn drain_process(
     let scratch = Scratch::new(args, "drain_process").await?;
     let bus = scratch.bus().await?;
     drop(scratch.store(1).await?);
-    let mut workload = Workload::new(args);
-    let base = Utc::now() - chrono::Duration::hours(1);
-    let mut messages = Vec::with_capacity(args.events + args.events / 10);
-    for i in 0..args.events {
-        let e = workload.next(base + chrono::Duration::microseconds(i as i64 * 10));
-        messages.extend(workload.messages(&e));
-    }
+    let messages = drain_messages(args);
     let published = messages.len();
     progress.note(&format!(
         "drain, sql-writer process: publishing {published} messages"
