@@ -51,6 +51,7 @@ chaos: setup
 	CHAOS=full $(CARGO) test -p mirror-tests --test chaos -- --nocapture --test-threads 1
 
 bench: setup
+	$(CARGO) build --release -p sql-writer -p mirrorctl
 	$(CARGO) run --release -p mirrorctl -- bench
 	$(CARGO) run --release -p mirrorctl -- bench-consistency --rows 1000000
 
