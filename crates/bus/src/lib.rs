@@ -61,6 +61,12 @@ pub const MONITORING_SUBSCRIPTION: &str = "monitoring";
 /// against this line.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 
+/// Delivered but unsettled messages a JetStream subscription may hold
+/// (`max_ack_pending`). Every writer worker holds up to one batch unsettled,
+/// so `--batch-size` × `--concurrency` must fit (the writer checks at start):
+/// past it the server stops delivering and the workers wait on each other.
+pub const DEFAULT_MAX_ACK_PENDING: u32 = 4096;
+
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundMessage {

@@ -242,7 +242,23 @@ impl Cli {
         // Service Bus locks prefetched messages as they arrive: never more
         // than one batch waits locked (the adapter logs the lowered figure).
         match &mut bus {
-            BusSettings::Nats { max_deliver, .. } => *max_deliver = max_attempts,
+            BusSettings::Nats { max_deliver, .. } => {
+                *max_deliver = max_attempts;
+                // Each worker holds up to one batch delivered but unsettled;
+                // JetStream stops delivering past the subscription's
+                // max_ack_pending and the workers would wait on each other.
+                let in_flight = batch_size * concurrency;
+                let limit = mirror_bus::DEFAULT_MAX_ACK_PENDING as usize;
+                if in_flight > limit {
+                    return Err(bad(
+                        "--batch-size / --concurrency",
+                        format!(
+                            "{batch_size} × {concurrency} = {in_flight} unsettled messages exceed \
+                             the JetStream subscription's max_ack_pending of {limit}; lower one"
+                        ),
+                    ));
+                }
+            }
             BusSettings::ServiceBus {
                 max_delivery_count,
                 prefetch,
@@ -454,6 +470,41 @@ mod tests {
     }
 
     /// Service Bus prefetch is at most one batch (prefetched messages wait locked).
+    #[test]
+    fn every_workers_batch_fits_in_jetstreams_unsettled_window() {
+        let d = WriterSettings::default();
+        assert!(
+            d.batch_size * d.concurrency <= mirror_bus::DEFAULT_MAX_ACK_PENDING as usize,
+            "the defaults must fit"
+        );
+        let err = parse(&[
+            "--bus",
+            "nats",
+            "--batch-size",
+            "1000",
+            "--concurrency",
+            "8",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--batch-size / --concurrency") && err.contains("max_ack_pending"),
+            "{err}"
+        );
+        // Service Bus has no such window (prefetch is capped at a batch instead).
+        parse(&[
+            "--bus",
+            "servicebus",
+            "--servicebus-connection-string",
+            "Endpoint=sb://localhost;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true;",
+            "--batch-size",
+            "1000",
+            "--concurrency",
+            "8",
+        ])
+        .unwrap();
+    }
+
     #[test]
     fn service_bus_prefetch_is_at_most_a_batch() {
         let cs = "Endpoint=sb://localhost;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true;";

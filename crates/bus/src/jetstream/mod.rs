@@ -128,7 +128,7 @@ impl Default for JetStreamConfig {
             max_deliver: crate::DEFAULT_MAX_DELIVERIES,
             max_age: Duration::from_secs(7 * 24 * 3600),
             dead_letter_max_age: Duration::from_secs(30 * 24 * 3600),
-            max_ack_pending: 1000,
+            max_ack_pending: crate::DEFAULT_MAX_ACK_PENDING,
             redelivery_backoff: Vec::new(),
             replicas: 1,
             api_timeout: Duration::from_secs(10),
