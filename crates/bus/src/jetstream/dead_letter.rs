@@ -367,22 +367,29 @@ impl MaxDeliveriesWatcher {
             .get("deliveries")
             .and_then(|v| v.as_u64())
             .unwrap_or(0);
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1..=4 {
-            match self.dead_letter(seq, deliveries).await {
-                Ok(()) => {
-                    tracing::warn!(subscription = %self.subscription, seq, deliveries, "message dead-lettered after max deliveries");
-                    return;
-                }
-                Err(e) if attempt < 4 => {
-                    tracing::debug!(subscription = %self.subscription, seq, error = %e, "dead-lettering after max deliveries failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 4;
-                }
-                Err(e) => {
-                    tracing::error!(subscription = %self.subscription, seq, error = %e,
-                        "could not dead-letter a message JetStream stopped delivering; it stays in the topic stream until max_age");
-                }
+        // 4 tries, 200 ms then ×4 (0.2, 0.8, 3.2 s): a JetStream API hiccup.
+        let retries = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_factor(4.0)
+            .with_max_times(3);
+        let subscription = &self.subscription;
+        let outcome = {
+            use backon::Retryable;
+            (|| self.dead_letter(seq, deliveries))
+                .retry(retries)
+                .sleep(tokio::time::sleep)
+                .notify(|e, _| {
+                    tracing::debug!(%subscription, seq, error = %e, "dead-lettering after max deliveries failed; retrying");
+                })
+                .await
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::warn!(%subscription, seq, deliveries, "message dead-lettered after max deliveries");
+            }
+            Err(e) => {
+                tracing::error!(%subscription, seq, error = %e,
+                    "could not dead-letter a message JetStream stopped delivering; it stays in the topic stream until max_age");
             }
         }
     }
