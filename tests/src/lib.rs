@@ -9,6 +9,7 @@ pub mod bus_conformance;
 pub mod conformance_ids;
 pub mod consistency_run;
 pub mod events;
+pub mod firestore_emu;
 pub mod firestore_fake;
 pub mod http_sink;
 pub mod servers;
