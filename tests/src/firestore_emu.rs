@@ -165,3 +165,20 @@ pub fn start(
     });
     (handle, stop)
 }
+
+/// Backfill options for every group of `project`, single shard, not a dry run.
+pub fn backfill_options(project: &str, page_size: u32) -> publisher::backfill::BackfillOptions {
+    publisher::backfill::BackfillOptions {
+        groups: publisher::backfill::Group::ALL.to_vec(),
+        since: None,
+        budget_reads: None,
+        dry_run: false,
+        page_size,
+        shard: publisher::sink::Shard::SINGLE,
+        source: publisher::mapping::SourceInfo::new(project, "(default)"),
+        fresh: false,
+        families: None,
+        read_time: None,
+        recovery: false,
+    }
+}

@@ -197,19 +197,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
 
     // 4. Backfill: what still exists, with the ids the live path used for the same versions.
     let backfill_bus = MemoryBus::new();
-    let opts = publisher::backfill::BackfillOptions {
-        groups: publisher::backfill::Group::ALL.to_vec(),
-        since: None,
-        budget_reads: None,
-        dry_run: false,
-        page_size: 2,
-        shard: Shard::SINGLE,
-        source: SourceInfo::new(&project, "(default)"),
-        fresh: false,
-        families: None,
-        read_time: None,
-        recovery: false,
-    };
+    let opts = firestore_emu::backfill_options(&project, 2);
     let pager = publisher::firestore::FirestorePager::new(db.clone());
     let report = publisher::backfill::backfill(
         &opts,

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use mirror_tests::firestore_emu::{commit, fresh_project, is, message, start, W};
+use mirror_tests::firestore_emu::{self, commit, fresh_project, is, message, start, W};
 use publisher::listen::Notice;
 use publisher::live::{LiveConfig, CHECKPOINT_MODULE};
 use publisher::mapping::SourceInfo;
@@ -311,19 +311,7 @@ async fn backfills_two_thousand_documents_with_about_one_read_each() {
         )
         .await;
     }
-    let opts = publisher::backfill::BackfillOptions {
-        groups: publisher::backfill::Group::ALL.to_vec(),
-        since: None,
-        budget_reads: None,
-        dry_run: false,
-        page_size: 300,
-        shard: Shard::SINGLE,
-        source: SourceInfo::new(&project, "(default)"),
-        fresh: false,
-        families: None,
-        read_time: None,
-        recovery: false,
-    };
+    let opts = firestore_emu::backfill_options(&project, 300);
     let pager = publisher::firestore::FirestorePager::new(db.clone());
     let (bus, store) = (MemoryBus::new(), MemoryStore::new());
     let progress = std::sync::Mutex::new(0u32);
