@@ -10,6 +10,7 @@ pub mod conformance_ids;
 pub mod consistency_run;
 pub mod events;
 pub mod factories;
+pub mod firestore_emu;
 pub mod firestore_fake;
 pub mod http_sink;
 pub mod servers;

@@ -8,112 +8,14 @@
 //! the store are the publisher's in-memory fakes, so this test needs only the
 //! emulator; the JetStream and PostgreSQL adapters have their own suites.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use publisher::firestore::sdk::gcloud_sdk::google::firestore::v1 as pb;
-use publisher::firestore::sdk::gcloud_sdk::prost_types;
+use mirror_tests::firestore_emu::{self, array, commit, is, map, s, ts, wait_for, W};
 use publisher::firestore::FirestoreDb;
-use publisher::live::{LiveConfig, LiveDeps, CHECKPOINT_MODULE};
+use publisher::live::{LiveConfig, CHECKPOINT_MODULE};
 use publisher::mapping::SourceInfo;
 use publisher::sink::Shard;
 use publisher::testing::{MemoryBus, MemoryStore};
-
-fn ts(secs: i64) -> pb::Value {
-    pb::Value {
-        value_type: Some(pb::value::ValueType::TimestampValue(
-            prost_types::Timestamp {
-                seconds: secs,
-                nanos: 0,
-            },
-        )),
-    }
-}
-fn s(v: &str) -> pb::Value {
-    pb::Value {
-        value_type: Some(pb::value::ValueType::StringValue(v.to_owned())),
-    }
-}
-fn map(items: Vec<(&str, pb::Value)>) -> pb::Value {
-    pb::Value {
-        value_type: Some(pb::value::ValueType::MapValue(pb::MapValue {
-            fields: items.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-        })),
-    }
-}
-fn array(items: Vec<pb::Value>) -> pb::Value {
-    pb::Value {
-        value_type: Some(pb::value::ValueType::ArrayValue(pb::ArrayValue {
-            values: items,
-        })),
-    }
-}
-
-enum W<'a> {
-    Set(&'a str, Vec<(&'a str, pb::Value)>),
-    Delete(&'a str),
-}
-
-async fn commit(db: &FirestoreDb, writes: Vec<W<'_>>) {
-    let docs = db.get_documents_path().clone();
-    let writes = writes
-        .into_iter()
-        .map(|w| pb::Write {
-            update_mask: None,
-            update_transforms: vec![],
-            current_document: None,
-            operation: Some(match w {
-                W::Set(path, fields) => pb::write::Operation::Update(pb::Document {
-                    name: format!("{docs}/{path}"),
-                    fields: fields
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v))
-                        .collect::<HashMap<_, _>>(),
-                    create_time: None,
-                    update_time: None,
-                }),
-                W::Delete(path) => pb::write::Operation::Delete(format!("{docs}/{path}")),
-            }),
-        })
-        .collect();
-    db.client()
-        .get()
-        .commit(pb::CommitRequest {
-            database: db.get_database_path().clone(),
-            writes,
-            transaction: vec![],
-            request_options: None,
-        })
-        .await
-        .expect("commit to the emulator");
-}
-
-/// Wait until the bus holds an event matching `pred`.
-async fn wait_for(
-    bus: &MemoryBus,
-    what: &str,
-    pred: impl Fn(&mirror_schema::MirrorEvent) -> bool,
-) -> mirror_schema::MirrorEvent {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(e) = bus.events().into_iter().find(|e| pred(e)) {
-            return e;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let seen: Vec<String> = bus
-                .events()
-                .iter()
-                .map(|e| format!("{} {}", e.event_type(), e.subject()))
-                .collect();
-            panic!("no {what} within 30 s; published: {seen:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn is(e: &mirror_schema::MirrorEvent, ty: &str, subject: &str) -> bool {
-    e.event_type().as_str() == ty && e.subject().to_string() == subject
-}
 
 fn start(
     db: &FirestoreDb,
@@ -121,24 +23,11 @@ fn start(
     bus: &MemoryBus,
     store: &MemoryStore,
 ) -> (
-    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<Result<publisher::live::LiveReport, publisher::live::LiveError>>,
     tokio::sync::oneshot::Sender<()>,
 ) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let deps = LiveDeps {
-        transport: publisher::firestore::FirestoreTransport::new(db.clone()),
-        bus: bus.clone(),
-        store: store.clone(),
-        config: LiveConfig::new(SourceInfo::new(project, "(default)"), Shard::SINGLE),
-    };
-    let handle = tokio::spawn(async move {
-        publisher::run(deps, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("the live publisher runs until stopped");
-    });
-    (handle, stop)
+    let config = LiveConfig::new(SourceInfo::new(project, "(default)"), Shard::SINGLE);
+    firestore_emu::start(db, config, bus, store)
 }
 
 #[tokio::test]
@@ -147,13 +36,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
         return;
     }
     mirror_tests::init();
-    let project = format!(
-        "demo-rm-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let db = publisher::firestore::connect(&project, "(default)")
-        .await
-        .expect("connect to the emulator");
+    let (project, db) = firestore_emu::fresh_project().await;
 
     let participant = |u: &str, role: &str| {
         map(vec![
@@ -166,7 +49,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
         &db,
         vec![
             W::Set(
-                "conversations/c1",
+                "conversations/c1".into(),
                 vec![
                     ("type", s("direct")),
                     (
@@ -181,7 +64,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
                 ],
             ),
             W::Set(
-                "conversations/c1/messages/m1",
+                "conversations/c1/messages/m1".into(),
                 vec![
                     ("authorUserId", s("u1")),
                     ("bodyText", s("hi")),
@@ -190,7 +73,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
                 ],
             ),
             W::Set(
-                "follows/u1/targets/u2",
+                "follows/u1/targets/u2".into(),
                 vec![
                     ("state", s("pending")),
                     ("source", s("web")),
@@ -199,7 +82,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
                 ],
             ),
             W::Set(
-                "blocks/u3/targets/u4",
+                "blocks/u3/targets/u4".into(),
                 vec![
                     ("createdAt", ts(1_700_000_003)),
                     ("source", s("client")),
@@ -207,11 +90,11 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
                 ],
             ),
             W::Set(
-                "users/u1/messages/x",
+                "users/u1/messages/x".into(),
                 vec![("updatedAt", ts(1_700_000_004))],
             ),
             W::Set(
-                "follows/u5/targets/u6",
+                "follows/u5/targets/u6".into(),
                 vec![
                     ("state", s("friends")),
                     ("source", s("web")),
@@ -269,7 +152,7 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
     commit(
         &db,
         vec![W::Set(
-            "conversations/c1/messages/m1",
+            "conversations/c1/messages/m1".into(),
             vec![
                 ("authorUserId", s("u1")),
                 ("bodyText", s("hi, edited")),
@@ -291,8 +174,8 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
     commit(
         &db,
         vec![
-            W::Delete("conversations/c1/messages/m1"),
-            W::Delete("follows/u1/targets/u2"),
+            W::Delete("conversations/c1/messages/m1".into()),
+            W::Delete("follows/u1/targets/u2".into()),
         ],
     )
     .await;
@@ -309,23 +192,12 @@ async fn live_restart_delete_and_backfill_against_the_emulator() {
     tokio::time::timeout(Duration::from_secs(10), handle)
         .await
         .expect("stops on shutdown")
-        .unwrap();
+        .unwrap()
+        .expect("the live publisher runs until stopped");
 
     // 4. Backfill: what still exists, with the ids the live path used for the same versions.
     let backfill_bus = MemoryBus::new();
-    let opts = publisher::backfill::BackfillOptions {
-        groups: publisher::backfill::Group::ALL.to_vec(),
-        since: None,
-        budget_reads: None,
-        dry_run: false,
-        page_size: 2,
-        shard: Shard::SINGLE,
-        source: SourceInfo::new(&project, "(default)"),
-        fresh: false,
-        families: None,
-        read_time: None,
-        recovery: false,
-    };
+    let opts = firestore_emu::backfill_options(&project, 2);
     let pager = publisher::firestore::FirestorePager::new(db.clone());
     let report = publisher::backfill::backfill(
         &opts,
