@@ -49,7 +49,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "500,1000,2000,5000,10000"
+        default_value = "500,1000,2000,5000,7500,10000,15000"
     )]
     pub rates: Vec<u32>,
     /// Seconds each steady scenario offers events
@@ -69,10 +69,10 @@ pub struct BenchArgs {
     /// (late arrivals: stale for the row, history all the same), 0..=1
     #[arg(long, default_value_t = 0.05)]
     pub reorder_rate: f64,
-    /// Writer batch size and workers
-    #[arg(long, default_value_t = 256)]
+    /// Writer batch size and workers (the writer's own defaults)
+    #[arg(long, default_value_t = sql_writer::defaults::BATCH_SIZE)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = sql_writer::defaults::CONCURRENCY)]
     pub concurrency: usize,
     /// Skip the per-event mode (it is slow on purpose: the baseline)
     #[arg(long)]
@@ -695,20 +695,22 @@ async fn steady(args: &BenchArgs, mode: ApplyMode, rate: u32, progress: &Progres
     let mut owed = 0.0f64;
     let mut publishing = futures::stream::FuturesUnordered::new();
     while sent < total {
-        tick.tick().await;
-        owed += per_tick;
-        while owed >= 1.0 && sent < total {
-            owed -= 1.0;
-            sent += 1;
-            let e = workload.next(Utc::now()).with_published_at(Utc::now());
-            for m in workload.messages(&e) {
-                let bus = bus.clone();
-                publishing.push(async move { bus.publish(&m).await });
+        // Drive the publishes in flight between slices too (polling them only
+        // at each tick would pace the sends by the ticker, not by the broker).
+        tokio::select! {
+            _ = tick.tick() => {
+                owed += per_tick;
+                while owed >= 1.0 && sent < total {
+                    owed -= 1.0;
+                    sent += 1;
+                    let e = workload.next(Utc::now()).with_published_at(Utc::now());
+                    for m in workload.messages(&e) {
+                        let bus = bus.clone();
+                        publishing.push(async move { bus.publish(&m).await });
+                    }
+                }
             }
-        }
-        // Collect confirmations without holding up the next slice.
-        while let Some(Some(r)) = futures::FutureExt::now_or_never(publishing.next()) {
-            r?;
+            Some(r) = publishing.next(), if !publishing.is_empty() => { r?; }
         }
     }
     while let Some(r) = publishing.next().await {
