@@ -151,7 +151,7 @@ async fn a_garbage_resume_token_resets_the_targets_and_the_membership_keeps_it_e
         *t = b"not a token".to_vec();
     }
     cp.cursor_token = Some(state.encode());
-    mirror_store::MirrorStore::save_checkpoint(&store, &cp)
+    mirror_store::CheckpointStore::save_checkpoint(&store, &cp)
         .await
         .unwrap();
     let changed = commit(
