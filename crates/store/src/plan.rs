@@ -31,6 +31,32 @@ use uuid::Uuid;
 
 use crate::{ApplyOutcome, StoreError};
 
+/// Which path an adapter with both apply paths takes for a batch: decided
+/// here once, so the stores cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Nothing to apply.
+    Empty,
+    /// One savepoint per event: [`crate::ApplyMode::PerEvent`], and any batch
+    /// holding a repair (`sync_source = repair`), whose row is reopened just
+    /// before it is applied, in the same transaction — only the per-event
+    /// path can do that.
+    PerEvent,
+    /// The set-based statement for the whole batch.
+    SetBased,
+}
+
+/// The [`Route`] of `events` applied in `mode`.
+pub fn route(events: &[MirrorEvent], mode: crate::ApplyMode) -> Route {
+    if events.is_empty() {
+        Route::Empty
+    } else if mode == crate::ApplyMode::PerEvent || events.iter().any(crate::checksum::is_repair) {
+        Route::PerEvent
+    } else {
+        Route::SetBased
+    }
+}
+
 /// The lock an event takes, as `(rank, first id, second id)`: sorting by it
 /// is the global lock order. Conversations and their messages share their
 /// conversation's lock (rank 0), blocks are rank 1, follow edges rank 2.
@@ -233,6 +259,26 @@ mod tests {
             None => (EventType::FollowEdgeDelete, Payload::FollowEdgeDelete),
         };
         MirrorEvent::new(ty, subject, t(s), "firestore://x", payload).unwrap()
+    }
+
+    #[test]
+    fn route_is_set_based_unless_per_event_or_a_repair_is_in_the_batch() {
+        use crate::ApplyMode::{Batched, PerEvent};
+        let a = follow("a", Some(FollowState::Accepted), 1);
+        let b = follow("b", None, 2);
+        assert_eq!(route(&[], Batched), Route::Empty);
+        assert_eq!(route(&[a.clone(), b.clone()], Batched), Route::SetBased);
+        assert_eq!(route(&[a.clone(), b.clone()], PerEvent), Route::PerEvent);
+        let repair = MirrorEvent::new(
+            a.event_type(),
+            a.subject().clone(),
+            t(3),
+            "repair://consistency",
+            a.payload().clone(),
+        )
+        .unwrap();
+        assert!(crate::checksum::is_repair(&repair));
+        assert_eq!(route(&[a, repair, b], Batched), Route::PerEvent);
     }
 
     fn message(c: &str, m: &str, s: i64) -> MirrorEvent {

@@ -622,17 +622,10 @@ impl ApplyEvents for PgStore {
         events: &[MirrorEvent],
         mode: ApplyMode,
     ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        // A repair (`sync_source = repair`) reopens its row just before it is
-        // applied, in the same transaction: only the per-event path can do that.
-        if events.iter().any(crate::checksum::is_repair) {
-            return self.apply_per_event(events).await;
-        }
-        match mode {
-            ApplyMode::PerEvent => self.apply_per_event(events).await,
-            ApplyMode::Batched => self.apply_set_based(events).await,
+        match crate::plan::route(events, mode) {
+            crate::plan::Route::Empty => Ok(Vec::new()),
+            crate::plan::Route::PerEvent => self.apply_per_event(events).await,
+            crate::plan::Route::SetBased => self.apply_set_based(events).await,
         }
     }
 }
