@@ -103,6 +103,7 @@ macro_rules! bus_conformance_tests {
             lock_expiry_redelivers,
             keep_alive_extends_lock,
             backlog_counts,
+            subscription_backlog_seen_from_outside,
             competing_consumers_and_independent_subscriptions,
             oversized_publish_is_refused,
             settling_after_the_lock_expired_loses_nothing,
@@ -573,6 +574,55 @@ pub async fn backlog_counts<F: BusFactory>(factory: &F) {
         d.complete().await.expect("complete");
     }
     backlog_until(&mut rx, "empty", |b| b == Backlog::default()).await;
+}
+
+/// [`EventBus::subscription_backlog`] counts what is not yet settled without
+/// a receiver of its own: `pending + in_flight` is 3 after three publishes,
+/// still 3 while one is held by a consumer (JetStream counts it in flight, a
+/// Service Bus peek still sees it), and 0 once all are completed. Asking
+/// locks nothing: the consumer still receives all three.
+pub async fn subscription_backlog_seen_from_outside<F: BusFactory>(factory: &F) {
+    async fn until<B: EventBus>(bus: &B, what: &str, ok: impl Fn(u64) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let b = bus
+                .subscription_backlog(SQL_WRITER_SUBSCRIPTION)
+                .await
+                .unwrap_or_else(|e| panic!("subscription_backlog: {e}"));
+            let Some(b) = b else { return false };
+            if ok(b.pending + b.in_flight) {
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backlog never reached {what}: last {b:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let fresh = factory.fresh(Options::default()).await;
+    let t = tag();
+    for n in 1..=3 {
+        publish(&fresh.bus, &message(&t, n)).await;
+    }
+    if !until(&fresh.bus, "3 unsettled", |n| n == 3).await {
+        println!("backlog not reported by this adapter; case skipped");
+        return;
+    }
+    let mut rx = subscribe(&fresh.bus, SQL_WRITER_SUBSCRIPTION).await;
+    let first = receive_one(&mut rx, Duration::from_secs(5), "one of three").await;
+    until(&fresh.bus, "3 unsettled with one held", |n| n == 3).await;
+    first.complete().await.expect("complete");
+    let rest = receive_n(&mut rx, 2, Duration::from_secs(5)).await;
+    assert_eq!(
+        rest.len(),
+        2,
+        "asking for the backlog must not lock messages"
+    );
+    for d in rest {
+        d.complete().await.expect("complete");
+    }
+    until(&fresh.bus, "0 unsettled", |n| n == 0).await;
 }
 
 /// Two consumers of `sql-writer` split the messages without duplicates, and

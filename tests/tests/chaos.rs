@@ -22,7 +22,8 @@
 //! database errors) are one table ([`InProcess`]) run by one function,
 //! generic over the bus and store factories of `mirror_tests::factories`:
 //! `nats_postgres::*` here, `nats_mssql::*` where `MSSQL_URL` is set (the SQL
-//! Server CI job). The scenarios that kill or pause servers and processes
+//! Server CI job), `servicebus_postgres::*` where `SERVICEBUS_CONNECTION_STRING`
+//! is set (the Service Bus CI job). The scenarios that kill or pause servers and processes
 //! stay PostgreSQL/NATS-specific.
 //!
 //! `cargo test -p mirror-tests --test chaos` runs the short form (a few hundred
@@ -491,20 +492,10 @@ async fn publish_all<B: EventBus>(bus: &B, messages: &[OutboundMessage]) {
 /// Wait until the subscription holds nothing (pending or unsettled), bounded.
 async fn wait_drained<B: EventBus>(bus: &B, timeout: Duration) -> Duration {
     let started = Instant::now();
-    let mut receiver = loop {
-        match bus.subscribe("sql-writer").await {
-            Ok(r) => break r,
-            Err(e) if started.elapsed() < timeout => {
-                tracing::debug!(error = %e, "subscribe for backlog");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("cannot open the subscription to watch its backlog: {e}"),
-        }
-    };
     let mut idle_since: Option<Instant> = None;
     loop {
-        let idle =
-            matches!(receiver.backlog().await, Ok(Some(b)) if b.pending == 0 && b.in_flight == 0);
+        let idle = matches!(bus.subscription_backlog("sql-writer").await,
+            Ok(Some(b)) if b.pending == 0 && b.in_flight == 0);
         match (idle, idle_since) {
             // Twice in a row, 300 ms apart: a settlement in transit is not idleness.
             (true, Some(t)) if t.elapsed() >= Duration::from_millis(300) => {
@@ -1391,6 +1382,10 @@ macro_rules! in_process_scenarios {
 in_process_scenarios!(nats_postgres: Some(factories::jetstream), Some(factories::postgres));
 // The SQL Server CI job (MSSQL_URL, REQUIRE_MSSQL=1) runs these against SQL Server.
 in_process_scenarios!(nats_mssql: Some(factories::jetstream), factories::mssql());
+// The Service Bus CI job (SERVICEBUS_CONNECTION_STRING, REQUIRE_SERVICEBUS=1)
+// runs these against the emulator; the drain is watched through
+// `EventBus::subscription_backlog`, which opens no receiver.
+in_process_scenarios!(servicebus_postgres: factories::servicebus(), Some(factories::postgres));
 
 // ---------------------------------------------------------------------------
 // (j) PostgreSQL hangs (SIGSTOP) mid-stream: nothing answers, nothing fails

@@ -247,6 +247,24 @@ pub trait EventBus: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<DeadLettered>, BusError>> + Send;
 
+    /// What `subscription` holds, seen from outside any consumer: no
+    /// receiver is opened that could prefetch or lock messages, so health
+    /// probes, metrics and tests may call it beside the writers. `None` when
+    /// the broker cannot tell (the default, for test fakes).
+    ///
+    /// JetStream: the consumer's `num_pending` and `num_ack_pending`, exact.
+    /// Service Bus: a peek from sequence 0 (Listen rights), `pending` counts
+    /// locked and scheduled messages too, capped at the peek's size, and
+    /// `in_flight` is 0 (which messages are locked is not visible to a peek);
+    /// `None` with sessions ([`servicebus::ServiceBusBus::peek_backlog`]).
+    fn subscription_backlog(
+        &self,
+        subscription: &str,
+    ) -> impl Future<Output = Result<Option<Backlog>, BusError>> + Send {
+        let _ = subscription;
+        async { Ok(None) }
+    }
+
     /// Remove one dead-lettered message (after it was replayed).
     fn remove_dead_letter(
         &self,

@@ -27,7 +27,7 @@ use axum::Router;
 use chrono::Utc;
 use metrics::gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
-use mirror_bus::{EventBus, Receiver};
+use mirror_bus::EventBus;
 use mirror_store::MirrorStore;
 
 use crate::telemetry::names;
@@ -190,7 +190,7 @@ pub const DEAD_LETTER_SCAN_LIMIT: usize = 1000;
 ///
 /// Bus probe: [`EventBus::ensure_topology`] (idempotent; a broker round trip
 /// on both adapters). Store probe: reading a checkpoint row. With a
-/// `subscription`, also its backlog (JetStream) and dead letters; with a
+/// `subscription`, also its backlog and dead letters; with a
 /// `checkpoint`, its age.
 pub async fn watch<B: EventBus, S: MirrorStore>(
     bus: Arc<B>,
@@ -199,8 +199,6 @@ pub async fn watch<B: EventBus, S: MirrorStore>(
     options: WatchOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let is_jetstream = (&*bus as &dyn std::any::Any).is::<mirror_bus::jetstream::JetStreamBus>();
-    let mut receiver: Option<B::Receiver> = None;
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(options.interval.max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -227,38 +225,16 @@ pub async fn watch<B: EventBus, S: MirrorStore>(
                 );
             }
         }
-        // Backlog: JetStream reports it per consumer. Service Bus: a peek on
-        // the bus's own connection (a consumer would prefetch and lock
-        // messages), `pending` only and at most the peek's size; exact counts
-        // are in ARM, where the KEDA scaler reads them.
-        if let (Some(sb), Some(subscription)) = (
-            (&*bus as &dyn std::any::Any).downcast_ref::<mirror_bus::servicebus::ServiceBusBus>(),
-            &options.subscription,
-        ) {
+        // Backlog, seen from outside any consumer (the port's contract: no
+        // receiver that could prefetch or lock the writers' messages).
+        if let Some(subscription) = &options.subscription {
             if let Ok(Ok(Some(b))) =
-                tokio::time::timeout(options.timeout, sb.peek_backlog(subscription)).await
+                tokio::time::timeout(options.timeout, bus.subscription_backlog(subscription)).await
             {
                 gauge!(names::BACKLOG, "subscription" => subscription.clone(), "state" => "pending")
                     .set(b.pending as f64);
-            }
-        }
-        if let (true, Some(subscription)) = (is_jetstream, &options.subscription) {
-            let sampled = tokio::time::timeout(options.timeout, async {
-                if receiver.is_none() {
-                    receiver = Some(bus.subscribe(subscription).await?);
-                }
-                receiver.as_mut().expect("opened above").backlog().await
-            })
-            .await;
-            match sampled {
-                Ok(Ok(Some(b))) => {
-                    gauge!(names::BACKLOG, "subscription" => subscription.clone(), "state" => "pending")
-                        .set(b.pending as f64);
-                    gauge!(names::BACKLOG, "subscription" => subscription.clone(), "state" => "in_flight")
-                        .set(b.in_flight as f64);
-                }
-                Ok(Ok(None)) => {}
-                _ => receiver = None,
+                gauge!(names::BACKLOG, "subscription" => subscription.clone(), "state" => "in_flight")
+                    .set(b.in_flight as f64);
             }
         }
         // Store: read the checkpoint (any answer, even "no row", means it is up).

@@ -439,6 +439,27 @@ impl JetStreamBus {
 impl EventBus for JetStreamBus {
     type Receiver = JetStreamReceiver;
 
+    async fn subscription_backlog(
+        &self,
+        subscription: &str,
+    ) -> Result<Option<crate::Backlog>, BusError> {
+        let topic = &self.inner.config.topic;
+        let stream = self
+            .inner
+            .js
+            .get_stream_no_info(topic)
+            .await
+            .map_err(|e| stream_op("get stream", topic, e))?;
+        let info = stream
+            .consumer_info(subscription)
+            .await
+            .map_err(|e| BusError::op("backlog", format!("subscription `{subscription}`: {e}")))?;
+        Ok(Some(crate::Backlog {
+            pending: info.num_pending,
+            in_flight: info.num_ack_pending as u64,
+        }))
+    }
+
     async fn ensure_topology(&self) -> Result<(), BusError> {
         self.ensure_stream(self.topic_stream_config()).await?;
         self.ensure_stream(self.dead_letter_stream_config()).await?;

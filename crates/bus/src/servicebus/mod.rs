@@ -559,6 +559,10 @@ pub(crate) async fn open_client(
 impl EventBus for ServiceBusBus {
     type Receiver = ServiceBusConsumer;
 
+    async fn subscription_backlog(&self, subscription: &str) -> Result<Option<Backlog>, BusError> {
+        self.peek_backlog(subscription).await
+    }
+
     /// Service Bus entities are not created here: the namespace, topic,
     /// subscriptions and their settings (duplicate detection, max delivery
     /// count, lock duration, sessions) are IaC's (`deploy/azure/`), and
