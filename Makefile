@@ -1,5 +1,7 @@
 # realtime-mirror: the two commands a newcomer needs are `make demo` and `make test`.
 CARGO ?= cargo
+# bash: the recipes probe local ports through /dev/tcp.
+SHELL := /bin/bash
 BIN := target/debug
 
 .PHONY: help setup build demo test unit chaos bench fuzz fuzz-corpus fuzz-short lint fmt clean iac-check
