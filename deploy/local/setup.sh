@@ -58,7 +58,7 @@ if [ -x "$FIRESTORE_EMULATOR" ] && command -v java >/dev/null 2>&1 && ! port_ope
   mkdir -p target
   nohup "$FIRESTORE_EMULATOR" start --host=127.0.0.1 --port="$FIRESTORE_PORT" \
     >target/firestore-emulator.log 2>&1 </dev/null &
-  for _ in $(seq 1 60); do port_open "$FIRESTORE_PORT" && break; sleep 0.5; done
+  for _ in $(seq 1 180); do port_open "$FIRESTORE_PORT" && break; sleep 0.5; done
   port_open "$FIRESTORE_PORT" || log "the Firestore emulator did not start (target/firestore-emulator.log)"
 fi
 
