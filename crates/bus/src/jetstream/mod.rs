@@ -351,14 +351,16 @@ impl JetStreamBus {
             Some(cfg) => cfg,
             None => match js.create_stream(wanted.clone()).await {
                 Ok(_) => return Ok(()),
-                // Another process created it first (with defaults filled in differently).
-                Err(e) if is_already_exists(&e) => js
-                    .get_stream(&name)
-                    .await
-                    .map_err(|e| stream_op("get stream", &name, e))?
-                    .cached_info()
-                    .config
-                    .clone(),
+                // Another process created it first (with defaults filled in
+                // differently). Racing creates of one stream can also be told
+                // "subjects overlap" (10065, nats-server 2.9): the overlapping
+                // stream is then this one if it now exists under our name.
+                Err(e) if is_already_exists(&e) || is_subjects_overlap(&e) => {
+                    match js.get_stream(&name).await {
+                        Ok(s) => s.cached_info().config.clone(),
+                        Err(_) => return Err(stream_op("create stream", &name, e)),
+                    }
+                }
                 Err(e) => return Err(stream_op("create stream", &name, e)),
             },
         };
@@ -546,6 +548,13 @@ fn is_already_exists(e: &impl std::fmt::Display) -> bool {
     s.contains("already in use") || s.contains("already exists") || s.contains("10058")
 }
 
+/// JetStream error 10065: the new stream's subjects overlap an existing
+/// stream's (a conflicting stream, or a racing create of the same one).
+fn is_subjects_overlap(e: &impl std::fmt::Display) -> bool {
+    let s = e.to_string();
+    s.contains("subjects overlap") || s.contains("10065")
+}
+
 impl JetStreamBus {
     /// [`EventBus::publish`] without its telemetry.
     async fn publish_untimed(&self, message: &OutboundMessage) -> Result<PublishOutcome, BusError> {
@@ -578,6 +587,17 @@ impl JetStreamBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_racing_create_is_recognised_by_either_answer() {
+        let exists = "jetstream error: stream name already in use with a different configuration (code 400, error code 10058)";
+        let overlap = "jetstream error: subjects overlap with an existing stream (code 400, error code 10065)";
+        assert!(is_already_exists(&exists));
+        assert!(is_subjects_overlap(&overlap) && !is_already_exists(&overlap));
+        assert!(!is_subjects_overlap(
+            &"jetstream error: insufficient resources (code 503, error code 10023)"
+        ));
+    }
 
     #[test]
     fn defaults_are_the_plans() {
