@@ -10,7 +10,8 @@
 //!   idle baseline (runtime, one NATS and one PostgreSQL client).
 //! - **raw**: the same events through the same set-based SQL
 //!   (`MirrorStore::apply_batch_as(.., Batched)`), with the writer's batch size
-//!   and concurrency, no bus and no writer: the database's own limit on this
+//!   and concurrency and its lanes (`mirror_store::plan::lane`), no bus and
+//!   no writer: the database's own limit on this
 //!   machine. The ratio writer ÷ raw says what the bus and the loop cost.
 //! - **steady** (per apply mode at `--rate`, and the batched writer at each of
 //!   `--rates`): events published at a fixed offered rate for `--seconds`
@@ -77,6 +78,9 @@ pub struct BenchArgs {
     /// Skip the per-event mode (it is slow on purpose: the baseline)
     #[arg(long)]
     pub skip_per_event: bool,
+    /// Run one scenario only and print its figure (for tuning)
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
     /// PostgreSQL server (a scratch database is created and dropped on it)
     #[arg(
         long,
@@ -91,6 +95,15 @@ pub struct BenchArgs {
     /// `cargo build --release -p sql-writer`]
     #[arg(long)]
     pub writer_bin: Option<std::path::PathBuf>,
+}
+
+/// The scenarios `--only` can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// The raw database limit
+    Raw,
+    /// The batched writer draining a backlog (in this process)
+    Drain,
 }
 
 /// The figures of one row.
@@ -622,27 +635,30 @@ async fn raw(args: &BenchArgs, progress: &Progress) -> Result<Row> {
         "raw: {} events straight into the set-based SQL",
         events.len()
     ));
-    let chunks: Vec<Vec<MirrorEvent>> = events
-        .chunks(args.batch_size.max(1))
-        .map(|c| c.to_vec())
-        .collect();
+    // The writer's shape: one lane per worker, each entity in one lane, each
+    // lane's batches one after another.
+    let n = args.concurrency.max(1);
+    let mut lanes: Vec<Vec<MirrorEvent>> = vec![Vec::new(); n];
+    for e in events {
+        lanes[mirror_store::plan::lane(&e, n)].push(e);
+    }
     let started = Instant::now();
-    let mut runs = futures::stream::iter(chunks.into_iter().map(|chunk| {
+    let runs = lanes.into_iter().map(|lane| {
         let store = store.clone();
+        let bs = args.batch_size.max(1);
         async move {
-            store
-                .apply_batch_as(&chunk, ApplyMode::Batched)
-                .await
-                .map(|r| r.len())
+            let mut done = 0;
+            for chunk in lane.chunks(bs) {
+                done += store.apply_batch_as(chunk, ApplyMode::Batched).await?.len();
+            }
+            Ok::<usize, StoreError>(done)
         }
-    }))
-    .buffer_unordered(args.concurrency.max(1));
+    });
     let mut done = 0;
-    while let Some(r) = runs.next().await {
+    for r in futures::future::join_all(runs).await {
         done += r?;
     }
     let secs = started.elapsed().as_secs_f64();
-    drop(runs);
     drop(store);
     scratch.drop(None).await;
     Ok(Row {
@@ -804,6 +820,19 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
         args.events, args.dm_share, args.group_size, args.duplicate_rate, args.reorder_rate, args.batch_size, args.concurrency
     );
     let mut rows = Vec::new();
+    if let Some(only) = args.only {
+        // One figure, for tuning: no table, no goals.
+        let row = match only {
+            Only::Raw => raw(&args, &progress).await?,
+            Only::Drain => drain(&args, ApplyMode::Batched, &progress).await?,
+        };
+        if json {
+            println!("{}", serde_json::to_string_pretty(&row)?);
+        } else {
+            println!("{}: {:.0} events/s", row.scenario, row.events_per_sec);
+        }
+        return Ok(0);
+    }
     for &mode in &modes {
         progress.begin(&format!("drain, {}", mode.as_str()));
         rows.push(drain(&args, mode, &progress).await?);

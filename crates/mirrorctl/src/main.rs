@@ -388,8 +388,11 @@ async fn run(cli: Cli) -> Result<u8> {
             Ok(status.code().map(|c| c as u8).unwrap_or(1))
         }
         Cmd::Bench(args) => {
+            let only = args.only.is_some();
             let code = bench::run(args, json).await?;
-            bench_firestore::print(json);
+            if !only {
+                bench_firestore::print(json);
+            }
             Ok(code)
         }
         Cmd::Consistency(args) => mirrorctl::consistency::cli::run(*args, json).await,

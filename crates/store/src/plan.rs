@@ -87,6 +87,21 @@ pub fn lock_name(event: &MirrorEvent) -> String {
     }
 }
 
+/// The lane (`0..lanes`) an event is applied in when a writer runs `lanes`
+/// batches at once: every event of one lock (a conversation with its
+/// messages, a block, a follow edge) goes to the same lane, so concurrent
+/// batches take disjoint locks and never wait on each other. Stable for the
+/// life of the process (not across builds: do not store it).
+pub fn lane(event: &MirrorEvent, lanes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    if lanes <= 1 {
+        return 0;
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    lock_key(event).hash(&mut h);
+    (h.finish() % lanes as u64) as usize
+}
+
 /// Indices of `events` in lock order; stable, so the events of one entity
 /// keep their arrival order.
 pub fn lock_order(events: &[MirrorEvent]) -> Vec<usize> {
