@@ -244,16 +244,22 @@ impl Cli {
         match &mut bus {
             BusSettings::Nats { max_deliver, .. } => {
                 *max_deliver = max_attempts;
-                // Each worker holds up to one batch delivered but unsettled;
-                // JetStream stops delivering past the subscription's
-                // max_ack_pending and the workers would wait on each other.
-                let in_flight = batch_size * concurrency;
+                // The writer holds up to `max_unsettled` messages delivered
+                // but unsettled; JetStream stops delivering past the
+                // subscription's max_ack_pending and the lanes would starve.
+                let in_flight = WriterSettings {
+                    batch_size,
+                    concurrency,
+                    ..WriterSettings::default()
+                }
+                .max_unsettled();
                 let limit = mirror_bus::DEFAULT_MAX_ACK_PENDING as usize;
                 if in_flight > limit {
                     return Err(bad(
                         "--batch-size / --concurrency",
                         format!(
-                            "{batch_size} × {concurrency} = {in_flight} unsettled messages exceed \
+                            "3 × {batch_size} × {concurrency} = {in_flight} unsettled messages \
+                             (per lane a batch applying, one waiting and one being received) exceed \
                              the JetStream subscription's max_ack_pending of {limit}; lower one"
                         ),
                     ));
@@ -474,7 +480,7 @@ mod tests {
     fn every_workers_batch_fits_in_jetstreams_unsettled_window() {
         let d = WriterSettings::default();
         assert!(
-            d.batch_size * d.concurrency <= mirror_bus::DEFAULT_MAX_ACK_PENDING as usize,
+            d.max_unsettled() <= mirror_bus::DEFAULT_MAX_ACK_PENDING as usize,
             "the defaults must fit"
         );
         let err = parse(&[

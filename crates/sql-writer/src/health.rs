@@ -2,7 +2,8 @@
 //!
 //! When a batch finds the database unavailable (connection refused,
 //! restarting, failing over, or hung past `apply_timeout`), [`StoreHealth`] is
-//! marked down; every worker then takes no messages and probes with growing
+//! marked down; the intake then takes no messages (lanes hand back what they
+//! hold) and probes with growing
 //! delays until the database answers again, so an outage costs a message one
 //! delivery attempt, not all of them.
 
@@ -44,7 +45,6 @@ impl StoreHealth {
     pub async fn wait_until_reachable<S: MirrorStore>(
         &self,
         store: &S,
-        worker: usize,
         retry: &RetryPolicy,
         apply_timeout: Duration,
         stop: &mut watch::Receiver<bool>,
@@ -72,13 +72,13 @@ impl StoreHealth {
             };
             match answer {
                 Err(e) if store_unavailable(&e) => {
-                    tracing::warn!(worker, probes, error = %e, "database still unavailable; taking no messages");
+                    tracing::warn!(probes, error = %e, "database still unavailable; taking no messages");
                 }
                 // Reachable (an error of another kind is the batch's to classify).
                 _ => {
                     if self.down.swap(false, Ordering::AcqRel) {
                         crate::telemetry::intake_paused(false);
-                        tracing::info!(worker, probes, "database reachable again; resuming");
+                        tracing::info!(probes, "database reachable again; resuming");
                     }
                     return;
                 }

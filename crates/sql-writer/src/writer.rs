@@ -1,7 +1,16 @@
-//! The worker loop: receive a batch (by size and a short linger), decode each
-//! message once, apply the batch in one transaction, settle the messages
-//! concurrently as [`crate::policy::decide`] says. Dead-letter records live in
-//! [`crate::dead_letters`], the database's reachability in [`crate::health`].
+//! The writer: intakes (one receiver each) receive messages and decode each
+//! once, then hand it to the lane of its entity ([`mirror_store::plan::lane`]);
+//! each lane forms batches (by size and a short linger), applies a batch in one
+//! transaction and settles its messages concurrently as
+//! [`crate::policy::decide`] says.
+//! Dead-letter records live in [`crate::dead_letters`], the database's
+//! reachability in [`crate::health`].
+//!
+//! Why lanes: every event of one entity lock (a conversation with its
+//! messages, a block, a follow edge) goes to one lane, so the lanes' concurrent
+//! transactions take disjoint locks and never wait on each other. Batches that
+//! each took a few hundred conversation locks used to serialize behind one
+//! another (the raw SQL ran 28,000 events/s that way and 45,000 in lanes).
 //!
 //! Invariants:
 //! - a message is completed only after the transaction holding its effect
@@ -15,7 +24,7 @@
 //! - the loop never sleeps while holding a message: transient failures go back
 //!   to the broker with a delay;
 //! - when the database is unavailable (connection refused, restarting, failing
-//!   over) the batch goes back to the broker and every worker stops taking
+//!   over) the batch goes back to the broker and the intakes stop taking
 //!   messages until a probe reaches the database again, so an outage costs a
 //!   message one delivery attempt, not all of them (otherwise every valid event
 //!   received during an outage longer than the retry budget would be
@@ -23,7 +32,15 @@
 //!   of failing counts as unavailable once a batch gets no answer within
 //!   `apply_timeout`;
 //! - on shutdown no new batch starts; the batch in flight finishes, or, past the
-//!   deadline, its messages are released for redelivery.
+//!   deadline, its messages are released for redelivery; messages waiting in a
+//!   lane are released at once;
+//! - a message waits in its lane for at most the batch ahead of it: a lane
+//!   holds at most `batch_size` waiting messages, so an intake stops receiving
+//!   while a lane is full (a hot entity slows intake rather than piling up
+//!   unsettled messages), and [`WriterSettings::max_unsettled`] bounds what the
+//!   writer holds;
+//! - while the database is unavailable the intakes take nothing and the lanes
+//!   hand back whatever they still hold.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,8 +50,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use mirror_bus::{BusError, Delivery, EventBus, Receiver};
 use mirror_schema::{decode_wire, DecodeError, MirrorEvent};
-use mirror_store::{answer, ApplyMode, ApplyOutcome, MetricSample, MirrorStore, StoreError};
-use tokio::sync::watch;
+use mirror_store::{answer, plan, ApplyMode, ApplyOutcome, MetricSample, MirrorStore, StoreError};
+use tokio::sync::{mpsc, watch};
 
 pub use crate::dead_letters::{dead_letter_key, dead_letter_record, record_adapter_dead_letters};
 use crate::dead_letters::{flush_dead_letters, PendingDeadLetters, LAST_WRITES_LIMIT};
@@ -60,7 +77,8 @@ pub struct WriterSettings {
     pub linger: Duration,
     /// How the store applies a batch (per-event or set-based).
     pub apply_mode: ApplyMode,
-    /// Concurrent workers (each its own receiver and transaction).
+    /// Lanes: concurrent batches, each its own transaction, each entity in
+    /// one lane.
     pub concurrency: usize,
     /// How long one receive waits for the first message.
     pub receive_wait: Duration,
@@ -98,6 +116,15 @@ impl Default for WriterSettings {
             apply_timeout: defaults::APPLY_TIMEOUT,
             metrics_flush_every: Some(Duration::from_secs(30)),
         }
+    }
+}
+
+impl WriterSettings {
+    /// The most messages the writer holds delivered but unsettled: per lane,
+    /// a batch being applied, a batch waiting in its queue, and an intake's
+    /// receive waiting for a full lane.
+    pub fn max_unsettled(&self) -> usize {
+        self.batch_size.max(1) * 3 * self.concurrency.max(1)
     }
 }
 
@@ -162,6 +189,17 @@ struct Shared {
     health: StoreHealth,
 }
 
+/// How long a lane's linger waits for the next message before it applies
+/// what it has.
+const LOOK: Duration = Duration::from_millis(2);
+
+/// Resolves once `stop` is true (never, if its sender is gone).
+async fn wait_for(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// One settlement of one message with the bus, run concurrently with the
 /// batch's others: `(message id, result)`.
 type Settle<'a> = Pin<Box<dyn Future<Output = (Option<String>, Result<(), BusError>)> + Send + 'a>>;
@@ -193,16 +231,25 @@ pub async fn run<B: EventBus, S: MirrorStore>(
         health: StoreHealth::default(),
     });
 
-    let mut workers = Vec::new();
+    // As many receivers as lanes (on Service Bus with sessions, each holds
+    // one session at a time).
+    let mut receivers = Vec::new();
+    for _ in 0..settings.concurrency.max(1) {
+        receivers.push(
+            deps.bus
+                .subscribe(&settings.subscription)
+                .await
+                .map_err(|source| WriterError::Subscribe {
+                    subscription: settings.subscription.clone(),
+                    source,
+                })?,
+        );
+    }
+    let mut lanes = Vec::new();
+    let mut tasks = Vec::new();
     for n in 0..settings.concurrency.max(1) {
-        let receiver = deps
-            .bus
-            .subscribe(&settings.subscription)
-            .await
-            .map_err(|source| WriterError::Subscribe {
-                subscription: settings.subscription.clone(),
-                source,
-            })?;
+        let (tx, rx) = mpsc::channel(settings.batch_size.max(1));
+        lanes.push(tx);
         let worker = Worker {
             n,
             deps: deps.clone(),
@@ -212,12 +259,25 @@ pub async fn run<B: EventBus, S: MirrorStore>(
             abort: abort_rx.clone(),
             shared: shared.clone(),
         };
-        workers.push(tokio::spawn(worker.run(receiver)));
+        tasks.push(tokio::spawn(worker.run(rx)));
     }
+    for (n, receiver) in receivers.into_iter().enumerate() {
+        let intake = Intake {
+            n,
+            deps: deps.clone(),
+            settings: settings.clone(),
+            stop: stop_rx.clone(),
+            shared: shared.clone(),
+            lanes: lanes.clone(),
+        };
+        tasks.push(tokio::spawn(intake.run(receiver)));
+    }
+    // The lanes stop once every intake has dropped its senders.
+    drop(lanes);
 
     let mut result = Ok(());
-    for w in workers {
-        match w.await {
+    for t in tasks {
+        match t.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 let _ = stop_tx.send(true);
@@ -225,7 +285,10 @@ pub async fn run<B: EventBus, S: MirrorStore>(
                     result = Err(e);
                 }
             }
-            Err(e) => result = Err(WriterError::Join(e.to_string())),
+            Err(e) => {
+                let _ = stop_tx.send(true);
+                result = Err(WriterError::Join(e.to_string()));
+            }
         }
     }
     // Last writes: bounded, so a hung database cannot hold up the exit.
@@ -283,10 +346,32 @@ struct Worker<B, S> {
     shared: Arc<Shared>,
 }
 
-impl<B: EventBus, S: MirrorStore> Worker<B, S> {
+/// One received message, its event decoded once (or why it could not be).
+struct Item<D> {
+    delivery: D,
+    event: Result<MirrorEvent, DecodeError>,
+}
+
+/// Receives for every lane: decodes each message once and hands it to its
+/// entity's lane; also the writer's periodic duties (dead-letter rows that
+/// waited for the database, metrics), which must run even when lanes idle.
+struct Intake<B: EventBus, S> {
+    n: usize,
+    deps: Deps<B, S>,
+    settings: WriterSettings,
+    stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+    lanes: Vec<mpsc::Sender<Item<<B::Receiver as Receiver>::Delivery>>>,
+}
+
+impl<B: EventBus, S: MirrorStore> Intake<B, S> {
+    /// Until shutdown, a fatal bus error, or (with `exit_when_idle`) a drained
+    /// subscription. Returning drops the lanes' senders: each lane then
+    /// finishes what it holds and stops.
     async fn run(mut self, mut receiver: B::Receiver) -> Result<(), WriterError> {
         let mut bus_failures = 0u32;
         let mut last_flush = Instant::now();
+        let mut undecodable = 0usize;
         loop {
             if *self.stop.borrow() {
                 return Ok(());
@@ -296,7 +381,6 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                     .health
                     .wait_until_reachable(
                         &*self.deps.store,
-                        self.n,
                         &self.settings.retry,
                         self.settings.apply_timeout,
                         &mut self.stop,
@@ -313,7 +397,12 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 self.settings.apply_timeout,
             )
             .await;
-            let deliveries = match self.receive_batch(&mut receiver).await {
+            self.record_metrics_when_due(&mut last_flush).await;
+            let deliveries = tokio::select! {
+                r = receiver.receive(self.settings.batch_size.max(1), self.settings.receive_wait) => r,
+                _ = self.stop.changed() => continue,
+            };
+            let deliveries = match deliveries {
                 Ok(d) => {
                     bus_failures = 0;
                     d
@@ -324,40 +413,143 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                     }
                     bus_failures += 1;
                     let delay = self.settings.retry.delay_after(bus_failures);
-                    tracing::warn!(worker = self.n, error = %e, delay_ms = delay.as_millis() as u64, "receive failed");
-                    self.sleep_unless_stopped(delay).await;
+                    tracing::warn!(intake = self.n, error = %e, delay_ms = delay.as_millis() as u64, "receive failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stop.changed() => {}
+                    }
                     continue;
                 }
             };
             if deliveries.is_empty() {
-                if self.settings.exit_when_idle && self.is_drained(&mut receiver).await {
-                    tracing::info!(worker = self.n, "subscription drained");
+                if self.settings.exit_when_idle && is_drained(&mut receiver).await {
+                    tracing::info!(intake = self.n, "subscription drained");
                     return Ok(());
                 }
                 continue;
             }
-            self.process(deliveries).await?;
-            if self.n == 0 {
-                if let Some(every) = self.settings.metrics_flush_every {
-                    if last_flush.elapsed() >= every {
-                        last_flush = Instant::now();
-                        let report = *self.shared.report.lock().expect("report lock");
-                        let samples = report_samples(&report);
-                        let write = self.deps.store.record_metrics(&samples);
-                        if let Err(e) = answer(self.settings.apply_timeout, write).await {
-                            tracing::warn!(error = %e, "could not record metrics");
-                        }
+            let lanes = self.lanes.len();
+            for delivery in deliveries {
+                let event = decode_wire(delivery.message());
+                let lane = match &event {
+                    Ok(e) => plan::lane(e, lanes),
+                    // No entity: spread over the lanes.
+                    Err(_) => {
+                        undecodable = undecodable.wrapping_add(1);
+                        undecodable % lanes
                     }
+                };
+                // Waits while the lane is full. A lane that stopped (shutdown,
+                // or a fatal error) hands the message back to the broker.
+                if let Err(mpsc::error::SendError(item)) =
+                    self.lanes[lane].send(Item { delivery, event }).await
+                {
+                    release(vec![item]).await;
                 }
             }
         }
     }
 
-    async fn sleep_unless_stopped(&mut self, delay: Duration) {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = self.stop.changed() => {}
+    async fn record_metrics_when_due(&self, last_flush: &mut Instant) {
+        let Some(every) = self.settings.metrics_flush_every.filter(|_| self.n == 0) else {
+            return;
+        };
+        if last_flush.elapsed() < every {
+            return;
         }
+        *last_flush = Instant::now();
+        let report = *self.shared.report.lock().expect("report lock");
+        let samples = report_samples(&report);
+        let write = self.deps.store.record_metrics(&samples);
+        if let Err(e) = answer(self.settings.apply_timeout, write).await {
+            tracing::warn!(error = %e, "could not record metrics");
+        }
+    }
+}
+
+async fn is_drained<R: Receiver>(receiver: &mut R) -> bool {
+    match receiver.backlog().await {
+        Ok(Some(b)) => b.pending == 0 && b.in_flight == 0,
+        // A broker that cannot tell: one empty receive means idle.
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
+/// Hand messages back to the broker for immediate redelivery (they were not
+/// attempted, so no delay).
+async fn release<D: Delivery>(items: Vec<Item<D>>) {
+    let releases = items.into_iter().map(|i| i.delivery.retry(Duration::ZERO));
+    for r in futures::future::join_all(releases).await {
+        if let Err(e) = r {
+            telemetry::settle_failed(None, &e);
+        }
+    }
+}
+
+impl<B: EventBus, S: MirrorStore> Worker<B, S> {
+    /// One lane: batches from its queue until the intake is done (or shutdown).
+    async fn run(
+        mut self,
+        mut queue: mpsc::Receiver<Item<<B::Receiver as Receiver>::Delivery>>,
+    ) -> Result<(), WriterError> {
+        loop {
+            let Some(items) = self.next_batch(&mut queue).await else {
+                return Ok(());
+            };
+            if *self.stop.borrow() {
+                // No new batch after shutdown: what waits goes back at once.
+                queue.close();
+                let mut rest = items;
+                while let Some(item) = queue.recv().await {
+                    rest.push(item);
+                }
+                release(rest).await;
+                return Ok(());
+            }
+            if self.shared.health.is_down() {
+                // The intake has paused; hand back what was already here.
+                release(items).await;
+                continue;
+            }
+            self.process(items).await?;
+        }
+    }
+
+    /// The next batch: the first message to arrive (`None` once the intake is
+    /// done and the queue empty; an empty batch when shutdown is requested),
+    /// whatever else is already waiting, then more while they keep coming
+    /// (a gap of [`LOOK`] ends it) until `batch_size` or `linger` is reached.
+    /// Under light load a message thus waits at most `linger`, usually `LOOK`;
+    /// under heavy load batches are full at once and nothing waits.
+    async fn next_batch(
+        &mut self,
+        queue: &mut mpsc::Receiver<Item<<B::Receiver as Receiver>::Delivery>>,
+    ) -> Option<Vec<Item<<B::Receiver as Receiver>::Delivery>>> {
+        let max = self.settings.batch_size.max(1);
+        let first = tokio::select! {
+            item = queue.recv() => item?,
+            _ = wait_for(&mut self.stop) => return Some(Vec::new()),
+        };
+        let mut batch = vec![first];
+        let until = tokio::time::Instant::now() + self.settings.linger;
+        while batch.len() < max {
+            match queue.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    match tokio::time::timeout_at(until.min(now + LOOK), queue.recv()).await {
+                        Ok(Some(item)) => batch.push(item),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        }
+        Some(batch)
     }
 
     /// A store call bounded by `apply_timeout` and by the shutdown deadline.
@@ -383,62 +575,25 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         self.shared.health.note_failure(self.n, e);
     }
 
-    /// One receive, then, if the batch is not full, a short linger for more
-    /// (see [`WriterSettings::linger`]).
-    async fn receive_batch(
-        &mut self,
-        receiver: &mut B::Receiver,
-    ) -> Result<Vec<<B::Receiver as Receiver>::Delivery>, BusError> {
-        let max = self.settings.batch_size;
-        let mut batch = receiver.receive(max, self.settings.receive_wait).await?;
-        if batch.is_empty() || self.settings.linger.is_zero() {
-            return Ok(batch);
-        }
-        let until = tokio::time::Instant::now() + self.settings.linger;
-        while batch.len() < max && tokio::time::Instant::now() < until {
-            tokio::time::sleep_until(
-                until.min(tokio::time::Instant::now() + Duration::from_millis(2)),
-            )
-            .await;
-            // A wait under 10 ms asks once and returns at once.
-            match receiver.receive(max - batch.len(), Duration::ZERO).await {
-                Ok(more) if more.is_empty() => break,
-                Ok(more) => batch.extend(more),
-                // The messages in hand go ahead; the next receive reports the error.
-                Err(_) => break,
-            }
-        }
-        Ok(batch)
-    }
-
-    async fn is_drained(&self, receiver: &mut B::Receiver) -> bool {
-        match receiver.backlog().await {
-            Ok(Some(b)) => b.pending == 0 && b.in_flight == 0,
-            // A broker that cannot tell: one empty receive means idle.
-            Ok(None) => true,
-            Err(_) => false,
-        }
-    }
-
     async fn process(
         &mut self,
-        deliveries: Vec<<B::Receiver as Receiver>::Delivery>,
+        items: Vec<Item<<B::Receiver as Receiver>::Delivery>>,
     ) -> Result<(), WriterError> {
         let started = Instant::now();
-        let _in_flight = telemetry::InFlight::received(deliveries.len());
+        let _in_flight = telemetry::InFlight::received(items.len());
 
-        // Each message decoded once: the events go to the store, the index of
-        // each delivery's event (or its decode error) stays for settling.
-        let mut events: Vec<MirrorEvent> = Vec::with_capacity(deliveries.len());
-        let decoded: Vec<Result<usize, DecodeError>> = deliveries
-            .iter()
-            .map(|d| {
-                decode_wire(d.message()).map(|e| {
-                    events.push(e);
-                    events.len() - 1
-                })
-            })
-            .collect();
+        // The events go to the store; the index of each delivery's event (or
+        // its decode error) stays for settling.
+        let mut events: Vec<MirrorEvent> = Vec::with_capacity(items.len());
+        let mut deliveries = Vec::with_capacity(items.len());
+        let mut decoded: Vec<Result<usize, DecodeError>> = Vec::with_capacity(items.len());
+        for item in items {
+            deliveries.push(item.delivery);
+            decoded.push(item.event.map(|e| {
+                events.push(e);
+                events.len() - 1
+            }));
+        }
 
         let applied = if events.is_empty() {
             Some(Ok(Vec::new()))

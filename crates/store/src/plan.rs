@@ -357,6 +357,23 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_has_one_lane_and_lanes_spread() {
+        for lanes in [1, 2, 4, 7] {
+            let mut used = vec![0usize; lanes];
+            for c in 0..200 {
+                let cid = format!("c{c}");
+                let lane = super::lane(&message(&cid, "m1", 1), lanes);
+                assert!(lane < lanes);
+                // The conversation and every message of it: one lock, one lane.
+                assert_eq!(super::lane(&message(&cid, "m2", 9), lanes), lane);
+                used[lane] += 1;
+            }
+            assert!(used.iter().all(|&n| n > 0), "{lanes} lanes: {used:?}");
+        }
+        assert_eq!(super::lane(&follow("u1", None, 1), 0), 0);
+    }
+
+    #[test]
     fn lock_order_groups_a_conversation_and_is_stable() {
         let input = vec![
             follow("u1", None, 1),
