@@ -191,10 +191,6 @@ enum DlqCmd {
     },
 }
 
-/// mimalloc: the hot paths allocate per message (see the workspace Cargo.toml).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();

@@ -129,10 +129,6 @@ impl Cli {
     }
 }
 
-/// mimalloc: the hot paths allocate per message (see the workspace Cargo.toml).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     // First thing: TLS for Firestore (gRPC), Service Bus and NATS.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -8,10 +8,6 @@ use sql_writer::{with_bus, with_store, Deps};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// mimalloc: the hot paths allocate per message (see the workspace Cargo.toml).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     // async-nats and azservicebus need a process-wide rustls provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
