@@ -104,6 +104,8 @@ pub enum Only {
     Raw,
     /// The batched writer draining a backlog (in this process)
     Drain,
+    /// The same, by a separate `sql-writer` process (with its peak RSS)
+    Process,
 }
 
 /// The figures of one row.
@@ -825,11 +827,24 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
         let row = match only {
             Only::Raw => raw(&args, &progress).await?,
             Only::Drain => drain(&args, ApplyMode::Batched, &progress).await?,
+            Only::Process => {
+                let bin = writer_bin
+                    .as_ref()
+                    .context("no sql-writer binary next to this one")?;
+                drain_process(&args, bin, &progress).await?
+            }
         };
         if json {
             println!("{}", serde_json::to_string_pretty(&row)?);
         } else {
-            println!("{}: {:.0} events/s", row.scenario, row.events_per_sec);
+            println!(
+                "{}: {:.0} events/s{}",
+                row.scenario,
+                row.events_per_sec,
+                row.peak_rss_mib
+                    .map(|m| format!(", peak RSS {m:.1} MiB"))
+                    .unwrap_or_default()
+            );
         }
         return Ok(0);
     }
