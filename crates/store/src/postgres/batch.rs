@@ -371,6 +371,114 @@ mod tests {
         assert!(!APPLY_BATCH.contains(&format!("${}", PARAMS + 1)));
     }
 
+    /// `unnest(a, b, ...)` pads a shorter array with NULLs: every array of a
+    /// family must have one element per row, whatever the event type.
+    #[test]
+    fn every_array_of_a_family_has_one_element_per_row() {
+        let sample = include_str!("../../../../fixtures/events_sample.jsonl");
+        let events: Vec<mirror_schema::MirrorEvent> = sample
+            .lines()
+            .map(|l| mirror_schema::decode_structured(l.as_bytes()).unwrap())
+            .collect();
+        let plan = Plan::new(&events);
+        let b = params(&plan);
+        let (c, p, m, k, f) = (&b.conv, &b.part, &b.msg, &b.blk, &b.fol);
+        let n = events.len();
+        assert_eq!(b.ids.len(), n);
+        for len in [b.types.len(), b.subjects.len(), b.times.len()] {
+            assert_eq!(len, n);
+        }
+        let common = |x: &Common<'_>| {
+            let l = x.ids.len();
+            for len in [
+                x.times.len(),
+                x.syncs.len(),
+                x.newest.len(),
+                x.winners.len(),
+            ] {
+                assert_eq!(len, l);
+            }
+            l
+        };
+        let nc = common(&c.common);
+        for len in [
+            c.cids.len(),
+            c.kinds.len(),
+            c.hashes.len(),
+            c.created.len(),
+            c.updated.len(),
+        ] {
+            assert_eq!(len, nc);
+        }
+        let np = p.ids.len();
+        for len in [
+            p.cids.len(),
+            p.users.len(),
+            p.roles.len(),
+            p.joined.len(),
+            p.mutes.len(),
+            p.pointers.len(),
+        ] {
+            assert_eq!(len, np);
+        }
+        let nm = common(&m.common);
+        for len in [
+            m.types.len(),
+            m.cids.len(),
+            m.mids.len(),
+            m.dels.len(),
+            m.authors.len(),
+            m.bodies.len(),
+            m.attachments.len(),
+            m.media.len(),
+            m.created.len(),
+            m.edited.len(),
+            m.deleted.len(),
+            m.clients.len(),
+            m.performed_by.len(),
+            m.payloads.len(),
+        ] {
+            assert_eq!(len, nm);
+        }
+        let nk = common(&k.common);
+        for len in [
+            k.uids.len(),
+            k.tids.len(),
+            k.created.len(),
+            k.revoked.len(),
+            k.sources.len(),
+        ] {
+            assert_eq!(len, nk);
+        }
+        let nf = common(&f.common);
+        for len in [
+            f.types.len(),
+            f.fids.len(),
+            f.tids.len(),
+            f.states.len(),
+            f.sources.len(),
+            f.created.len(),
+        ] {
+            assert_eq!(len, nf);
+        }
+        // Every family is present in the sample, and every event is in one.
+        assert!(nc > 0 && np > 0 && nm > 0 && nk > 0 && nf > 0);
+        assert_eq!(nc + nm + nk + nf, n);
+        // Deletes carry NULL content; a create carries no audit payload.
+        assert!(m
+            .dels
+            .iter()
+            .zip(&m.authors)
+            .all(|(d, a)| *d == a.is_none()));
+        assert!(k.sources.iter().any(Option::is_none));
+        assert!(f.states.iter().any(Option::is_none));
+        assert!(m
+            .types
+            .iter()
+            .zip(&m.payloads)
+            .all(|(t, p)| (*t == "dm.message.create") == p.is_none()));
+    }
+
     #[test]
     fn the_named_arguments_are_the_functions_parameters() {
         let sql = include_str!("../../../../sql/postgres/V7__typed_apply_batch.sql");
