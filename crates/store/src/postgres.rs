@@ -9,7 +9,8 @@
 //! - [`MirrorStore::apply`] is one statement, hence one implicit transaction.
 //! - [`MirrorStore::apply_batch`] ([`ApplyMode::Batched`], the default) is one
 //!   call of `mirror.apply_batch` (`V3__history_v1_1_and_batches.sql`, rewritten
-//!   for speed in `V6__faster_apply_batch.sql`) with the
+//!   for speed in `V6__faster_apply_batch.sql`, typed array parameters since
+//!   `V7__typed_apply_batch.sql`) with the
 //!   batch planned by [`crate::plan::Plan`]: one statement per family, one
 //!   transaction, the conversation summary once per conversation. If the
 //!   database rejects the call, the batch is applied again per event, so only
