@@ -76,9 +76,9 @@ pub struct WriterArgs {
           help = defaults::help("How the store applies a batch: `batched` (set-based) or `per-event`", defaults::APPLY_MODE.as_str()))]
     #[serde(default, deserialize_with = "de_apply_mode")]
     pub apply: Option<ApplyMode>,
-    /// Concurrent workers (each with its own receiver and transaction)
+    /// Lanes: concurrent batches, each its own receiver and transaction; every event of one entity goes to one lane
     #[arg(long, env = "WRITER_CONCURRENCY",
-          help = defaults::help("Concurrent workers (each with its own receiver and transaction)", defaults::CONCURRENCY))]
+          help = defaults::help("Lanes: concurrent batches, each its own receiver and transaction; every event of one entity goes to one lane", defaults::CONCURRENCY))]
     pub concurrency: Option<usize>,
     /// Deliveries before a transiently failing event is dead-lettered (also the broker's delivery limit)
     #[arg(long, env = "WRITER_MAX_ATTEMPTS",
