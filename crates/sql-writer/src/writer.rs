@@ -21,8 +21,8 @@
 //!   for a later attempt instead (it stays safe in the subscription); on the last
 //!   attempt it goes to the bus's dead-letter queue and the row waits in memory
 //!   until the database is back;
-//! - the loop never sleeps while holding a message: transient failures go back
-//!   to the broker with a delay;
+//! - the loop never sleeps while holding a message (but see the outage rule
+//!   below): transient failures go back to the broker with a delay;
 //! - when the database is unavailable (connection refused, restarting, failing
 //!   over) the batch goes back to the broker and the intakes stop taking
 //!   messages until a probe reaches the database again, so an outage costs a
@@ -31,16 +31,21 @@
 //!   dead-lettered with `retries_exhausted`); a database that hangs instead
 //!   of failing counts as unavailable once a batch gets no answer within
 //!   `apply_timeout`;
-//! - on shutdown no new batch starts; the batch in flight finishes, or, past the
-//!   deadline, its messages are released for redelivery; messages waiting in a
-//!   lane are released at once;
+//! - on shutdown no new receive starts; what was received is applied (at most
+//!   a batch in flight and one waiting per lane) or, past the deadline,
+//!   released for redelivery. Nothing is released at once while receivers of
+//!   this process may still take it back: each such round trip would cost a
+//!   delivery attempt;
 //! - a message waits in its lane for at most the batch ahead of it: a lane
 //!   holds at most `batch_size` waiting messages, so an intake stops receiving
 //!   while a lane is full (a hot entity slows intake rather than piling up
 //!   unsettled messages), and [`WriterSettings::max_unsettled`] bounds what the
 //!   writer holds;
-//! - while the database is unavailable the intakes take nothing and the lanes
-//!   hand back whatever they still hold.
+//! - while the database is unavailable the intakes take nothing; each lane
+//!   keeps what it was already handed (at most a batch and its queue), locks
+//!   extended, and applies it once the database answers — handing it back
+//!   would cost each message an attempt per outage. This is the one wait
+//!   that holds messages, and it is bounded by the same amount.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -189,16 +194,12 @@ struct Shared {
     health: StoreHealth,
 }
 
+/// How often a lane holding messages through an outage looks at the health.
+const HEALTH_LOOK: Duration = Duration::from_millis(50);
+
 /// How long a lane's linger waits for the next message before it applies
 /// what it has.
 const LOOK: Duration = Duration::from_millis(2);
-
-/// Resolves once `stop` is true (never, if its sender is gone).
-async fn wait_for(stop: &mut watch::Receiver<bool>) {
-    if stop.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
 
 /// One settlement of one message with the bus, run concurrently with the
 /// batch's others: `(message id, result)`.
@@ -398,10 +399,12 @@ impl<B: EventBus, S: MirrorStore> Intake<B, S> {
             )
             .await;
             self.record_metrics_when_due(&mut last_flush).await;
-            let deliveries = tokio::select! {
-                r = receiver.receive(self.settings.batch_size.max(1), self.settings.receive_wait) => r,
-                _ = self.stop.changed() => continue,
-            };
+            // Not cancelled on shutdown: a receive dropped mid-way can leave
+            // messages delivered to nobody until their lock expires. It is
+            // bounded by `receive_wait`.
+            let deliveries = receiver
+                .receive(self.settings.batch_size.max(1), self.settings.receive_wait)
+                .await;
             let deliveries = match deliveries {
                 Ok(d) => {
                     bus_failures = 0;
@@ -488,49 +491,99 @@ async fn release<D: Delivery>(items: Vec<Item<D>>) {
 }
 
 impl<B: EventBus, S: MirrorStore> Worker<B, S> {
-    /// One lane: batches from its queue until the intake is done (or shutdown).
+    /// One lane: batches from its queue until every intake is done (on
+    /// shutdown they stop receiving, so a lane applies what it was already
+    /// handed — at most a batch — and stops; past the shutdown deadline an
+    /// apply is abandoned and its messages released).
     async fn run(
         mut self,
         mut queue: mpsc::Receiver<Item<<B::Receiver as Receiver>::Delivery>>,
     ) -> Result<(), WriterError> {
-        loop {
-            let Some(items) = self.next_batch(&mut queue).await else {
-                return Ok(());
-            };
-            if *self.stop.borrow() {
-                // No new batch after shutdown: what waits goes back at once.
-                queue.close();
-                let mut rest = items;
-                while let Some(item) = queue.recv().await {
-                    rest.push(item);
-                }
-                release(rest).await;
-                return Ok(());
-            }
+        while let Some(mut items) = self.next_batch(&mut queue).await {
+            let mut reachable = true;
             if self.shared.health.is_down() {
-                // The intake has paused; hand back what was already here.
-                release(items).await;
+                (reachable, items) = self.hold_until_reachable(items).await;
+            }
+            if !reachable {
+                // Shutdown during an outage: hand them back, delayed as a
+                // failed attempt would be.
+                let releases = items.into_iter().map(|i| {
+                    let delay = self.settings.retry.delay_after(i.delivery.delivery_count());
+                    i.delivery.retry(delay)
+                });
+                for r in futures::future::join_all(releases).await {
+                    if let Err(e) = r {
+                        telemetry::settle_failed(None, &e);
+                    }
+                }
                 continue;
             }
             self.process(items).await?;
         }
+        Ok(())
     }
 
-    /// The next batch: the first message to arrive (`None` once the intake is
-    /// done and the queue empty; an empty batch when shutdown is requested),
-    /// whatever else is already waiting, then more while they keep coming
-    /// (a gap of [`LOOK`] ends it) until `batch_size` or `linger` is reached.
-    /// Under light load a message thus waits at most `linger`, usually `LOOK`;
-    /// under heavy load batches are full at once and nothing waits.
+    /// While the database is unavailable (the intakes have paused), keep the
+    /// messages this lane was already handed — at most a batch and its
+    /// queue — with their locks extended, until it is reachable again (true)
+    /// or shutdown is requested (false). Releasing them instead would cost
+    /// each one a delivery attempt per outage, and a few short outages in a
+    /// row would dead-letter valid events as `retries_exhausted`.
+    async fn hold_until_reachable(
+        &mut self,
+        items: Vec<Item<<B::Receiver as Receiver>::Delivery>>,
+    ) -> (bool, Vec<Item<<B::Receiver as Receiver>::Delivery>>) {
+        let (deliveries, events): (Vec<_>, Vec<_>) =
+            items.into_iter().map(|i| (i.delivery, i.event)).unzip();
+        let every = self.settings.keep_alive_every;
+        let mut last_kept = tokio::time::Instant::now();
+        let reachable = loop {
+            if !self.shared.health.is_down() {
+                break true;
+            }
+            if *self.stop.borrow() {
+                break false;
+            }
+            if last_kept.elapsed() >= every {
+                last_kept = tokio::time::Instant::now();
+                let failed = <<B::Receiver as Receiver>::Delivery as Delivery>::keep_alive_all(
+                    &deliveries,
+                    every / 2,
+                )
+                .await;
+                if failed > 0 {
+                    tracing::warn!(
+                        lane = self.n,
+                        failed,
+                        "could not extend every held message lock"
+                    );
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(HEALTH_LOOK) => {}
+                _ = self.stop.changed() => {}
+            }
+        };
+        let items = deliveries
+            .into_iter()
+            .zip(events)
+            .map(|(delivery, event)| Item { delivery, event })
+            .collect();
+        (reachable, items)
+    }
+
+    /// The next batch: the first message to arrive (`None` once every intake
+    /// is done and the queue empty), whatever else is already waiting, then
+    /// more while they keep coming (a gap of [`LOOK`] ends it) until
+    /// `batch_size` or `linger` is reached. Under light load a message thus
+    /// waits at most `linger`, usually `LOOK`; under heavy load batches are
+    /// full at once and nothing waits.
     async fn next_batch(
         &mut self,
         queue: &mut mpsc::Receiver<Item<<B::Receiver as Receiver>::Delivery>>,
     ) -> Option<Vec<Item<<B::Receiver as Receiver>::Delivery>>> {
         let max = self.settings.batch_size.max(1);
-        let first = tokio::select! {
-            item = queue.recv() => item?,
-            _ = wait_for(&mut self.stop) => return Some(Vec::new()),
-        };
+        let first = queue.recv().await?;
         let mut batch = vec![first];
         let until = tokio::time::Instant::now() + self.settings.linger;
         while batch.len() < max {
