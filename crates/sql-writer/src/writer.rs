@@ -194,9 +194,6 @@ struct Shared {
     health: StoreHealth,
 }
 
-/// How often a lane holding messages through an outage looks at the health.
-const HEALTH_LOOK: Duration = Duration::from_millis(50);
-
 /// How long a lane's linger waits for the next message before it applies
 /// what it has.
 const LOOK: Duration = Duration::from_millis(2);
@@ -535,35 +532,35 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
     ) -> (bool, Vec<Item<<B::Receiver as Receiver>::Delivery>>) {
         let (deliveries, events): (Vec<_>, Vec<_>) =
             items.into_iter().map(|i| (i.delivery, i.event)).unzip();
+        // This lane probes too: every intake may be blocked handing a
+        // message to a full lane that holds, and someone must find the
+        // database again.
         let every = self.settings.keep_alive_every;
-        let mut last_kept = tokio::time::Instant::now();
-        let reachable = loop {
-            if !self.shared.health.is_down() {
-                break true;
-            }
-            if *self.stop.borrow() {
-                break false;
-            }
-            if last_kept.elapsed() >= every {
-                last_kept = tokio::time::Instant::now();
-                let failed = <<B::Receiver as Receiver>::Delivery as Delivery>::keep_alive_all(
-                    &deliveries,
-                    every / 2,
-                )
-                .await;
-                if failed > 0 {
-                    tracing::warn!(
-                        lane = self.n,
-                        failed,
-                        "could not extend every held message lock"
-                    );
+        let mut stop = self.stop.clone();
+        let store = self.deps.store.clone();
+        let retry = self.settings.retry;
+        let probe_timeout = self.settings.apply_timeout;
+        let health = &self.shared.health;
+        let back = health.wait_until_reachable(&*store, &retry, probe_timeout, &mut stop);
+        tokio::pin!(back);
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = &mut back => break,
+                _ = tick.tick() => {
+                    let failed = <<B::Receiver as Receiver>::Delivery as Delivery>::keep_alive_all(
+                        &deliveries,
+                        every / 2,
+                    )
+                    .await;
+                    if failed > 0 {
+                        tracing::warn!(lane = self.n, failed, "could not extend every held message lock");
+                    }
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(HEALTH_LOOK) => {}
-                _ = self.stop.changed() => {}
-            }
-        };
+        }
+        let reachable = !health.is_down();
         let items = deliveries
             .into_iter()
             .zip(events)
