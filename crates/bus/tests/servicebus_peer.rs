@@ -78,6 +78,15 @@ type Reply = Message<fe2o3_amqp_types::messaging::AmqpValue<Value>>;
 /// Own a reply link: send what comes on `replies`, and answer the client's
 /// detach (a disposed receiver detaches its management link; an unanswered
 /// detach would hold the client's dispose until it gives up).
+///
+/// A reply is sent without waiting for the client to settle it, as Service
+/// Bus answers: fe2o3's sender files a delivery as unsettled only after
+/// handing its transfer to the session, so a client that settles at once can
+/// beat it (`on_incoming_disposition` finds nothing) and `send` then waits
+/// for an outcome that already came and went. Under load that stuck the CBS
+/// reply link, the next `put-token` (the session receiver's management link,
+/// right after an accept) was never answered, and the accept hung past the
+/// test's deadline.
 async fn reply_link(
     mut link: AmqpSender,
     mut replies: tokio::sync::mpsc::UnboundedReceiver<Reply>,
@@ -86,7 +95,8 @@ async fn reply_link(
         tokio::select! {
             reply = replies.recv() => match reply {
                 Some(reply) => {
-                    let _ = link.send(reply).await;
+                    // The outcome is not awaited (see above).
+                    let _ = link.send_batchable(reply).await;
                 }
                 None => return,
             },
