@@ -444,7 +444,7 @@ impl<B: EventBus, S: MirrorStore> Intake<B, S> {
                 if let Err(mpsc::error::SendError(item)) =
                     self.lanes[lane].send(Item { delivery, event }).await
                 {
-                    release(vec![item]).await;
+                    release([item.delivery], |_| Duration::ZERO).await;
                 }
             }
         }
@@ -476,14 +476,36 @@ async fn is_drained<R: Receiver>(receiver: &mut R) -> bool {
     }
 }
 
-/// Hand messages back to the broker for immediate redelivery (they were not
-/// attempted, so no delay).
-async fn release<D: Delivery>(items: Vec<Item<D>>) {
-    let releases = items.into_iter().map(|i| i.delivery.retry(Duration::ZERO));
+/// Hand deliveries back to the broker, each redelivered after `delay(it)`.
+async fn release<D: Delivery>(
+    deliveries: impl IntoIterator<Item = D>,
+    delay: impl Fn(&D) -> Duration,
+) {
+    let releases = deliveries.into_iter().map(|d| {
+        let after = delay(&d);
+        d.retry(after)
+    });
     for r in futures::future::join_all(releases).await {
         if let Err(e) = r {
             telemetry::settle_failed(None, &e);
         }
+    }
+}
+
+/// What a lane applies at once: the deliveries and, at the same index, each
+/// one's decoded event (or why it could not be decoded).
+struct Batch<D> {
+    deliveries: Vec<D>,
+    events: Vec<Result<MirrorEvent, DecodeError>>,
+}
+
+impl<D> Batch<D> {
+    fn push(&mut self, item: Item<D>) {
+        self.deliveries.push(item.delivery);
+        self.events.push(item.event);
+    }
+    fn len(&self) -> usize {
+        self.deliveries.len()
     }
 }
 
@@ -496,26 +518,15 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         mut self,
         mut queue: mpsc::Receiver<Item<<B::Receiver as Receiver>::Delivery>>,
     ) -> Result<(), WriterError> {
-        while let Some(mut items) = self.next_batch(&mut queue).await {
-            let mut reachable = true;
-            if self.shared.health.is_down() {
-                (reachable, items) = self.hold_until_reachable(items).await;
-            }
-            if !reachable {
+        while let Some(batch) = self.next_batch(&mut queue).await {
+            if self.shared.health.is_down() && !self.hold_until_reachable(&batch.deliveries).await {
                 // Shutdown during an outage: hand them back, delayed as a
                 // failed attempt would be.
-                let releases = items.into_iter().map(|i| {
-                    let delay = self.settings.retry.delay_after(i.delivery.delivery_count());
-                    i.delivery.retry(delay)
-                });
-                for r in futures::future::join_all(releases).await {
-                    if let Err(e) = r {
-                        telemetry::settle_failed(None, &e);
-                    }
-                }
+                let retry = self.settings.retry;
+                release(batch.deliveries, |d| retry.delay_after(d.delivery_count())).await;
                 continue;
             }
-            self.process(items).await?;
+            self.process(batch).await?;
         }
         Ok(())
     }
@@ -527,21 +538,21 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
     /// each one a delivery attempt per outage, and a few short outages in a
     /// row would dead-letter valid events as `retries_exhausted`.
     async fn hold_until_reachable(
-        &mut self,
-        items: Vec<Item<<B::Receiver as Receiver>::Delivery>>,
-    ) -> (bool, Vec<Item<<B::Receiver as Receiver>::Delivery>>) {
-        let (deliveries, events): (Vec<_>, Vec<_>) =
-            items.into_iter().map(|i| (i.delivery, i.event)).unzip();
+        &self,
+        deliveries: &[<B::Receiver as Receiver>::Delivery],
+    ) -> bool {
         // This lane probes too: every intake may be blocked handing a
         // message to a full lane that holds, and someone must find the
         // database again.
         let every = self.settings.keep_alive_every;
         let mut stop = self.stop.clone();
-        let store = self.deps.store.clone();
-        let retry = self.settings.retry;
-        let probe_timeout = self.settings.apply_timeout;
         let health = &self.shared.health;
-        let back = health.wait_until_reachable(&*store, &retry, probe_timeout, &mut stop);
+        let back = health.wait_until_reachable(
+            &*self.deps.store,
+            &self.settings.retry,
+            self.settings.apply_timeout,
+            &mut stop,
+        );
         tokio::pin!(back);
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
@@ -550,7 +561,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 () = &mut back => break,
                 _ = tick.tick() => {
                     let failed = <<B::Receiver as Receiver>::Delivery as Delivery>::keep_alive_all(
-                        &deliveries,
+                        deliveries,
                         every / 2,
                     )
                     .await;
@@ -560,13 +571,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 }
             }
         }
-        let reachable = !health.is_down();
-        let items = deliveries
-            .into_iter()
-            .zip(events)
-            .map(|(delivery, event)| Item { delivery, event })
-            .collect();
-        (reachable, items)
+        !health.is_down()
     }
 
     /// The next batch: the first message to arrive (`None` once every intake
@@ -578,10 +583,14 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
     async fn next_batch(
         &mut self,
         queue: &mut mpsc::Receiver<Item<<B::Receiver as Receiver>::Delivery>>,
-    ) -> Option<Vec<Item<<B::Receiver as Receiver>::Delivery>>> {
+    ) -> Option<Batch<<B::Receiver as Receiver>::Delivery>> {
         let max = self.settings.batch_size.max(1);
         let first = queue.recv().await?;
-        let mut batch = vec![first];
+        let mut batch = Batch {
+            deliveries: Vec::with_capacity(max),
+            events: Vec::with_capacity(max),
+        };
+        batch.push(first);
         let until = tokio::time::Instant::now() + self.settings.linger;
         while batch.len() < max {
             match queue.try_recv() {
@@ -627,23 +636,27 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
 
     async fn process(
         &mut self,
-        items: Vec<Item<<B::Receiver as Receiver>::Delivery>>,
+        batch: Batch<<B::Receiver as Receiver>::Delivery>,
     ) -> Result<(), WriterError> {
         let started = Instant::now();
-        let _in_flight = telemetry::InFlight::received(items.len());
+        let _in_flight = telemetry::InFlight::received(batch.len());
 
         // The events go to the store; the index of each delivery's event (or
         // its decode error) stays for settling.
-        let mut events: Vec<MirrorEvent> = Vec::with_capacity(items.len());
-        let mut deliveries = Vec::with_capacity(items.len());
-        let mut decoded: Vec<Result<usize, DecodeError>> = Vec::with_capacity(items.len());
-        for item in items {
-            deliveries.push(item.delivery);
-            decoded.push(item.event.map(|e| {
-                events.push(e);
-                events.len() - 1
-            }));
-        }
+        let Batch {
+            deliveries,
+            events: decoded_events,
+        } = batch;
+        let mut events: Vec<MirrorEvent> = Vec::with_capacity(deliveries.len());
+        let decoded: Vec<Result<usize, DecodeError>> = decoded_events
+            .into_iter()
+            .map(|r| {
+                r.map(|e| {
+                    events.push(e);
+                    events.len() - 1
+                })
+            })
+            .collect();
 
         let applied = if events.is_empty() {
             Some(Ok(Vec::new()))
@@ -652,12 +665,7 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         };
         let Some(applied) = applied else {
             // Past the shutdown deadline: release everything for redelivery.
-            let releases = deliveries.into_iter().map(|d| d.retry(Duration::ZERO));
-            for r in futures::future::join_all(releases).await {
-                if let Err(e) = r {
-                    telemetry::settle_failed(None, &e);
-                }
-            }
+            release(deliveries, |_| Duration::ZERO).await;
             return Ok(());
         };
         let committed_at = Utc::now();
