@@ -214,7 +214,32 @@ impl TruncMicros for SourceTime {
 }
 
 /// Decode one structured-mode JSON event, validating it against the contract.
+///
+/// A well-formed event takes the direct path ([`crate::direct`]): one pass
+/// from bytes to typed values. Anything that path does not take, valid or
+/// not, goes through the reference decoder ([`decode_structured_reference`]),
+/// which alone produces errors, so both paths accept exactly the same events
+/// with the same result (a differential property test and the fuzz target
+/// check it).
 pub fn decode_structured(bytes: &[u8]) -> Result<MirrorEvent, DecodeError> {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_EVENT_BYTES,
+        });
+    }
+    match crate::direct::decode(bytes) {
+        Some(event) => Ok(event),
+        None => decode_structured_reference(bytes),
+    }
+}
+
+/// The reference structured-mode decoder: a JSON tree, the CloudEvents SDK's
+/// envelope, then the contract's rules. Slower than the direct path and the
+/// source of every error message; public for the differential test and the
+/// fuzz target only.
+#[doc(hidden)]
+pub fn decode_structured_reference(bytes: &[u8]) -> Result<MirrorEvent, DecodeError> {
     if bytes.len() > MAX_EVENT_BYTES {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
@@ -272,146 +297,222 @@ fn decode_cloudevent_with_time(
     raw_time: Option<&str>,
 ) -> Result<MirrorEvent, DecodeError> {
     let event_type: EventType = event.ty().parse()?;
-    let subject_text = event.subject().ok_or(DecodeError::Missing("subject"))?;
-    let subject = Subject::parse(subject_text, event_type.family())?;
+    let subject = event.subject().ok_or(DecodeError::Missing("subject"))?;
     let time = match raw_time {
-        Some(raw) => crate::parse_time("time", raw)?,
-        None => *event.time().ok_or(DecodeError::Missing("time"))?,
-    }
-    .trunc_subsecs_micros();
-    let source = event.source().to_string();
-    if source.is_empty() {
-        return Err(DecodeError::invalid("source", "is empty"));
-    }
-
-    let expected_id = deterministic_id(event_type, &subject, &time);
-    if event.id() != expected_id.to_string() {
-        // Accept the canonical text of the same UUID in any case.
-        match Uuid::parse_str(event.id()) {
-            Ok(found) if found == expected_id => {}
-            _ => {
-                return Err(DecodeError::WrongId {
-                    found: truncate(event.id(), 64),
-                    expected: expected_id.to_string(),
-                })
-            }
-        }
-    }
-
-    match event.extension("partitionkey") {
-        None => {}
-        Some(ExtensionValue::String(pk)) if pk == subject.partition_key() => {}
-        Some(other) => {
-            return Err(DecodeError::Mismatch {
-                field: "partitionkey",
-                found: truncate(&other.to_string(), 64),
-                expected: subject.partition_key().to_owned(),
-            })
-        }
-    }
-
-    if let Some(ct) = event.datacontenttype() {
-        check_content_type(ct)?;
-    }
-
-    let data: Value = match event.data() {
-        None => return Err(DecodeError::Missing("data")),
-        Some(Data::Json(v)) => v.clone(),
-        Some(Data::String(s)) => serde_json::from_str(s)
-            .map_err(|e| DecodeError::invalid("data", format!("is not JSON: {e}")))?,
-        Some(Data::Binary(b)) => serde_json::from_slice(b)
-            .map_err(|e| DecodeError::invalid("data", format!("is not JSON: {e}")))?,
+        Some(raw) => crate::parse_time("time", raw),
+        None => event.time().copied().ok_or(DecodeError::Missing("time")),
     };
-    let data = data
-        .as_object()
-        .ok_or_else(|| DecodeError::invalid("data", "is not a JSON object"))?;
-
-    let op = data.get("op").ok_or(DecodeError::Missing("data.op"))?;
-    if op.as_str() != Some(event_type.op().as_str()) {
-        return Err(DecodeError::invalid(
-            "data.op",
-            format!(
-                "`{}` does not match type `{event_type}`",
-                truncate(&op.to_string(), 32)
-            ),
-        ));
-    }
-    check_data_id(
-        data,
-        "firestoreId",
-        "data.firestoreId",
-        subject.document_id(),
-        true,
-    )?;
-    if let Some(conversation_id) = subject.conversation_id() {
-        check_data_id(
-            data,
-            "conversationId",
-            "data.conversationId",
-            conversation_id,
-            true,
-        )?;
-    }
-    match &subject {
-        Subject::Block {
-            user_id,
-            target_user_id,
-        } => {
-            check_data_id(data, "userId", "data.userId", user_id, false)?;
-            check_data_id(
-                data,
-                "targetUserId",
-                "data.targetUserId",
-                target_user_id,
-                false,
-            )?;
+    let source = event.source().to_string();
+    let partition_key = event.extension("partitionkey").map(|pk| match pk {
+        ExtensionValue::String(s) => Ok(s.as_str()),
+        other => Err(other.to_string()),
+    });
+    // Parsed only when the envelope checks before it pass (as it always was).
+    let data = || -> Result<Value, DecodeError> {
+        match event.data() {
+            None => Err(DecodeError::Missing("data")),
+            Some(Data::Json(v)) => Ok(v.clone()),
+            Some(Data::String(s)) => serde_json::from_str(s)
+                .map_err(|e| DecodeError::invalid("data", format!("is not JSON: {e}"))),
+            Some(Data::Binary(b)) => serde_json::from_slice(b)
+                .map_err(|e| DecodeError::invalid("data", format!("is not JSON: {e}"))),
         }
-        Subject::FollowEdge {
-            follower_user_id,
-            target_user_id,
-        } => {
-            check_data_id(
-                data,
-                "followerUserId",
-                "data.followerUserId",
-                follower_user_id,
-                false,
-            )?;
-            check_data_id(
-                data,
-                "targetUserId",
-                "data.targetUserId",
-                target_user_id,
-                false,
-            )?;
-        }
-        _ => {}
-    }
-
-    let payload_value = data
-        .get("payload")
-        .ok_or(DecodeError::Missing("data.payload"))?;
-    let payload = Payload::from_json(event_type, payload_value)?;
+    };
     let published_at = match event.extension(PUBLISH_TIME_ATTRIBUTE) {
-        Some(ExtensionValue::String(s)) => crate::parse_time(PUBLISH_TIME_ATTRIBUTE, s)
-            .ok()
-            .map(|t| t.trunc_subsecs_micros()),
+        Some(ExtensionValue::String(s)) => Some(s.as_str()),
         _ => None,
     };
-
-    Ok(MirrorEvent {
-        id: expected_id,
+    let envelope = Envelope {
         event_type,
-        source,
         subject,
         time,
-        payload,
+        source,
+        id: event.id(),
+        partition_key,
+        content_type: event.datacontenttype(),
         published_at,
+    };
+    envelope.build(|subject| {
+        let data = data()?;
+        let data = data
+            .as_object()
+            .ok_or_else(|| DecodeError::invalid("data", "is not a JSON object"))?;
+        DataIds::of_map(data).check(event_type, subject)?;
+        let payload_value = data
+            .get("payload")
+            .ok_or(DecodeError::Missing("data.payload"))?;
+        Payload::from_json(event_type, payload_value)
     })
 }
 
+/// The attributes of an event, however it was read, before the contract's
+/// rules ([`Envelope::build`]) made it a [`MirrorEvent`].
+pub(crate) struct Envelope<'a> {
+    pub event_type: EventType,
+    pub subject: &'a str,
+    /// Not yet truncated to microseconds; an error is reported after the
+    /// subject's.
+    pub time: Result<SourceTime, DecodeError>,
+    pub source: String,
+    pub id: &'a str,
+    /// `partitionkey`: a string, or the text of a value of another kind.
+    pub partition_key: Option<Result<&'a str, String>>,
+    pub content_type: Option<&'a str>,
+    /// [`PUBLISH_TIME_ATTRIBUTE`] when it is a string.
+    pub published_at: Option<&'a str>,
+}
+
+impl Envelope<'_> {
+    /// The contract's rules, in the order their errors are reported; `data`
+    /// checks `data` against the subject and returns the typed payload.
+    pub(crate) fn build(
+        self,
+        data: impl FnOnce(&Subject) -> Result<Payload, DecodeError>,
+    ) -> Result<MirrorEvent, DecodeError> {
+        let event_type = self.event_type;
+        let subject = Subject::parse(self.subject, event_type.family())?;
+        let time = self.time?.trunc_subsecs_micros();
+        if self.source.is_empty() {
+            return Err(DecodeError::invalid("source", "is empty"));
+        }
+        let expected_id = deterministic_id(event_type, &subject, &time);
+        // The canonical text of the same UUID, in any case (or any form the
+        // `uuid` crate parses).
+        if Uuid::parse_str(self.id).ok() != Some(expected_id) {
+            return Err(DecodeError::WrongId {
+                found: truncate(self.id, 64),
+                expected: expected_id.to_string(),
+            });
+        }
+        match self.partition_key {
+            None => {}
+            Some(Ok(pk)) if pk == subject.partition_key() => {}
+            Some(Ok(other)) => {
+                return Err(DecodeError::Mismatch {
+                    field: "partitionkey",
+                    found: truncate(other, 64),
+                    expected: subject.partition_key().to_owned(),
+                })
+            }
+            Some(Err(other)) => {
+                return Err(DecodeError::Mismatch {
+                    field: "partitionkey",
+                    found: truncate(&other, 64),
+                    expected: subject.partition_key().to_owned(),
+                })
+            }
+        }
+        if let Some(ct) = self.content_type {
+            check_content_type(ct)?;
+        }
+        let payload = data(&subject)?;
+        let published_at = self.published_at.and_then(|s| {
+            crate::parse_time(PUBLISH_TIME_ATTRIBUTE, s)
+                .ok()
+                .map(|t| t.trunc_subsecs_micros())
+        });
+        Ok(MirrorEvent {
+            id: expected_id,
+            event_type,
+            source: self.source,
+            subject,
+            time,
+            payload,
+            published_at,
+        })
+    }
+}
+
+/// One identifier field of `data`, as the rules see it.
+#[derive(Clone, Copy)]
+pub(crate) enum IdField<'a> {
+    /// Absent or `null`.
+    Unset,
+    Text(&'a str),
+    /// Present, of another JSON kind.
+    NotText,
+}
+
+/// The identifier fields of `data` the subject must agree with.
+pub(crate) struct DataIds<'a> {
+    pub op: Option<Result<&'a str, String>>,
+    pub firestore_id: IdField<'a>,
+    pub conversation_id: IdField<'a>,
+    pub user_id: IdField<'a>,
+    pub target_user_id: IdField<'a>,
+    pub follower_user_id: IdField<'a>,
+}
+
+impl<'a> DataIds<'a> {
+    fn of_map(data: &'a serde_json::Map<String, Value>) -> DataIds<'a> {
+        let field = |key: &str| match data.get(key) {
+            None | Some(Value::Null) => IdField::Unset,
+            Some(Value::String(s)) => IdField::Text(s),
+            Some(_) => IdField::NotText,
+        };
+        DataIds {
+            op: data.get("op").map(|op| match op {
+                Value::String(s) => Ok(s.as_str()),
+                other => Err(other.to_string()),
+            }),
+            firestore_id: field("firestoreId"),
+            conversation_id: field("conversationId"),
+            user_id: field("userId"),
+            target_user_id: field("targetUserId"),
+            follower_user_id: field("followerUserId"),
+        }
+    }
+
+    /// `data.op` must be the type's operation, and the ids in `data` the
+    /// subject's (the document and conversation ids always; the user ids of
+    /// blocks and follow edges when present).
+    pub(crate) fn check(&self, event_type: EventType, subject: &Subject) -> Result<(), DecodeError> {
+        let op = self.op.as_ref().ok_or(DecodeError::Missing("data.op"))?;
+        if op.as_ref().ok().copied() != Some(event_type.op().as_str()) {
+            let text = match op {
+                Ok(s) => Value::String((*s).to_owned()).to_string(),
+                Err(other) => other.clone(),
+            };
+            return Err(DecodeError::invalid(
+                "data.op",
+                format!(
+                    "`{}` does not match type `{event_type}`",
+                    truncate(&text, 32)
+                ),
+            ));
+        }
+        check_data_id(self.firestore_id, "data.firestoreId", subject.document_id(), true)?;
+        if let Some(conversation_id) = subject.conversation_id() {
+            check_data_id(self.conversation_id, "data.conversationId", conversation_id, true)?;
+        }
+        match subject {
+            Subject::Block {
+                user_id,
+                target_user_id,
+            } => {
+                check_data_id(self.user_id, "data.userId", user_id, false)?;
+                check_data_id(self.target_user_id, "data.targetUserId", target_user_id, false)?;
+            }
+            Subject::FollowEdge {
+                follower_user_id,
+                target_user_id,
+            } => {
+                check_data_id(
+                    self.follower_user_id,
+                    "data.followerUserId",
+                    follower_user_id,
+                    false,
+                )?;
+                check_data_id(self.target_user_id, "data.targetUserId", target_user_id, false)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 /// `datacontenttype` must be JSON (parameters such as `charset` allowed).
-fn check_content_type(ct: &str) -> Result<(), DecodeError> {
+pub(crate) fn check_content_type(ct: &str) -> Result<(), DecodeError> {
     let base = ct.split(';').next().unwrap_or("").trim();
     if base.eq_ignore_ascii_case("application/json") {
         Ok(())
@@ -424,22 +525,21 @@ fn check_content_type(ct: &str) -> Result<(), DecodeError> {
 }
 
 fn check_data_id(
-    data: &serde_json::Map<String, Value>,
-    key: &str,
+    value: IdField<'_>,
     field: &'static str,
     expected: &str,
     required: bool,
 ) -> Result<(), DecodeError> {
-    match data.get(key) {
-        None | Some(Value::Null) if !required => Ok(()),
-        None | Some(Value::Null) => Err(DecodeError::Missing(field)),
-        Some(Value::String(s)) if s == expected => Ok(()),
-        Some(Value::String(s)) => Err(DecodeError::Mismatch {
+    match value {
+        IdField::Unset if !required => Ok(()),
+        IdField::Unset => Err(DecodeError::Missing(field)),
+        IdField::Text(s) if s == expected => Ok(()),
+        IdField::Text(s) => Err(DecodeError::Mismatch {
             field,
             found: truncate(s, 64),
             expected: expected.to_owned(),
         }),
-        Some(_) => Err(DecodeError::invalid(field, "is not a string")),
+        IdField::NotText => Err(DecodeError::invalid(field, "is not a string")),
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`MirrorEvent::to_structured_json`] / [`MirrorEvent::to_cloudevent`] encode.
 
 pub mod amqp;
+mod direct;
 mod error;
 mod event;
 mod payload;
@@ -23,7 +24,8 @@ pub mod wire;
 
 pub use error::DecodeError;
 pub use event::{
-    decode_cloudevent, decode_structured, deterministic_id, MirrorEvent, ID_NAMESPACE,
+    decode_cloudevent, decode_structured, decode_structured_reference, deterministic_id,
+    MirrorEvent, ID_NAMESPACE,
     PUBLISH_TIME_ATTRIBUTE,
 };
 pub use payload::{
