@@ -143,9 +143,10 @@ pub struct Plan<'a> {
     pub locks: Vec<String>,
 }
 
-/// An entity's identity inside one batch.
-fn entity(event: &MirrorEvent) -> (EventFamily, String) {
-    (event.event_type().family(), event.entity_key())
+/// An entity's identity inside one batch: its subject (which names its
+/// family too), borrowed, so planning allocates no key text.
+fn entity(event: &MirrorEvent) -> &Subject {
+    event.subject()
 }
 
 impl<'a> Plan<'a> {
@@ -160,8 +161,8 @@ impl<'a> Plan<'a> {
             }
         }
         // Versions per entity, in arrival order.
-        let mut newest: HashMap<(EventFamily, String), (chrono::DateTime<chrono::Utc>, Uuid)> =
-            HashMap::new();
+        let mut newest: HashMap<&'a Subject, (chrono::DateTime<chrono::Utc>, Uuid)> =
+            HashMap::with_capacity(distinct.len());
         let mut newest_so_far = vec![false; input.len()];
         for &i in &distinct {
             let e = &input[i];
@@ -203,10 +204,12 @@ impl<'a> Plan<'a> {
             })
             .collect();
         let mut locks: Vec<String> = Vec::new();
+        let mut last = None;
         for p in &events {
-            let name = lock_name(p.event);
-            if locks.last() != Some(&name) {
-                locks.push(name);
+            let key = lock_key(p.event);
+            if last != Some(key) {
+                locks.push(lock_name(p.event));
+                last = Some(key);
             }
         }
         Plan {
@@ -420,13 +423,12 @@ mod tests {
             for e in &before {
                 model.apply(e);
             }
-            let mut stored: HashMap<(EventFamily, String), (chrono::DateTime<Utc>, Uuid)> =
-                HashMap::new();
+            let mut stored: HashMap<Subject, (chrono::DateTime<Utc>, Uuid)> = HashMap::new();
             let mut ledger: std::collections::HashSet<Uuid> = Default::default();
             for e in &before {
                 ledger.insert(e.id());
                 let v = (e.time(), e.id());
-                let s = stored.entry(entity(e)).or_insert(v);
+                let s = stored.entry(entity(e).clone()).or_insert(v);
                 *s = (*s).max(v);
             }
             let mut batch: Vec<MirrorEvent> = (0..rng.random_range(1..9))
@@ -446,7 +448,7 @@ mod tests {
                         return Ok(ApplyOutcome::Duplicate);
                     }
                     let newer = stored
-                        .get(&entity(e))
+                        .get(entity(e))
                         .is_none_or(|&v| (e.time(), e.id()) > v);
                     Ok(if p.newest_so_far && newer {
                         ApplyOutcome::Applied
