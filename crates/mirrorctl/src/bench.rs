@@ -127,6 +127,11 @@ pub struct Row {
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+    /// CPU time of the local PostgreSQL server processes per event, µs (the
+    /// raw and writer-process drains; None where the database is not local).
+    pub db_cpu_us_per_event: Option<f64>,
+    /// CPU time of the `sql-writer` process per event, µs (its own row only).
+    pub writer_cpu_us_per_event: Option<f64>,
 }
 
 /// A store decorator recording enqueue-to-commit latency of every settled event.
@@ -386,6 +391,11 @@ trait Db: Sync {
     async fn drop_database(&self, name: &str);
     /// The environment of a `sql-writer` process writing to database `name`.
     fn writer_env(&self, name: &str, pool: usize) -> Vec<(&'static str, String)>;
+    /// A PostgreSQL server on this machine, whose processes' CPU time the
+    /// bench can read.
+    fn local_postgres(&self) -> bool {
+        false
+    }
 }
 
 /// PostgreSQL at `--pg-url`.
@@ -415,6 +425,14 @@ impl Postgres {
 impl Db for Postgres {
     type Store = PgStore;
     const NAME: &'static str = "postgres";
+    fn local_postgres(&self) -> bool {
+        let rest = self.base.split_once("://").map_or(&*self.base, |(_, r)| r);
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        host.is_empty()
+            || host.starts_with("127.")
+            || host.starts_with("localhost")
+            || host.starts_with("[::1]")
+    }
     async fn create(&self, name: &str) -> Result<()> {
         mirror_store::postgres::create_database_if_missing(&self.url(name)).await?;
         Ok(())
@@ -653,6 +671,8 @@ async fn drain<D: Db>(
         p95_ms: None,
         p99_ms: None,
         peak_rss_mib: rss,
+        db_cpu_us_per_event: None,
+        writer_cpu_us_per_event: None,
     })
 }
 
@@ -666,6 +686,72 @@ fn writer_binary(args: &BenchArgs) -> Option<std::path::PathBuf> {
                 .map(|p| p.with_file_name("sql-writer"))
         })
         .filter(|p| p.is_file())
+}
+
+/// CPU time read from `/proc/<pid>/stat` (user + system), in clock ticks of
+/// 10 ms (`USER_HZ`, 100 on every Linux ABI this runs on).
+mod cpu {
+    use std::collections::HashMap;
+
+    const TICK_US: f64 = 10_000.0;
+
+    /// (user + system ticks, command name) of `pid`.
+    fn stat(pid: u32) -> Option<(u64, String)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = text.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After the command: state is field 3 of the file; utime 14, stime 15.
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime, comm))
+    }
+
+    /// Ticks of one process.
+    pub fn of(pid: u32) -> Option<u64> {
+        stat(pid).map(|(t, _)| t)
+    }
+
+    /// Ticks of every process named `postgres` (the local server), by pid.
+    pub fn postgres() -> HashMap<u32, u64> {
+        let mut out = HashMap::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if let Some((ticks, comm)) = stat(pid) {
+                if comm == "postgres" {
+                    out.insert(pid, ticks);
+                }
+            }
+        }
+        out
+    }
+
+    /// µs per event between two [`postgres`] samples (processes gone by the
+    /// second are not counted); None when there is no local server.
+    pub fn postgres_us_per_event(
+        before: &HashMap<u32, u64>,
+        after: &HashMap<u32, u64>,
+        events: usize,
+    ) -> Option<f64> {
+        if after.is_empty() || events == 0 {
+            return None;
+        }
+        let ticks: u64 = after
+            .iter()
+            .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+            .sum();
+        Some(ticks as f64 * TICK_US / events as f64)
+    }
+
+    /// µs per event of `ticks`.
+    pub fn us_per_event(ticks: u64, events: usize) -> Option<f64> {
+        (events > 0).then(|| ticks as f64 * TICK_US / events as f64)
+    }
 }
 
 /// `VmHWM` of process `pid`, MiB (None once it has exited).
@@ -697,6 +783,7 @@ async fn drain_process<D: Db>(
     publish_all(&bus, messages).await?;
     let mut receiver = bus.subscribe(mirror_bus::SQL_WRITER_SUBSCRIPTION).await?;
     progress.note(&format!("drain, sql-writer process: {}", bin.display()));
+    let db_before = db.local_postgres().then(cpu::postgres).unwrap_or_default();
     let started = Instant::now();
     let mut child = tokio::process::Command::new(bin)
         .env("MIRROR_BUS", "nats")
@@ -716,11 +803,16 @@ async fn drain_process<D: Db>(
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let pid = child.id().context("sql-writer exited at once")?;
     let mut rss = None;
+    let mut writer_ticks = None;
+    let mut db_after = Default::default();
     let mut drained_after = None;
     let mut last_look = Instant::now() - Duration::from_secs(1);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         rss = process_peak_rss_mib(pid).or(rss);
+        if drained_after.is_none() {
+            writer_ticks = cpu::of(pid).or(writer_ticks);
+        }
         if let Some(status) = child.try_wait()? {
             anyhow::ensure!(status.success(), "sql-writer exited with {status}");
             break;
@@ -731,6 +823,10 @@ async fn drain_process<D: Db>(
             if matches!(receiver.backlog().await, Ok(Some(b)) if b.pending == 0 && b.in_flight == 0)
             {
                 drained_after = Some(started.elapsed());
+                writer_ticks = cpu::of(pid).or(writer_ticks);
+                if db.local_postgres() {
+                    db_after = cpu::postgres();
+                }
             }
         }
         anyhow::ensure!(
@@ -756,6 +852,8 @@ async fn drain_process<D: Db>(
         p95_ms: None,
         p99_ms: None,
         peak_rss_mib: rss,
+        db_cpu_us_per_event: cpu::postgres_us_per_event(&db_before, &db_after, published),
+        writer_cpu_us_per_event: writer_ticks.and_then(|t| cpu::us_per_event(t, published)),
     })
 }
 
@@ -782,6 +880,7 @@ async fn raw<D: Db>(args: &BenchArgs, db: &D, progress: &Progress) -> Result<Row
     for e in events {
         lanes[mirror_store::plan::lane(&e, n)].push(e);
     }
+    let db_before = db.local_postgres().then(cpu::postgres).unwrap_or_default();
     let started = Instant::now();
     let runs = lanes.into_iter().map(|lane| {
         let store = store.clone();
@@ -799,6 +898,7 @@ async fn raw<D: Db>(args: &BenchArgs, db: &D, progress: &Progress) -> Result<Row
         done += r?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let db_after = db.local_postgres().then(cpu::postgres).unwrap_or_default();
     drop(store);
     scratch.drop(None).await;
     Ok(Row {
@@ -813,6 +913,8 @@ async fn raw<D: Db>(args: &BenchArgs, db: &D, progress: &Progress) -> Result<Row
         p95_ms: None,
         p99_ms: None,
         peak_rss_mib: None,
+        db_cpu_us_per_event: cpu::postgres_us_per_event(&db_before, &db_after, done),
+        writer_cpu_us_per_event: None,
     })
 }
 
@@ -908,6 +1010,8 @@ async fn steady<D: Db>(
         p95_ms: percentile(&l, 95.0),
         p99_ms: percentile(&l, 99.0),
         peak_rss_mib: None,
+        db_cpu_us_per_event: None,
+        writer_cpu_us_per_event: None,
     })
 }
 
@@ -933,6 +1037,21 @@ impl Progress {
             self.started.elapsed().as_secs_f64()
         );
     }
+}
+
+/// A fixed single-core workload (an integer mixing loop), in ms: how fast
+/// one core of this machine is at the moment, to read the figures against.
+/// Shared cloud cores were seen to differ by 1.7× between hours of one day,
+/// so events/s from different runs compare only with this beside them; the
+/// CPU µs per event columns, divided by it, compare across runs.
+fn calibration_ms() -> f64 {
+    let started = Instant::now();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..200_000_000u64 {
+        x = std::hint::black_box(x.rotate_left(5) ^ i).wrapping_mul(0x0100_0000_01b3);
+    }
+    std::hint::black_box(x);
+    started.elapsed().as_secs_f64() * 1000.0
 }
 
 /// The 1-minute load average, to read the figures against (the machine is shared).
@@ -991,6 +1110,7 @@ fn ratio_of(rows: &[Row]) -> Option<f64> {
 
 pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
     let load_before = load_average();
+    let calibration_before = calibration_ms();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -1014,6 +1134,10 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
     );
     if let Some(only) = args.only {
         // One figure, for tuning: no table, no goals.
+        eprintln!(
+            "bench: single-core calibration loop {:.0} ms (lower is faster)",
+            calibration_ms()
+        );
         let row = match only {
             Only::Raw => raw(&args, &postgres, &progress).await?,
             Only::Drain => drain(&args, &postgres, ApplyMode::Batched, &progress).await?,
@@ -1034,6 +1158,14 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
                 row.peak_rss_mib
                     .map(|m| format!(", peak RSS {m:.1} MiB"))
                     .unwrap_or_default()
+                    + &row
+                        .db_cpu_us_per_event
+                        .map(|c| format!(", DB CPU {c:.1} µs/event"))
+                        .unwrap_or_default()
+                    + &row
+                        .writer_cpu_us_per_event
+                        .map(|c| format!(", writer CPU {c:.1} µs/event"))
+                        .unwrap_or_default()
             );
         }
         return Ok(0);
@@ -1072,6 +1204,7 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
     let mssql_ratio = ratio_of(&mssql_rows);
     rows.extend(mssql_rows);
     let load_after = load_average();
+    let calibration_after = calibration_ms();
 
     let best_rate = curve
         .iter()
@@ -1107,6 +1240,8 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
                 "cores": cores,
                 "load_average_before": load_before,
                 "load_average_after": load_after,
+                "calibration_ms_before": calibration_before,
+                "calibration_ms_after": calibration_after,
                 "goals": goals.iter().map(|(g, ok)| serde_json::json!({"goal": g, "met": ok})).collect::<Vec<_>>(),
                 "sqlserver": if sqlserver.is_some() { serde_json::json!({"writer_over_raw": mssql_ratio}) } else { serde_json::json!("skipped: MSSQL_URL not set") },
             })
@@ -1127,6 +1262,8 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
         "p95 ms",
         "p99 ms",
         "peak RSS MiB",
+        "DB CPU µs/event",
+        "writer CPU µs/event",
     ]);
     let f = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "–".into());
     for r in &rows {
@@ -1144,6 +1281,8 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
             f(r.p95_ms),
             f(r.p99_ms),
             f(r.peak_rss_mib),
+            f(r.db_cpu_us_per_event),
+            f(r.writer_cpu_us_per_event),
         ]);
     }
     println!("{t}");
@@ -1181,9 +1320,14 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<u8> {
     );
     let f1 = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "?".into());
     println!(
-        "machine: {cores} cores, 1-minute load average {} before, {} after (NATS, PostgreSQL and anything else share them)",
+        "machine: {cores} cores, 1-minute load average {} before, {} after (NATS, PostgreSQL and anything else share them); \
+         single-core calibration loop {calibration_before:.0} ms before, {calibration_after:.0} ms after (lower is faster)",
         f1(load_before),
         f1(load_after)
+    );
+    println!(
+        "CPU µs/event: the local PostgreSQL server's processes (DB) and the sql-writer process (writer), \
+         from /proc, over the drain: cost per event, steadier than events/s on shared cores"
     );
     Ok(0)
 }
