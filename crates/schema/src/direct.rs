@@ -172,8 +172,9 @@ mod tests {
             &crate::ID_NAMESPACE,
             b"dm.message.create\nconversations/c1/messages/m1\n2025-10-08T12:34:56.123456Z",
         );
-        let event = crate::decode_structured_reference(text.replace("ID", &id.to_string()).as_bytes())
-            .expect("valid");
+        let event =
+            crate::decode_structured_reference(text.replace("ID", &id.to_string()).as_bytes())
+                .expect("valid");
         let stamped = event.with_published_at(chrono::Utc::now());
         let bytes = stamped.to_structured_json();
         let direct = decode(&bytes).expect("the direct path takes it");
@@ -190,15 +191,30 @@ mod tests {
             let subject = crate::Subject::parse(subject, ty.family()).unwrap();
             let t = "2025-10-08T12:00:00Z";
             let payload = match (ty.family(), ty.op()) {
-                (EventFamily::Conversation, _) => serde_json::json!({"type": "direct", "participants": [{"userId": "u1", "role": "owner", "joinedAt": t, "muteState": "none"}], "createdAt": t, "updatedAt": t}),
+                (EventFamily::Conversation, _) => {
+                    serde_json::json!({"type": "direct", "participants": [{"userId": "u1", "role": "owner", "joinedAt": t, "muteState": "none"}], "createdAt": t, "updatedAt": t})
+                }
                 (EventFamily::Message, Op::Delete) => serde_json::json!({"performedBy": "u1"}),
-                (EventFamily::Message, _) => serde_json::json!({"authorUserId": "u1", "bodyText": "b", "createdAt": t}),
-                (EventFamily::Block, Op::Delete) | (EventFamily::FollowEdge, Op::Delete) => serde_json::json!({}),
+                (EventFamily::Message, _) => {
+                    serde_json::json!({"authorUserId": "u1", "bodyText": "b", "createdAt": t})
+                }
+                (EventFamily::Block, Op::Delete) | (EventFamily::FollowEdge, Op::Delete) => {
+                    serde_json::json!({})
+                }
                 (EventFamily::Block, _) => serde_json::json!({"createdAt": t, "source": "client"}),
-                (EventFamily::FollowEdge, _) => serde_json::json!({"state": "pending", "source": "web", "createdAt": t}),
+                (EventFamily::FollowEdge, _) => {
+                    serde_json::json!({"state": "pending", "source": "web", "createdAt": t})
+                }
             };
             let payload = Payload::from_json(*ty, &payload).unwrap();
-            let event = MirrorEvent::new(*ty, subject.clone(), chrono::Utc::now(), "firestore://x", payload).unwrap();
+            let event = MirrorEvent::new(
+                *ty,
+                subject.clone(),
+                chrono::Utc::now(),
+                "firestore://x",
+                payload,
+            )
+            .unwrap();
             let bytes = event.to_structured_json();
             assert_eq!(decode(&bytes).as_ref(), Some(&event), "{ty}");
         }

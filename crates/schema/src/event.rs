@@ -466,7 +466,11 @@ impl<'a> DataIds<'a> {
     /// `data.op` must be the type's operation, and the ids in `data` the
     /// subject's (the document and conversation ids always; the user ids of
     /// blocks and follow edges when present).
-    pub(crate) fn check(&self, event_type: EventType, subject: &Subject) -> Result<(), DecodeError> {
+    pub(crate) fn check(
+        &self,
+        event_type: EventType,
+        subject: &Subject,
+    ) -> Result<(), DecodeError> {
         let op = self.op.as_ref().ok_or(DecodeError::Missing("data.op"))?;
         if op.as_ref().ok().copied() != Some(event_type.op().as_str()) {
             let text = match op {
@@ -481,9 +485,19 @@ impl<'a> DataIds<'a> {
                 ),
             ));
         }
-        check_data_id(self.firestore_id, "data.firestoreId", subject.document_id(), true)?;
+        check_data_id(
+            self.firestore_id,
+            "data.firestoreId",
+            subject.document_id(),
+            true,
+        )?;
         if let Some(conversation_id) = subject.conversation_id() {
-            check_data_id(self.conversation_id, "data.conversationId", conversation_id, true)?;
+            check_data_id(
+                self.conversation_id,
+                "data.conversationId",
+                conversation_id,
+                true,
+            )?;
         }
         match subject {
             Subject::Block {
@@ -491,7 +505,12 @@ impl<'a> DataIds<'a> {
                 target_user_id,
             } => {
                 check_data_id(self.user_id, "data.userId", user_id, false)?;
-                check_data_id(self.target_user_id, "data.targetUserId", target_user_id, false)?;
+                check_data_id(
+                    self.target_user_id,
+                    "data.targetUserId",
+                    target_user_id,
+                    false,
+                )?;
             }
             Subject::FollowEdge {
                 follower_user_id,
@@ -503,7 +522,12 @@ impl<'a> DataIds<'a> {
                     follower_user_id,
                     false,
                 )?;
-                check_data_id(self.target_user_id, "data.targetUserId", target_user_id, false)?;
+                check_data_id(
+                    self.target_user_id,
+                    "data.targetUserId",
+                    target_user_id,
+                    false,
+                )?;
             }
             _ => {}
         }

@@ -25,8 +25,7 @@ pub mod wire;
 pub use error::DecodeError;
 pub use event::{
     decode_cloudevent, decode_structured, decode_structured_reference, deterministic_id,
-    MirrorEvent, ID_NAMESPACE,
-    PUBLISH_TIME_ATTRIBUTE,
+    MirrorEvent, ID_NAMESPACE, PUBLISH_TIME_ATTRIBUTE,
 };
 pub use payload::{
     BlockPayload, BlockSource, ConversationKind, ConversationPayload, FollowEdgePayload,

@@ -32,52 +32,138 @@ fn valid() -> Vec<Value> {
     let msg = json!({"authorUserId": "u1", "bodyText": "hi \u{e9}", "attachments": [{"kind": "image", "n": 1.5}],
         "externalMedia": null, "createdAt": ts, "editedAt": ts, "deletedAt": null, "clientMessageId": "cm1"});
     vec![
-        env("dm.conversation.update", "conversations/c1", "c1",
-            json!({"firestoreId": "c1", "conversationId": "c1", "op": "update", "payload": conv})),
-        env("dm.message.create", "conversations/c1/messages/m1", "c1",
-            json!({"firestoreId": "m1", "conversationId": "c1", "op": "create", "payload": msg})),
-        env("dm.message.delete", "conversations/c1/messages/m1", "c1",
-            json!({"firestoreId": "m1", "conversationId": "c1", "op": "delete", "payload": {"performedBy": "u9"}})),
-        env("dm.block.create", "blocks/u1/targets/u2", "u1",
+        env(
+            "dm.conversation.update",
+            "conversations/c1",
+            "c1",
+            json!({"firestoreId": "c1", "conversationId": "c1", "op": "update", "payload": conv}),
+        ),
+        env(
+            "dm.message.create",
+            "conversations/c1/messages/m1",
+            "c1",
+            json!({"firestoreId": "m1", "conversationId": "c1", "op": "create", "payload": msg}),
+        ),
+        env(
+            "dm.message.delete",
+            "conversations/c1/messages/m1",
+            "c1",
+            json!({"firestoreId": "m1", "conversationId": "c1", "op": "delete", "payload": {"performedBy": "u9"}}),
+        ),
+        env(
+            "dm.block.create",
+            "blocks/u1/targets/u2",
+            "u1",
             json!({"firestoreId": "u2", "userId": "u1", "targetUserId": "u2", "op": "create",
-                   "payload": {"createdAt": ts, "revokedAt": null, "source": "admin"}})),
-        env("dm.block.delete", "blocks/u1/targets/u2", "u1",
-            json!({"firestoreId": "u2", "op": "delete", "payload": {}})),
-        env("follow.edge.update", "follows/u1/targets/u2", "u1",
+                   "payload": {"createdAt": ts, "revokedAt": null, "source": "admin"}}),
+        ),
+        env(
+            "dm.block.delete",
+            "blocks/u1/targets/u2",
+            "u1",
+            json!({"firestoreId": "u2", "op": "delete", "payload": {}}),
+        ),
+        env(
+            "follow.edge.update",
+            "follows/u1/targets/u2",
+            "u1",
             json!({"firestoreId": "u2", "followerUserId": "u1", "targetUserId": "u2", "op": "update",
-                   "payload": {"state": "accepted", "source": "web", "createdAt": ts}})),
-        env("follow.edge.delete", "follows/u1/targets/u2", "u1",
-            json!({"firestoreId": "u2", "op": "delete", "payload": {}})),
+                   "payload": {"state": "accepted", "source": "web", "createdAt": ts}}),
+        ),
+        env(
+            "follow.edge.delete",
+            "follows/u1/targets/u2",
+            "u1",
+            json!({"firestoreId": "u2", "op": "delete", "payload": {}}),
+        ),
     ]
 }
 
 /// Values a mutation can put anywhere.
 fn odd_values() -> Vec<Value> {
     vec![
-        Value::Null, json!(true), json!(7), json!(-1.5), json!(""), json!("x"), json!([]), json!({}),
-        json!(["u1"]), json!({"a": 1}), json!("1.0"), json!("c1"), json!("u1"), json!("u2"), json!("m1"),
-        json!("create"), json!("update"), json!("delete"), json!("APPLICATION/JSON"),
-        json!(" application/json"), json!("application/json; charset=utf-8"), json!("text/json"),
-        json!("application/cloudevents+json"), json!("application/jsonx"), json!("application/xml"),
-        json!("2025-10-08T14:34:56.123456789+02:00"), json!("2025-10-08T12:34:56.123456Z"),
-        json!("2025-10-08 12:34"), json!("dm.message.update"), json!("dm.nope"),
-        json!("conversations/c1/messages/m2"), json!("conversations/c2"), json!("gateway://x"),
-        json!(":"), json!("SGVsbG8="),
+        Value::Null,
+        json!(true),
+        json!(7),
+        json!(-1.5),
+        json!(""),
+        json!("x"),
+        json!([]),
+        json!({}),
+        json!(["u1"]),
+        json!({"a": 1}),
+        json!("1.0"),
+        json!("c1"),
+        json!("u1"),
+        json!("u2"),
+        json!("m1"),
+        json!("create"),
+        json!("update"),
+        json!("delete"),
+        json!("APPLICATION/JSON"),
+        json!(" application/json"),
+        json!("application/json; charset=utf-8"),
+        json!("text/json"),
+        json!("application/cloudevents+json"),
+        json!("application/jsonx"),
+        json!("application/xml"),
+        json!("2025-10-08T14:34:56.123456789+02:00"),
+        json!("2025-10-08T12:34:56.123456Z"),
+        json!("2025-10-08 12:34"),
+        json!("dm.message.update"),
+        json!("dm.nope"),
+        json!("conversations/c1/messages/m2"),
+        json!("conversations/c2"),
+        json!("gateway://x"),
+        json!(":"),
+        json!("SGVsbG8="),
     ]
 }
 
 const TOP_KEYS: &[&str] = &[
-    "specversion", "id", "source", "type", "subject", "time", "partitionkey", "datacontenttype",
-    "publishtime", "data", "data_base64", "dataschema", "other", "PartitionKey",
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "partitionkey",
+    "datacontenttype",
+    "publishtime",
+    "data",
+    "data_base64",
+    "dataschema",
+    "other",
+    "PartitionKey",
 ];
 const DATA_KEYS: &[&str] = &[
-    "op", "firestoreId", "conversationId", "userId", "targetUserId", "followerUserId", "payload",
+    "op",
+    "firestoreId",
+    "conversationId",
+    "userId",
+    "targetUserId",
+    "followerUserId",
+    "payload",
     "extra",
 ];
 const PAYLOAD_KEYS: &[&str] = &[
-    "authorUserId", "bodyText", "attachments", "externalMedia", "createdAt", "editedAt",
-    "deletedAt", "clientMessageId", "performedBy", "participants", "type", "updatedAt",
-    "lastMessageId", "state", "source", "revokedAt", "unknownField",
+    "authorUserId",
+    "bodyText",
+    "attachments",
+    "externalMedia",
+    "createdAt",
+    "editedAt",
+    "deletedAt",
+    "clientMessageId",
+    "performedBy",
+    "participants",
+    "type",
+    "updatedAt",
+    "lastMessageId",
+    "state",
+    "source",
+    "revokedAt",
+    "unknownField",
 ];
 
 #[derive(Debug, Clone)]
@@ -94,7 +180,8 @@ enum Mutation {
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
-        (0u8..3, 0usize..32, proptest::option::of(0usize..64)).prop_map(|(l, k, v)| Mutation::Set(l, k, v)),
+        (0u8..3, 0usize..32, proptest::option::of(0usize..64))
+            .prop_map(|(l, k, v)| Mutation::Set(l, k, v)),
         (0u8..4).prop_map(Mutation::Id),
         (0usize..400).prop_map(Mutation::Escape),
         (0usize..32, 0usize..64).prop_map(|(k, v)| Mutation::Twice(k, v)),
@@ -107,9 +194,15 @@ fn apply(event: &mut Value, m: &Mutation, odd: &[Value]) {
         Mutation::Set(level, k, v) => {
             let (map, keys): (Option<&mut Map<String, Value>>, &[&str]) = match level {
                 0 => (event.as_object_mut(), TOP_KEYS),
-                1 => (event.get_mut("data").and_then(Value::as_object_mut), DATA_KEYS),
+                1 => (
+                    event.get_mut("data").and_then(Value::as_object_mut),
+                    DATA_KEYS,
+                ),
                 _ => (
-                    event.get_mut("data").and_then(|d| d.get_mut("payload")).and_then(Value::as_object_mut),
+                    event
+                        .get_mut("data")
+                        .and_then(|d| d.get_mut("payload"))
+                        .and_then(Value::as_object_mut),
                     PAYLOAD_KEYS,
                 ),
             };
@@ -172,7 +265,12 @@ fn same(bytes: &[u8]) {
     match (&direct, &reference) {
         (Ok(a), Ok(b)) => {
             assert_eq!(a, b, "{}", String::from_utf8_lossy(bytes));
-            assert_eq!(a.published_at(), b.published_at(), "{}", String::from_utf8_lossy(bytes));
+            assert_eq!(
+                a.published_at(),
+                b.published_at(),
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
             assert_eq!(a.source(), b.source());
         }
         (Err(a), Err(b)) => assert_eq!(a, b, "{}", String::from_utf8_lossy(bytes)),
