@@ -1,0 +1,36 @@
+-- realtime-mirror, PostgreSQL: room on dm_conversation's pages for the
+-- versions `mirror.apply_batch` keeps writing (no function, row or
+-- constraint changes).
+--
+-- Why: in `mirrorctl bench --only raw` (batches of 256 events, 4 concurrent
+-- lanes, 500 conversations) almost every batch rewrites the summary of
+-- almost every conversation it touches (step 4 of the function), and every
+-- lane reads those same rows again and again: each message event probes
+-- its conversation by firestore id, each new message's foreign-key check
+-- locks its conversation row (FOR KEY SHARE), the summary UPDATE finds it by
+-- primary key. With the default fillfactor (100) the 500 rows share a
+-- handful of pages that the lanes contend on, and (the suspected cause, not
+-- measured directly) HOT chains grow long between prunings: auto_explain
+-- showed ~34 µs per primary-key lookup on dm_conversation against ~2 µs on
+-- dm_message.
+--
+-- With fillfactor 20 a page is filled to a fifth by inserts, so it holds a
+-- few conversations and keeps room for their new versions: updates stay on
+-- the page (HOT), a page is pruned once it is more than a fifth full (its
+-- free space below the fillfactor's reserve) rather than nine tenths, and
+-- concurrent lanes rarely share a page. The cost is
+-- space: about five times the pages for this table (existing pages are not
+-- rewritten; the earlier pruning applies to them at once).
+--
+-- Measured on the 2-core development machine (PostgreSQL 15, shared with
+-- other builds, so noisy), 9 alternating runs each against V7 alone:
+-- median 21,909 events/s against 20,971 (+4 %), better in 7 runs of 9;
+-- PostgreSQL CPU per event (postmaster children's CPU time during the run,
+-- 6 runs each) median 62 µs against 65 µs.
+--
+-- Tried and not kept (no measurable gain, same rows): probing dm_conversation
+-- once per message event instead of twice, and upserting participants
+-- instead of deleting and re-inserting them: 22,129 events/s, 62 µs per
+-- event, within the noise of this change alone.
+
+ALTER TABLE mirror.dm_conversation SET (fillfactor = 20);
