@@ -9,9 +9,9 @@
 //! typed struct, and applies the same contract rules ([`Envelope::build`],
 //! [`DataIds::check`]).
 //!
-//! It takes only a strict subset of what the reference accepts: the contract's
-//! attributes and nothing else, each a string where the contract says so
-//! (`data` an object), no key twice. For anything else, valid or not, it
+//! It takes only a strict subset of what the reference accepts: an object of
+//! the contract's attributes and nothing else, each a string where the
+//! contract says so (`data` an object), no key twice. For anything else, valid or not, it
 //! returns `None` and the reference decides, so only the reference produces
 //! error messages. A differential property test (below) and the fuzz target
 //! `decode_structured` check that whenever this path returns an event, the
@@ -49,8 +49,10 @@ struct Structured<'a> {
     datacontenttype: Option<String>,
     #[serde(default)]
     publishtime: Option<String>,
+    /// Read as [`Data`] once it is known to be an object (serde's derived
+    /// structs also take arrays, which the reference rejects).
     #[serde(borrow)]
-    data: Data<'a>,
+    data: &'a RawValue,
 }
 
 /// `data`: the fields the rules read (others are ignored, as the reference
@@ -84,6 +86,10 @@ fn id_field(value: &Option<String>) -> IdField<'_> {
 /// The event, if `bytes` is a well-formed event this path takes; `None`
 /// otherwise (the caller then runs the reference decoder).
 pub(crate) fn decode(bytes: &[u8]) -> Option<MirrorEvent> {
+    // An object, as the reference requires (a derived struct takes an array too).
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
     let Structured {
         specversion,
         id,
@@ -110,6 +116,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<MirrorEvent> {
         crate::event::check_content_type(ct).ok()?;
     }
     let time = crate::parse_time("time", &time).ok()?;
+    let data = data.get();
+    if !data.starts_with('{') {
+        return None;
+    }
+    let data: Data<'_> = serde_json::from_str(data).ok()?;
     let envelope = Envelope {
         event_type,
         subject: &subject,

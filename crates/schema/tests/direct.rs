@@ -307,3 +307,54 @@ proptest! {
         same(text.as_bytes());
     }
 }
+
+/// serde's derived structs take a JSON array of the fields in order; the
+/// reference takes only objects, at the top and in `data`.
+#[test]
+fn arrays_in_place_of_objects_decode_alike() {
+    let event = valid()[1].clone();
+    let fields = [
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "time",
+        "partitionkey",
+        "datacontenttype",
+        "publishtime",
+        "data",
+    ];
+    let as_array = |v: &Value, keys: &[&str]| {
+        Value::Array(
+            keys.iter()
+                .map(|k| v.get(*k).cloned().unwrap_or(Value::Null))
+                .collect(),
+        )
+    };
+    let top = as_array(&event, &fields);
+    same(top.to_string().as_bytes());
+    same(format!("  \n{top}").as_bytes());
+    let data_keys = [
+        "op",
+        "firestoreId",
+        "conversationId",
+        "userId",
+        "targetUserId",
+        "followerUserId",
+        "payload",
+    ];
+    let mut inner = event.clone();
+    inner["data"] = as_array(&event["data"], &data_keys);
+    same(inner.to_string().as_bytes());
+    let mut payload = event.clone();
+    payload["data"]["payload"] = Value::Array(
+        event["data"]["payload"]
+            .as_object()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect(),
+    );
+    same(payload.to_string().as_bytes());
+}
