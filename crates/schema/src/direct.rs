@@ -86,8 +86,9 @@ fn id_field(value: &Option<String>) -> IdField<'_> {
 /// The event, if `bytes` is a well-formed event this path takes; `None`
 /// otherwise (the caller then runs the reference decoder).
 pub(crate) fn decode(bytes: &[u8]) -> Option<MirrorEvent> {
-    // An object, as the reference requires (a derived struct takes an array too).
-    if bytes.trim_ascii_start().first() != Some(&b'{') {
+    // An object, as the reference requires (a derived struct takes an array
+    // too), with nothing the skipped values would leave unchecked.
+    if bytes.trim_ascii_start().first() != Some(&b'{') || !plain(bytes) {
         return None;
     }
     let Structured {
@@ -147,6 +148,71 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<MirrorEvent> {
                 .ok_or(DecodeError::Missing("data.payload"))
         })
         .ok()
+}
+
+/// Deepest nesting this path takes. The reference's JSON tree fails past
+/// serde_json's recursion limit (128), while the values this path skips or
+/// parses from an inner slice do not count the levels above them; far below
+/// the limit both agree, and no event the publisher writes comes near it.
+const MAX_DEPTH: usize = 32;
+
+/// Longest run of digits outside strings this path takes (a number that
+/// long may overflow `f64`, which the reference rejects).
+const MAX_DIGITS: usize = 18;
+
+/// Whether `bytes` holds nothing that serde_json checks when it builds a
+/// value but not when it skips one (values this path ignores: fields of
+/// `data` and of the payload the contract does not name): invalid UTF-8, a
+/// `\u` escape in the surrogate range (a lone one is an error), a number
+/// with an exponent or too many digits (it may overflow), nesting deeper than
+/// [`MAX_DEPTH`]. Such events are rare and valid or not; the reference
+/// decides them.
+fn plain(bytes: &[u8]) -> bool {
+    if std::str::from_utf8(bytes).is_err() {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut digits = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut prev = 0u8;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+                if b == b'u' && matches!(bytes.get(i + 1), Some(b'd' | b'D')) {
+                    return false;
+                }
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return false;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'e' | b'E' if prev.is_ascii_digit() || prev == b'.' => return false,
+            _ => {}
+        }
+        if b.is_ascii_digit() {
+            digits += 1;
+            if digits > MAX_DIGITS {
+                return false;
+            }
+        } else {
+            digits = 0;
+        }
+        prev = b;
+    }
+    true
 }
 
 /// The typed payload of `text` (a JSON value), if it is one of `event_type`'s

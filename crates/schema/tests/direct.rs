@@ -358,3 +358,77 @@ fn arrays_in_place_of_objects_decode_alike() {
     );
     same(payload.to_string().as_bytes());
 }
+
+/// The reference's JSON tree stops at serde_json's recursion limit; the
+/// direct path skips unknown values without one and parses the payload from
+/// an inner slice: deep nesting anywhere must decode alike.
+#[test]
+fn deep_nesting_decodes_alike() {
+    let event = valid()[1].clone();
+    for depth in [20, 31, 32, 33, 60, 125, 126, 127, 128, 129, 200] {
+        let deep = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let deep: Value = serde_json::from_str(&deep).unwrap_or(Value::Null);
+        let text_deep = |path: &str| {
+            // Splice the nesting in as text: a Value this deep may not build.
+            let marker = "\"__deep__\"";
+            let mut e = event.clone();
+            match path {
+                "top" => e["extension"] = json!("__deep__"),
+                "data" => e["data"]["extra"] = json!("__deep__"),
+                "payload" => e["data"]["payload"]["unknownField"] = json!("__deep__"),
+                _ => e["data"]["payload"]["attachments"] = json!(["__deep__"]),
+            }
+            e.to_string().replace(
+                marker,
+                &format!("{}1{}", "[".repeat(depth), "]".repeat(depth)),
+            )
+        };
+        for path in ["top", "data", "payload", "attachments"] {
+            same(text_deep(path).as_bytes());
+        }
+        let _ = deep;
+    }
+}
+
+/// What serde_json checks when it builds a value but not when it skips one
+/// (the direct path skips the fields the contract does not name): lone
+/// surrogates, invalid UTF-8, numbers that overflow. Placed where each path
+/// skips or reads them, they must decode alike.
+#[test]
+fn values_checked_only_when_built_decode_alike() {
+    let event = valid()[1].clone();
+    let odd: &[&[u8]] = &[
+        br#""\ud800""#,
+        br#""\udc00x""#,
+        br#""\ud83d\ude00""#,
+        br#""\u00e9""#,
+        b"\"\xff\xfe\"",
+        b"\"caf\xc3\xa9\"",
+        b"1e400",
+        b"-1e400",
+        b"1E5",
+        b"1.5e-3",
+        b"0.5",
+        b"123456789012345678",
+        b"1234567890123456789",
+        &[b'9'; 400],
+        b"18446744073709551616",
+    ];
+    for value in odd {
+        for path in ["data", "payload", "attachments", "body"] {
+            let mut e = event.clone();
+            match path {
+                "data" => e["data"]["extra"] = json!("__odd__"),
+                "payload" => e["data"]["payload"]["unknownField"] = json!("__odd__"),
+                "attachments" => e["data"]["payload"]["attachments"] = json!([{"x": "__odd__"}]),
+                _ => e["data"]["payload"]["bodyText"] = json!("__odd__"),
+            }
+            let text = e.to_string();
+            let (before, after) = text.split_once("\"__odd__\"").unwrap();
+            let mut bytes = before.as_bytes().to_vec();
+            bytes.extend_from_slice(value);
+            bytes.extend_from_slice(after.as_bytes());
+            same(&bytes);
+        }
+    }
+}
