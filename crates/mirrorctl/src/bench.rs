@@ -1049,30 +1049,22 @@ fn calibration_ms() -> f64 {
     let started = Instant::now();
     let n = 1usize << 21;
     let mut map = std::collections::HashMap::with_capacity(n);
-    let mut next = {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        }
+    // xorshift64: the lookups replay the inserts' sequence from the same seed.
+    let xorshift = |x: &mut u64| {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
     };
+    const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut x = SEED;
     for i in 0..n as u64 {
-        map.insert(next(), i);
+        map.insert(xorshift(&mut x), i);
     }
-    let mut lookups = {
-        let mut y: u64 = 0x9e37_79b9_7f4a_7c15;
-        move || {
-            y ^= y << 13;
-            y ^= y >> 7;
-            y ^= y << 17;
-            y
-        }
-    };
+    let mut y = SEED;
     let mut found = 0u64;
     for _ in 0..n {
-        found += map.get(&lookups()).copied().unwrap_or(0) & 1;
+        found += map.get(&xorshift(&mut y)).copied().unwrap_or(0) & 1;
     }
     let mut keys: Vec<u64> = map.into_keys().collect();
     keys.sort_unstable();

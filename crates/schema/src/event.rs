@@ -384,20 +384,13 @@ impl Envelope<'_> {
                 expected: expected_id.to_string(),
             });
         }
-        match self.partition_key {
+        match &self.partition_key {
             None => {}
-            Some(Ok(pk)) if pk == subject.partition_key() => {}
-            Some(Ok(other)) => {
+            Some(Ok(pk)) if *pk == subject.partition_key() => {}
+            Some(found) => {
                 return Err(DecodeError::Mismatch {
                     field: "partitionkey",
-                    found: truncate(other, 64),
-                    expected: subject.partition_key().to_owned(),
-                })
-            }
-            Some(Err(other)) => {
-                return Err(DecodeError::Mismatch {
-                    field: "partitionkey",
-                    found: truncate(&other, 64),
+                    found: truncate(found.as_deref().unwrap_or_else(|text| text), 64),
                     expected: subject.partition_key().to_owned(),
                 })
             }
@@ -499,39 +492,25 @@ impl<'a> DataIds<'a> {
                 true,
             )?;
         }
-        match subject {
+        // Blocks and follow edges: the two user ids, when `data` has them.
+        let (user, user_field, expected_user, target) = match subject {
             Subject::Block {
                 user_id,
                 target_user_id,
-            } => {
-                check_data_id(self.user_id, "data.userId", user_id, false)?;
-                check_data_id(
-                    self.target_user_id,
-                    "data.targetUserId",
-                    target_user_id,
-                    false,
-                )?;
-            }
+            } => (self.user_id, "data.userId", user_id, target_user_id),
             Subject::FollowEdge {
                 follower_user_id,
                 target_user_id,
-            } => {
-                check_data_id(
-                    self.follower_user_id,
-                    "data.followerUserId",
-                    follower_user_id,
-                    false,
-                )?;
-                check_data_id(
-                    self.target_user_id,
-                    "data.targetUserId",
-                    target_user_id,
-                    false,
-                )?;
-            }
-            _ => {}
-        }
-        Ok(())
+            } => (
+                self.follower_user_id,
+                "data.followerUserId",
+                follower_user_id,
+                target_user_id,
+            ),
+            _ => return Ok(()),
+        };
+        check_data_id(user, user_field, expected_user, false)?;
+        check_data_id(self.target_user_id, "data.targetUserId", target, false)
     }
 }
 
