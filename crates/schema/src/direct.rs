@@ -49,10 +49,30 @@ struct Structured<'a> {
     datacontenttype: Option<String>,
     #[serde(default)]
     publishtime: Option<String>,
-    /// Read as [`Data`] once it is known to be an object (serde's derived
-    /// structs also take arrays, which the reference rejects).
-    #[serde(borrow)]
-    data: &'a RawValue,
+    /// An object only ([`object`]): serde's derived structs also take arrays,
+    /// which the reference rejects.
+    #[serde(borrow, deserialize_with = "object")]
+    data: Data<'a>,
+}
+
+/// `T` read from a JSON object and nothing else (a derived struct's own
+/// `Deserialize` also takes a JSON array of its fields).
+fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Object<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_map(Object(std::marker::PhantomData))
 }
 
 /// `data`: the fields the rules read (others are ignored, as the reference
@@ -117,11 +137,6 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<MirrorEvent> {
         crate::event::check_content_type(ct).ok()?;
     }
     let time = crate::parse_time("time", &time).ok()?;
-    let data = data.get();
-    if !data.starts_with('{') {
-        return None;
-    }
-    let data: Data<'_> = serde_json::from_str(data).ok()?;
     let envelope = Envelope {
         event_type,
         subject: &subject,
