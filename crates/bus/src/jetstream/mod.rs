@@ -9,8 +9,9 @@
 //! | lock | the consumer's ack wait; [`Delivery::keep_alive`](crate::Delivery::keep_alive) sends `+WPI` |
 //! | dead-letter queue | stream `{topic}-deadletter`, one subject `{topic}-deadletter.{subscription}` per subscription |
 //!
-//! Settlement: `complete` is a double ack (the call returns once the server
-//! confirmed the ack), `retry(delay)` a NAK with delay, `dead_letter` a publish
+//! Settlement: `complete` is a plain ack flushed to the socket (not confirmed:
+//! a lost ack is a redelivery, which the ledger absorbs), `retry(delay)` a
+//! confirmed NAK with delay, `dead_letter` a publish
 //! to the dead-letter stream followed by a TERM of the original. The
 //! dead-letter publish carries `Nats-Msg-Id = dlq:{subscription}:{original id}`,
 //! so a crash between the publish and the TERM cannot put the message in the

@@ -8,8 +8,12 @@
 //! the server sends meanwhile is lost in flight and redelivered after
 //! `ack_wait` (at-least-once holds).
 //!
-//! Every settlement is a double ack: the call returns once the server has
-//! confirmed it, so `complete` returning `Ok` means the ack is stored.
+//! `complete` is a plain ack, written to the socket before the call returns
+//! but not confirmed: a lost ack only means a redelivery, which the writer's
+//! ledger makes harmless, and the confirmation's reply was a third of
+//! nats-server's work per message at the writer's rates. Every other
+//! settlement (`retry`, `dead_letter`, `keep_alive`) is rare and confirmed
+//! (a double ack): the call returns once the server has stored it.
 
 use std::time::Duration;
 
@@ -246,6 +250,34 @@ impl JetStreamDelivery {
         self.stream_sequence
     }
 
+    /// A plain ack (`+ACK`, no reply asked for), flushed to the socket.
+    async fn ack(&self) -> Result<(), BusError> {
+        let sent = match &self.message.message.reply {
+            Some(reply) => {
+                let client = self.bus.client();
+                match client.publish(reply.clone(), AckKind::Ack.into()).await {
+                    Ok(()) => client.flush().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            None => Err("no reply subject: not a JetStream message".to_owned()),
+        };
+        sent.map_err(|e| self.settle_error("complete", e))
+    }
+
+    fn settle_error(&self, op: &'static str, e: String) -> BusError {
+        BusError::op(
+            op,
+            format!(
+                "message `{}` (stream seq {}) on `{}`: {e}",
+                self.message_id.as_deref().unwrap_or("?"),
+                self.stream_sequence
+                    .map_or_else(|| "?".to_owned(), |s| s.to_string()),
+                self.subscription
+            ),
+        )
+    }
+
     /// Settle and wait for the server's confirmation. Like async-nats'
     /// `double_ack_with`, but through the client's shared reply inbox: that
     /// method subscribes to a fresh inbox for every message (SUB, PUB, UNSUB:
@@ -262,18 +294,7 @@ impl JetStreamDelivery {
                 .map_err(|e| e.to_string()),
             None => Err("no reply subject: not a JetStream message".to_owned()),
         };
-        confirmed.map_err(|e| {
-            BusError::op(
-                op,
-                format!(
-                    "message `{}` (stream seq {}) on `{}`: {e}",
-                    self.message_id.as_deref().unwrap_or("?"),
-                    self.stream_sequence
-                        .map_or_else(|| "?".to_owned(), |s| s.to_string()),
-                    self.subscription
-                ),
-            )
-        })
+        confirmed.map_err(|e| self.settle_error(op, e))
     }
 }
 
@@ -299,7 +320,7 @@ impl Delivery for JetStreamDelivery {
     }
 
     async fn complete(self) -> Result<(), BusError> {
-        self.settle("complete", AckKind::Ack).await
+        self.ack().await
     }
 
     async fn retry(self, delay: Duration) -> Result<(), BusError> {
