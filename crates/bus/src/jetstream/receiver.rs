@@ -228,11 +228,15 @@ impl JetStreamDelivery {
             ),
             Err(_) => (1, None, None),
         };
+        let mut message = message;
         let (wire, message_id) = wire::inbound(
             message.message.headers.as_ref(),
             &message.message.payload,
             false,
         );
+        // The body lives on in `wire` (a copy): keep one, not two, per
+        // delivery in flight (a writer holds thousands).
+        message.message.payload = bytes::Bytes::new();
         JetStreamDelivery {
             bus,
             subscription: subscription.to_owned(),
@@ -338,7 +342,7 @@ impl Delivery for JetStreamDelivery {
             &self.subscription,
             dead_letter::Original {
                 headers: self.message.message.headers.as_ref(),
-                payload: self.message.message.payload.clone(),
+                payload: bytes::Bytes::copy_from_slice(&self.wire.body),
                 message_id: self.message_id.as_deref(),
                 stream_sequence: self.stream_sequence,
             },
