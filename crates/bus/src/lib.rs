@@ -62,10 +62,14 @@ pub const MONITORING_SUBSCRIPTION: &str = "monitoring";
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 
 /// Delivered but unsettled messages a JetStream subscription may hold
-/// (`max_ack_pending`). Every writer worker holds up to one batch unsettled,
-/// so `--batch-size` × `--concurrency` must fit (the writer checks at start):
-/// past it the server stops delivering and the workers wait on each other.
-pub const DEFAULT_MAX_ACK_PENDING: u32 = 4096;
+/// (`max_ack_pending`). Each writer lane holds up to three batches unsettled
+/// (one applying, one waiting, one being received), so 3 × `--batch-size` ×
+/// `--concurrency` must fit (the writer checks at start): past it the server
+/// stops delivering and the lanes starve. 8,192 fits the writer's defaults
+/// (3 × 512 × 4 = 6,144) with room for a monitoring consumer's peek; the
+/// subscription is created or updated to it (`CONSUMER.CREATE` is
+/// create-or-update), so an existing one is raised when a writer starts.
+pub const DEFAULT_MAX_ACK_PENDING: u32 = 8192;
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]

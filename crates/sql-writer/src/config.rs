@@ -380,7 +380,7 @@ mod tests {
         assert!(
             matches!(s.bus, BusSettings::Nats { ref url, ref topic, max_deliver: 5 } if url == DEFAULT_NATS_URL && topic == "realtime-mirror")
         );
-        assert_eq!(s.writer.batch_size, 256);
+        assert_eq!(s.writer.batch_size, 512);
         assert_eq!(s.writer.apply_mode, ApplyMode::Batched);
         assert_eq!(s.writer.linger, Duration::from_millis(5));
         assert_eq!(s.writer.retry.max_attempts, 5);
