@@ -5,7 +5,7 @@
 use mirror_schema::{FollowState, Op};
 use mirror_store::postgres::{PgConfig, PgStore};
 use mirror_store::prelude::*;
-use mirror_store::{ApplyOutcome, DbCode, StoreErrorKind};
+use mirror_store::{ApplyMode, ApplyOutcome, DbCode, StoreErrorKind};
 use mirror_tests::events::{follow, message, t};
 use mirror_tests::factories::postgres as fresh_store;
 use mirror_tests::FreshDb;
@@ -214,4 +214,47 @@ async fn sslmode_require_verifies_the_server_certificate() {
         .expect("TLS with the server's CA");
     store.migrate().await.expect("migrate over TLS");
     std::env::remove_var("PGSSLROOTCERT");
+}
+
+/// PostgreSQL's hint travels with the error, in both apply modes: for a full
+/// lock table (`53200`) it is what names `max_locks_per_transaction`
+/// (raised here by a trigger, since filling the real table would break every
+/// other test on the server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_errors_hint_reaches_the_writer() {
+    let (store, db) = fresh_store().await;
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE FUNCTION mirror.full_lock_table() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 RAISE EXCEPTION 'out of shared memory' USING ERRCODE = '53200',
+                     HINT = 'You might need to increase max_locks_per_transaction.';
+             END $$;
+             CREATE TRIGGER full_lock_table BEFORE INSERT ON mirror.follow_edge
+                 FOR EACH ROW EXECUTE FUNCTION mirror.full_lock_table();",
+        )
+        .await
+        .unwrap();
+    let event = follow(Op::Create, "u1", "u2", FollowState::Accepted, t(1));
+    for mode in [ApplyMode::PerEvent, ApplyMode::Batched] {
+        let results = store
+            .apply_batch_as(std::slice::from_ref(&event), mode)
+            .await
+            .unwrap();
+        let err = results[0].as_ref().unwrap_err();
+        assert_eq!(
+            err.code,
+            Some(DbCode::Sqlstate("53200".into())),
+            "{mode:?}: {err}"
+        );
+        assert!(
+            err.message
+                .contains("hint: You might need to increase max_locks_per_transaction"),
+            "{mode:?}: {err}"
+        );
+    }
 }

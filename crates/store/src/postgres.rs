@@ -463,9 +463,6 @@ const RECORD_METRICS: &str = "\
     INSERT INTO mirror.realtime_mirror_metrics (recorded_at, module, metric, value)
     SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::float8[])";
 
-/// SQLSTATE `53200`: what a full lock table (among other things) raises.
-const OUT_OF_SHARED_MEMORY: &str = "53200";
-
 impl PgStore {
     /// [`ApplyMode::Batched`]: the planned batch as one call of
     /// `mirror.apply_batch` (one statement, hence one transaction). If the
@@ -503,14 +500,6 @@ impl PgStore {
             Err(e) => {
                 if e.kind == StoreErrorKind::Connect {
                     return Err(e);
-                }
-                if e.code == Some(crate::DbCode::Sqlstate(OUT_OF_SHARED_MEMORY.to_owned())) {
-                    // Most likely the lock table: the batch's advisory locks
-                    // with every other lane's and replica's did not fit.
-                    tracing::warn!(error = %e, events = events.len(),
-                        "PostgreSQL is out of shared memory, most likely lock-table slots for the \
-                         batches' advisory locks: raise max_locks_per_transaction or lower \
-                         replicas x lanes x batch size (docs/postgres.md, Operations)");
                 }
                 tracing::debug!(error = %e, events = events.len(), "set-based batch rejected; applying it event by event");
                 return self.apply_per_event(events).await;

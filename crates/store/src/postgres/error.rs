@@ -30,6 +30,12 @@ fn pg_in(e: tokio_postgres::Error, otherwise: StoreErrorKind) -> StoreError {
         if let Some(detail) = db.detail() {
             message.push_str(&format!(" ({detail})"));
         }
+        // The server's own advice, e.g. `53200`'s "You might need to increase
+        // max_locks_per_transaction" when the batches' advisory locks fill
+        // the lock table (docs/postgres.md, Operations).
+        if let Some(hint) = db.hint() {
+            message.push_str(&format!(" (hint: {hint})"));
+        }
         let kind = if code == QUERY_CANCELED {
             StoreErrorKind::Timeout
         } else {
