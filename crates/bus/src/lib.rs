@@ -66,7 +66,7 @@ pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
 /// (one applying, one waiting, one being received), so 3 × `--batch-size` ×
 /// `--concurrency` must fit (the writer checks at start): past it the server
 /// stops delivering and the lanes starve. 8,192 fits the writer's defaults
-/// (3 × 512 × 4 = 6,144) with room for a monitoring consumer's peek; the
+/// (3 × 512 × 4 = 6,144) with room to spare; the
 /// subscription is created or updated to it (`CONSUMER.CREATE` is
 /// create-or-update), so an existing one is raised when a writer starts.
 pub const DEFAULT_MAX_ACK_PENDING: u32 = 8192;

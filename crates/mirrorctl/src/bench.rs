@@ -738,14 +738,14 @@ mod cpu {
         after: &HashMap<u32, u64>,
         events: usize,
     ) -> Option<f64> {
-        if after.is_empty() || events == 0 {
+        if after.is_empty() {
             return None;
         }
         let ticks: u64 = after
             .iter()
             .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
             .sum();
-        Some(ticks as f64 * TICK_US / events as f64)
+        us_per_event(ticks, events)
     }
 
     /// µs per event of `ticks`.

@@ -215,7 +215,7 @@ impl JetStreamDelivery {
     fn new(
         bus: JetStreamBus,
         subscription: &str,
-        message: jetstream::Message,
+        mut message: jetstream::Message,
     ) -> JetStreamDelivery {
         let (delivery_count, stream_sequence, enqueued_at) = match message.info() {
             Ok(info) => (
@@ -228,7 +228,6 @@ impl JetStreamDelivery {
             ),
             Err(_) => (1, None, None),
         };
-        let mut message = message;
         let (wire, message_id) = wire::inbound(
             message.message.headers.as_ref(),
             &message.message.payload,
