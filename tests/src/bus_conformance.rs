@@ -96,6 +96,7 @@ macro_rules! bus_conformance_tests {
             publish_then_receive,
             duplicate_suppression,
             complete_removes,
+            complete_all_removes_every_delivery,
             retry_redelivers,
             delivery_count_increments_across_retries,
             dead_letter_with_reason,
@@ -325,6 +326,35 @@ pub async fn complete_removes<F: BusFactory>(factory: &F) {
         &mut rx,
         fresh.lock + Duration::from_millis(1500),
         "completed message redelivered",
+    )
+    .await;
+    backlog_until(&mut rx, "empty", |b| b == Backlog::default()).await;
+}
+
+/// [`Delivery::complete_all`] (the writer's bulk settlement) completes every
+/// delivery it is given, one `Ok` per delivery in order: none comes back and
+/// the subscription is empty. An empty list is a no-op.
+pub async fn complete_all_removes_every_delivery<F: BusFactory>(factory: &F) {
+    let fresh = factory.fresh(Options::default()).await;
+    let mut rx = subscribe(&fresh.bus, SQL_WRITER_SUBSCRIPTION).await;
+    let t = tag();
+    for n in 1..=5 {
+        publish(&fresh.bus, &message(&t, n)).await;
+    }
+    let got = receive_n(&mut rx, 5, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 5, "all five delivered");
+    let results = <<F::Bus as EventBus>::Receiver as Receiver>::Delivery::complete_all(got).await;
+    assert_eq!(results.len(), 5, "one result per delivery");
+    for r in results {
+        r.expect("complete_all");
+    }
+    let none =
+        <<F::Bus as EventBus>::Receiver as Receiver>::Delivery::complete_all(Vec::new()).await;
+    assert!(none.is_empty());
+    expect_nothing(
+        &mut rx,
+        fresh.lock + Duration::from_millis(1500),
+        "a message completed in bulk was redelivered",
     )
     .await;
     backlog_until(&mut rx, "empty", |b| b == Backlog::default()).await;

@@ -361,6 +361,16 @@ pub trait Delivery: Send + Sync + 'static {
     }
     /// The effect is committed: remove the message from the subscription.
     fn complete(self) -> impl Future<Output = Result<(), BusError>> + Send;
+    /// [`Delivery::complete`] for each of `deliveries`, in one pass where the
+    /// adapter can share the work (JetStream: every ack written, then one
+    /// flush); one result per delivery, in order, with the same meaning as
+    /// `complete`'s. The default completes them all concurrently.
+    fn complete_all(deliveries: Vec<Self>) -> impl Future<Output = Vec<Result<(), BusError>>> + Send
+    where
+        Self: Sized,
+    {
+        futures::future::join_all(deliveries.into_iter().map(Delivery::complete))
+    }
     /// Transient failure: release the message for redelivery after about `delay`
     /// (adapters that cannot delay release it at once).
     fn retry(self, delay: Duration) -> impl Future<Output = Result<(), BusError>> + Send;

@@ -696,7 +696,9 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
         let mut fatal = None;
         // Settlements go out together once every disposition is known: one
         // round trip for the batch, not one after another.
-        let mut settles: Vec<Settle<'static>> = Vec::with_capacity(deliveries.len());
+        let mut settles: Vec<Settle<'static>> = Vec::new();
+        let mut completes = Vec::with_capacity(deliveries.len());
+        let mut complete_ids = Vec::with_capacity(deliveries.len());
         for (delivery, decoded) in deliveries.into_iter().zip(decoded.iter()) {
             let outcome: Result<ApplyOutcome, Failure<'_>> = match (decoded, &applied) {
                 (Err(e), _) => Err(Failure::Decode(e)),
@@ -739,8 +741,8 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                             telemetry::event_completed(ev.event_type(), outcome, path)
                         });
                     }
-                    let id = delivery.message_id().map(str::to_owned);
-                    settles.push(Box::pin(async move { (id, delivery.complete().await) }));
+                    complete_ids.push(delivery.message_id().map(str::to_owned));
+                    completes.push(delivery);
                 }
                 Disposition::Retry { delay, reason } => {
                     report.retried += 1;
@@ -820,7 +822,11 @@ impl<B: EventBus, S: MirrorStore> Worker<B, S> {
                 }
             }
         }
-        for (id, settled) in futures::future::join_all(settles).await {
+        let (completed, settled) = tokio::join!(
+            <<B::Receiver as Receiver>::Delivery as Delivery>::complete_all(completes),
+            futures::future::join_all(settles)
+        );
+        for (id, settled) in complete_ids.into_iter().zip(completed).chain(settled) {
             if let Err(e) = settled {
                 telemetry::settle_failed(id.as_deref(), &e);
             }

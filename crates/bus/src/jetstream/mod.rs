@@ -10,7 +10,8 @@
 //! | dead-letter queue | stream `{topic}-deadletter`, one subject `{topic}-deadletter.{subscription}` per subscription |
 //!
 //! Settlement: `complete` is a plain ack flushed to the socket (not confirmed:
-//! a lost ack is a redelivery, which the ledger absorbs), `retry(delay)` a
+//! a lost ack is a redelivery, which the ledger absorbs; `complete_all`
+//! writes a batch's acks and flushes once), `retry(delay)` a
 //! confirmed NAK with delay, `dead_letter` a publish
 //! to the dead-letter stream followed by a TERM of the original. The
 //! dead-letter publish carries `Nats-Msg-Id = dlq:{subscription}:{original id}`,

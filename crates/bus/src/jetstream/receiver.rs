@@ -9,12 +9,14 @@
 //! `ack_wait` (at-least-once holds).
 //!
 //! `complete` is a plain ack, written to the socket before the call returns
-//! but not confirmed: a lost ack only means a redelivery, which the writer's
-//! ledger makes harmless, and confirming cost nats-server about a fifth of
-//! its CPU per message at the writer's rates (`mirrorctl bench`). Every other
-//! settlement (`retry`, `dead_letter`, `keep_alive`) is rare and confirmed
-//! (a double ack): the call returns once the server has stored it.
+//! (`complete_all`: every ack, then one flush) but not confirmed: a lost ack
+//! only means a redelivery, which the writer's ledger makes harmless, and
+//! confirming cost nats-server about a fifth of its CPU per message at the
+//! writer's rates (`mirrorctl bench`). Every other settlement (`retry`,
+//! `dead_letter`, `keep_alive`) is rare and confirmed (a double ack): the
+//! call returns once the server has stored it.
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
@@ -95,6 +97,8 @@ impl JetStreamReceiver {
         let deadline = tokio::time::Instant::now() + wait + Duration::from_secs(2);
         let mut batch = std::pin::pin!(batch);
         let mut out: Vec<JetStreamDelivery> = Vec::new();
+        // Where each stream sequence already in `out` is.
+        let mut at: HashMap<u64, usize> = HashMap::new();
         loop {
             match tokio::time::timeout_at(deadline, batch.next()).await {
                 Err(_) | Ok(None) => break,
@@ -102,10 +106,16 @@ impl JetStreamReceiver {
                     let d = JetStreamDelivery::new(self.bus.clone(), &self.subscription, message);
                     // A lock that expired while the request was open brings the
                     // same message again: keep only its latest delivery.
-                    out.retain(|o| {
-                        o.stream_sequence.is_none() || o.stream_sequence != d.stream_sequence
-                    });
-                    out.push(d);
+                    match d.stream_sequence {
+                        Some(seq) => match at.entry(seq) {
+                            Entry::Occupied(i) => out[*i.get()] = d,
+                            Entry::Vacant(v) => {
+                                v.insert(out.len());
+                                out.push(d);
+                            }
+                        },
+                        None => out.push(d),
+                    }
                 }
                 Ok(Some(Err(e))) => {
                     let text = e.to_string();
@@ -253,16 +263,16 @@ impl JetStreamDelivery {
         self.stream_sequence
     }
 
-    /// A plain ack (`+ACK`, no reply asked for), flushed to the socket.
-    async fn ack(&self) -> Result<(), BusError> {
+    /// A plain ack (`+ACK`, no reply asked for), handed to the client's
+    /// connection but not yet flushed.
+    async fn ack_unflushed(&self) -> Result<(), BusError> {
         let sent = match &self.message.message.reply {
-            Some(reply) => {
-                let client = self.bus.client();
-                match client.publish(reply.clone(), AckKind::Ack.into()).await {
-                    Ok(()) => client.flush().await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
+            Some(reply) => self
+                .bus
+                .client()
+                .publish(reply.clone(), AckKind::Ack.into())
+                .await
+                .map_err(|e| e.to_string()),
             None => Err("no reply subject: not a JetStream message".to_owned()),
         };
         sent.map_err(|e| self.settle_error("complete", e))
@@ -323,7 +333,33 @@ impl Delivery for JetStreamDelivery {
     }
 
     async fn complete(self) -> Result<(), BusError> {
-        self.ack().await
+        Self::complete_all(vec![self])
+            .await
+            .pop()
+            .expect("one result per delivery")
+    }
+
+    /// Every ack written in turn, then one flush for all of them: a flush
+    /// per ack was a channel round trip to the connection task for each
+    /// message of a batch.
+    async fn complete_all(deliveries: Vec<Self>) -> Vec<Result<(), BusError>> {
+        let Some(first) = deliveries.first() else {
+            return Vec::new();
+        };
+        let client = first.bus.client().clone();
+        let mut results = Vec::with_capacity(deliveries.len());
+        for d in &deliveries {
+            results.push(d.ack_unflushed().await);
+        }
+        if let Err(e) = client.flush().await {
+            let e = e.to_string();
+            for (d, r) in deliveries.iter().zip(results.iter_mut()) {
+                if r.is_ok() {
+                    *r = Err(d.settle_error("complete", e.clone()));
+                }
+            }
+        }
+        results
     }
 
     async fn retry(self, delay: Duration) -> Result<(), BusError> {
