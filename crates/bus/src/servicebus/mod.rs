@@ -24,6 +24,7 @@
 //! | peek-lock, [`Delivery::keep_alive`] | PeekLock receive; `renew-lock` (session lock with sessions) |
 //! | [`Delivery::keep_alive_all`] | one `renew-session-lock` per session; without sessions one `renew-lock` per message (azservicebus 0.25 sends a one-token request; its multi-token call, request types and management link are crate-private); the caller waits at most the budget; locks past `locked_until` or answered 410 (lost) are skipped and never settled |
 //! | [`Delivery::complete`] / [`Delivery::dead_letter`] | complete / dead-letter with `DeadLetterReason`, `DeadLetterErrorDescription`, `DeadLetterAttempts`, `DeadLetteredAt` — **outcome unknown** (fe2o3-amqp queues the disposition and returns); a delivery more than [`convert::CLOCK_SKEW_ALLOWANCE`] past its `locked_until` is refused with [`crate::BusErrorKind::LockLost`] instead |
+//! | [`Delivery::complete_all`] | the port's default: each delivery completed as above, concurrently (the link's lock takes them in turn; each disposition is queued, not awaited) |
 //! | [`Delivery::retry`] | keep renewing the lock for `delay` (at most [`receiver::MAX_RETRY_HOLD`]), then abandon; under a second: abandon at once |
 //! | [`EventBus::list_dead_letters`] | peek `{topic}/Subscriptions/{sub}/$deadletterqueue`; handle = sequence number; partition key = `SessionId` |
 //! | [`EventBus::remove_dead_letter`] | receive from that queue until the sequence number comes up, complete it, abandon the rest |
