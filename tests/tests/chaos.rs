@@ -1194,6 +1194,10 @@ impl<S: MirrorStore> mirror_store::ApplyEvents for FlakyStore<S> {
             _ => Ok(results),
         }
     }
+
+    async fn lock_capacity(&self) -> Result<Option<u64>, mirror_store::StoreError> {
+        self.inner.lock_capacity().await
+    }
 }
 
 mirror_store::delegate_store!(impl[S: MirrorStore] FlakyStore<S> => inner:

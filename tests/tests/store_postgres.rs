@@ -258,3 +258,31 @@ async fn a_database_errors_hint_reaches_the_writer() {
         );
     }
 }
+
+/// The lock capacity the writer checks at start is PostgreSQL's shared lock
+/// table, read from the server's own settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_capacity_is_the_servers_shared_lock_table() {
+    let (store, db) = fresh_store().await;
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let setting = |name: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT setting::bigint FROM pg_settings WHERE name = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap();
+            u64::try_from(row.get::<_, i64>(0)).unwrap()
+        }
+    };
+    let want = setting("max_locks_per_transaction").await
+        * (setting("max_connections").await + setting("max_prepared_transactions").await);
+    assert!(want > 0);
+    assert_eq!(store.lock_capacity().await.unwrap(), Some(want));
+}

@@ -163,6 +163,9 @@ impl<S: MirrorStore> ApplyEvents for Timed<S> {
         self.note(events, &r);
         Ok(r)
     }
+    async fn lock_capacity(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.lock_capacity().await
+    }
 }
 
 mirror_store::delegate_store!(impl[S: MirrorStore] Timed<S> => inner:

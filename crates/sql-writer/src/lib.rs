@@ -12,6 +12,7 @@ pub mod db_errors;
 pub mod dead_letters;
 pub mod defaults;
 pub mod health;
+pub mod lock_table;
 pub mod policy;
 pub mod replay;
 pub mod telemetry;

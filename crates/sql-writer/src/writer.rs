@@ -229,6 +229,13 @@ pub async fn run<B: EventBus, S: MirrorStore>(
         health: StoreHealth::default(),
     });
 
+    crate::lock_table::check(
+        &*deps.store,
+        settings.concurrency,
+        settings.batch_size,
+        settings.apply_timeout,
+    )
+    .await;
     // As many receivers as lanes (on Service Bus with sessions, each holds
     // one session at a time).
     let mut receivers = Vec::new();

@@ -281,6 +281,16 @@ pub trait ApplyEvents: Send + Sync + 'static {
         let _ = mode;
         self.apply_batch(events)
     }
+
+    /// How many entity locks the database can hold at once, across all its
+    /// transactions, if it has such a fixed limit: PostgreSQL's shared lock
+    /// table (`max_locks_per_transaction` × (`max_connections` +
+    /// `max_prepared_transactions`)), which every batch's per-entity
+    /// advisory locks fill. `None` (the default) when the database has no
+    /// fixed limit to report (SQL Server sizes its lock memory itself).
+    fn lock_capacity(&self) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        async { Ok(None) }
+    }
 }
 
 /// The SQL side of dead letters: one row per dead-letter key, idempotent.
@@ -396,6 +406,12 @@ macro_rules! delegate_store {
                 {
                     use $crate::ApplyEvents as _;
                     self.$f.apply_batch_as(events, mode).await
+                }
+            }
+            async fn lock_capacity(&self) -> Result<Option<u64>, $crate::StoreError> {
+                {
+                    use $crate::ApplyEvents as _;
+                    self.$f.lock_capacity().await
                 }
             }
         }

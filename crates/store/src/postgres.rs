@@ -463,6 +463,11 @@ const RECORD_METRICS: &str = "\
     INSERT INTO mirror.realtime_mirror_metrics (recorded_at, module, metric, value)
     SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::float8[])";
 
+/// PostgreSQL's shared lock table: `max_locks_per_transaction` slots per
+/// possible transaction (connections and prepared transactions).
+const LOCK_CAPACITY: &str = "SELECT current_setting('max_locks_per_transaction')::bigint \
+     * (current_setting('max_connections')::bigint + current_setting('max_prepared_transactions')::bigint)";
+
 impl PgStore {
     /// [`ApplyMode::Batched`]: the planned batch as one call of
     /// `mirror.apply_batch` (one statement, hence one transaction). If the
@@ -628,6 +633,16 @@ impl ApplyEvents for PgStore {
             crate::plan::Route::PerEvent => self.apply_per_event(events).await,
             crate::plan::Route::SetBased => self.apply_set_based(events).await,
         }
+    }
+
+    async fn lock_capacity(&self) -> Result<Option<u64>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(LOCK_CAPACITY, &[])
+            .await
+            .map_err(error::pg)?;
+        let slots: i64 = row.get(0);
+        Ok(u64::try_from(slots).ok())
     }
 }
 
