@@ -165,10 +165,7 @@ impl Pipeline {
             .await
             .expect("connect bus");
         bus.ensure_topology().await.expect("topology");
-        let (sql, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-            .await
-            .expect("connect sql");
-        tokio::spawn(conn);
+        let sql = db.client().await;
         Pipeline {
             db,
             topic,

@@ -71,6 +71,16 @@ impl FreshDb {
         };
         FreshDb { name, url, server }
     }
+
+    /// A plain client on this database, for what a test checks or sets up
+    /// behind the store's back.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to test database {}: {e}", self.name));
+        tokio::spawn(conn);
+        client
+    }
 }
 
 impl Drop for FreshDb {

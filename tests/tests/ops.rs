@@ -283,10 +283,7 @@ async fn pruning_the_ledger_keeps_redeliveries_harmless() {
         store.apply(e).await.expect("apply");
     }
     let before = store.snapshot().await.unwrap();
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = db.client().await;
     let total = count(&client).await;
     assert!(total > 100, "{total}");
     // Age all but 10 rows by 40 days.

@@ -51,10 +51,7 @@ async fn rejections_carry_their_sqlstate_and_leave_no_trace() {
     );
 
     // The functions' own RM codes, called directly with bad arguments.
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = db.client().await;
     let cases = [
         ("SELECT mirror.sp_store_mirror_delete_dm_block(gen_random_uuid(), 'dm.block.create', now(), 'u1', 'u2', 'test')", "RM001"),
         ("SELECT mirror.sp_store_mirror_delete_dm_block(gen_random_uuid(), 'dm.block.delete', NULL, 'u1', 'u2', 'test')", "RM002"),
@@ -76,10 +73,7 @@ async fn ledger_records_applied_and_stale_events() {
     assert_eq!(store.apply(&newer).await.unwrap(), ApplyOutcome::Applied);
     assert_eq!(store.apply(&older).await.unwrap(), ApplyOutcome::Stale);
     assert_eq!(store.apply(&older).await.unwrap(), ApplyOutcome::Duplicate);
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = db.client().await;
     let rows = client
         .query("SELECT event_id, outcome, subject, sync_source FROM mirror.applied_event JOIN mirror.follow_edge USING (event_id) UNION ALL SELECT event_id, outcome, subject, NULL FROM mirror.applied_event WHERE outcome = 'stale'", &[])
         .await
@@ -143,10 +137,7 @@ async fn a_writer_blocked_past_the_statement_timeout_gets_a_timeout() {
     config.statement_timeout = std::time::Duration::from_millis(300);
     let store = PgStore::connect(&config).await.unwrap();
     // Another session holds conversation c1's entity lock.
-    let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let admin = db.client().await;
     admin
         .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('realtime-mirror:conversation:c1', 0))")
         .await
@@ -223,10 +214,7 @@ async fn sslmode_require_verifies_the_server_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_errors_hint_reaches_the_writer() {
     let (store, db) = fresh_store().await;
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = db.client().await;
     client
         .batch_execute(
             "CREATE FUNCTION mirror.full_lock_table() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -264,10 +252,7 @@ async fn a_database_errors_hint_reaches_the_writer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_capacity_is_the_servers_shared_lock_table() {
     let (store, db) = fresh_store().await;
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = db.client().await;
     let setting = |name: &'static str| {
         let client = &client;
         async move {

@@ -26,10 +26,7 @@ fn any_order_of_any_history_converges_to_newest_only() {
             .await
             .expect("connect");
         store.migrate().await.expect("migrate");
-        let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-            .await
-            .expect("admin connection");
-        tokio::spawn(conn);
+        let admin = db.client().await;
         (db, Arc::new(admin))
     });
     let url = db.url.clone();
