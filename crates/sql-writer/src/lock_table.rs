@@ -22,10 +22,15 @@ pub enum Verdict {
     TooSmall,
 }
 
+/// The most locks a writer of `lanes` × `batch_size` holds at once (a zero
+/// setting counts as one, as the writer runs it).
+fn holds(lanes: usize, batch_size: usize) -> u64 {
+    (lanes.max(1) as u64).saturating_mul(batch_size.max(1) as u64)
+}
+
 /// `capacity` lock slots against a writer of `lanes` × `batch_size`.
 pub fn verdict(capacity: u64, lanes: usize, batch_size: usize) -> Verdict {
-    let need = (lanes.max(1) as u64).saturating_mul(batch_size.max(1) as u64);
-    match capacity / need {
+    match capacity / holds(lanes, batch_size) {
         0 => Verdict::TooSmall,
         1 => Verdict::Tight,
         writers => Verdict::Fits { writers },
@@ -49,7 +54,7 @@ pub async fn check<S: MirrorStore>(
             return;
         }
     };
-    let holds = lanes.max(1) * batch_size.max(1);
+    let holds = holds(lanes, batch_size);
     const FIX: &str = "raise PostgreSQL's max_locks_per_transaction (docs/postgres.md, Operations) or lower --batch-size or --concurrency";
     match verdict(capacity, lanes, batch_size) {
         Verdict::Fits { writers } => tracing::info!(
